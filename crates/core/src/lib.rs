@@ -1,0 +1,19 @@
+//! Pure logic shared by every Ember role. No I/O, no async, no internal dependencies.
+//!
+//! Layout:
+//! - [`hash`]: 64-bit mixing, slot routing (`slot = mix(key) % num_slots`), a tiny seeded RNG.
+//! - [`init`]: deterministic per-key initializers: a row's initial value is a pure function of
+//!   (table seed, key), so any server, replayed pull or read-only lookup sees the same row.
+//! - [`optim`]: server-side optimizers (SGD, Adagrad, FTRL-Proximal, Adam) applied in place to a
+//!   row's weights and optimizer state.
+//! - [`table`]: the table spec (name, kind, dim, optimizer, initializer, seed) and its validation.
+
+pub mod hash;
+pub mod init;
+pub mod optim;
+pub mod table;
+
+pub use hash::{mix64, slot_of, SplitMix64};
+pub use init::Initializer;
+pub use optim::Optimizer;
+pub use table::{validate_name, SpecError, TableKind, TableSpec};

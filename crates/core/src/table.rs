@@ -1,0 +1,117 @@
+//! Table specs: what a table is, independent of where it is stored.
+
+use crate::{Initializer, Optimizer};
+
+/// Longest table name accepted (names appear in metrics labels and file names).
+pub const MAX_TABLE_NAME: usize = 128;
+/// Widest sparse row / longest dense vector accepted.
+pub const MAX_DIM: u32 = 1 << 24;
+
+/// Sparse (key -> row) or dense (one named vector).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableKind {
+    /// Elastic key -> row table; rows created on first pull.
+    Sparse,
+    /// One f32 vector of length `dim`.
+    Dense,
+}
+
+/// Everything that defines a table. Two creates with equal specs are the same table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableSpec {
+    /// Unique name: `[A-Za-z0-9_.-]`, 1..=128 bytes.
+    pub name: String,
+    /// Sparse or dense.
+    pub kind: TableKind,
+    /// Row width (sparse) or vector length (dense); >= 1.
+    pub dim: u32,
+    /// Applied server-side on every push.
+    pub optimizer: Optimizer,
+    /// Draws new rows (sparse) or the starting vector (dense).
+    pub initializer: Initializer,
+    /// Seeds the initializer.
+    pub seed: u64,
+}
+
+/// Why a spec was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    /// The name is empty, too long or has characters outside `[A-Za-z0-9_.-]`.
+    #[error("invalid table name {0:?}: use 1..=128 of [A-Za-z0-9_.-]")]
+    Name(String),
+    /// dim is zero or above the limit.
+    #[error("table {name:?}: dim must be in 1..={MAX_DIM}, got {dim}")]
+    Dim {
+        /// Table name.
+        name: String,
+        /// Offending dim.
+        dim: u32,
+    },
+    /// An optimizer or initializer parameter is out of range.
+    #[error("table {name:?}: {reason}")]
+    Parameter {
+        /// Table name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl TableSpec {
+    /// A sparse spec with the given optimizer, zero initializer and seed 0.
+    pub fn sparse(name: impl Into<String>, dim: u32, optimizer: Optimizer) -> Self {
+        Self { name: name.into(), kind: TableKind::Sparse, dim, optimizer, initializer: Initializer::Zeros, seed: 0 }
+    }
+
+    /// A dense spec with the given optimizer, zero initializer and seed 0.
+    pub fn dense(name: impl Into<String>, dim: u32, optimizer: Optimizer) -> Self {
+        Self { kind: TableKind::Dense, ..Self::sparse(name, dim, optimizer) }
+    }
+
+    /// Builder-style initializer.
+    pub fn with_initializer(mut self, initializer: Initializer, seed: u64) -> Self {
+        self.initializer = initializer;
+        self.seed = seed;
+        self
+    }
+
+    /// Checks the name, dim, optimizer and initializer.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_name(&self.name)?;
+        if self.dim == 0 || self.dim > MAX_DIM {
+            return Err(SpecError::Dim { name: self.name.clone(), dim: self.dim });
+        }
+        let param = |reason| SpecError::Parameter { name: self.name.clone(), reason };
+        self.optimizer.validate().map_err(param)?;
+        self.initializer.validate().map_err(param)?;
+        Ok(())
+    }
+}
+
+/// Checks a table name on its own (used by requests that only name a table).
+pub fn validate_name(name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_TABLE_NAME
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::Name(name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_are_validated() {
+        let sgd = Optimizer::Sgd { learning_rate: 0.1 };
+        assert!(TableSpec::sparse("emb.user_id-1", 16, sgd).validate().is_ok());
+        assert!(matches!(TableSpec::sparse("", 16, sgd).validate(), Err(SpecError::Name(_))));
+        assert!(matches!(TableSpec::sparse("a/b", 16, sgd).validate(), Err(SpecError::Name(_))));
+        assert!(matches!(TableSpec::dense("w", 0, sgd).validate(), Err(SpecError::Dim { .. })));
+        let bad = TableSpec::sparse("t", 4, sgd).with_initializer(Initializer::Uniform { low: 1.0, high: -1.0 }, 0);
+        assert!(matches!(bad.validate(), Err(SpecError::Parameter { .. })));
+    }
+}

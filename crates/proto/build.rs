@@ -1,0 +1,12 @@
+//! Compiles proto/ember/v1/*.proto with protox (pure Rust), so no system protoc is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [root.join("ember/v1/ps.proto")];
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    let fds = protox::compile(&files, [&root])?;
+    tonic_prost_build::configure().bytes(".ember.v1").compile_fds(fds)?;
+    Ok(())
+}

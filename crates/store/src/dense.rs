@@ -1,0 +1,102 @@
+//! Dense tables: one named f32 vector and its optimizer state behind one lock.
+//!
+//! Dense vectors are small (an MLP's weights), so a whole-vector lock is cheaper than anything
+//! finer. The version counts applied pushes; the optimizer's step is the version.
+
+use ember_core::TableSpec;
+use parking_lot::Mutex;
+
+use crate::StoreError;
+
+struct DenseState {
+    values: Vec<f32>,
+    state: Vec<f32>,
+    version: u64,
+    rejected_nonfinite: u64,
+}
+
+/// A dense table.
+pub struct DenseTable {
+    spec: TableSpec,
+    inner: Mutex<DenseState>,
+}
+
+impl std::fmt::Debug for DenseTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DenseTable").field("spec", &self.spec).finish_non_exhaustive()
+    }
+}
+
+impl DenseTable {
+    /// A table starting from `initial` (which must have `dim` values) or, if `None`, from the
+    /// initializer (as if the vector were row key 0 of a sparse table).
+    pub fn new(spec: TableSpec, initial: Option<Vec<f32>>) -> Result<Self, StoreError> {
+        let dim = spec.dim as usize;
+        let values = match initial {
+            Some(v) if v.len() != dim => {
+                return Err(StoreError::BadLength {
+                    table: spec.name.clone(),
+                    what: "initial values",
+                    got_bytes: v.len() * 4,
+                    keys: 1,
+                    dim,
+                })
+            }
+            Some(v) => {
+                if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+                    return Err(StoreError::NonFinite { table: spec.name.clone(), key: 0, value: *bad });
+                }
+                v
+            }
+            None => {
+                let mut v = vec![0.0; dim];
+                spec.initializer.fill(spec.seed, 0, &mut v);
+                v
+            }
+        };
+        let mut state = vec![0.0; spec.optimizer.state_len(dim)];
+        spec.optimizer.init_state(&values, &mut state);
+        Ok(Self { spec, inner: Mutex::new(DenseState { values, state, version: 0, rejected_nonfinite: 0 }) })
+    }
+
+    /// The table's spec.
+    pub fn spec(&self) -> &TableSpec {
+        &self.spec
+    }
+
+    /// A copy of the vector and its version.
+    pub fn pull(&self) -> (Vec<f32>, u64) {
+        let inner = self.inner.lock();
+        (inner.values.clone(), inner.version)
+    }
+
+    /// Applies one gradient; returns the new version. NaN/Inf or a wrong length changes nothing.
+    pub fn push(&self, grad: &[f32]) -> Result<u64, StoreError> {
+        let dim = self.spec.dim as usize;
+        if grad.len() != dim {
+            return Err(StoreError::BadLength {
+                table: self.spec.name.clone(),
+                what: "gradients",
+                got_bytes: grad.len() * 4,
+                keys: 1,
+                dim,
+            });
+        }
+        let bad = grad.iter().position(|g| !g.is_finite());
+        let mut inner = self.inner.lock();
+        if let Some(i) = bad {
+            inner.rejected_nonfinite += 1;
+            return Err(StoreError::NonFinite { table: self.spec.name.clone(), key: i as u64, value: grad[i] });
+        }
+        inner.version += 1;
+        let DenseState { values, state, version, .. } = &mut *inner;
+        self.spec.optimizer.apply(values, state, grad, *version);
+        Ok(*version)
+    }
+
+    /// (version, rejected pushes, bytes).
+    pub fn counters(&self) -> (u64, u64, u64) {
+        let inner = self.inner.lock();
+        (inner.version, inner.rejected_nonfinite, ((inner.values.len() + inner.state.len()) * 4) as u64)
+    }
+}

@@ -1,0 +1,273 @@
+//! Ember's embedding store: the state a ps-server holds, with no gRPC in it.
+//!
+//! Layout:
+//! - [`Store`]: the table registry and the byte-level API the gRPC adapter calls (decode LE f32,
+//!   check the key limit, dispatch to a table).
+//! - [`sparse`]: elastic key -> row tables, sharded internally, optimizer applied in place.
+//! - [`dense`]: named f32 vectors.
+//! - `shard`: one shard's index and row arena.
+//!
+//! Invariants: a refused operation changes nothing; each shard lock is taken once per batch; the
+//! store never blocks on I/O or async work while holding a lock. All state is in memory for now:
+//! tiers, admission, eviction and checkpoints come with the storage issue.
+
+#[cfg(target_endian = "big")]
+compile_error!("ember-store reads and writes little-endian f32 in place; big-endian targets are not supported");
+
+pub mod dense;
+mod error;
+mod shard;
+pub mod sparse;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ember_core::{TableKind, TableSpec};
+use parking_lot::RwLock;
+
+pub use dense::DenseTable;
+pub use error::StoreError;
+pub use shard::RowMeta;
+pub use sparse::{PushOutcome, SparseStats, SparseTable};
+
+/// Tunables of a store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// log2 of the internal shards per sparse table.
+    pub shard_bits: u32,
+    /// Most keys accepted in one pull, lookup, push or delete.
+    pub max_batch_keys: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { shard_bits: 6, max_batch_keys: 262_144 }
+    }
+}
+
+/// A table of either kind.
+#[derive(Debug, Clone)]
+pub enum Table {
+    /// key -> row.
+    Sparse(Arc<SparseTable>),
+    /// one vector.
+    Dense(Arc<DenseTable>),
+}
+
+impl Table {
+    /// The table's spec.
+    pub fn spec(&self) -> &TableSpec {
+        match self {
+            Table::Sparse(t) => t.spec(),
+            Table::Dense(t) => t.spec(),
+        }
+    }
+}
+
+/// Rows read by a pull or lookup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rows {
+    /// Values per row.
+    pub dim: u32,
+    /// `keys.len() * dim` values in request order.
+    pub values: Vec<f32>,
+    /// The table's version when read.
+    pub version: u64,
+    /// Lookup only: one flag per key, true where the table had no row.
+    pub missing: Vec<bool>,
+}
+
+/// One table's figures for `Stats`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableStats {
+    /// The spec.
+    pub spec: TableSpec,
+    /// Counters (dense tables report one row).
+    pub counters: SparseStats,
+}
+
+/// All tables of one server.
+#[derive(Debug, Default)]
+pub struct Store {
+    config: StoreConfig,
+    tables: RwLock<BTreeMap<String, Table>>,
+}
+
+/// Reads little-endian f32 from `bytes`, without copying when they happen to be aligned.
+/// `None` if the length is not a multiple of 4.
+pub fn f32s_from_le_bytes(bytes: &[u8]) -> Option<Cow<'_, [f32]>> {
+    if bytes.len() % 4 != 0 {
+        return None;
+    }
+    Some(match bytemuck::try_cast_slice(bytes) {
+        Ok(aligned) => Cow::Borrowed(aligned),
+        Err(_) => Cow::Owned(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+    })
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new(config: StoreConfig) -> Self {
+        Self { config, tables: RwLock::default() }
+    }
+
+    /// The store's tunables.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Creates a table. Returns false (and changes nothing) if an identical table exists.
+    /// `initial_values` (LE f32) may seed a dense table; it is ignored for an existing table.
+    pub fn create_table(&self, spec: TableSpec, initial_values: Option<&[u8]>) -> Result<bool, StoreError> {
+        spec.validate()?;
+        if let Some(existing) = self.tables.read().get(&spec.name) {
+            return same_spec(existing, &spec);
+        }
+        // Build outside the write lock: a dense table may be large.
+        let table = match spec.kind {
+            TableKind::Sparse => Table::Sparse(Arc::new(SparseTable::new(spec.clone(), self.config.shard_bits))),
+            TableKind::Dense => {
+                let initial = match initial_values {
+                    Some(bytes) if !bytes.is_empty() => {
+                        Some(self.decode(&spec, "initial values", bytes, 1)?.into_owned())
+                    }
+                    _ => None,
+                };
+                Table::Dense(Arc::new(DenseTable::new(spec.clone(), initial)?))
+            }
+        };
+        let mut tables = self.tables.write();
+        if let Some(existing) = tables.get(&spec.name) {
+            return same_spec(existing, &spec);
+        }
+        tables.insert(spec.name.clone(), table);
+        Ok(true)
+    }
+
+    /// Drops a table and all its rows.
+    pub fn drop_table(&self, name: &str) -> Result<(), StoreError> {
+        let removed = self.tables.write().remove(name);
+        // The table (possibly millions of rows) is freed here, after the registry lock is gone.
+        removed.map(drop).ok_or_else(|| StoreError::TableNotFound(name.to_string()))
+    }
+
+    /// Specs of all tables, by name.
+    pub fn list_tables(&self) -> Vec<TableSpec> {
+        self.tables.read().values().map(|t| t.spec().clone()).collect()
+    }
+
+    /// A table by name.
+    pub fn table(&self, name: &str) -> Result<Table, StoreError> {
+        self.tables.read().get(name).cloned().ok_or_else(|| StoreError::TableNotFound(name.to_string()))
+    }
+
+    /// A sparse table by name.
+    pub fn sparse(&self, name: &str) -> Result<Arc<SparseTable>, StoreError> {
+        match self.table(name)? {
+            Table::Sparse(t) => Ok(t),
+            Table::Dense(_) => Err(StoreError::WrongKind { name: name.into(), actual: "dense", expected: "sparse" }),
+        }
+    }
+
+    /// A dense table by name.
+    pub fn dense(&self, name: &str) -> Result<Arc<DenseTable>, StoreError> {
+        match self.table(name)? {
+            Table::Dense(t) => Ok(t),
+            Table::Sparse(_) => Err(StoreError::WrongKind { name: name.into(), actual: "sparse", expected: "dense" }),
+        }
+    }
+
+    fn check_batch(&self, keys: usize) -> Result<(), StoreError> {
+        if keys > self.config.max_batch_keys {
+            return Err(StoreError::BatchTooLarge { got: keys, limit: self.config.max_batch_keys });
+        }
+        Ok(())
+    }
+
+    fn decode<'a>(
+        &self,
+        spec: &TableSpec,
+        what: &'static str,
+        bytes: &'a [u8],
+        keys: usize,
+    ) -> Result<Cow<'a, [f32]>, StoreError> {
+        let dim = spec.dim as usize;
+        let bad = || StoreError::BadLength { table: spec.name.clone(), what, got_bytes: bytes.len(), keys, dim };
+        if bytes.len() != keys * dim * 4 {
+            return Err(bad());
+        }
+        f32s_from_le_bytes(bytes).ok_or_else(bad)
+    }
+
+    /// Training read: missing rows are created.
+    pub fn pull(&self, name: &str, keys: &[u64]) -> Result<Rows, StoreError> {
+        self.read(name, keys, true)
+    }
+
+    /// Read-only read: missing rows read as the initializer's value and are flagged.
+    pub fn lookup(&self, name: &str, keys: &[u64]) -> Result<Rows, StoreError> {
+        self.read(name, keys, false)
+    }
+
+    fn read(&self, name: &str, keys: &[u64], create: bool) -> Result<Rows, StoreError> {
+        self.check_batch(keys.len())?;
+        let table = self.sparse(name)?;
+        let mut values = vec![0f32; keys.len() * table.dim()];
+        let mut missing = if create { Vec::new() } else { vec![false; keys.len()] };
+        let version = table.read(keys, &mut values, create, (!create).then_some(missing.as_mut_slice()));
+        Ok(Rows { dim: table.spec().dim, values, version, missing })
+    }
+
+    /// Applies sparse gradients given as LE f32 bytes.
+    pub fn push(&self, name: &str, keys: &[u64], grad_bytes: &[u8]) -> Result<PushOutcome, StoreError> {
+        self.check_batch(keys.len())?;
+        let table = self.sparse(name)?;
+        let grads = self.decode(table.spec(), "gradients", grad_bytes, keys.len())?;
+        table.push(keys, &grads)
+    }
+
+    /// Deletes rows; returns how many existed.
+    pub fn delete_keys(&self, name: &str, keys: &[u64]) -> Result<u64, StoreError> {
+        self.check_batch(keys.len())?;
+        Ok(self.sparse(name)?.delete(keys))
+    }
+
+    /// A dense vector and its version.
+    pub fn pull_dense(&self, name: &str) -> Result<(Vec<f32>, u64), StoreError> {
+        Ok(self.dense(name)?.pull())
+    }
+
+    /// Applies a dense gradient given as LE f32 bytes; returns the new version.
+    pub fn push_dense(&self, name: &str, grad_bytes: &[u8]) -> Result<u64, StoreError> {
+        let table = self.dense(name)?;
+        let grads = self.decode(table.spec(), "gradients", grad_bytes, 1)?;
+        table.push(&grads)
+    }
+
+    /// Figures for every table.
+    pub fn stats(&self) -> Vec<TableStats> {
+        let tables: Vec<Table> = self.tables.read().values().cloned().collect();
+        tables
+            .into_iter()
+            .map(|t| match t {
+                Table::Sparse(s) => TableStats { spec: s.spec().clone(), counters: s.stats() },
+                Table::Dense(d) => {
+                    let (version, rejected_nonfinite, bytes) = d.counters();
+                    let counters = SparseStats { rows: 1, bytes, version, row_updates: version, rejected_nonfinite };
+                    TableStats { spec: d.spec().clone(), counters }
+                }
+            })
+            .collect()
+    }
+}
+
+fn same_spec(existing: &Table, spec: &TableSpec) -> Result<bool, StoreError> {
+    if existing.spec() == spec {
+        Ok(false)
+    } else {
+        Err(StoreError::SpecConflict { existing: Box::new(existing.spec().clone()) })
+    }
+}

@@ -1,0 +1,284 @@
+//! Sparse tables: elastic key -> row maps with the optimizer applied in place.
+//!
+//! Invariants:
+//! - A batch is grouped by internal shard first; each shard's lock is taken once per batch and
+//!   nothing blocks or allocates a large buffer while it is held.
+//! - A push is validated whole (length, finiteness) before any row changes: a rejected push
+//!   changes nothing.
+//! - Gradients for a key repeated within one push are summed (in request order, so the result is
+//!   deterministic) and applied once; the row's update count grows by one.
+//! - The table version counts applied pushes. A push takes the next version before it applies, and
+//!   each row it touches records that version as its last-update step.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ember_core::{mix64, TableSpec};
+use parking_lot::Mutex;
+
+use crate::shard::{RowMeta, Shard};
+use crate::StoreError;
+
+/// Result of a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// Distinct rows updated.
+    pub rows_updated: u64,
+    /// The table's version after this push.
+    pub version: u64,
+}
+
+/// A sparse table.
+pub struct SparseTable {
+    spec: TableSpec,
+    dim: usize,
+    stride: usize,
+    shard_bits: u32,
+    shards: Box<[Mutex<Shard>]>,
+    version: AtomicU64,
+    row_updates: AtomicU64,
+    rejected_nonfinite: AtomicU64,
+}
+
+impl std::fmt::Debug for SparseTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SparseTable").field("spec", &self.spec).finish_non_exhaustive()
+    }
+}
+
+/// Indices of a batch grouped by shard: `order[offsets[s]..offsets[s + 1]]` are the positions in
+/// the batch whose keys belong to shard `s`, in request order.
+struct Grouping {
+    order: Vec<u32>,
+    offsets: Vec<u32>,
+}
+
+impl SparseTable {
+    /// An empty table with `2^shard_bits` internal shards. The spec must be valid.
+    pub fn new(spec: TableSpec, shard_bits: u32) -> Self {
+        let dim = spec.dim as usize;
+        let stride = dim + spec.optimizer.state_len(dim);
+        let shards = (0..1usize << shard_bits).map(|_| Mutex::new(Shard::default())).collect();
+        Self {
+            spec,
+            dim,
+            stride,
+            shard_bits,
+            shards,
+            version: AtomicU64::new(0),
+            row_updates: AtomicU64::new(0),
+            rejected_nonfinite: AtomicU64::new(0),
+        }
+    }
+
+    /// The table's spec.
+    pub fn spec(&self) -> &TableSpec {
+        &self.spec
+    }
+
+    /// Values per row.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Pushes applied so far.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    fn shard_of(&self, key: u64) -> usize {
+        if self.shard_bits == 0 {
+            0
+        } else {
+            (mix64(key) >> (64 - self.shard_bits)) as usize
+        }
+    }
+
+    fn group(&self, keys: &[u64]) -> Grouping {
+        let n_shards = self.shards.len();
+        let shard_ids: Vec<u32> = keys.iter().map(|k| self.shard_of(*k) as u32).collect();
+        let mut offsets = vec![0u32; n_shards + 1];
+        for s in &shard_ids {
+            offsets[*s as usize + 1] += 1;
+        }
+        for s in 0..n_shards {
+            offsets[s + 1] += offsets[s];
+        }
+        let mut cursor = offsets.clone();
+        let mut order = vec![0u32; keys.len()];
+        for (i, s) in shard_ids.iter().enumerate() {
+            let c = &mut cursor[*s as usize];
+            order[*c as usize] = i as u32;
+            *c += 1;
+        }
+        Grouping { order, offsets }
+    }
+
+    fn init_row(&self, key: u64, row: &mut [f32]) {
+        let (weights, state) = row.split_at_mut(self.dim);
+        self.spec.initializer.fill(self.spec.seed, key, weights);
+        self.spec.optimizer.init_state(weights, state);
+    }
+
+    /// Reads the rows of `keys` into `out` (`keys.len() * dim`, request order). With `create`,
+    /// missing rows are created from the initializer (training pull); without, they read as the
+    /// initializer's value, are not stored, and are flagged in `missing` if given (lookup).
+    /// Returns the table version seen before reading.
+    pub fn read(&self, keys: &[u64], out: &mut [f32], create: bool, mut missing: Option<&mut [bool]>) -> u64 {
+        debug_assert_eq!(out.len(), keys.len() * self.dim);
+        let version = self.version();
+        let (dim, stride) = (self.dim, self.stride);
+        let g = self.group(keys);
+        for (s, shard) in self.shards.iter().enumerate() {
+            let part = &g.order[g.offsets[s] as usize..g.offsets[s + 1] as usize];
+            if part.is_empty() {
+                continue;
+            }
+            let mut shard = shard.lock();
+            for &i in part {
+                let i = i as usize;
+                let key = keys[i];
+                let dst = &mut out[i * dim..(i + 1) * dim];
+                let pos = match shard.find(key) {
+                    Some(pos) => pos,
+                    None if create => shard.insert_with(key, stride, |row| self.init_row(key, row)),
+                    None => {
+                        self.spec.initializer.fill(self.spec.seed, key, dst);
+                        if let Some(m) = missing.as_deref_mut() {
+                            m[i] = true;
+                        }
+                        continue;
+                    }
+                };
+                dst.copy_from_slice(&shard.row(pos, stride)[..dim]);
+            }
+        }
+        version
+    }
+
+    /// Applies `grads` (`keys.len() * dim`, request order) with the table's optimizer, creating
+    /// missing rows first. Rejects the whole push, changing nothing, if any value is NaN or Inf.
+    pub fn push(&self, keys: &[u64], grads: &[f32]) -> Result<PushOutcome, StoreError> {
+        let dim = self.dim;
+        if grads.len() != keys.len() * dim {
+            return Err(StoreError::BadLength {
+                table: self.spec.name.clone(),
+                what: "gradients",
+                got_bytes: grads.len() * 4,
+                keys: keys.len(),
+                dim,
+            });
+        }
+        if let Some(i) = grads.iter().position(|g| !g.is_finite()) {
+            self.rejected_nonfinite.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::NonFinite { table: self.spec.name.clone(), key: keys[i / dim], value: grads[i] });
+        }
+        let g = self.group(keys);
+        let mut order = g.order;
+        // Sort each shard's part by key so duplicates are adjacent; stable, so they stay in
+        // request order and their sum is deterministic.
+        for s in 0..self.shards.len() {
+            order[g.offsets[s] as usize..g.offsets[s + 1] as usize].sort_by_key(|i| keys[*i as usize]);
+        }
+        let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut scratch = vec![0f32; dim];
+        let mut rows_updated = 0u64;
+        for (s, shard) in self.shards.iter().enumerate() {
+            let part = &order[g.offsets[s] as usize..g.offsets[s + 1] as usize];
+            if part.is_empty() {
+                continue;
+            }
+            let mut shard = shard.lock();
+            let mut run = 0;
+            while run < part.len() {
+                let key = keys[part[run] as usize];
+                let mut end = run + 1;
+                while end < part.len() && keys[part[end] as usize] == key {
+                    end += 1;
+                }
+                let first = part[run] as usize;
+                let grad: &[f32] = if end - run == 1 {
+                    &grads[first * dim..(first + 1) * dim]
+                } else {
+                    scratch.fill(0.0);
+                    for &i in &part[run..end] {
+                        let i = i as usize;
+                        for (acc, g) in scratch.iter_mut().zip(&grads[i * dim..(i + 1) * dim]) {
+                            *acc += g;
+                        }
+                    }
+                    &scratch
+                };
+                let pos = match shard.find(key) {
+                    Some(pos) => pos,
+                    None => shard.insert_with(key, self.stride, |row| self.init_row(key, row)),
+                };
+                let (row, meta) = shard.row_mut(pos, self.stride);
+                meta.updates += 1;
+                meta.last_step = version;
+                let (weights, state) = row.split_at_mut(dim);
+                self.spec.optimizer.apply(weights, state, grad, meta.updates);
+                rows_updated += 1;
+                run = end;
+            }
+        }
+        self.row_updates.fetch_add(rows_updated, Ordering::Relaxed);
+        Ok(PushOutcome { rows_updated, version })
+    }
+
+    /// Deletes the rows of `keys`; returns how many existed.
+    pub fn delete(&self, keys: &[u64]) -> u64 {
+        let g = self.group(keys);
+        let mut deleted = 0;
+        for (s, shard) in self.shards.iter().enumerate() {
+            let part = &g.order[g.offsets[s] as usize..g.offsets[s + 1] as usize];
+            if part.is_empty() {
+                continue;
+            }
+            let mut shard = shard.lock();
+            for &i in part {
+                deleted += u64::from(shard.remove(keys[i as usize], self.stride));
+            }
+        }
+        deleted
+    }
+
+    /// The weights and metadata of one row, if present (tests, export, debugging).
+    pub fn get(&self, key: u64) -> Option<(Vec<f32>, RowMeta)> {
+        let shard = self.shards[self.shard_of(key)].lock();
+        let pos = shard.find(key)?;
+        Some((shard.row(pos, self.stride)[..self.dim].to_vec(), *shard.meta(pos)))
+    }
+
+    /// Rows, approximate bytes, row updates and rejected pushes.
+    pub fn stats(&self) -> SparseStats {
+        let (mut rows, mut bytes) = (0u64, 0u64);
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            rows += shard.len() as u64;
+            bytes += shard.heap_bytes() as u64;
+        }
+        SparseStats {
+            rows,
+            bytes,
+            version: self.version(),
+            row_updates: self.row_updates.load(Ordering::Relaxed),
+            rejected_nonfinite: self.rejected_nonfinite.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A snapshot of a table's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SparseStats {
+    /// Live rows.
+    pub rows: u64,
+    /// Approximate heap bytes (rows, optimizer state, metadata, index).
+    pub bytes: u64,
+    /// Pushes applied.
+    pub version: u64,
+    /// Row updates applied.
+    pub row_updates: u64,
+    /// Pushes rejected for NaN/Inf.
+    pub rejected_nonfinite: u64,
+}
