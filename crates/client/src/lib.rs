@@ -1,1 +1,17 @@
-//! placeholder
+//! Typed clients for Ember's services.
+//!
+//! Layout:
+//! - [`shard_map`]: which server owns which virtual slot (`slot = mix64(key) % num_slots`).
+//! - [`ps`]: [`PsClient`], the parameter-server client: splits a batch per server, fans the parts
+//!   out concurrently, and reassembles rows in request order.
+//!
+//! Invariants: a caller never sees a partial result (one failed part fails the call); rows come
+//! back in the order of the keys asked for, duplicates included.
+
+mod error;
+pub mod ps;
+pub mod shard_map;
+
+pub use error::ClientError;
+pub use ps::{Clock, PsClient, PulledRows, PushResult};
+pub use shard_map::ShardMap;

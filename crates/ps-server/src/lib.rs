@@ -1,1 +1,87 @@
-//! placeholder
+//! The parameter server: a thin gRPC adapter over [`ember_store::Store`].
+//!
+//! Layout:
+//! - [`service`]: the `ember.v1.ParameterServer` handlers: decode, call the store off the async
+//!   runtime, map the error, record metrics. No logic of their own.
+//! - [`error`]: the one place store and conversion errors become gRPC status codes.
+//! - [`serve`]: runs the service plus `grpc.health.v1` on a listener until a shutdown future
+//!   resolves, then drains in-flight requests.
+//!
+//! Metrics (names are the contract with dashboards, see docs/operations.md):
+//! `ember_ps_requests_total{method,code}`, `ember_ps_keys_total{method}`,
+//! `ember_ps_request_duration_seconds{method}`, `ember_ps_table_rows{table}`,
+//! `ember_ps_table_bytes{table}`, `ember_ps_rejected_nonfinite_total{table}`,
+//! `ember_ps_push_staleness{table}`.
+
+pub mod error;
+pub mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ember_proto::v1::parameter_server_server::ParameterServerServer;
+use ember_store::Store;
+use tonic::transport::server::TcpIncoming;
+
+pub use error::status_of;
+pub use service::PsService;
+
+/// Network tunables of a ps-server.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Largest request or response message, in bytes.
+    pub max_message_bytes: usize,
+    /// How often table gauges (rows, bytes) are refreshed.
+    pub gauge_interval: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self { max_message_bytes: 64 << 20, gauge_interval: Duration::from_secs(5) }
+    }
+}
+
+/// HTTP/2 windows large enough that a batch of rows (256 KiB at 4096 x 16 f32) does not stall on
+/// flow control over loopback or a LAN.
+pub const STREAM_WINDOW: u32 = 4 << 20;
+/// Connection-level HTTP/2 window.
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// Serves `store` on `listener` until `shutdown` resolves, then stops accepting and lets in-flight
+/// requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: Arc<Store>,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ParameterServerServer<PsService>>().await;
+    let service = ParameterServerServer::new(PsService::new(Arc::clone(&store)))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    let gauges = tokio::spawn(refresh_gauges(Arc::clone(&store), config.gauge_interval));
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let result = tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .add_service(health_service)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    gauges.abort();
+    result
+}
+
+async fn refresh_gauges(store: Arc<Store>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let store = Arc::clone(&store);
+        // Stats take every shard lock briefly: keep that off the async workers.
+        if let Ok(stats) = tokio::task::spawn_blocking(move || store.stats()).await {
+            service::record_table_gauges(&stats);
+        }
+    }
+}

@@ -70,8 +70,8 @@ impl DenseTable {
         (inner.values.clone(), inner.version)
     }
 
-    /// Applies one gradient; returns the new version. NaN/Inf or a wrong length changes nothing.
-    pub fn push(&self, grad: &[f32]) -> Result<u64, StoreError> {
+    /// Checks a gradient's length and finiteness; a non-finite one is counted as rejected.
+    pub fn validate(&self, grad: &[f32]) -> Result<(), StoreError> {
         let dim = self.spec.dim as usize;
         if grad.len() != dim {
             return Err(StoreError::BadLength {
@@ -82,12 +82,17 @@ impl DenseTable {
                 dim,
             });
         }
-        let bad = grad.iter().position(|g| !g.is_finite());
-        let mut inner = self.inner.lock();
-        if let Some(i) = bad {
-            inner.rejected_nonfinite += 1;
+        if let Some(i) = grad.iter().position(|g| !g.is_finite()) {
+            self.inner.lock().rejected_nonfinite += 1;
             return Err(StoreError::NonFinite { table: self.spec.name.clone(), key: i as u64, value: grad[i] });
         }
+        Ok(())
+    }
+
+    /// Applies one gradient; returns the new version. NaN/Inf or a wrong length changes nothing.
+    pub fn push(&self, grad: &[f32]) -> Result<u64, StoreError> {
+        self.validate(grad)?;
+        let mut inner = self.inner.lock();
         inner.version += 1;
         let DenseState { values, state, version, .. } = &mut *inner;
         self.spec.optimizer.apply(values, state, grad, *version);

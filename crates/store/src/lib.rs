@@ -247,6 +247,19 @@ impl Store {
         table.push(&grads)
     }
 
+    /// Applies several dense gradients, all or none: every table and length is checked first.
+    /// Returns each table's new version in request order.
+    pub fn push_dense_many(&self, grads: &[(&str, &[u8])]) -> Result<Vec<u64>, StoreError> {
+        let mut checked = Vec::with_capacity(grads.len());
+        for (name, bytes) in grads {
+            let table = self.dense(name)?;
+            let values = self.decode(table.spec(), "gradients", bytes, 1)?;
+            table.validate(&values)?;
+            checked.push((table, values));
+        }
+        checked.into_iter().map(|(table, values)| table.push(&values)).collect()
+    }
+
     /// Figures for every table.
     pub fn stats(&self) -> Vec<TableStats> {
         let tables: Vec<Table> = self.tables.read().values().cloned().collect();

@@ -168,3 +168,18 @@ fn dense_tables_apply_their_optimizer_and_refuse_bad_gradients() {
     let bad_init = store.create_table(TableSpec::dense("x", 2, adam), Some(&le_bytes(&[1.0])));
     assert!(matches!(bad_init, Err(StoreError::BadLength { .. })));
 }
+
+#[test]
+fn multi_table_dense_push_is_all_or_nothing() {
+    let sgd = Optimizer::Sgd { learning_rate: 1.0 };
+    let store = Store::default();
+    store.create_table(TableSpec::dense("a", 1, sgd), None).unwrap();
+    store.create_table(TableSpec::dense("b", 2, sgd), None).unwrap();
+    let (one, nan) = (le_bytes(&[1.0]), le_bytes(&[0.0, f32::NAN]));
+    assert!(store.push_dense_many(&[("a", &one), ("b", &nan)]).is_err());
+    assert!(store.push_dense_many(&[("a", &one), ("missing", &one)]).is_err());
+    assert_eq!(store.pull_dense("a").unwrap(), (vec![0.0], 0), "a must be untouched");
+    let ok = store.push_dense_many(&[("a", &one), ("b", &le_bytes(&[1.0, 2.0]))]).unwrap();
+    assert_eq!(ok, vec![1, 1]);
+    assert_eq!(store.pull_dense("b").unwrap(), (vec![-1.0, -2.0], 1));
+}

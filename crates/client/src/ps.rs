@@ -1,0 +1,345 @@
+//! The parameter-server client.
+//!
+//! A batch is split per owning server, the parts are sent concurrently, and rows are written back
+//! into request order. With one server the split is skipped entirely. Versions are per server (each
+//! server's table has its own clock), so a pull returns a [`Clock`] with one version per server and
+//! a push hands each server the version it read from that server.
+
+use bytes::Bytes;
+use ember_core::{TableKind, TableSpec};
+use ember_proto::v1::{self, parameter_server_client::ParameterServerClient};
+use futures_util::future::try_join_all;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{ClientError, ShardMap};
+
+/// Largest message the client sends or accepts.
+const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// One table version per server, as read by a pull.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Clock(pub Vec<u64>);
+
+impl Clock {
+    fn of(&self, server: usize) -> u64 {
+        self.0.get(server).copied().unwrap_or(0)
+    }
+}
+
+/// Rows returned by a pull or lookup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PulledRows {
+    /// Values per row.
+    pub dim: usize,
+    /// `keys.len() * dim` values, in the order the keys were given.
+    pub values: Vec<f32>,
+    /// The table version each server read at.
+    pub clock: Clock,
+    /// Lookup only: true where a server had no row for the key.
+    pub missing: Vec<bool>,
+}
+
+/// The outcome of a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushResult {
+    /// Distinct rows updated over all servers.
+    pub rows_updated: u64,
+    /// Each server's table version after the push (0 for servers not involved).
+    pub clock: Clock,
+}
+
+/// The keys of a batch that one server owns, and where they sit in the batch.
+struct Part {
+    server: usize,
+    keys: Vec<u64>,
+    /// Batch positions of `keys`; empty means "the whole batch, in order".
+    positions: Vec<u32>,
+}
+
+/// A client of every ps-server in a shard map.
+#[derive(Debug, Clone)]
+pub struct PsClient {
+    map: ShardMap,
+    servers: Vec<ParameterServerClient<Channel>>,
+}
+
+fn f32s_le(values: &[f32]) -> Bytes {
+    Bytes::copy_from_slice(bytemuck::cast_slice(values))
+}
+
+fn read_le_into(bytes: &[u8], out: &mut [f32]) {
+    for (v, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+        *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+}
+
+impl PsClient {
+    /// Connects to every server of `map`.
+    pub async fn connect(map: ShardMap) -> Result<Self, ClientError> {
+        let mut servers = Vec::with_capacity(map.endpoints().len());
+        for endpoint in map.endpoints() {
+            let uri = if endpoint.contains("://") { endpoint.clone() } else { format!("http://{endpoint}") };
+            let connect_err = |source| ClientError::Connect { endpoint: endpoint.clone(), source };
+            let channel = Endpoint::from_shared(uri)
+                .map_err(connect_err)?
+                .tcp_nodelay(true)
+                .initial_stream_window_size(4 << 20)
+                .initial_connection_window_size(16 << 20)
+                .connect()
+                .await
+                .map_err(connect_err)?;
+            servers.push(
+                ParameterServerClient::new(channel)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            );
+        }
+        Ok(Self { map, servers })
+    }
+
+    /// Connects to a single server owning every slot.
+    pub async fn connect_one(endpoint: impl Into<String>) -> Result<Self, ClientError> {
+        Self::connect(ShardMap::single(endpoint)).await
+    }
+
+    /// The shard map in use.
+    pub fn shard_map(&self) -> &ShardMap {
+        &self.map
+    }
+
+    fn rpc_err(&self, server: usize) -> impl Fn(tonic::Status) -> ClientError + '_ {
+        move |status| ClientError::Rpc { endpoint: self.map.endpoints()[server].clone(), status }
+    }
+
+    fn split(&self, keys: &[u64]) -> Vec<Part> {
+        if self.servers.len() == 1 {
+            return vec![Part { server: 0, keys: keys.to_vec(), positions: Vec::new() }];
+        }
+        let mut parts: Vec<Part> =
+            (0..self.servers.len()).map(|server| Part { server, keys: Vec::new(), positions: Vec::new() }).collect();
+        for (i, key) in keys.iter().enumerate() {
+            let part = &mut parts[self.map.server_of(*key)];
+            part.keys.push(*key);
+            part.positions.push(i as u32);
+        }
+        parts.retain(|p| !p.keys.is_empty());
+        parts
+    }
+
+    /// Creates a table: a sparse one on every server, a dense one on the server that owns its
+    /// name. Returns true if any server created it (false: it already existed everywhere).
+    pub async fn create_table(&self, spec: &TableSpec, initial: Option<&[f32]>) -> Result<bool, ClientError> {
+        let targets: Vec<usize> = match spec.kind {
+            TableKind::Sparse => (0..self.servers.len()).collect(),
+            TableKind::Dense => vec![self.map.server_of_name(&spec.name)],
+        };
+        let calls =
+            targets.into_iter().map(|server| {
+                let mut client = self.servers[server].clone();
+                let request = v1::CreateTableRequest {
+                    spec: Some(spec.clone().into()),
+                    initial_values: initial.map(f32s_le).unwrap_or_default(),
+                };
+                async move {
+                    client.create_table(request).await.map(|r| r.into_inner().created).map_err(self.rpc_err(server))
+                }
+            });
+        Ok(try_join_all(calls).await?.into_iter().any(|created| created))
+    }
+
+    /// Drops a table on every server that has it.
+    pub async fn drop_table(&self, name: &str) -> Result<(), ClientError> {
+        let mut found = false;
+        for (server, client) in self.servers.iter().enumerate() {
+            match client.clone().drop_table(v1::DropTableRequest { table: name.to_string() }).await {
+                Ok(_) => found = true,
+                Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) => return Err(self.rpc_err(server)(status)),
+            }
+        }
+        if found {
+            Ok(())
+        } else {
+            Err(self.rpc_err(0)(tonic::Status::not_found(format!("table {name:?} not found"))))
+        }
+    }
+
+    /// Specs of the tables on the first server (sparse tables exist on all).
+    pub async fn list_tables(&self) -> Result<Vec<v1::TableSpec>, ClientError> {
+        let reply = self.servers[0].clone().list_tables(v1::ListTablesRequest {}).await.map_err(self.rpc_err(0))?;
+        Ok(reply.into_inner().tables)
+    }
+
+    /// Training read: missing rows are created on their servers.
+    pub async fn pull(&self, table: &str, keys: &[u64]) -> Result<PulledRows, ClientError> {
+        self.read(table, keys, false).await
+    }
+
+    /// Read-only read: nothing is created; `missing` flags keys no server had.
+    pub async fn lookup(&self, table: &str, keys: &[u64]) -> Result<PulledRows, ClientError> {
+        self.read(table, keys, true).await
+    }
+
+    async fn read(&self, table: &str, keys: &[u64], lookup: bool) -> Result<PulledRows, ClientError> {
+        let parts = self.split(keys);
+        let calls = parts.iter().map(|part| {
+            let mut client = self.servers[part.server].clone();
+            let (table, part_keys) = (table.to_string(), part.keys.clone());
+            async move {
+                let reply = if lookup {
+                    let r = client.lookup(v1::LookupRequest { table, keys: part_keys }).await;
+                    r.map(|r| r.into_inner()).map(|r| (r.dim, r.values, r.version, r.missing))
+                } else {
+                    let r = client.pull(v1::PullRequest { table, keys: part_keys }).await;
+                    r.map(|r| r.into_inner()).map(|r| (r.dim, r.values, r.version, Vec::new()))
+                };
+                reply.map_err(self.rpc_err(part.server))
+            }
+        });
+        let replies = try_join_all(calls).await?;
+        let dim = replies.first().map_or(0, |r| r.0 as usize);
+        let mut values = vec![0f32; keys.len() * dim];
+        let mut missing = if lookup { vec![false; keys.len()] } else { Vec::new() };
+        let mut clock = Clock(vec![0; self.servers.len()]);
+        for (part, (part_dim, bytes, version, part_missing)) in parts.iter().zip(replies) {
+            let protocol =
+                |reason: String| ClientError::Protocol { endpoint: self.map.endpoints()[part.server].clone(), reason };
+            if part_dim as usize != dim || bytes.len() != part.keys.len() * dim * 4 {
+                return Err(protocol(format!(
+                    "{} value bytes at dim {part_dim} for {} keys (dim {dim} elsewhere)",
+                    bytes.len(),
+                    part.keys.len()
+                )));
+            }
+            if lookup && part_missing.len() != part.keys.len() {
+                return Err(protocol(format!("{} missing flags for {} keys", part_missing.len(), part.keys.len())));
+            }
+            clock.0[part.server] = version;
+            if part.positions.is_empty() {
+                read_le_into(&bytes, &mut values);
+                if lookup {
+                    missing = part_missing;
+                }
+                continue;
+            }
+            for (j, pos) in part.positions.iter().enumerate() {
+                let pos = *pos as usize;
+                read_le_into(&bytes[j * dim * 4..(j + 1) * dim * 4], &mut values[pos * dim..(pos + 1) * dim]);
+                if lookup {
+                    missing[pos] = part_missing[j];
+                }
+            }
+        }
+        Ok(PulledRows { dim, values, clock, missing })
+    }
+
+    /// Pushes sparse gradients (`keys.len() * dim` values, key order), each server's part tagged
+    /// with the version that server reported in `clock`.
+    pub async fn push(
+        &self,
+        table: &str,
+        keys: &[u64],
+        grads: &[f32],
+        clock: &Clock,
+    ) -> Result<PushResult, ClientError> {
+        if keys.is_empty() {
+            return Ok(PushResult { rows_updated: 0, clock: Clock(vec![0; self.servers.len()]) });
+        }
+        if grads.len() % keys.len() != 0 {
+            return Err(ClientError::InvalidArgument(format!(
+                "{} gradient values is not a multiple of {} keys",
+                grads.len(),
+                keys.len()
+            )));
+        }
+        let dim = grads.len() / keys.len();
+        let parts = self.split(keys);
+        let calls = parts.into_iter().map(|part| {
+            let gradients = if part.positions.is_empty() {
+                f32s_le(grads)
+            } else {
+                let mut buf = Vec::with_capacity(part.keys.len() * dim * 4);
+                for pos in &part.positions {
+                    let pos = *pos as usize;
+                    buf.extend_from_slice(bytemuck::cast_slice(&grads[pos * dim..(pos + 1) * dim]));
+                }
+                Bytes::from(buf)
+            };
+            let request = v1::PushRequest {
+                table: table.to_string(),
+                keys: part.keys,
+                gradients,
+                version: clock.of(part.server),
+            };
+            let mut client = self.servers[part.server].clone();
+            async move {
+                let reply = client.push(request).await.map_err(self.rpc_err(part.server))?.into_inner();
+                Ok::<_, ClientError>((part.server, reply))
+            }
+        });
+        let mut result = PushResult { rows_updated: 0, clock: Clock(vec![0; self.servers.len()]) };
+        for (server, reply) in try_join_all(calls).await? {
+            result.rows_updated += reply.rows_updated;
+            result.clock.0[server] = reply.version;
+        }
+        Ok(result)
+    }
+
+    /// Deletes rows on their servers; returns how many existed.
+    pub async fn delete_keys(&self, table: &str, keys: &[u64]) -> Result<u64, ClientError> {
+        let calls = self.split(keys).into_iter().map(|part| {
+            let mut client = self.servers[part.server].clone();
+            let request = v1::DeleteKeysRequest { table: table.to_string(), keys: part.keys };
+            async move {
+                client.delete_keys(request).await.map(|r| r.into_inner().deleted).map_err(self.rpc_err(part.server))
+            }
+        });
+        Ok(try_join_all(calls).await?.into_iter().sum())
+    }
+
+    /// Dense vectors and their versions, in the order of `names`.
+    pub async fn pull_dense(&self, names: &[&str]) -> Result<Vec<(Vec<f32>, u64)>, ClientError> {
+        let calls = names.iter().map(|name| {
+            let server = self.map.server_of_name(name);
+            let mut client = self.servers[server].clone();
+            let request = v1::PullDenseRequest { names: vec![name.to_string()] };
+            async move {
+                let reply = client.pull_dense(request).await.map_err(self.rpc_err(server))?.into_inner();
+                let table = reply.tables.into_iter().next().ok_or_else(|| ClientError::Protocol {
+                    endpoint: self.map.endpoints()[server].clone(),
+                    reason: "empty PullDense reply".into(),
+                })?;
+                let mut values = vec![0f32; table.values.len() / 4];
+                read_le_into(&table.values, &mut values);
+                Ok::<_, ClientError>((values, table.version))
+            }
+        });
+        try_join_all(calls).await
+    }
+
+    /// Applies dense gradients `(table, gradient, version read)`; returns each new version.
+    pub async fn push_dense(&self, grads: &[(&str, &[f32], u64)]) -> Result<Vec<u64>, ClientError> {
+        let calls = grads.iter().map(|(name, grad, version)| {
+            let server = self.map.server_of_name(name);
+            let mut client = self.servers[server].clone();
+            let gradient = v1::DenseGradient { name: name.to_string(), gradients: f32s_le(grad), version: *version };
+            async move {
+                let reply = client
+                    .push_dense(v1::PushDenseRequest { gradients: vec![gradient] })
+                    .await
+                    .map_err(self.rpc_err(server))?;
+                Ok::<_, ClientError>(reply.into_inner().versions.first().copied().unwrap_or_default())
+            }
+        });
+        try_join_all(calls).await
+    }
+
+    /// Each server's stats, indexed by server number.
+    pub async fn stats(&self) -> Result<Vec<v1::StatsResponse>, ClientError> {
+        let calls = self.servers.iter().enumerate().map(|(server, client)| {
+            let mut client = client.clone();
+            async move { client.stats(v1::StatsRequest {}).await.map(|r| r.into_inner()).map_err(self.rpc_err(server)) }
+        });
+        try_join_all(calls).await
+    }
+}

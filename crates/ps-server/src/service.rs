@@ -1,0 +1,220 @@
+//! `ember.v1.ParameterServer` handlers: decode, call the store, map the error, record metrics.
+//!
+//! Store calls run under `spawn_blocking`: a 4096-key push is a few hundred microseconds of CPU,
+//! long enough to stall other connections if it ran on an async worker thread.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ember_core::TableSpec;
+use ember_proto::v1::parameter_server_server::ParameterServer;
+use ember_proto::v1::{self, DenseValues};
+use ember_proto::{f32s_to_bytes, ConvertError};
+use ember_store::{Store, StoreError, TableStats};
+use metrics::{counter, gauge, histogram};
+use tonic::{Code, Request, Response, Status};
+
+use crate::error::{status_of, status_of_convert};
+
+/// The service over one store.
+#[derive(Debug, Clone)]
+pub struct PsService {
+    store: Arc<Store>,
+}
+
+impl PsService {
+    /// A service answering from `store`.
+    pub fn new(store: Arc<Store>) -> Self {
+        Self { store }
+    }
+
+    /// Runs `f` on the blocking pool and maps its error.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = Arc::clone(&self.store);
+        match tokio::task::spawn_blocking(move || f(&store)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => {
+                if let StoreError::NonFinite { table, .. } = &err {
+                    counter!("ember_ps_rejected_nonfinite_total", "table" => table.clone()).increment(1);
+                }
+                Err(status_of(&err))
+            }
+            Err(join) => Err(Status::internal(format!("store task failed: {join}"))),
+        }
+    }
+}
+
+fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::InvalidArgument => "invalid_argument",
+        Code::NotFound => "not_found",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::Unavailable => "unavailable",
+        _ => "internal",
+    }
+}
+
+/// Records the request's metrics and wraps the reply.
+fn observe<T>(
+    method: &'static str,
+    keys: usize,
+    started: Instant,
+    result: Result<T, Status>,
+) -> Result<Response<T>, Status> {
+    let code = result.as_ref().map_or_else(|s| code_label(s.code()), |_| "ok");
+    counter!("ember_ps_requests_total", "method" => method, "code" => code).increment(1);
+    counter!("ember_ps_keys_total", "method" => method).increment(keys as u64);
+    histogram!("ember_ps_request_duration_seconds", "method" => method).record(started.elapsed().as_secs_f64());
+    result.map(Response::new)
+}
+
+/// Sets the per-table gauges from a stats snapshot.
+pub fn record_table_gauges(stats: &[TableStats]) {
+    for t in stats {
+        gauge!("ember_ps_table_rows", "table" => t.spec.name.clone()).set(t.counters.rows as f64);
+        gauge!("ember_ps_table_bytes", "table" => t.spec.name.clone()).set(t.counters.bytes as f64);
+    }
+}
+
+#[tonic::async_trait]
+impl ParameterServer for PsService {
+    async fn create_table(
+        &self,
+        req: Request<v1::CreateTableRequest>,
+    ) -> Result<Response<v1::CreateTableResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        let spec: Result<TableSpec, Status> = req
+            .spec
+            .ok_or(ConvertError::Missing("spec"))
+            .and_then(TableSpec::try_from)
+            .map_err(|e| status_of_convert(&e));
+        let result = match spec {
+            Ok(spec) => {
+                let initial = req.initial_values;
+                self.blocking(move |s| s.create_table(spec, Some(&initial))).await
+            }
+            Err(status) => Err(status),
+        };
+        observe("create_table", 0, started, result.map(|created| v1::CreateTableResponse { created }))
+    }
+
+    async fn list_tables(
+        &self,
+        _req: Request<v1::ListTablesRequest>,
+    ) -> Result<Response<v1::ListTablesResponse>, Status> {
+        let tables = self.store.list_tables().into_iter().map(Into::into).collect();
+        observe("list_tables", 0, Instant::now(), Ok(v1::ListTablesResponse { tables }))
+    }
+
+    async fn drop_table(&self, req: Request<v1::DropTableRequest>) -> Result<Response<v1::DropTableResponse>, Status> {
+        let started = Instant::now();
+        let name = req.into_inner().table;
+        let result = self.blocking(move |s| s.drop_table(&name)).await;
+        observe("drop_table", 0, started, result.map(|()| v1::DropTableResponse {}))
+    }
+
+    async fn pull(&self, req: Request<v1::PullRequest>) -> Result<Response<v1::PullResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        let keys = req.keys.len();
+        let result = self.blocking(move |s| s.pull(&req.table, &req.keys)).await.map(|rows| v1::PullResponse {
+            dim: rows.dim,
+            values: f32s_to_bytes(rows.values),
+            version: rows.version,
+        });
+        observe("pull", keys, started, result)
+    }
+
+    async fn lookup(&self, req: Request<v1::LookupRequest>) -> Result<Response<v1::LookupResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        let keys = req.keys.len();
+        let result = self.blocking(move |s| s.lookup(&req.table, &req.keys)).await.map(|rows| v1::LookupResponse {
+            dim: rows.dim,
+            values: f32s_to_bytes(rows.values),
+            version: rows.version,
+            missing: rows.missing,
+        });
+        observe("lookup", keys, started, result)
+    }
+
+    async fn push(&self, req: Request<v1::PushRequest>) -> Result<Response<v1::PushResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        let keys = req.keys.len();
+        let (table, gradient_version) = (req.table.clone(), req.version);
+        let result = self.blocking(move |s| s.push(&req.table, &req.keys, &req.gradients)).await.map(|out| {
+            // Versions the table moved on between the pull that computed the gradient and now.
+            let staleness = out.version.saturating_sub(1).saturating_sub(gradient_version);
+            histogram!("ember_ps_push_staleness", "table" => table).record(staleness as f64);
+            v1::PushResponse { rows_updated: out.rows_updated, version: out.version }
+        });
+        observe("push", keys, started, result)
+    }
+
+    async fn pull_dense(&self, req: Request<v1::PullDenseRequest>) -> Result<Response<v1::PullDenseResponse>, Status> {
+        let started = Instant::now();
+        let names = req.into_inner().names;
+        let result = self
+            .blocking(move |s| {
+                names
+                    .into_iter()
+                    .map(|name| {
+                        let (values, version) = s.pull_dense(&name)?;
+                        Ok(DenseValues { name, values: f32s_to_bytes(values), version })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()
+            })
+            .await;
+        observe("pull_dense", 0, started, result.map(|tables| v1::PullDenseResponse { tables }))
+    }
+
+    async fn push_dense(&self, req: Request<v1::PushDenseRequest>) -> Result<Response<v1::PushDenseResponse>, Status> {
+        let started = Instant::now();
+        let grads = req.into_inner().gradients;
+        let result = self
+            .blocking(move |s| {
+                let parts: Vec<(&str, &[u8])> = grads.iter().map(|g| (g.name.as_str(), &g.gradients[..])).collect();
+                s.push_dense_many(&parts)
+            })
+            .await;
+        observe("push_dense", 0, started, result.map(|versions| v1::PushDenseResponse { versions }))
+    }
+
+    async fn delete_keys(
+        &self,
+        req: Request<v1::DeleteKeysRequest>,
+    ) -> Result<Response<v1::DeleteKeysResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        let keys = req.keys.len();
+        let result = self.blocking(move |s| s.delete_keys(&req.table, &req.keys)).await;
+        observe("delete_keys", keys, started, result.map(|deleted| v1::DeleteKeysResponse { deleted }))
+    }
+
+    async fn stats(&self, _req: Request<v1::StatsRequest>) -> Result<Response<v1::StatsResponse>, Status> {
+        let started = Instant::now();
+        let result = self.blocking(|s| Ok((s.stats(), s.config().max_batch_keys))).await.map(|(stats, max)| {
+            record_table_gauges(&stats);
+            let tables = stats
+                .into_iter()
+                .map(|t| v1::TableStats {
+                    spec: Some(t.spec.into()),
+                    rows: t.counters.rows,
+                    version: t.counters.version,
+                    bytes: t.counters.bytes,
+                    row_updates: t.counters.row_updates,
+                    rejected_nonfinite: t.counters.rejected_nonfinite,
+                })
+                .collect();
+            v1::StatsResponse { tables, max_batch_keys: max as u64 }
+        });
+        observe("stats", 0, started, result)
+    }
+}

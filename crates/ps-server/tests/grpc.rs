@@ -1,0 +1,240 @@
+//! gRPC round trips through real ps-servers on 127.0.0.1 ephemeral ports: every RPC, every
+//! bad-input case of the contract, multi-server routing, health and graceful shutdown.
+
+use std::sync::Arc;
+
+use ember_client::{ClientError, PsClient, ShardMap};
+use ember_core::{Initializer, Optimizer, TableSpec};
+use ember_proto::v1::{self, parameter_server_client::ParameterServerClient};
+use ember_ps_server::{serve, ServeConfig};
+use ember_store::{Store, StoreConfig};
+use tokio::sync::oneshot;
+use tonic::Code;
+
+struct Server {
+    addr: String,
+    store: Arc<Store>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+async fn start(max_batch_keys: usize) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let store = Arc::new(Store::new(StoreConfig { shard_bits: 4, max_batch_keys }));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, Arc::clone(&store), ServeConfig::default(), async {
+        let _ = stopped.await;
+    }));
+    Server { addr, store, stop: Some(stop), task }
+}
+
+fn adagrad() -> Optimizer {
+    Optimizer::Adagrad { learning_rate: 0.1, initial_accumulator: 0.1, epsilon: 1e-7 }
+}
+
+fn emb_spec() -> TableSpec {
+    TableSpec::sparse("emb", 4, adagrad()).with_initializer(Initializer::Uniform { low: -0.05, high: 0.05 }, 17)
+}
+
+#[tokio::test]
+async fn every_rpc_round_trips() {
+    let server = start(10_000).await;
+    let client = PsClient::connect_one(&server.addr).await.unwrap();
+    assert!(client.create_table(&emb_spec(), None).await.unwrap());
+    assert!(!client.create_table(&emb_spec(), None).await.unwrap(), "create is idempotent");
+
+    let keys = [3u64, 1, 3, 7];
+    let first = client.pull("emb", &keys).await.unwrap();
+    assert_eq!(first.dim, 4);
+    assert_eq!(&first.values[0..4], &first.values[8..12], "a repeated key reads the same row");
+    let mut expected = vec![0f32; 4];
+    Initializer::Uniform { low: -0.05, high: 0.05 }.fill(17, 7, &mut expected);
+    assert_eq!(&first.values[12..16], &expected[..], "rows start at the deterministic initializer");
+
+    let grads: Vec<f32> = (0..16).map(|i| i as f32 * 0.1 - 0.8).collect();
+    let pushed = client.push("emb", &keys, &grads, &first.clock).await.unwrap();
+    assert_eq!(pushed.rows_updated, 3);
+    assert_eq!(pushed.clock.0, vec![1]);
+    // The server applied Adagrad to the summed gradient of key 3; do the same locally.
+    let mut row3 = first.values[0..4].to_vec();
+    let mut acc = vec![0f32; 4];
+    adagrad().init_state(&row3, &mut acc);
+    let sum3: Vec<f32> = (0..4).map(|j| grads[j] + grads[8 + j]).collect();
+    adagrad().apply(&mut row3, &mut acc, &sum3, 1);
+    let after = client.pull("emb", &[3]).await.unwrap();
+    assert_eq!(after.values, row3);
+    assert_eq!(after.clock.0, vec![1]);
+
+    let looked = client.lookup("emb", &[1, 99]).await.unwrap();
+    assert_eq!(looked.missing, vec![false, true]);
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats[0].tables[0].rows, 3, "lookup created nothing");
+    assert_eq!(client.delete_keys("emb", &[1, 2]).await.unwrap(), 1);
+
+    let dense = TableSpec::dense("mlp.w0", 3, Optimizer::Sgd { learning_rate: 1.0 });
+    client.create_table(&dense, Some(&[1.0, 2.0, 3.0])).await.unwrap();
+    let versions = client.push_dense(&[("mlp.w0", &[0.5, 0.5, 0.5], 0)]).await.unwrap();
+    assert_eq!(versions, vec![1]);
+    assert_eq!(client.pull_dense(&["mlp.w0"]).await.unwrap(), vec![(vec![0.5, 1.5, 2.5], 1)]);
+
+    let names: Vec<String> = client.list_tables().await.unwrap().into_iter().map(|t| t.name).collect();
+    assert_eq!(names, vec!["emb", "mlp.w0"]);
+    client.drop_table("mlp.w0").await.unwrap();
+    assert_eq!(client.drop_table("mlp.w0").await.unwrap_err().code(), Some(Code::NotFound));
+}
+
+fn raw_status<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> tonic::Status {
+    r.expect_err("request must be refused")
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_the_right_code_and_changes_nothing() {
+    let server = start(100).await;
+    let client = PsClient::connect_one(&server.addr).await.unwrap();
+    client.create_table(&emb_spec(), None).await.unwrap();
+    let before = client.pull("emb", &[1, 2]).await.unwrap();
+    let mut raw = ParameterServerClient::connect(format!("http://{}", server.addr)).await.unwrap();
+
+    // Unknown table.
+    let err = client.pull("nope", &[1]).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::NotFound));
+    assert!(err.to_string().contains("nope"));
+
+    // Gradient bytes for the wrong dim, and not even a multiple of 4.
+    let err = client.push("emb", &[1, 2], &[0.5; 6], &before.clock).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::InvalidArgument));
+    assert!(err.to_string().contains("expected 32"), "{err}");
+    let odd = v1::PushRequest { table: "emb".into(), keys: vec![1], gradients: vec![0u8; 15].into(), version: 0 };
+    let status = raw_status(raw.push(odd).await);
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("expected 16"), "{}", status.message());
+
+    // NaN and Inf anywhere in the batch.
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut grads = vec![0.1f32; 8];
+        grads[6] = bad;
+        let err = client.push("emb", &[1, 2], &grads, &before.clock).await.unwrap_err();
+        assert_eq!(err.code(), Some(Code::InvalidArgument), "{bad}");
+    }
+
+    // Over the key limit.
+    let keys: Vec<u64> = (0..101).collect();
+    let err = client.pull("emb", &keys).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::ResourceExhausted));
+    assert!(err.to_string().contains("limit of 100"), "{err}");
+    let err = client.push("emb", &keys, &vec![0.0; 404], &before.clock).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::ResourceExhausted));
+
+    // Malformed specs and the wrong kind of table.
+    let status =
+        raw_status(raw.create_table(v1::CreateTableRequest { spec: None, initial_values: Default::default() }).await);
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let mut bad_spec: v1::TableSpec = emb_spec().into();
+    bad_spec.name = "bad".into();
+    bad_spec.optimizer = Some(Optimizer::Ftrl { alpha: -1.0, beta: 1.0, l1: 0.0, l2: 0.0 }.into());
+    let status = raw_status(
+        raw.create_table(v1::CreateTableRequest { spec: Some(bad_spec), initial_values: Default::default() }).await,
+    );
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("alpha"), "{}", status.message());
+    let conflict = TableSpec { dim: 8, ..emb_spec() };
+    assert_eq!(client.create_table(&conflict, None).await.unwrap_err().code(), Some(Code::FailedPrecondition));
+    assert_eq!(client.pull_dense(&["emb"]).await.unwrap_err().code(), Some(Code::FailedPrecondition));
+
+    // Nothing changed: same rows, same version, the rejections counted.
+    let after = client.pull("emb", &[1, 2]).await.unwrap();
+    assert_eq!(before, after);
+    let stats = client.stats().await.unwrap();
+    let emb = stats[0].tables.iter().find(|t| t.spec.as_ref().unwrap().name == "emb").unwrap();
+    assert_eq!((emb.rows, emb.version, emb.rejected_nonfinite), (2, 0, 3));
+    assert!(server.store.sparse("emb").unwrap().stats().rows == 2);
+}
+
+#[tokio::test]
+async fn concurrent_clients_pushing_overlapping_keys_match_the_sequential_result() {
+    let server = start(10_000).await;
+    let client = PsClient::connect_one(&server.addr).await.unwrap();
+    // lr 0.5 and gradients in quarters: exact in f32, so order cannot matter.
+    client.create_table(&TableSpec::sparse("t", 2, Optimizer::Sgd { learning_rate: 0.5 }), None).await.unwrap();
+    let tasks = 16u64;
+    let pushes = 25u64;
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let client = client.clone();
+        handles.push(tokio::spawn(async move {
+            for p in 0..pushes {
+                let keys: Vec<u64> = (0..50).map(|i| (t * 13 + p * 7 + i) % 120).collect();
+                let grads: Vec<f32> = keys.iter().flat_map(|k| [(k % 4) as f32 * 0.25, -0.25]).collect();
+                client.push("t", &keys, &grads, &Default::default()).await.unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let mut expected = vec![[0f32; 2]; 120];
+    let mut updates = vec![0u64; 120];
+    for t in 0..tasks {
+        for p in 0..pushes {
+            for i in 0..50 {
+                let k = ((t * 13 + p * 7 + i) % 120) as usize;
+                expected[k][0] -= 0.5 * (k % 4) as f32 * 0.25;
+                expected[k][1] += 0.5 * 0.25;
+                updates[k] += 1;
+            }
+        }
+    }
+    let keys: Vec<u64> = (0..120).collect();
+    let rows = client.pull("t", &keys).await.unwrap();
+    let table = server.store.sparse("t").unwrap();
+    for k in 0..120 {
+        assert_eq!(&rows.values[k * 2..k * 2 + 2], &expected[k][..], "key {k}");
+        assert_eq!(table.get(k as u64).unwrap().1.updates, updates[k], "key {k}");
+    }
+    assert_eq!(rows.clock.0, vec![tasks * pushes]);
+}
+
+#[tokio::test]
+async fn a_batch_split_over_servers_comes_back_in_request_order() {
+    let (a, b, c) = (start(10_000).await, start(10_000).await, start(10_000).await);
+    let lone = PsClient::connect_one(&c.addr).await.unwrap();
+    let map = ShardMap::round_robin(vec![a.addr.clone(), b.addr.clone()], 1024).unwrap();
+    let pair = PsClient::connect(map).await.unwrap();
+    for client in [&lone, &pair] {
+        client.create_table(&emb_spec(), None).await.unwrap();
+    }
+    let keys: Vec<u64> = (0..500).map(|i| (i * 7919) % 300).collect();
+    let from_pair = pair.pull("emb", &keys).await.unwrap();
+    let from_lone = lone.pull("emb", &keys).await.unwrap();
+    assert_eq!(from_pair.values, from_lone.values, "same key, same initial row, on any server");
+    let (ra, rb) = (a.store.sparse("emb").unwrap().stats().rows, b.store.sparse("emb").unwrap().stats().rows);
+    assert!(ra > 100 && rb > 100 && ra + rb == 300, "{ra} + {rb}");
+
+    let grads: Vec<f32> = (0..keys.len() * 4).map(|i| (i % 11) as f32 * 0.01).collect();
+    let pushed = pair.push("emb", &keys, &grads, &from_pair.clock).await.unwrap();
+    lone.push("emb", &keys, &grads, &from_lone.clock).await.unwrap();
+    assert_eq!(pushed.rows_updated, 300);
+    assert_eq!(pushed.clock.0, vec![1, 1]);
+    assert_eq!(pair.pull("emb", &keys).await.unwrap().values, lone.pull("emb", &keys).await.unwrap().values);
+    let looked = pair.lookup("emb", &[1, 100_000]).await.unwrap();
+    assert_eq!(looked.missing, vec![false, true]);
+}
+
+#[tokio::test]
+async fn health_reports_serving_and_shutdown_drains() {
+    let mut server = start(10).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "ember.v1.ParameterServer".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+    server.stop.take().unwrap().send(()).unwrap();
+    server.task.await.unwrap().unwrap();
+    let err = PsClient::connect_one(&server.addr).await.map(|_| ()).unwrap_err();
+    assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+}
