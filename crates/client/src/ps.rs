@@ -245,7 +245,7 @@ impl PsClient {
         if keys.is_empty() {
             return Ok(PushResult { rows_updated: 0, clock: Clock(vec![0; self.servers.len()]) });
         }
-        if grads.len() % keys.len() != 0 {
+        if !grads.len().is_multiple_of(keys.len()) {
             return Err(ClientError::InvalidArgument(format!(
                 "{} gradient values is not a multiple of {} keys",
                 grads.len(),

@@ -1,6 +1,9 @@
 //! gRPC round trips through real ps-servers on 127.0.0.1 ephemeral ports: every RPC, every
 //! bad-input case of the contract, multi-server routing, health and graceful shutdown.
 
+// Helpers here are test harness code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use ember_client::{ClientError, PsClient, ShardMap};

@@ -99,7 +99,7 @@ pub struct Store {
 /// Reads little-endian f32 from `bytes`, without copying when they happen to be aligned.
 /// `None` if the length is not a multiple of 4.
 pub fn f32s_from_le_bytes(bytes: &[u8]) -> Option<Cow<'_, [f32]>> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     Some(match bytemuck::try_cast_slice(bytes) {
