@@ -9,8 +9,10 @@
 //! per-coordinate). So that a table may start from a non-zero initializer, a new row's z is set to
 //! the value for which the closed form reproduces the initial weight while n = 0.
 
-/// An optimizer and its hyper-parameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// An optimizer and its hyper-parameters. In job files it is a table with a `kind` key
+/// (`sgd`, `adagrad`, `ftrl`, `adam`) and the parameters; omitted ones take the defaults below.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Optimizer {
     /// w -= lr * g.
     Sgd {
@@ -21,33 +23,62 @@ pub enum Optimizer {
     Adagrad {
         /// Learning rate.
         learning_rate: f32,
-        /// Starting value of the accumulator.
+        /// Starting value of the accumulator (default 0.1).
+        #[serde(default = "defaults::initial_accumulator")]
         initial_accumulator: f32,
-        /// Added to the denominator.
+        /// Added to the denominator (default 1e-7).
+        #[serde(default = "defaults::epsilon")]
         epsilon: f32,
     },
     /// FTRL-Proximal with per-coordinate learning rates.
     Ftrl {
         /// Learning-rate scale.
         alpha: f32,
-        /// Learning-rate smoothing.
+        /// Learning-rate smoothing (default 1).
+        #[serde(default = "defaults::one")]
         beta: f32,
-        /// L1 regularization (drives weights to exact zero).
+        /// L1 regularization, drives weights to exact zero (default 0).
+        #[serde(default)]
         l1: f32,
-        /// L2 regularization.
+        /// L2 regularization (default 0).
+        #[serde(default)]
         l2: f32,
     },
     /// Adam with bias correction; sparse rows use their own step count.
     Adam {
         /// Learning rate.
         learning_rate: f32,
-        /// First-moment decay.
+        /// First-moment decay (default 0.9).
+        #[serde(default = "defaults::beta1")]
         beta1: f32,
-        /// Second-moment decay.
+        /// Second-moment decay (default 0.999).
+        #[serde(default = "defaults::beta2")]
         beta2: f32,
-        /// Added to the denominator.
+        /// Added to the denominator (default 1e-8).
+        #[serde(default = "defaults::adam_epsilon")]
         epsilon: f32,
     },
+}
+
+mod defaults {
+    pub fn initial_accumulator() -> f32 {
+        0.1
+    }
+    pub fn epsilon() -> f32 {
+        1e-7
+    }
+    pub fn one() -> f32 {
+        1.0
+    }
+    pub fn beta1() -> f32 {
+        0.9
+    }
+    pub fn beta2() -> f32 {
+        0.999
+    }
+    pub fn adam_epsilon() -> f32 {
+        1e-8
+    }
 }
 
 impl Optimizer {

@@ -1,0 +1,330 @@
+//! Job files: what to train, on what, with which cluster. TOML, versioned, unknown keys rejected,
+//! validated after parsing (see docs/jobs.md for one example per model).
+
+use serde::{Deserialize, Serialize};
+
+use crate::Optimizer;
+
+/// The only job-file version this build reads.
+pub const JOB_VERSION: u32 = 1;
+
+/// A whole job.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Must be [`JOB_VERSION`].
+    pub version: u32,
+    /// Free-form name for reports.
+    #[serde(default)]
+    pub name: String,
+    /// Input data.
+    pub data: DataSpec,
+    /// The model.
+    pub model: ModelSpec,
+    /// Optimizers per kind of table.
+    #[serde(default)]
+    pub optimizer: OptimizerSpecs,
+    /// Cluster shape for embedded runs.
+    #[serde(default)]
+    pub cluster: ClusterSpec,
+    /// Training loop.
+    #[serde(default)]
+    pub training: TrainingSpec,
+}
+
+/// Input file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// Criteo TSV: label, I1-I13, C1-C26; empty cells allowed.
+    Criteo,
+    /// `label idx:value ...` (label 1/0 or 1/-1).
+    Libsvm,
+    /// `label field:idx:value ...`.
+    Libffm,
+    /// CSV with a header and a `[data.schema]`.
+    Csv,
+}
+
+/// Where samples come from and how they are split.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// File format.
+    pub format: DataFormat,
+    /// Files or globs (`.gz` files are decompressed), read in sorted order.
+    pub paths: Vec<String>,
+    /// Fraction of rows, taken from the end of the data, held out for testing.
+    #[serde(default = "default_test_split")]
+    pub test_split: f64,
+    /// The job fails once more than this fraction of lines is malformed.
+    #[serde(default = "default_max_bad_ratio")]
+    pub max_bad_ratio: f64,
+    /// CSV only: what each column is.
+    pub schema: Option<CsvSchema>,
+}
+
+/// Column roles of a CSV file. Every header column must be named in exactly one role.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvSchema {
+    /// Field separator (one character).
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+    /// The label column; a row is positive when its value is one of `positive`.
+    pub label: String,
+    /// Label values counted as positive (default `1`).
+    #[serde(default = "default_positive")]
+    pub positive: Vec<String>,
+    /// Categorical columns: hashed as (column, value).
+    #[serde(default)]
+    pub categorical: Vec<String>,
+    /// Numeric columns: bucketized like Criteo integers, then hashed.
+    #[serde(default)]
+    pub numeric: Vec<String>,
+    /// Columns to skip.
+    #[serde(default)]
+    pub ignore: Vec<String>,
+}
+
+/// Model families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Logistic regression.
+    Lr,
+    /// Factorization machine (2-way).
+    Fm,
+    /// DeepFM: FM plus an MLP over the concatenated field embeddings.
+    Deepfm,
+}
+
+/// The model and its sizes.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Family.
+    pub kind: ModelKind,
+    /// Embedding width for FM / DeepFM.
+    #[serde(default = "default_embedding_dim")]
+    pub embedding_dim: u32,
+    /// DeepFM hidden layer widths.
+    #[serde(default = "default_hidden")]
+    pub hidden: Vec<u32>,
+    /// Standard deviation of new embedding rows.
+    #[serde(default = "default_init_stddev")]
+    pub init_stddev: f32,
+}
+
+/// Optimizers per table kind.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerSpecs {
+    /// Linear (first-order) weights.
+    #[serde(default = "default_linear_optimizer")]
+    pub sparse: Optimizer,
+    /// Embedding rows (FM / DeepFM).
+    #[serde(default = "default_embedding_optimizer")]
+    pub embedding: Optimizer,
+    /// Dense parameters (DeepFM's MLP).
+    #[serde(default = "default_dense_optimizer")]
+    pub dense: Optimizer,
+}
+
+impl Default for OptimizerSpecs {
+    fn default() -> Self {
+        Self {
+            sparse: default_linear_optimizer(),
+            embedding: default_embedding_optimizer(),
+            dense: default_dense_optimizer(),
+        }
+    }
+}
+
+/// Cluster shape of an embedded run.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// ps-servers.
+    #[serde(default = "one")]
+    pub ps: u32,
+    /// Workers.
+    #[serde(default = "one")]
+    pub workers: u32,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        Self { ps: 1, workers: 1 }
+    }
+}
+
+/// The training loop.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSpec {
+    /// Examples per mini-batch.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Passes over the training split.
+    #[serde(default = "one")]
+    pub epochs: u32,
+    /// Seeds table initializers.
+    #[serde(default = "one_u64")]
+    pub seed: u64,
+}
+
+impl Default for TrainingSpec {
+    fn default() -> Self {
+        Self { batch_size: default_batch(), epochs: 1, seed: 1 }
+    }
+}
+
+fn default_test_split() -> f64 {
+    0.1
+}
+fn default_max_bad_ratio() -> f64 {
+    0.01
+}
+fn default_delimiter() -> char {
+    ','
+}
+fn default_positive() -> Vec<String> {
+    vec!["1".into()]
+}
+fn default_embedding_dim() -> u32 {
+    8
+}
+fn default_hidden() -> Vec<u32> {
+    vec![256, 128]
+}
+fn default_init_stddev() -> f32 {
+    0.01
+}
+fn default_linear_optimizer() -> Optimizer {
+    Optimizer::Ftrl { alpha: 0.05, beta: 1.0, l1: 1.0, l2: 1.0 }
+}
+fn default_embedding_optimizer() -> Optimizer {
+    Optimizer::Adagrad { learning_rate: 0.05, initial_accumulator: 0.1, epsilon: 1e-7 }
+}
+fn default_dense_optimizer() -> Optimizer {
+    Optimizer::Adam { learning_rate: 1e-3, beta1: 0.9, beta2: 0.999, epsilon: 1e-8 }
+}
+fn default_batch() -> usize {
+    512
+}
+fn one() -> u32 {
+    1
+}
+fn one_u64() -> u64 {
+    1
+}
+
+/// Why a job file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Not valid TOML, a wrong type, or an unknown key.
+    #[error("job file: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// Parsed, but the values do not make a runnable job.
+    #[error("job file: {0}")]
+    Invalid(String),
+}
+
+impl JobSpec {
+    /// Parses and validates a job file's text.
+    pub fn from_toml(text: &str) -> Result<Self, JobError> {
+        let job: JobSpec = toml::from_str(text)?;
+        job.validate()?;
+        Ok(job)
+    }
+
+    /// Checks every value a parse cannot.
+    pub fn validate(&self) -> Result<(), JobError> {
+        let bad = |msg: String| Err(JobError::Invalid(msg));
+        if self.version != JOB_VERSION {
+            return bad(format!("version {} is not supported (this build reads version {JOB_VERSION})", self.version));
+        }
+        let d = &self.data;
+        if d.paths.is_empty() {
+            return bad("data.paths is empty".into());
+        }
+        if !(0.0..1.0).contains(&d.test_split) {
+            return bad(format!("data.test_split must be in [0, 1), got {}", d.test_split));
+        }
+        if !(0.0..=1.0).contains(&d.max_bad_ratio) {
+            return bad(format!("data.max_bad_ratio must be in [0, 1], got {}", d.max_bad_ratio));
+        }
+        match (d.format, &d.schema) {
+            (DataFormat::Csv, None) => return bad("data.format = \"csv\" needs a [data.schema]".into()),
+            (DataFormat::Csv, Some(s)) if s.label.is_empty() => return bad("data.schema.label is empty".into()),
+            (f, Some(_)) if f != DataFormat::Csv => return bad(format!("data.schema is only for csv, not {f:?}")),
+            _ => {}
+        }
+        let m = &self.model;
+        if m.embedding_dim == 0 || m.embedding_dim > 1024 {
+            return bad(format!("model.embedding_dim must be in 1..=1024, got {}", m.embedding_dim));
+        }
+        if m.kind == ModelKind::Deepfm && (m.hidden.is_empty() || m.hidden.contains(&0)) {
+            return bad(format!("model.hidden must list non-zero layer widths, got {:?}", m.hidden));
+        }
+        if !(m.init_stddev.is_finite() && m.init_stddev >= 0.0) {
+            return bad(format!("model.init_stddev must be >= 0, got {}", m.init_stddev));
+        }
+        for (name, o) in [
+            ("sparse", &self.optimizer.sparse),
+            ("embedding", &self.optimizer.embedding),
+            ("dense", &self.optimizer.dense),
+        ] {
+            o.validate().map_err(|e| JobError::Invalid(format!("optimizer.{name}: {e}")))?;
+        }
+        if self.cluster.ps == 0 || self.cluster.workers == 0 {
+            return bad("cluster.ps and cluster.workers must be >= 1".into());
+        }
+        if self.training.batch_size == 0 || self.training.epochs == 0 {
+            return bad("training.batch_size and training.epochs must be >= 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LR: &str = r#"
+        version = 1
+        [data]
+        format = "criteo"
+        paths = ["a.tsv"]
+        [model]
+        kind = "lr"
+        [optimizer.sparse]
+        kind = "ftrl"
+        alpha = 0.1
+        l1 = 0.5
+    "#;
+
+    #[test]
+    fn a_minimal_job_parses_with_defaults() {
+        let job = JobSpec::from_toml(LR).unwrap();
+        assert_eq!(job.optimizer.sparse, Optimizer::Ftrl { alpha: 0.1, beta: 1.0, l1: 0.5, l2: 0.0 });
+        assert_eq!((job.data.test_split, job.training.batch_size, job.cluster.workers), (0.1, 512, 1));
+    }
+
+    #[test]
+    fn unknown_keys_wrong_versions_and_bad_values_are_refused() {
+        let typo = LR.replace("format = \"criteo\"", "format = \"criteo\"\nformt = 1");
+        assert!(JobSpec::from_toml(&typo).unwrap_err().to_string().contains("formt"));
+        let opt_typo = LR.replace("l1 = 0.5", "l3 = 0.5");
+        assert!(JobSpec::from_toml(&opt_typo).is_err());
+        let v2 = LR.replace("version = 1", "version = 2");
+        assert!(JobSpec::from_toml(&v2).unwrap_err().to_string().contains("version 2"));
+        let split = LR.replace("paths = [\"a.tsv\"]", "paths = [\"a.tsv\"]\ntest_split = 1.5");
+        assert!(JobSpec::from_toml(&split).unwrap_err().to_string().contains("test_split"));
+        let csv = LR.replace("\"criteo\"", "\"csv\"");
+        assert!(JobSpec::from_toml(&csv).unwrap_err().to_string().contains("schema"));
+        let alpha = LR.replace("alpha = 0.1", "alpha = -1.0");
+        assert!(JobSpec::from_toml(&alpha).unwrap_err().to_string().contains("optimizer.sparse"));
+    }
+}
