@@ -68,9 +68,12 @@ pub struct DataSpec {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CsvSchema {
-    /// Field separator (one character).
+    /// Field separator (one character); whitespace around fields is trimmed.
     #[serde(default = "default_delimiter")]
     pub delimiter: char,
+    /// Column names for files without a header line; when absent, each file's first line is
+    /// its header.
+    pub columns: Option<Vec<String>>,
     /// The label column; a row is positive when its value is one of `positive`.
     pub label: String,
     /// Label values counted as positive (default `1`).

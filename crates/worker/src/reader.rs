@@ -1,0 +1,397 @@
+//! Sample readers: Criteo TSV, libsvm, libffm and CSV, from files, globs and gzip.
+//!
+//! Invariants: a malformed line never stops a read; it is counted and skipped, and the first few
+//! are kept with file and line number for the error message. A read fails only on I/O errors or
+//! once the share of bad lines passes the job's `max_bad_ratio` (checked after a minimum number of
+//! lines, so one bad line early on does not fail a job). Rows are numbered over the concatenation
+//! of the files in sorted path order; a train/test split is a range of those numbers, so it is
+//! the same in every run.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use ember_core::job::{CsvSchema, DataFormat, DataSpec};
+
+use crate::features::{bucket_id, feature_id, missing_id, Example, Feature};
+
+/// Criteo: integer columns I1-I13.
+pub const CRITEO_INT_COLUMNS: usize = 13;
+/// Criteo: categorical columns C1-C26.
+pub const CRITEO_CAT_COLUMNS: usize = 26;
+/// Bad lines kept verbatim for error messages.
+const KEEP_BAD: usize = 5;
+/// Lines read before the bad-line ratio may fail a read.
+const MIN_LINES_FOR_RATIO: u64 = 1000;
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// A file could not be opened or read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A path or glob matched no file.
+    #[error("data path {0:?} matches no file")]
+    NoFiles(String),
+    /// A glob pattern is malformed.
+    #[error("data path {pattern:?}: {reason}")]
+    BadPattern {
+        /// The pattern.
+        pattern: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A CSV header does not match the schema.
+    #[error("{}: {reason}", path.display())]
+    Header {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// More lines were malformed than the job allows.
+    #[error("{bad} of {lines} lines malformed ({:.2}% > max_bad_ratio {:.2}%); first: {}", 100.0 * *bad as f64 / *lines as f64, 100.0 * max_ratio, first.join("; "))]
+    TooManyBadLines {
+        /// Malformed lines.
+        bad: u64,
+        /// Lines read.
+        lines: u64,
+        /// The allowed ratio.
+        max_ratio: f64,
+        /// The first few, as `file:line: reason`.
+        first: Vec<String>,
+    },
+}
+
+/// Malformed lines seen by a read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BadLines {
+    /// How many.
+    pub count: u64,
+    /// The first few, as `file:line: reason`.
+    pub first: Vec<String>,
+}
+
+impl BadLines {
+    fn record(&mut self, path: &Path, line: u64, reason: &str) {
+        self.count += 1;
+        if self.first.len() < KEEP_BAD {
+            self.first.push(format!("{}:{line}: {reason}", path.display()));
+        }
+    }
+}
+
+/// Expands paths and globs into files, sorted, each once.
+pub fn expand_paths(patterns: &[String]) -> Result<Vec<PathBuf>, ReadError> {
+    let mut files = Vec::new();
+    for pattern in patterns {
+        let matches = glob::glob(pattern)
+            .map_err(|e| ReadError::BadPattern { pattern: pattern.clone(), reason: e.to_string() })?;
+        let mut found: Vec<PathBuf> = matches.filter_map(Result::ok).filter(|p| p.is_file()).collect();
+        if found.is_empty() {
+            return Err(ReadError::NoFiles(pattern.clone()));
+        }
+        found.sort();
+        files.extend(found);
+    }
+    files.dedup();
+    Ok(files)
+}
+
+/// Opens a file for line reading, decompressing `.gz`.
+pub fn open_lines(path: &Path) -> Result<Box<dyn BufRead + Send>, ReadError> {
+    let file = File::open(path).map_err(|source| ReadError::Io { path: path.to_path_buf(), source })?;
+    Ok(if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(BufReader::with_capacity(1 << 16, flate2::read::MultiGzDecoder::new(file)))
+    } else {
+        Box::new(BufReader::with_capacity(1 << 16, file))
+    })
+}
+
+/// What each CSV column is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ColumnRole {
+    Label,
+    Categorical,
+    Numeric,
+    Ignore,
+}
+
+/// Parses one line of a given format into an example.
+#[derive(Debug, Clone)]
+pub struct LineParser {
+    format: DataFormat,
+    csv: Option<CsvColumns>,
+}
+
+#[derive(Debug, Clone)]
+struct CsvColumns {
+    delimiter: char,
+    roles: Vec<ColumnRole>,
+    positive: Vec<String>,
+    has_header: bool,
+}
+
+impl CsvColumns {
+    fn new(schema: &CsvSchema, names: &[String]) -> Result<Self, String> {
+        let mut role_of: HashMap<&str, ColumnRole> = HashMap::new();
+        let named = std::iter::once((schema.label.as_str(), ColumnRole::Label))
+            .chain(schema.categorical.iter().map(|c| (c.as_str(), ColumnRole::Categorical)))
+            .chain(schema.numeric.iter().map(|c| (c.as_str(), ColumnRole::Numeric)))
+            .chain(schema.ignore.iter().map(|c| (c.as_str(), ColumnRole::Ignore)));
+        for (name, role) in named {
+            if role_of.insert(name, role).is_some() {
+                return Err(format!("column {name:?} is named twice in the schema"));
+            }
+        }
+        let mut roles = Vec::with_capacity(names.len());
+        for name in names {
+            let role = role_of.remove(name.as_str()).ok_or_else(|| {
+                format!("column {name:?} is not in the schema (name it under categorical, numeric or ignore)")
+            })?;
+            roles.push(role);
+        }
+        if let Some(missing) = role_of.keys().next() {
+            return Err(format!("schema column {missing:?} is not in the data"));
+        }
+        Ok(Self {
+            delimiter: schema.delimiter,
+            roles,
+            positive: schema.positive.clone(),
+            has_header: schema.columns.is_none(),
+        })
+    }
+}
+
+impl LineParser {
+    /// A parser for `spec`. For CSV with a header, the header is read from the first file.
+    pub fn new(spec: &DataSpec, files: &[PathBuf]) -> Result<Self, ReadError> {
+        let csv = match (&spec.format, &spec.schema) {
+            (DataFormat::Csv, Some(schema)) => {
+                let first = files.first().cloned().unwrap_or_default();
+                let names: Vec<String> = match &schema.columns {
+                    Some(cols) => cols.clone(),
+                    None => {
+                        let mut header = String::new();
+                        open_lines(&first)?
+                            .read_line(&mut header)
+                            .map_err(|source| ReadError::Io { path: first.clone(), source })?;
+                        header.trim_end().split(schema.delimiter).map(|s| s.trim().to_string()).collect()
+                    }
+                };
+                Some(CsvColumns::new(schema, &names).map_err(|reason| ReadError::Header { path: first, reason })?)
+            }
+            _ => None,
+        };
+        Ok(Self { format: spec.format, csv })
+    }
+
+    /// Lines at the top of each file that are not data.
+    pub fn header_lines(&self) -> u64 {
+        u64::from(self.csv.as_ref().is_some_and(|c| c.has_header))
+    }
+
+    /// Parses one line (without its newline).
+    pub fn parse(&self, line: &str) -> Result<Example, String> {
+        match self.format {
+            DataFormat::Criteo => parse_criteo(line),
+            DataFormat::Libsvm => parse_sparse(line, false),
+            DataFormat::Libffm => parse_sparse(line, true),
+            DataFormat::Csv => match &self.csv {
+                Some(cols) => parse_csv(cols, line),
+                None => Err("csv without a schema".into()),
+            },
+        }
+    }
+}
+
+fn parse_criteo(line: &str) -> Result<Example, String> {
+    let mut cols = line.split('\t');
+    let label = match cols.next() {
+        Some("0") => 0.0,
+        Some("1") => 1.0,
+        other => return Err(format!("label {:?} is not 0 or 1", other.unwrap_or(""))),
+    };
+    let mut features = Vec::with_capacity(CRITEO_INT_COLUMNS + CRITEO_CAT_COLUMNS);
+    let wrong_count = |n: usize| format!("expected 40 tab-separated columns, found {}", n + 1);
+    for field in 0..CRITEO_INT_COLUMNS as u32 {
+        let cell = cols.next().ok_or_else(|| wrong_count(field as usize))?;
+        let id = if cell.is_empty() {
+            missing_id(field)
+        } else {
+            let x: i64 = cell.parse().map_err(|_| format!("I{}: {cell:?} is not an integer", field + 1))?;
+            bucket_id(field, x)
+        };
+        features.push(Feature { field, id, value: 1.0 });
+    }
+    for j in 0..CRITEO_CAT_COLUMNS as u32 {
+        let field = CRITEO_INT_COLUMNS as u32 + j;
+        let cell = cols.next().ok_or_else(|| wrong_count(field as usize))?;
+        let id = if cell.is_empty() { missing_id(field) } else { feature_id(field, cell.as_bytes()) };
+        features.push(Feature { field, id, value: 1.0 });
+    }
+    if cols.next().is_some() {
+        return Err(format!("more than 40 columns ({})", line.split('\t').count()));
+    }
+    Ok(Example { label, features })
+}
+
+fn parse_sparse(line: &str, ffm: bool) -> Result<Example, String> {
+    let mut tokens = line.split_ascii_whitespace();
+    let label_token = tokens.next().ok_or("empty line")?;
+    let label: f32 = label_token.parse().map_err(|_| format!("label {label_token:?} is not a number"))?;
+    let mut features = Vec::new();
+    for token in tokens {
+        let mut parts = token.split(':');
+        let (field, index, value) = match (ffm, parts.next(), parts.next(), parts.next(), parts.next()) {
+            (false, Some(i), Some(v), None, _) => (0u32, i, v),
+            (true, Some(f), Some(i), Some(v), None) => {
+                (f.parse().map_err(|_| format!("field {f:?} in {token:?} is not an integer"))?, i, v)
+            }
+            _ => {
+                let shape = if ffm { "field:index:value" } else { "index:value" };
+                return Err(format!("feature {token:?} is not {shape}"));
+            }
+        };
+        let value: f32 = value.parse().map_err(|_| format!("value in {token:?} is not a number"))?;
+        if !value.is_finite() {
+            return Err(format!("value in {token:?} is not finite"));
+        }
+        features.push(Feature { field, id: feature_id(field, index.as_bytes()), value });
+    }
+    Ok(Example { label: if label > 0.0 { 1.0 } else { 0.0 }, features })
+}
+
+fn parse_csv(cols: &CsvColumns, line: &str) -> Result<Example, String> {
+    let mut label = None;
+    let mut features = Vec::with_capacity(cols.roles.len());
+    let mut n = 0;
+    for (i, cell) in line.split(cols.delimiter).enumerate() {
+        n += 1;
+        let Some(role) = cols.roles.get(i) else { continue };
+        let cell = cell.trim();
+        let field = i as u32;
+        match role {
+            ColumnRole::Label => label = Some(if cols.positive.iter().any(|p| p == cell) { 1.0 } else { 0.0 }),
+            ColumnRole::Categorical => {
+                let id = if cell.is_empty() { missing_id(field) } else { feature_id(field, cell.as_bytes()) };
+                features.push(Feature { field, id, value: 1.0 });
+            }
+            ColumnRole::Numeric => {
+                let id = if cell.is_empty() {
+                    missing_id(field)
+                } else {
+                    let x: f64 = cell.parse().map_err(|_| format!("column {}: {cell:?} is not a number", i + 1))?;
+                    if !x.is_finite() {
+                        return Err(format!("column {}: {cell:?} is not finite", i + 1));
+                    }
+                    bucket_id(field, x.round() as i64)
+                };
+                features.push(Feature { field, id, value: 1.0 });
+            }
+            ColumnRole::Ignore => {}
+        }
+    }
+    if n != cols.roles.len() {
+        return Err(format!("expected {} columns, found {n}", cols.roles.len()));
+    }
+    Ok(Example { label: label.ok_or("no label column")?, features })
+}
+
+/// Counts the data rows of `files` (lines, less each file's header).
+pub fn count_rows(files: &[PathBuf], parser: &LineParser) -> Result<u64, ReadError> {
+    let mut rows = 0u64;
+    for path in files {
+        let mut reader = open_lines(path)?;
+        let mut lines = 0u64;
+        let mut last_byte = b'\n';
+        loop {
+            let buf = reader.fill_buf().map_err(|source| ReadError::Io { path: path.clone(), source })?;
+            if buf.is_empty() {
+                break;
+            }
+            lines += buf.iter().filter(|b| **b == b'\n').count() as u64;
+            last_byte = buf[buf.len() - 1];
+            let len = buf.len();
+            reader.consume(len);
+        }
+        if last_byte != b'\n' {
+            lines += 1; // a last line without a newline
+        }
+        rows += lines.saturating_sub(parser.header_lines());
+    }
+    Ok(rows)
+}
+
+/// Reads rows `[start, end)` of `files` in batches of `batch_size` examples, handing each batch to
+/// `sink` (which returns false to stop early). Blocking: run it on its own thread.
+pub fn read_rows(
+    files: &[PathBuf],
+    parser: &LineParser,
+    (start, end): (u64, u64),
+    batch_size: usize,
+    max_bad_ratio: f64,
+    mut sink: impl FnMut(Vec<Example>) -> bool,
+) -> Result<BadLines, ReadError> {
+    let mut bad = BadLines::default();
+    let mut row = 0u64;
+    let mut seen = 0u64;
+    let mut batch = Vec::with_capacity(batch_size);
+    let mut line = String::new();
+    'files: for path in files {
+        let mut reader = open_lines(path)?;
+        let mut line_no = 0u64;
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line).map_err(|source| ReadError::Io { path: path.clone(), source })?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            if line_no <= parser.header_lines() {
+                continue;
+            }
+            let this_row = row;
+            row += 1;
+            if this_row < start {
+                continue;
+            }
+            if this_row >= end {
+                break 'files;
+            }
+            seen += 1;
+            match parser.parse(line.trim_end_matches(['\n', '\r'])) {
+                Ok(example) => batch.push(example),
+                Err(reason) => {
+                    bad.record(path, line_no, &reason);
+                    if seen >= MIN_LINES_FOR_RATIO && bad.count as f64 > max_bad_ratio * seen as f64 {
+                        return Err(too_many(&bad, seen, max_bad_ratio));
+                    }
+                }
+            }
+            if batch.len() == batch_size && !sink(std::mem::replace(&mut batch, Vec::with_capacity(batch_size))) {
+                return Ok(bad);
+            }
+        }
+    }
+    if bad.count as f64 > max_bad_ratio * seen as f64 {
+        return Err(too_many(&bad, seen, max_bad_ratio));
+    }
+    if !batch.is_empty() {
+        sink(batch);
+    }
+    Ok(bad)
+}
+
+fn too_many(bad: &BadLines, lines: u64, max_ratio: f64) -> ReadError {
+    ReadError::TooManyBadLines { bad: bad.count, lines, max_ratio, first: bad.first.clone() }
+}
+
+#[cfg(test)]
+mod tests;
