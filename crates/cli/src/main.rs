@@ -5,9 +5,12 @@
 //! address line, bench JSON) goes to stdout.
 
 mod bench;
+mod cluster;
 mod demo;
+mod gen_data;
 mod observability;
 mod ps;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +29,10 @@ enum Command {
     /// Load generators that print JSON figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Train a job on an embedded cluster (ps-servers and workers in this process, real gRPC).
+    Train(train::TrainArgs),
+    /// Write synthetic Criteo-format data from a hidden model (and its true probabilities).
+    GenData(gen_data::GenDataArgs),
     /// Start an in-process ps-server, drive pulls and pushes over gRPC, report what was measured.
     Demo(demo::DemoArgs),
 }
@@ -45,6 +52,8 @@ fn main() -> anyhow::Result<()> {
             Command::Ps(args) => ps::run(args).await,
             Command::Bench(BenchCommand::Ps(args)) => bench::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Train(args) => train::run(args).await,
+            Command::GenData(args) => gen_data::run(args),
         }
     })
 }

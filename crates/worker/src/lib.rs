@@ -4,6 +4,13 @@
 //! - [`features`]: field-aware 64-bit feature hashing, bucketizing.
 //! - [`reader`]: Criteo TSV, libsvm, libffm and CSV readers over files, globs and gzip, with
 //!   bad-line accounting.
+//! - [`model`]: batch indexing and the models (LR, FM).
+//! - [`synth`]: synthetic Criteo-format data from a hidden model, with oracle probabilities.
+//! - [`train`]: one worker's training loop (prefetching pulls, async pushes, progressive
+//!   validation) and read-only batch prediction.
 
 pub mod features;
+pub mod model;
 pub mod reader;
+pub mod synth;
+pub mod train;

@@ -1,0 +1,126 @@
+//! `ember gen-data` and `ember train` as real processes: each model trains on synthetic data over
+//! an embedded cluster (real gRPC on loopback) and must beat the baselines it computes itself;
+//! bad lines are counted and reported, and bad job files are refused with a clear message.
+
+// Helpers here are test harness code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+const EMBER: &str = env!("CARGO_BIN_EXE_ember");
+
+fn gen_data(dir: &Path, rows: u64) -> String {
+    let out = dir.join("synth.tsv");
+    let status = Command::new(EMBER)
+        .args(["gen-data", "--rows", &rows.to_string(), "--seed", "7", "--out"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    out.display().to_string()
+}
+
+fn job(kind: &str, data: &str, ps: u32, workers: u32) -> String {
+    format!(
+        r#"
+        version = 1
+        name = "test-{kind}"
+        [data]
+        format = "criteo"
+        paths = ["{data}"]
+        test_split = 0.1
+        [model]
+        kind = "{kind}"
+        embedding_dim = 4
+        [optimizer.sparse]
+        kind = "ftrl"
+        alpha = 0.05
+        l1 = 1.0
+        l2 = 1.0
+        [optimizer.embedding]
+        kind = "adagrad"
+        learning_rate = 0.01
+        [cluster]
+        ps = {ps}
+        workers = {workers}
+        [training]
+        batch_size = 256
+        "#
+    )
+}
+
+fn train(dir: &Path, job_text: &str) -> Result<serde_json::Value, String> {
+    let job_path = dir.join("job.toml");
+    std::fs::write(&job_path, job_text).unwrap();
+    let report = dir.join("report.json");
+    let out = Command::new(EMBER)
+        .arg("train")
+        .arg(&job_path)
+        .arg("--workdir")
+        .arg(dir)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&report.display().to_string()), "prints the report path");
+    Ok(serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap())
+}
+
+/// On 18k training rows of this generator, LR-FTRL reached test AUC 0.725-0.728 and FM (Adagrad
+/// 0.01) 0.725-0.730 in release runs, on 1 or 2 ps-servers and workers; a positive-rate predictor
+/// has AUC 0.5. The floors below leave room
+/// for the nondeterminism of async training (and about 3 standard errors of AUC on 2,000 test
+/// rows) while still failing for a model that learned nothing or learned the wrong sign.
+#[test]
+fn lr_and_fm_train_on_an_embedded_cluster_and_beat_the_baselines() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = gen_data(dir.path(), 20_000);
+    for (kind, ps, workers, floor) in [("lr", 1, 1, 0.68), ("fm", 2, 2, 0.68)] {
+        let r = train(dir.path(), &job(kind, &data, ps, workers)).unwrap();
+        assert_eq!(r["model"], kind);
+        assert_eq!((r["train_rows"].as_u64(), r["test_rows"].as_u64()), (Some(18_000), Some(2_000)));
+        assert_eq!(r["rows_trained"].as_u64(), Some(18_000), "{r}");
+        let auc = r["test_auc"].as_f64().unwrap();
+        assert!(auc > floor, "{kind}: test AUC {auc} <= {floor}");
+        let (loss, baseline) = (r["test_logloss"].as_f64().unwrap(), r["baseline_test_logloss"].as_f64().unwrap());
+        assert!(loss < baseline, "{kind}: logloss {loss} not below the positive-rate baseline {baseline}");
+        assert!(r["progressive_auc"].as_f64().unwrap() > 0.55, "{r}");
+        assert!(r["examples_per_sec"].as_f64().unwrap() > 0.0);
+        assert_eq!(r["bad_lines"].as_u64(), Some(0));
+        assert!(r["bytes_pushed"].as_u64().unwrap() > 0 && r["bytes_pulled"].as_u64().unwrap() > 0);
+    }
+}
+
+#[test]
+fn bad_lines_are_reported_and_too_many_fail_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = gen_data(dir.path(), 3_000);
+    let mut text = std::fs::read_to_string(&data).unwrap();
+    text.insert_str(0, "garbage line\n");
+    std::fs::write(&data, &text).unwrap();
+    let r = train(dir.path(), &job("lr", &data, 1, 1)).unwrap();
+    assert_eq!(r["bad_lines"].as_u64(), Some(1));
+    assert!(
+        r["bad_line_samples"][0].as_str().unwrap().ends_with("synth.tsv:1: label \"garbage line\" is not 0 or 1"),
+        "{r}"
+    );
+
+    let broken: String =
+        text.lines().enumerate().map(|(i, l)| if i % 10 == 0 { "x\n".to_string() } else { format!("{l}\n") }).collect();
+    std::fs::write(&data, broken).unwrap();
+    let err = train(dir.path(), &job("lr", &data, 1, 1)).unwrap_err();
+    assert!(err.contains("lines malformed") && err.contains("max_bad_ratio"), "{err}");
+}
+
+#[test]
+fn bad_job_files_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = train(dir.path(), &job("lr", "x.tsv", 1, 1).replace("batch_size", "batch_szie")).unwrap_err();
+    assert!(err.contains("batch_szie"), "{err}");
+    let err = train(dir.path(), &job("lr", "/nonexistent/*.tsv", 1, 1)).unwrap_err();
+    assert!(err.contains("matches no file"), "{err}");
+}
