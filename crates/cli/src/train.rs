@@ -129,9 +129,9 @@ pub async fn train_embedded(job: &JobSpec, show_progress: bool) -> anyhow::Resul
     let cluster = EmbeddedCluster::start(job.cluster.ps).await?;
     let map = cluster.shard_map();
     let client = PsClient::connect(map.clone()).await?;
-    let (tables, specs) = ModelTables::for_job(job, "job")?;
-    for spec in &specs {
-        client.create_table(spec, None).await.with_context(|| format!("creating table {}", spec.name))?;
+    let (tables, specs) = ModelTables::for_job(job, "job");
+    for (spec, initial) in &specs {
+        client.create_table(spec, initial.as_deref()).await.with_context(|| format!("creating table {}", spec.name))?;
     }
 
     // Reader thread -> bounded queue -> workers.

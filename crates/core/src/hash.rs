@@ -20,6 +20,37 @@ pub fn slot_of(key: u64, num_slots: u32) -> u32 {
     (mix64(key) % u64::from(num_slots.max(1))) as u32
 }
 
+/// Hashes u64 keys for hash maps: one salted `mix64`, rotated. Feature ids are often already
+/// hashes and std's SipHash costs several times more per probe. The salt keeps map hashes
+/// independent of `mix64(key)`, which stores use to pick shards: keys of one shard share those
+/// high bits, and hashbrown takes its control bytes from the high bits too.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct U64Hasher(u64);
+
+impl std::hash::Hasher for U64Hasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = mix64(self.0 ^ u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, key: u64) {
+        self.0 = mix64(key ^ 0xa076_1d64_78bd_642f).rotate_left(29);
+    }
+}
+
+impl std::hash::BuildHasher for U64Hasher {
+    type Hasher = U64Hasher;
+    fn build_hasher(&self) -> U64Hasher {
+        U64Hasher(0)
+    }
+}
+
+/// A hash map keyed by u64 with [`U64Hasher`].
+pub type U64Map<V> = std::collections::HashMap<u64, V, U64Hasher>;
+
 /// A tiny, seedable, splittable generator (Steele et al. 2014). Good enough for initializers and
 /// load generators; not for anything cryptographic.
 #[derive(Debug, Clone)]

@@ -114,6 +114,9 @@ pub struct ModelSpec {
     /// DeepFM hidden layer widths.
     #[serde(default = "default_hidden")]
     pub hidden: Vec<u32>,
+    /// Fields feeding DeepFM's MLP. Default: 39 for criteo, the categorical + numeric columns for
+    /// csv, 1 for libsvm; required for libffm (field numbers must be below it).
+    pub fields: Option<u32>,
     /// Standard deviation of new embedding rows.
     #[serde(default = "default_init_stddev")]
     pub init_stddev: f32,
@@ -235,6 +238,15 @@ pub enum JobError {
 }
 
 impl JobSpec {
+    /// Fields feeding DeepFM's MLP (see [`ModelSpec::fields`]).
+    pub fn deepfm_fields(&self) -> u32 {
+        self.model.fields.unwrap_or(match self.data.format {
+            DataFormat::Criteo => 39,
+            DataFormat::Csv => self.data.schema.as_ref().map_or(1, |s| (s.categorical.len() + s.numeric.len()) as u32),
+            DataFormat::Libsvm | DataFormat::Libffm => 1,
+        })
+    }
+
     /// Parses and validates a job file's text.
     pub fn from_toml(text: &str) -> Result<Self, JobError> {
         let job: JobSpec = toml::from_str(text)?;
@@ -270,6 +282,9 @@ impl JobSpec {
         }
         if m.kind == ModelKind::Deepfm && (m.hidden.is_empty() || m.hidden.contains(&0)) {
             return bad(format!("model.hidden must list non-zero layer widths, got {:?}", m.hidden));
+        }
+        if m.kind == ModelKind::Deepfm && d.format == DataFormat::Libffm && m.fields.is_none() {
+            return bad("model.fields is required for DeepFM on libffm data".into());
         }
         if !(m.init_stddev.is_finite() && m.init_stddev >= 0.0) {
             return bad(format!("model.init_stddev must be >= 0, got {}", m.init_stddev));

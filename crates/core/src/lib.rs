@@ -17,7 +17,7 @@ pub mod job;
 pub mod optim;
 pub mod table;
 
-pub use hash::{mix64, slot_of, SplitMix64};
+pub use hash::{mix64, slot_of, SplitMix64, U64Hasher, U64Map};
 pub use init::Initializer;
 pub use job::{JobError, JobSpec};
 pub use optim::Optimizer;

@@ -5,10 +5,7 @@
 //! moves the last row into its place, so the arena has no holes and a scan (stats, checkpoints)
 //! touches only live rows. Nothing here locks: the table holds each shard behind its own mutex.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
-
-use ember_core::mix64;
+use ember_core::U64Map;
 
 /// Per-row metadata kept beside the values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,37 +18,10 @@ pub struct RowMeta {
     pub last_step: u64,
 }
 
-/// Hashes u64 keys for the shard's index. The table picks shards from the high bits of
-/// `mix64(key)`, so every key in a shard shares them; hashing with the same function would leave
-/// the map's control bytes (also taken from the high bits) nearly constant. Hence a different mix.
-#[derive(Default, Clone, Copy)]
-pub struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = mix64(self.0 ^ u64::from(*b));
-        }
-    }
-    fn write_u64(&mut self, key: u64) {
-        self.0 = mix64(key ^ 0xa076_1d64_78bd_642f).rotate_left(29);
-    }
-}
-
-impl BuildHasher for KeyHasher {
-    type Hasher = KeyHasher;
-    fn build_hasher(&self) -> KeyHasher {
-        KeyHasher(0)
-    }
-}
-
 /// Rows of one shard.
 #[derive(Debug, Default)]
 pub struct Shard {
-    index: HashMap<u64, u32, KeyHasher>,
+    index: U64Map<u32>,
     data: Vec<f32>,
     meta: Vec<RowMeta>,
 }

@@ -134,6 +134,8 @@ pub struct LineParser {
 struct CsvColumns {
     delimiter: char,
     roles: Vec<ColumnRole>,
+    /// Field number of each column: feature columns are numbered 0.. in column order.
+    fields: Vec<u32>,
     positive: Vec<String>,
     has_header: bool,
 }
@@ -160,9 +162,21 @@ impl CsvColumns {
         if let Some(missing) = role_of.keys().next() {
             return Err(format!("schema column {missing:?} is not in the data"));
         }
+        let mut next = 0u32;
+        let fields = roles
+            .iter()
+            .map(|r| {
+                let field = next;
+                if matches!(r, ColumnRole::Categorical | ColumnRole::Numeric) {
+                    next += 1;
+                }
+                field
+            })
+            .collect();
         Ok(Self {
             delimiter: schema.delimiter,
             roles,
+            fields,
             positive: schema.positive.clone(),
             has_header: schema.columns.is_none(),
         })
@@ -276,7 +290,7 @@ fn parse_csv(cols: &CsvColumns, line: &str) -> Result<Example, String> {
         n += 1;
         let Some(role) = cols.roles.get(i) else { continue };
         let cell = cell.trim();
-        let field = i as u32;
+        let field = cols.fields[i];
         match role {
             ColumnRole::Label => label = Some(if cols.positive.iter().any(|p| p == cell) { 1.0 } else { 0.0 }),
             ColumnRole::Categorical => {

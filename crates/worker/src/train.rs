@@ -6,7 +6,10 @@
 //! Each batch is predicted before it is trained on (progressive validation).
 //!
 //! Tables: `{prefix}.w` (dim 1, the job's sparse optimizer, zeros) holds linear weights and the
-//! bias; FM adds `{prefix}.v` (dim k, the embedding optimizer, N(0, init_stddev)).
+//! bias; FM and DeepFM add `{prefix}.v` (dim k, the embedding optimizer, N(0, init_stddev));
+//! DeepFM adds dense tables `{prefix}.mlp{i}.w` / `.b` per layer (the dense optimizer), created
+//! with the worker's He-uniform start. Dense parameters are pulled with every batch and their
+//! gradients pushed with its sparse ones.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 
 use crate::features::Example;
-use crate::model::{FmModel, IndexedBatch};
+use crate::model::{DeepFm, FmModel, Grads, IndexedBatch, Layer};
 
 /// Why training stopped.
 #[derive(Debug, thiserror::Error)]
@@ -26,12 +29,28 @@ pub enum TrainError {
     /// A ps-server call failed.
     #[error(transparent)]
     Client(#[from] ClientError),
-    /// The model kind is not built yet.
-    #[error("model {0:?} is not supported by this worker yet")]
-    Unsupported(ModelKind),
-    /// A compute task panicked (a bug).
-    #[error("compute task failed: {0}")]
-    Task(String),
+    /// The dense compute failed, or a compute task panicked (a bug).
+    #[error("compute failed: {0}")]
+    Compute(String),
+    /// The servers returned dense tables of unexpected sizes.
+    #[error("dense table {name} has {got} values, the model needs {want}")]
+    DenseShape {
+        /// Table.
+        name: String,
+        /// Values received.
+        got: usize,
+        /// Values expected.
+        want: usize,
+    },
+}
+
+/// The model a job trains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Model {
+    /// LR (k = 0) or FM.
+    Fm(FmModel),
+    /// DeepFM.
+    DeepFm(DeepFm),
 }
 
 /// The tables a model lives in.
@@ -39,36 +58,69 @@ pub enum TrainError {
 pub struct ModelTables {
     /// Linear weights and bias, dim 1.
     pub linear: String,
-    /// Embeddings, dim k (FM).
+    /// Embeddings, dim k (FM, DeepFM).
     pub embedding: Option<String>,
+    /// DeepFM: (weights, biases) tables per layer.
+    pub dense: Vec<(String, String)>,
     /// The model.
-    pub model: FmModel,
+    pub model: Model,
 }
+
+/// A table to create, with the starting values of a dense one.
+pub type TableToCreate = (TableSpec, Option<Vec<f32>>);
 
 impl ModelTables {
     /// The tables of `job`'s model, with their specs, named under `prefix`.
-    pub fn for_job(job: &JobSpec, prefix: &str) -> Result<(Self, Vec<TableSpec>), TrainError> {
+    pub fn for_job(job: &JobSpec, prefix: &str) -> (Self, Vec<TableToCreate>) {
         let seed = job.training.seed;
         let linear = TableSpec::sparse(format!("{prefix}.w"), 1, job.optimizer.sparse)
             .with_initializer(Initializer::Zeros, seed);
+        let k = job.model.embedding_dim;
+        let init = Initializer::Normal { mean: 0.0, stddev: job.model.init_stddev };
+        let emb = TableSpec::sparse(format!("{prefix}.v"), k, job.optimizer.embedding).with_initializer(init, seed);
+        let mut tables = Self {
+            linear: linear.name.clone(),
+            embedding: None,
+            dense: Vec::new(),
+            model: Model::Fm(FmModel { k: 0 }),
+        };
+        let mut specs = vec![(linear, None)];
         match job.model.kind {
-            ModelKind::Lr => {
-                Ok((Self { linear: linear.name.clone(), embedding: None, model: FmModel { k: 0 } }, vec![linear]))
-            }
+            ModelKind::Lr => {}
             ModelKind::Fm => {
-                let k = job.model.embedding_dim;
-                let init = Initializer::Normal { mean: 0.0, stddev: job.model.init_stddev };
-                let emb =
-                    TableSpec::sparse(format!("{prefix}.v"), k, job.optimizer.embedding).with_initializer(init, seed);
-                let tables = Self {
-                    linear: linear.name.clone(),
-                    embedding: Some(emb.name.clone()),
-                    model: FmModel { k: k as usize },
-                };
-                Ok((tables, vec![linear, emb]))
+                tables.embedding = Some(emb.name.clone());
+                tables.model = Model::Fm(FmModel { k: k as usize });
+                specs.push((emb, None));
             }
-            other => Err(TrainError::Unsupported(other)),
+            ModelKind::Deepfm => {
+                let deepfm = DeepFm {
+                    k: k as usize,
+                    fields: job.deepfm_fields() as usize,
+                    hidden: job.model.hidden.iter().map(|h| *h as usize).collect(),
+                };
+                tables.embedding = Some(emb.name.clone());
+                specs.push((emb, None));
+                for (i, layer) in deepfm.init_dense(seed).into_iter().enumerate() {
+                    let (wn, bn) = (format!("{prefix}.mlp{i}.w"), format!("{prefix}.mlp{i}.b"));
+                    specs.push((TableSpec::dense(&wn, layer.w.len() as u32, job.optimizer.dense), Some(layer.w)));
+                    specs.push((TableSpec::dense(&bn, layer.b.len() as u32, job.optimizer.dense), Some(layer.b)));
+                    tables.dense.push((wn, bn));
+                }
+                tables.model = Model::DeepFm(deepfm);
+            }
         }
+        (tables, specs)
+    }
+
+    fn k(&self) -> usize {
+        match &self.model {
+            Model::Fm(m) => m.k,
+            Model::DeepFm(m) => m.k,
+        }
+    }
+
+    fn dense_names(&self) -> Vec<&str> {
+        self.dense.iter().flat_map(|(w, b)| [w.as_str(), b.as_str()]).collect()
     }
 }
 
@@ -104,28 +156,122 @@ pub type BatchQueue = Arc<Mutex<mpsc::Receiver<Vec<Example>>>>;
 struct Pulled {
     w: Vec<f32>,
     v: Vec<f32>,
+    dense: Vec<Layer>,
     clock_w: Clock,
     clock_v: Clock,
+    dense_versions: Vec<u64>,
 }
 
-async fn pull_rows(client: PsClient, tables: ModelTables, keys: Vec<u64>) -> Result<Pulled, ClientError> {
-    let w = client.pull(&tables.linear, &keys);
-    match &tables.embedding {
-        None => {
-            let w = w.await?;
-            Ok(Pulled { w: w.values, v: Vec::new(), clock_w: w.clock, clock_v: Clock::default() })
+fn to_layers(tables: &ModelTables, mut pulled: Vec<(Vec<f32>, u64)>) -> Result<(Vec<Layer>, Vec<u64>), TrainError> {
+    let Model::DeepFm(m) = &tables.model else { return Ok((Vec::new(), Vec::new())) };
+    let versions = pulled.iter().map(|p| p.1).collect();
+    let mut layers = Vec::new();
+    for (i, (inputs, outputs)) in m.layer_shapes().into_iter().enumerate() {
+        let b = std::mem::take(&mut pulled[2 * i + 1].0);
+        let w = std::mem::take(&mut pulled[2 * i].0);
+        for (name, got, want) in
+            [(&tables.dense[i].0, w.len(), inputs * outputs), (&tables.dense[i].1, b.len(), outputs)]
+        {
+            if got != want {
+                return Err(TrainError::DenseShape { name: name.clone(), got, want });
+            }
         }
-        Some(emb) => {
-            let (w, v) = tokio::try_join!(w, client.pull(emb, &keys))?;
-            Ok(Pulled { w: w.values, v: v.values, clock_w: w.clock, clock_v: v.clock })
+        layers.push(Layer { w, b });
+    }
+    Ok((layers, versions))
+}
+
+async fn pull_rows(
+    client: PsClient,
+    tables: ModelTables,
+    keys: Vec<u64>,
+    read_only: bool,
+) -> Result<Pulled, TrainError> {
+    let read = |table: String| {
+        let (client, keys) = (client.clone(), keys.clone());
+        async move {
+            if read_only {
+                client.lookup(&table, &keys).await
+            } else {
+                client.pull(&table, &keys).await
+            }
+        }
+    };
+    let sparse_v = async {
+        match &tables.embedding {
+            Some(emb) => read(emb.clone()).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let names = tables.dense_names();
+    let dense = async {
+        if names.is_empty() {
+            Ok(Vec::new())
+        } else {
+            client.pull_dense(&names).await
+        }
+    };
+    let (w, v, dense) = tokio::try_join!(read(tables.linear.clone()), sparse_v, dense)?;
+    let (dense, dense_versions) = to_layers(&tables, dense)?;
+    let (v, clock_v) = v.map_or((Vec::new(), Clock::default()), |v| (v.values, v.clock));
+    Ok(Pulled { w: w.values, v, dense, clock_w: w.clock, clock_v, dense_versions })
+}
+
+fn payload_bytes(keys: usize, tables: &ModelTables) -> u64 {
+    let k = if tables.embedding.is_some() { tables.k() } else { 0 };
+    let tables_count = 1 + usize::from(tables.embedding.is_some());
+    let dense: usize = match &tables.model {
+        Model::DeepFm(m) => m.layer_shapes().iter().map(|(i, o)| i * o + o).sum(),
+        Model::Fm(_) => 0,
+    };
+    (keys * 8 * tables_count + keys * (1 + k) * 4 + dense * 4) as u64
+}
+
+/// Forward and backward of one batch: probabilities, sparse gradients, dense gradients.
+fn compute(model: &Model, batch: &IndexedBatch, rows: &Pulled) -> Result<(Vec<f32>, Grads, Vec<Layer>), TrainError> {
+    match model {
+        Model::Fm(m) => {
+            let (probs, grads) = m.train_batch(batch, &rows.w, &rows.v);
+            Ok((probs, grads, Vec::new()))
+        }
+        Model::DeepFm(m) => {
+            let (probs, g) = m.train_batch(batch, &rows.w, &rows.v, &rows.dense).map_err(TrainError::Compute)?;
+            Ok((probs, g.sparse, g.dense))
         }
     }
 }
 
-fn payload_bytes(keys: usize, tables: &ModelTables) -> u64 {
-    let k = if tables.embedding.is_some() { tables.model.k } else { 0 };
-    let tables_count = 1 + usize::from(tables.embedding.is_some());
-    (keys * 8 * tables_count + keys * (1 + k) * 4) as u64
+async fn push_grads(
+    client: PsClient,
+    tables: ModelTables,
+    keys: Vec<u64>,
+    grads: Grads,
+    dense: Vec<Layer>,
+    rows: Pulled,
+) -> Result<(), TrainError> {
+    let w = client.push(&tables.linear, &keys, &grads.w, &rows.clock_w);
+    let v = async {
+        match &tables.embedding {
+            Some(emb) => client.push(emb, &keys, &grads.v, &rows.clock_v).await.map(|_| ()),
+            None => Ok(()),
+        }
+    };
+    let names = tables.dense_names();
+    let d = async {
+        if dense.is_empty() {
+            return Ok(Vec::new());
+        }
+        let parts: Vec<(&str, &[f32], u64)> = dense
+            .iter()
+            .flat_map(|l| [&l.w[..], &l.b[..]])
+            .zip(&names)
+            .zip(&rows.dense_versions)
+            .map(|((g, n), v)| (*n, g, *v))
+            .collect();
+        client.push_dense(&parts).await
+    };
+    tokio::try_join!(w, v, d)?;
+    Ok(())
 }
 
 /// Trains on batches from `queue` until it closes.
@@ -139,23 +285,25 @@ pub async fn train(
     let next_batch = || async { queue.lock().await.recv().await };
     let start = |examples: Vec<Example>| {
         let batch = IndexedBatch::new(&examples);
-        let pull = tokio::spawn(pull_rows(client.clone(), tables.clone(), batch.keys.clone()));
+        let pull = tokio::spawn(pull_rows(client.clone(), tables.clone(), batch.keys.clone(), false));
         (batch, pull)
     };
-    let mut pending: Option<(IndexedBatch, JoinHandle<Result<Pulled, ClientError>>)> = next_batch().await.map(start);
-    let mut push_in_flight: Option<JoinHandle<Result<(), ClientError>>> = None;
+    let mut pending: Option<(IndexedBatch, JoinHandle<Result<Pulled, TrainError>>)> = next_batch().await.map(start);
+    let mut push_in_flight: Option<JoinHandle<Result<(), TrainError>>> = None;
+    let task_err = |e: tokio::task::JoinError| TrainError::Compute(e.to_string());
     while let Some((batch, pull)) = pending.take() {
         // Start the next batch's pull before computing this one.
         pending = next_batch().await.map(start);
-        let rows = pull.await.map_err(|e| TrainError::Task(e.to_string()))??;
+        let rows = pull.await.map_err(task_err)??;
         stats.bytes_pulled += payload_bytes(batch.keys.len(), &tables);
-        let model = tables.model;
-        let (batch, probs, grads, rows) = tokio::task::spawn_blocking(move || {
-            let (probs, grads) = model.train_batch(&batch, &rows.w, &rows.v);
-            (batch, probs, grads, rows)
+        let model = tables.model.clone();
+        let (batch, rows, result) = tokio::task::spawn_blocking(move || {
+            let result = compute(&model, &batch, &rows);
+            (batch, rows, result)
         })
         .await
-        .map_err(|e| TrainError::Task(e.to_string()))?;
+        .map_err(task_err)?;
+        let (probs, grads, dense) = result?;
         let loss = ember_core::eval::logloss(&probs, &batch.labels) * batch.len() as f64;
         progress.loss_micros.fetch_add((loss * 1e6) as u64, Ordering::Relaxed);
         progress.examples.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -165,19 +313,12 @@ pub async fn train(
         stats.progressive_labels.extend_from_slice(&batch.labels);
         stats.bytes_pushed += payload_bytes(batch.keys.len(), &tables);
         if let Some(previous) = push_in_flight.take() {
-            previous.await.map_err(|e| TrainError::Task(e.to_string()))??;
+            previous.await.map_err(task_err)??;
         }
-        let (client, tables) = (client.clone(), tables.clone());
-        push_in_flight = Some(tokio::spawn(async move {
-            let w = client.push(&tables.linear, &batch.keys, &grads.w, &rows.clock_w);
-            match &tables.embedding {
-                None => w.await.map(|_| ()),
-                Some(emb) => tokio::try_join!(w, client.push(emb, &batch.keys, &grads.v, &rows.clock_v)).map(|_| ()),
-            }
-        }));
+        push_in_flight = Some(tokio::spawn(push_grads(client.clone(), tables.clone(), batch.keys, grads, dense, rows)));
     }
     if let Some(last) = push_in_flight {
-        last.await.map_err(|e| TrainError::Task(e.to_string()))??;
+        last.await.map_err(task_err)??;
     }
     Ok(stats)
 }
@@ -185,10 +326,12 @@ pub async fn train(
 /// Predicts `examples` with read-only lookups (nothing is created on the servers).
 pub async fn predict(client: &PsClient, tables: &ModelTables, examples: &[Example]) -> Result<Vec<f32>, TrainError> {
     let batch = IndexedBatch::new(examples);
-    let w = client.lookup(&tables.linear, &batch.keys).await?;
-    let v = match &tables.embedding {
-        Some(emb) => client.lookup(emb, &batch.keys).await?.values,
-        None => Vec::new(),
-    };
-    Ok(tables.model.predict(&batch, &w.values, &v))
+    let rows = pull_rows(client.clone(), tables.clone(), batch.keys.clone(), true).await?;
+    let model = tables.model.clone();
+    tokio::task::spawn_blocking(move || match &model {
+        Model::Fm(m) => Ok(m.predict(&batch, &rows.w, &rows.v)),
+        Model::DeepFm(m) => m.predict(&batch, &rows.w, &rows.v, &rows.dense).map_err(TrainError::Compute),
+    })
+    .await
+    .map_err(|e| TrainError::Compute(e.to_string()))?
 }

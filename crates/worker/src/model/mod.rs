@@ -8,12 +8,14 @@
 //! Gradients are of the summed (not averaged) logloss over the batch: per-coordinate optimizers
 //! (FTRL, Adagrad) then see the same per-example gradient scale as online learners do.
 
+pub mod deepfm;
 pub mod fm;
 
-use std::collections::HashMap;
+use ember_core::U64Map;
 
 use crate::features::{bias_id, Example};
 
+pub use deepfm::{DeepFm, DeepFmGrads, Layer};
 pub use fm::{FmModel, Grads};
 
 /// A mini-batch with its features mapped to positions in a deduplicated key list.
@@ -43,7 +45,7 @@ pub struct IndexedFeature {
 impl IndexedBatch {
     /// Indexes `examples`.
     pub fn new(examples: &[Example]) -> Self {
-        let mut position: HashMap<u64, u32> = HashMap::with_capacity(examples.len() * 8);
+        let mut position: U64Map<u32> = U64Map::with_capacity_and_hasher(examples.len() * 8, Default::default());
         let mut keys = vec![bias_id()];
         position.insert(bias_id(), 0);
         let mut offsets = Vec::with_capacity(examples.len() + 1);

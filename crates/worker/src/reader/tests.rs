@@ -133,7 +133,8 @@ fn libffm_and_csv_lines_parse_and_bad_schemas_are_refused() {
     s.max_bad_ratio = 1.0;
     let (examples, bad) = read_all(&s).unwrap();
     assert_eq!(examples.len(), 1);
-    assert_eq!(examples[0].features[0].id, feature_id(2, b"fr"));
+    assert_eq!(examples[0].features[0].id, feature_id(0, b"fr"), "feature columns are numbered 0..");
+    assert_eq!(examples[0].features[1].field, 1);
     assert!(bad.first[0].contains(":3: column 4: \"x\" is not a number"), "{:?}", bad.first);
     let mut missing_col = schema;
     missing_col.ignore.clear();
