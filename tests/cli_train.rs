@@ -125,3 +125,18 @@ fn bad_job_files_are_refused_with_the_reason() {
     let err = train(dir.path(), &job("lr", "/nonexistent/*.tsv", 1, 1)).unwrap_err();
     assert!(err.contains("matches no file"), "{err}");
 }
+
+#[test]
+fn demo_generates_data_trains_and_writes_report_and_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(EMBER).args(["demo", "--rows", "6000", "--workdir"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("deepfm: test AUC") && stdout.contains("(oracle "), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["model"], "deepfm");
+    assert!(report["oracle_test_auc"].as_f64().unwrap() > report["test_auc"].as_f64().unwrap() - 0.05);
+    let png = std::fs::read(dir.path().join("curves.png")).unwrap();
+    assert_eq!(&png[..4], b"\x89PNG");
+}

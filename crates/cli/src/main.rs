@@ -9,6 +9,7 @@ mod cluster;
 mod demo;
 mod gen_data;
 mod observability;
+mod plot;
 mod ps;
 mod train;
 

@@ -18,10 +18,12 @@ use ember_core::JobSpec;
 use ember_worker::features::Example;
 use ember_worker::reader::{count_rows, expand_paths, read_rows, LineParser};
 use ember_worker::train::{predict, train, ModelTables, Progress, WorkerStats};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::cluster::EmbeddedCluster;
+use crate::plot::CurvePoint;
 
 /// Arguments of `ember train`.
 #[derive(Debug, clap::Args)]
@@ -37,6 +39,10 @@ pub struct TrainArgs {
     /// Replace the job's data paths with this file or glob (same format and split rule).
     #[arg(long)]
     data: Option<String>,
+    /// True probabilities of the data rows, one per line (from `ember gen-data --oracle`): the
+    /// report then includes the best achievable test AUC.
+    #[arg(long)]
+    oracle: Option<PathBuf>,
 }
 
 /// The JSON report of a training run.
@@ -62,6 +68,8 @@ pub struct Report {
     pub test_auc: f64,
     /// Logloss on the test split.
     pub test_logloss: f64,
+    /// AUC of the data's true probabilities on the test split (synthetic data only).
+    pub oracle_test_auc: Option<f64>,
     /// Logloss of always predicting the training positive rate (the floor to beat).
     pub baseline_test_logloss: f64,
     /// AUC of each training example predicted before it was trained on.
@@ -82,6 +90,8 @@ pub struct Report {
     pub bytes_pushed: u64,
     /// Key and value bytes pulled.
     pub bytes_pulled: u64,
+    /// Windows of progressive validation, about one per second.
+    pub curve: Vec<CurvePoint>,
 }
 
 /// Runs `ember train`.
@@ -92,20 +102,21 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
         job.data.paths = vec![data];
     }
     std::fs::create_dir_all(&args.workdir).with_context(|| format!("creating {}", args.workdir.display()))?;
-    let report = train_embedded(&job, true).await?;
+    let report = train_embedded(&job, true, args.oracle.as_deref()).await?;
     let path = args.report.unwrap_or_else(|| args.workdir.join("report.json"));
     write_report(&report, &path)?;
-    println!(
-        "{}: test AUC {:.4}, logloss {:.4} (positive-rate baseline {:.4}); progressive AUC {:.4}; {:.0} examples/s",
-        report.model,
-        report.test_auc,
-        report.test_logloss,
-        report.baseline_test_logloss,
-        report.progressive_auc,
-        report.examples_per_sec
-    );
+    println!("{}", summary(&report));
     println!("report: {}", path.display());
     Ok(())
+}
+
+/// One line of the headline figures.
+pub fn summary(r: &Report) -> String {
+    let oracle = r.oracle_test_auc.map(|a| format!(" (oracle {a:.4})")).unwrap_or_default();
+    format!(
+        "{}: test AUC {:.4}{oracle}, logloss {:.4} (positive-rate baseline {:.4}); progressive AUC {:.4}; {:.0} examples/s",
+        r.model, r.test_auc, r.test_logloss, r.baseline_test_logloss, r.progressive_auc, r.examples_per_sec
+    )
 }
 
 /// Writes a report as pretty JSON, via a temporary file and a rename.
@@ -117,7 +128,7 @@ pub fn write_report(report: &Report, path: &Path) -> anyhow::Result<()> {
 }
 
 /// Trains `job` on a fresh embedded cluster and evaluates it.
-pub async fn train_embedded(job: &JobSpec, show_progress: bool) -> anyhow::Result<Report> {
+pub async fn train_embedded(job: &JobSpec, show_progress: bool, oracle: Option<&Path>) -> anyhow::Result<Report> {
     let started = Instant::now();
     let files = expand_paths(&job.data.paths)?;
     let parser = LineParser::new(&job.data, &files)?;
@@ -158,15 +169,15 @@ pub async fn train_embedded(job: &JobSpec, show_progress: bool) -> anyhow::Resul
         workers.push(tokio::spawn(train(worker_client, tables.clone(), Arc::clone(&queue), Arc::clone(&progress))));
     }
     drop(queue);
-    let ticker = show_progress
-        .then(|| tokio::spawn(report_progress(Arc::clone(&progress), train_rows * u64::from(job.training.epochs))));
+    let (stop_tracking, tracking_stopped) = oneshot::channel();
+    let bar = progress_bar(show_progress, train_rows * u64::from(job.training.epochs));
+    let tracker = tokio::spawn(track_progress(Arc::clone(&progress), bar, tracking_stopped));
     let mut stats = Vec::new();
     for w in workers {
         stats.push(w.await.context("worker task")?.context("worker")?);
     }
-    if let Some(t) = ticker {
-        t.abort();
-    }
+    let _ = stop_tracking.send(());
+    let curve = tracker.await.context("progress task")?;
     let bad = reader.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
     let train_seconds = train_started.elapsed().as_secs_f64();
 
@@ -183,6 +194,10 @@ pub async fn train_embedded(job: &JobSpec, show_progress: bool) -> anyhow::Resul
     }
     cluster.stop().await?;
 
+    let oracle_test_auc = match oracle {
+        Some(path) => Some(oracle_auc(path, train_rows, &labels)?),
+        None => None,
+    };
     let total = merge(&stats);
     let positive_rate = total.progressive_labels.iter().sum::<f32>() / total.progressive_labels.len().max(1) as f32;
     Ok(Report {
@@ -196,6 +211,7 @@ pub async fn train_embedded(job: &JobSpec, show_progress: bool) -> anyhow::Resul
         rows_trained: total.examples,
         test_auc: auc(&probs, &labels),
         test_logloss: logloss(&probs, &labels),
+        oracle_test_auc,
         baseline_test_logloss: logloss(&vec![positive_rate; labels.len()], &labels),
         progressive_auc: auc(&total.progressive_probs, &total.progressive_labels),
         progressive_logloss: logloss(&total.progressive_probs, &total.progressive_labels),
@@ -206,7 +222,26 @@ pub async fn train_embedded(job: &JobSpec, show_progress: bool) -> anyhow::Resul
         bad_line_samples: bad.first,
         bytes_pushed: total.bytes_pushed,
         bytes_pulled: total.bytes_pulled,
+        curve,
     })
+}
+
+/// AUC of an oracle file's probabilities for the test rows (lines after `train_rows`).
+fn oracle_auc(path: &Path, train_rows: u64, labels: &[f32]) -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let probs = text
+        .lines()
+        .skip(train_rows as usize)
+        .map(|l| l.trim().parse::<f32>().with_context(|| format!("{}: {l:?} is not a probability", path.display())))
+        .collect::<anyhow::Result<Vec<f32>>>()?;
+    anyhow::ensure!(
+        probs.len() == labels.len(),
+        "{} has {} test rows, the data {} (was a line skipped as malformed?)",
+        path.display(),
+        probs.len(),
+        labels.len()
+    );
+    Ok(auc(&probs, labels))
 }
 
 fn merge(stats: &[WorkerStats]) -> WorkerStats {
@@ -222,18 +257,52 @@ fn merge(stats: &[WorkerStats]) -> WorkerStats {
     all
 }
 
-async fn report_progress(progress: Arc<Progress>, expected: u64) {
+/// Samples the shared progress every second: moves the bar and records a curve point from the
+/// window's progressive predictions. Runs until `stop`, then returns the points.
+async fn track_progress(progress: Arc<Progress>, bar: ProgressBar, mut stop: oneshot::Receiver<()>) -> Vec<CurvePoint> {
     let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut points = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
+    let (mut last_examples, mut last_seconds) = (0u64, 0f64);
     loop {
-        tick.tick().await;
-        let n = progress.examples.load(Ordering::Relaxed);
-        let loss = progress.loss_micros.load(Ordering::Relaxed) as f64 / 1e6 / n.max(1) as f64;
-        eprintln!(
-            "  {n}/{expected} examples ({:.0}%), {:.0} examples/s, progressive logloss {loss:.4}",
-            100.0 * n as f64 / expected.max(1) as f64,
-            n as f64 / started.elapsed().as_secs_f64()
-        );
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = &mut stop => true,
+        };
+        let (probs, labels) = progress.take_recent();
+        let examples = progress.examples.load(Ordering::Relaxed);
+        let seconds = started.elapsed().as_secs_f64();
+        if !probs.is_empty() {
+            let point = CurvePoint {
+                examples,
+                seconds,
+                window_auc: auc(&probs, &labels),
+                window_logloss: logloss(&probs, &labels),
+                examples_per_sec: (examples - last_examples) as f64 / (seconds - last_seconds).max(1e-9),
+            };
+            bar.set_position(examples);
+            bar.set_message(format!(
+                "{:.0} ex/s | window logloss {:.4} AUC {:.4}",
+                point.examples_per_sec, point.window_logloss, point.window_auc
+            ));
+            points.push(point);
+            (last_examples, last_seconds) = (examples, seconds);
+        }
+        if stopping {
+            bar.finish_and_clear();
+            return points;
+        }
     }
+}
+
+fn progress_bar(show: bool, len: u64) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    let style = ProgressStyle::with_template("  [{elapsed_precise}] {bar:32} {pos}/{len} examples {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
 }

@@ -131,6 +131,25 @@ pub struct Progress {
     pub examples: AtomicU64,
     /// Sum of progressive logloss, in micro-units.
     pub loss_micros: AtomicU64,
+    /// Progressive (probability, label) pairs since the reporter last took them.
+    recent: std::sync::Mutex<(Vec<f32>, Vec<f32>)>,
+}
+
+impl Progress {
+    fn record(&self, probs: &[f32], labels: &[f32]) {
+        let loss = ember_core::eval::logloss(probs, labels) * probs.len() as f64;
+        self.loss_micros.fetch_add((loss * 1e6) as u64, Ordering::Relaxed);
+        self.examples.fetch_add(probs.len() as u64, Ordering::Relaxed);
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.0.extend_from_slice(probs);
+            recent.1.extend_from_slice(labels);
+        }
+    }
+
+    /// Takes the progressive predictions recorded since the last call: (probabilities, labels).
+    pub fn take_recent(&self) -> (Vec<f32>, Vec<f32>) {
+        self.recent.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
+    }
 }
 
 /// What one worker did.
@@ -304,9 +323,7 @@ pub async fn train(
         .await
         .map_err(task_err)?;
         let (probs, grads, dense) = result?;
-        let loss = ember_core::eval::logloss(&probs, &batch.labels) * batch.len() as f64;
-        progress.loss_micros.fetch_add((loss * 1e6) as u64, Ordering::Relaxed);
-        progress.examples.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        progress.record(&probs, &batch.labels);
         stats.examples += batch.len() as u64;
         stats.batches += 1;
         stats.progressive_probs.extend_from_slice(&probs);

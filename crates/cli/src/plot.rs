@@ -1,0 +1,111 @@
+//! PNG plots of training curves (plotters, bitmap backend).
+//!
+//! Text needs a TrueType font; plotters is built without system font discovery (which would need
+//! fontconfig at build time), so a font is loaded from the usual system paths. Without one the
+//! curves are still drawn, unlabelled, and the caller is told.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use anyhow::Context;
+use plotters::prelude::*;
+use serde::Serialize;
+
+/// One point of the training curves: a window of progressive validation.
+#[derive(Debug, Clone, Serialize)]
+pub struct CurvePoint {
+    /// Examples trained so far.
+    pub examples: u64,
+    /// Seconds since training started.
+    pub seconds: f64,
+    /// AUC of the examples predicted in this window (before training on them).
+    pub window_auc: f64,
+    /// Their logloss.
+    pub window_logloss: f64,
+    /// Examples per second over the window.
+    pub examples_per_sec: f64,
+}
+
+const FONT_PATHS: [&str; 4] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+/// Registers a system font once; false when none was found.
+fn font_available() -> bool {
+    static FOUND: OnceLock<bool> = OnceLock::new();
+    *FOUND.get_or_init(|| {
+        FONT_PATHS.iter().filter_map(|p| std::fs::read(p).ok()).any(|bytes| {
+            // plotters keeps fonts for the life of the process.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+        })
+    })
+}
+
+/// Reads one series off a curve point.
+type Metric = fn(&CurvePoint) -> f64;
+
+/// Draws window AUC and logloss against examples seen. Returns false if no font was found (the
+/// plot then has no text).
+pub fn training_curves(points: &[CurvePoint], title: &str, path: &Path) -> anyhow::Result<bool> {
+    let with_text = font_available();
+    let root = BitMapBackend::new(path, (1100, 450)).into_drawing_area();
+    root.fill(&WHITE).context("drawing")?;
+    let (left, right) = root.split_horizontally(550);
+    let max_x = points.iter().map(|p| p.examples).max().unwrap_or(1).max(1) as f64;
+    let series: [(&str, Metric, _); 2] = [
+        ("progressive AUC (window)", |p| p.window_auc, &left),
+        ("progressive logloss (window)", |p| p.window_logloss, &right),
+    ];
+    for (name, value, area) in series {
+        let ys: Vec<f64> = points.iter().map(value).filter(|v| v.is_finite()).collect();
+        let (lo, hi) = ys.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        let (lo, hi) = if ys.is_empty() { (0.0, 1.0) } else { (lo - 0.02, hi + 0.02) };
+        let mut builder = ChartBuilder::on(area);
+        builder.margin(15).x_label_area_size(35).y_label_area_size(55);
+        if with_text {
+            builder.caption(format!("{title}: {name}"), ("sans-serif", 18));
+        }
+        let mut chart = builder.build_cartesian_2d(0f64..max_x, lo..hi).context("chart")?;
+        let mut mesh = chart.configure_mesh();
+        if with_text {
+            mesh.x_desc("examples")
+                .label_style(("sans-serif", 13))
+                .x_label_formatter(&|x| format!("{:.0}k", x / 1000.0));
+        } else {
+            mesh.disable_x_axis().disable_y_axis();
+        }
+        mesh.draw().context("mesh")?;
+        let line = points.iter().filter(|p| value(p).is_finite()).map(|p| (p.examples as f64, value(p)));
+        chart.draw_series(LineSeries::new(line, BLUE.stroke_width(2))).context("series")?;
+    }
+    root.present().with_context(|| format!("writing {}", path.display()))?;
+    Ok(with_text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_a_png() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("curves.png");
+        let points: Vec<CurvePoint> = (1..20)
+            .map(|i| CurvePoint {
+                examples: i * 1000,
+                seconds: i as f64,
+                window_auc: 0.6 + i as f64 * 0.01,
+                window_logloss: 0.6 - i as f64 * 0.005,
+                examples_per_sec: 1000.0,
+            })
+            .collect();
+        training_curves(&points, "test", &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        assert!(bytes.len() > 5_000, "a real image, {} bytes", bytes.len());
+    }
+}
