@@ -6,6 +6,7 @@
 
 mod bench;
 mod cluster;
+mod cluster_cmds;
 mod demo;
 mod gen_data;
 mod observability;
@@ -27,6 +28,14 @@ struct Cli {
 enum Command {
     /// Run a parameter server.
     Ps(ps::PsArgs),
+    /// Run the scheduler (membership, shard map, jobs, work queue).
+    Scheduler(cluster_cmds::SchedulerArgs),
+    /// Run a worker that takes work items from a scheduler.
+    Worker(cluster_cmds::WorkerArgs),
+    /// Submit a job file to a scheduler; prints the job id.
+    Submit(cluster_cmds::SubmitArgs),
+    /// Show jobs' progress and results.
+    Status(cluster_cmds::StatusArgs),
     /// Load generators that print JSON figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -54,6 +63,10 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(BenchCommand::Ps(args)) => bench::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Train(args) => train::run(args).await,
+            Command::Scheduler(args) => cluster_cmds::scheduler(args).await,
+            Command::Worker(args) => cluster_cmds::worker(args).await,
+            Command::Submit(args) => cluster_cmds::submit(args).await,
+            Command::Status(args) => cluster_cmds::status(args).await,
             Command::GenData(args) => gen_data::run(args),
         }
     })

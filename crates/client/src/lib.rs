@@ -4,14 +4,17 @@
 //! - [`shard_map`]: which server owns which virtual slot (`slot = mix64(key) % num_slots`).
 //! - [`ps`]: [`PsClient`], the parameter-server client: splits a batch per server, fans the parts
 //!   out concurrently, and reassembles rows in request order.
+//! - [`scheduler`]: the scheduler client and [`Membership`] (register + heartbeat leases).
 //!
 //! Invariants: a caller never sees a partial result (one failed part fails the call); rows come
 //! back in the order of the keys asked for, duplicates included.
 
 mod error;
 pub mod ps;
+pub mod scheduler;
 pub mod shard_map;
 
 pub use error::ClientError;
 pub use ps::{Clock, PsClient, PulledRows, PushResult};
+pub use scheduler::{Membership, SchedulerClient};
 pub use shard_map::ShardMap;

@@ -31,6 +31,13 @@ impl ShardMap {
         Some(Self { endpoints, owners: (0..num_slots).map(|s| s % n).collect() })
     }
 
+    /// A map from the scheduler's parts. None if empty or an owner is out of range.
+    pub fn from_parts(endpoints: Vec<String>, owners: Vec<u32>) -> Option<Self> {
+        let valid =
+            !endpoints.is_empty() && !owners.is_empty() && owners.iter().all(|o| (*o as usize) < endpoints.len());
+        valid.then_some(Self { endpoints, owners })
+    }
+
     /// Server endpoints, indexed by server number.
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints

@@ -343,20 +343,51 @@ pub fn count_rows(files: &[PathBuf], parser: &LineParser) -> Result<u64, ReadErr
     Ok(rows)
 }
 
+/// Parses lines into batches, counting bad lines, handing full batches to a sink.
+struct Batcher<'a, F> {
+    parser: &'a LineParser,
+    batch_size: usize,
+    batch: Vec<Example>,
+    bad: BadLines,
+    sink: F,
+}
+
+impl<F: FnMut(Vec<Example>) -> bool> Batcher<'_, F> {
+    /// Handles one line; false when the sink wants no more.
+    fn line(&mut self, path: &Path, line_no: u64, line: &str) -> bool {
+        match self.parser.parse(line.trim_end_matches(['\n', '\r'])) {
+            Ok(example) => self.batch.push(example),
+            Err(reason) => self.bad.record(path, line_no, &reason),
+        }
+        if self.batch.len() < self.batch_size {
+            return true;
+        }
+        let full = std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_size));
+        (self.sink)(full)
+    }
+
+    fn finish(mut self) -> BadLines {
+        if !self.batch.is_empty() {
+            (self.sink)(std::mem::take(&mut self.batch));
+        }
+        self.bad
+    }
+}
+
 /// Reads rows `[start, end)` of `files` in batches of `batch_size` examples, handing each batch to
-/// `sink` (which returns false to stop early). Blocking: run it on its own thread.
+/// `sink` (which returns false to stop early). Fails once malformed lines pass `max_bad_ratio`.
+/// Blocking: run it on its own thread.
 pub fn read_rows(
     files: &[PathBuf],
     parser: &LineParser,
     (start, end): (u64, u64),
     batch_size: usize,
     max_bad_ratio: f64,
-    mut sink: impl FnMut(Vec<Example>) -> bool,
+    sink: impl FnMut(Vec<Example>) -> bool,
 ) -> Result<BadLines, ReadError> {
-    let mut bad = BadLines::default();
+    let mut b = Batcher { parser, batch_size, batch: Vec::with_capacity(batch_size), bad: BadLines::default(), sink };
     let mut row = 0u64;
     let mut seen = 0u64;
-    let mut batch = Vec::with_capacity(batch_size);
     let mut line = String::new();
     'files: for path in files {
         let mut reader = open_lines(path)?;
@@ -380,27 +411,45 @@ pub fn read_rows(
                 break 'files;
             }
             seen += 1;
-            match parser.parse(line.trim_end_matches(['\n', '\r'])) {
-                Ok(example) => batch.push(example),
-                Err(reason) => {
-                    bad.record(path, line_no, &reason);
-                    if seen >= MIN_LINES_FOR_RATIO && bad.count as f64 > max_bad_ratio * seen as f64 {
-                        return Err(too_many(&bad, seen, max_bad_ratio));
-                    }
-                }
+            if !b.line(path, line_no, &line) {
+                return Ok(b.bad);
             }
-            if batch.len() == batch_size && !sink(std::mem::replace(&mut batch, Vec::with_capacity(batch_size))) {
-                return Ok(bad);
+            if seen >= MIN_LINES_FOR_RATIO && b.bad.count as f64 > max_bad_ratio * seen as f64 {
+                return Err(too_many(&b.bad, seen, max_bad_ratio));
             }
         }
     }
-    if bad.count as f64 > max_bad_ratio * seen as f64 {
-        return Err(too_many(&bad, seen, max_bad_ratio));
+    if b.bad.count as f64 > max_bad_ratio * seen as f64 {
+        return Err(too_many(&b.bad, seen, max_bad_ratio));
     }
-    if !batch.is_empty() {
-        sink(batch);
+    Ok(b.finish())
+}
+
+/// Reads the lines in bytes `[start, end)` of one plain file (a scheduler work item; `start` is a
+/// line start and `first_line` its 1-based number). Bad lines are counted, not judged: the
+/// scheduler applies the job's ratio over all items. Returns the bad lines and the rows parsed.
+pub fn read_range(
+    path: &Path,
+    parser: &LineParser,
+    (start, end): (u64, u64),
+    first_line: u64,
+    batch_size: usize,
+    sink: impl FnMut(Vec<Example>) -> bool,
+) -> Result<BadLines, ReadError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |source| ReadError::Io { path: path.to_path_buf(), source };
+    let mut file = File::open(path).map_err(io)?;
+    file.seek(SeekFrom::Start(start)).map_err(io)?;
+    let mut reader = BufReader::with_capacity(1 << 16, file.take(end.saturating_sub(start)));
+    let mut b = Batcher { parser, batch_size, batch: Vec::with_capacity(batch_size), bad: BadLines::default(), sink };
+    let mut line = String::new();
+    for line_no in first_line.. {
+        line.clear();
+        if reader.read_line(&mut line).map_err(io)? == 0 || !b.line(path, line_no, &line) {
+            break;
+        }
     }
-    Ok(bad)
+    Ok(b.finish())
 }
 
 fn too_many(bad: &BadLines, lines: u64, max_ratio: f64) -> ReadError {

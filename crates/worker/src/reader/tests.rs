@@ -142,3 +142,22 @@ fn libffm_and_csv_lines_parse_and_bad_schemas_are_refused() {
     let err = read_all(&s).unwrap_err().to_string();
     assert!(err.contains("column \"id\" is not in the schema"), "{err}");
 }
+
+#[test]
+fn a_byte_range_reads_exactly_its_lines_with_their_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.svm");
+    std::fs::write(&path, "1 1:1\n0 2:1\nbad\n1 3:1\n").unwrap();
+    let spec = data_spec(DataFormat::Libsvm, vec![path.display().to_string()], None);
+    let parser = LineParser::new(&spec, std::slice::from_ref(&path)).unwrap();
+    let mut got = Vec::new();
+    // Bytes 6.. start at line 2.
+    let bad = read_range(&path, &parser, (6, 20), 2, 10, |b| {
+        got.extend(b);
+        true
+    })
+    .unwrap();
+    assert_eq!(got.iter().map(|e| e.label).collect::<Vec<_>>(), vec![0.0, 1.0]);
+    assert_eq!(bad.count, 1);
+    assert!(bad.first[0].ends_with("d.svm:3: label \"bad\" is not a number"), "{:?}", bad.first);
+}

@@ -1,0 +1,175 @@
+//! Cluster subcommands: `ember scheduler`, `ember worker`, `ember submit`, `ember status`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use ember_client::SchedulerClient;
+use ember_proto::v1;
+
+use crate::observability;
+
+/// Arguments of `ember scheduler`.
+#[derive(Debug, clap::Args)]
+pub struct SchedulerArgs {
+    /// gRPC address (port 0 picks one; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// Where jobs are persisted; a restarted scheduler resumes them.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Members that do not heartbeat within this are forgotten and their work requeued.
+    #[arg(long, default_value_t = 10_000)]
+    lease_ms: u64,
+}
+
+/// Runs the scheduler until SIGINT/SIGTERM.
+pub async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    println!("ember scheduler listening on {}", listener.local_addr()?);
+    ember_scheduler::serve(
+        listener,
+        &args.state_dir,
+        Duration::from_millis(args.lease_ms),
+        observability::shutdown_signal(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("scheduler: {e}"))
+}
+
+/// Arguments of `ember worker`.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// The scheduler's address.
+    #[arg(long)]
+    scheduler: String,
+    /// A name for status output (default: worker-PID).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+/// Runs a worker until SIGINT/SIGTERM.
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let scheduler = SchedulerClient::connect(&args.scheduler).await?;
+    let label = args.name.unwrap_or_else(|| format!("worker-{}", std::process::id()));
+    println!("ember worker {label} working for {}", args.scheduler);
+    ember_worker::agent::run_worker(scheduler, label, observability::shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Arguments of `ember submit`.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// The job file.
+    job: PathBuf,
+    /// The scheduler's address.
+    #[arg(long)]
+    scheduler: String,
+}
+
+/// Makes the job's relative data paths absolute (relative to this directory), since the scheduler
+/// and workers run elsewhere.
+fn absolute_paths(text: &str, cwd: &Path) -> anyhow::Result<String> {
+    let mut doc: toml::Table = toml::from_str(text).context("job file is not valid TOML")?;
+    if let Some(paths) = doc.get_mut("data").and_then(|d| d.get_mut("paths")).and_then(|p| p.as_array_mut()) {
+        for p in paths.iter_mut() {
+            if let Some(s) = p.as_str().filter(|s| Path::new(s).is_relative()) {
+                *p = toml::Value::String(cwd.join(s).display().to_string());
+            }
+        }
+    }
+    Ok(toml::to_string(&doc)?)
+}
+
+/// Submits a job; prints its id.
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.job).with_context(|| format!("reading {}", args.job.display()))?;
+    let text = absolute_paths(&text, &std::env::current_dir()?)?;
+    let scheduler = SchedulerClient::connect(&args.scheduler).await?;
+    let id = scheduler.submit(text).await?;
+    println!("{id}");
+    Ok(())
+}
+
+/// Arguments of `ember status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The scheduler's address.
+    #[arg(long)]
+    scheduler: String,
+    /// One job (default: all).
+    #[arg(long)]
+    job: Option<String>,
+    /// JSON, one object per job, in an array.
+    #[arg(long)]
+    json: bool,
+}
+
+fn state_name(state: i32) -> &'static str {
+    match v1::JobState::try_from(state) {
+        Ok(v1::JobState::Training) => "training",
+        Ok(v1::JobState::Evaluating) => "evaluating",
+        Ok(v1::JobState::Succeeded) => "succeeded",
+        Ok(v1::JobState::Failed) => "failed",
+        _ => "unknown",
+    }
+}
+
+/// Prints job status.
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let scheduler = SchedulerClient::connect(&args.scheduler).await?;
+    let jobs = scheduler.status(args.job.as_deref()).await?;
+    if args.json {
+        let num = |v: f64| if v.is_finite() { serde_json::json!(v) } else { serde_json::Value::Null };
+        let out: Vec<serde_json::Value> = jobs
+            .iter()
+            .map(|j| {
+                serde_json::json!({
+                    "job_id": j.job_id, "name": j.name, "state": state_name(j.state),
+                    "items_done": j.items_done, "items_total": j.items_total, "rows_trained": j.rows_trained,
+                    "bad_lines": j.bad_lines, "progressive_logloss": num(j.progressive_logloss),
+                    "test_auc": num(j.test_auc), "test_logloss": num(j.test_logloss), "test_rows": j.test_rows,
+                    "error": j.error, "elapsed_seconds": j.elapsed_seconds,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    for j in jobs {
+        let test = if j.test_auc.is_finite() {
+            format!(", test AUC {:.4} logloss {:.4}", j.test_auc, j.test_logloss)
+        } else {
+            String::new()
+        };
+        let error = if j.error.is_empty() { String::new() } else { format!(", error: {}", j.error) };
+        println!(
+            "{} {:?} {}: {}/{} items, {} rows trained, {} bad lines, progressive logloss {:.4}{test}{error}",
+            j.job_id,
+            j.name,
+            state_name(j.state),
+            j.items_done,
+            j.items_total,
+            j.rows_trained,
+            j.bad_lines,
+            j.progressive_logloss
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_data_paths_become_absolute() {
+        let text =
+            "version = 1\n[data]\nformat = \"criteo\"\npaths = [\"d/a.tsv\", \"/abs/b.tsv\"]\n[model]\nkind = \"lr\"\n";
+        let out = absolute_paths(text, Path::new("/work")).unwrap();
+        assert!(out.contains("\"/work/d/a.tsv\"") && out.contains("\"/abs/b.tsv\""), "{out}");
+        assert!(ember_core::JobSpec::from_toml(&out).is_ok());
+    }
+}

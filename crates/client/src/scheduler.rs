@@ -1,0 +1,128 @@
+//! The scheduler client, and [`Membership`]: register once, then heartbeat in the background,
+//! registering again if the scheduler forgot us (lease expired, or the scheduler restarted).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ember_proto::v1::{self, scheduler_client};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{ClientError, ShardMap};
+
+/// A typed client of the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerClient {
+    inner: scheduler_client::SchedulerClient<Channel>,
+    endpoint: String,
+}
+
+impl SchedulerClient {
+    /// Connects to the scheduler at `endpoint` (`host:port` or a URI).
+    pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
+        let uri = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
+        let connect_err = |source| ClientError::Connect { endpoint: endpoint.to_string(), source };
+        let channel =
+            Endpoint::from_shared(uri).map_err(connect_err)?.tcp_nodelay(true).connect().await.map_err(connect_err)?;
+        let inner = scheduler_client::SchedulerClient::new(channel).max_encoding_message_size(256 << 20);
+        Ok(Self { inner, endpoint: endpoint.to_string() })
+    }
+
+    fn err(&self) -> impl Fn(tonic::Status) -> ClientError + '_ {
+        move |status| ClientError::Rpc { endpoint: self.endpoint.clone(), status }
+    }
+
+    /// Registers; returns (member id, lease).
+    pub async fn register(&self, role: v1::Role, address: &str) -> Result<(String, Duration), ClientError> {
+        let req = v1::RegisterRequest { role: role as i32, address: address.to_string() };
+        let r = self.inner.clone().register(req).await.map_err(self.err())?.into_inner();
+        Ok((r.member_id, Duration::from_millis(r.lease_ms.max(100))))
+    }
+
+    /// Renews a lease; returns the shard map version.
+    pub async fn heartbeat(&self, member_id: &str) -> Result<u64, ClientError> {
+        let req = v1::HeartbeatRequest { member_id: member_id.to_string() };
+        Ok(self.inner.clone().heartbeat(req).await.map_err(self.err())?.into_inner().shard_map_version)
+    }
+
+    /// The current shard map and its version.
+    pub async fn shard_map(&self) -> Result<(u64, ShardMap), ClientError> {
+        let r = self.inner.clone().get_shard_map(v1::GetShardMapRequest {}).await.map_err(self.err())?.into_inner();
+        let map = ShardMap::from_parts(r.endpoints, r.owners).ok_or_else(|| ClientError::Protocol {
+            endpoint: self.endpoint.clone(),
+            reason: "shard map with an owner outside its endpoints".into(),
+        })?;
+        Ok((r.version, map))
+    }
+
+    /// Submits a job file's text; returns the job id.
+    pub async fn submit(&self, job_toml: String) -> Result<String, ClientError> {
+        let r = self.inner.clone().submit_job(v1::SubmitJobRequest { job_toml }).await.map_err(self.err())?;
+        Ok(r.into_inner().job_id)
+    }
+
+    /// One job's status, or every job's.
+    pub async fn status(&self, job_id: Option<&str>) -> Result<Vec<v1::JobInfo>, ClientError> {
+        let req = v1::JobStatusRequest { job_id: job_id.unwrap_or_default().to_string() };
+        Ok(self.inner.clone().job_status(req).await.map_err(self.err())?.into_inner().jobs)
+    }
+
+    /// The next work item for `member_id`, if one is ready.
+    pub async fn next_work(&self, member_id: &str) -> Result<Option<v1::WorkItem>, ClientError> {
+        let req = v1::NextWorkRequest { member_id: member_id.to_string() };
+        Ok(self.inner.clone().next_work(req).await.map_err(self.err())?.into_inner().item)
+    }
+
+    /// Reports a finished work item.
+    pub async fn report(&self, report: v1::ReportWorkRequest) -> Result<(), ClientError> {
+        self.inner.clone().report_work(report).await.map_err(self.err())?;
+        Ok(())
+    }
+}
+
+/// A registration kept alive by a background heartbeat task.
+#[derive(Debug)]
+pub struct Membership {
+    id: Arc<Mutex<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Membership {
+    /// Registers as `role` at `address` and starts heartbeating every third of the lease.
+    pub async fn join(client: SchedulerClient, role: v1::Role, address: String) -> Result<Self, ClientError> {
+        let (first, lease) = client.register(role, &address).await?;
+        let id = Arc::new(Mutex::new(first));
+        let shared = Arc::clone(&id);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(lease / 3);
+            loop {
+                tick.tick().await;
+                let current = shared.lock().map(|g| g.clone()).unwrap_or_default();
+                match client.heartbeat(&current).await {
+                    Ok(_) => {}
+                    Err(e) if e.code() == Some(tonic::Code::NotFound) => match client.register(role, &address).await {
+                        Ok((new_id, _)) => {
+                            tracing::warn!(old = %current, new = %new_id, "scheduler forgot this member; registered again");
+                            if let Ok(mut g) = shared.lock() {
+                                *g = new_id;
+                            }
+                        }
+                        Err(e) => tracing::warn!(%e, "re-registering failed; will retry"),
+                    },
+                    Err(e) => tracing::warn!(%e, "heartbeat failed; will retry"),
+                }
+            }
+        });
+        Ok(Self { id, task })
+    }
+
+    /// The current member id (it changes if the member had to register again).
+    pub fn id(&self) -> String {
+        self.id.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

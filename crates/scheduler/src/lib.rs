@@ -1,0 +1,63 @@
+//! The Ember scheduler: membership, the shard map, jobs and data assignment.
+//!
+//! Layout:
+//! - [`state`]: every decision, in plain Rust with the clock passed in (unit-tested without a
+//!   network or sleeps).
+//! - [`plan`]: splitting a job's files into line-aligned byte ranges.
+//! - [`service`]: the `ember.v1.Scheduler` gRPC adapter (decode, lock, call, map the error).
+//!
+//! The state sits behind one mutex: every operation is short and nothing awaits under it.
+
+pub mod plan;
+pub mod service;
+pub mod state;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ember_proto::v1::scheduler_server::SchedulerServer;
+use parking_lot::Mutex;
+use tonic::transport::server::TcpIncoming;
+
+pub use service::SchedulerService;
+pub use state::{SchedulerError, State};
+
+/// Opens the state under `state_dir` and serves it on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state_dir: &Path,
+    lease: Duration,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let state = Arc::new(Mutex::new(State::open(state_dir, lease, 1024)?));
+    let reaper = {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(lease / 4);
+            loop {
+                tick.tick().await;
+                state.lock().expire(Instant::now());
+            }
+        })
+    };
+    let (health, health_service) = tonic_health_reporter().await;
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(SchedulerServer::new(SchedulerService::new(state)).max_decoding_message_size(256 << 20))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+        .await;
+    drop(health);
+    reaper.abort();
+    result.map_err(Into::into)
+}
+
+async fn tonic_health_reporter() -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter.set_serving::<SchedulerServer<SchedulerService>>().await;
+    (reporter, service)
+}

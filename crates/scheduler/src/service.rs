@@ -1,0 +1,171 @@
+//! `ember.v1.Scheduler` handlers: decode, call [`State`] under its lock, map the error.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ember_proto::v1::{self, scheduler_server::Scheduler};
+use parking_lot::Mutex;
+use tonic::{Request, Response, Status};
+
+use crate::plan::Phase;
+use crate::state::{ItemReport, JobState, Role, SchedulerError, State};
+
+/// The service over the shared state.
+#[derive(Clone)]
+pub struct SchedulerService {
+    state: Arc<Mutex<State>>,
+}
+
+impl SchedulerService {
+    /// A service over `state`.
+    pub fn new(state: Arc<Mutex<State>>) -> Self {
+        Self { state }
+    }
+}
+
+/// The one place scheduler errors become gRPC codes.
+pub fn status_of(err: &SchedulerError) -> Status {
+    let msg = err.to_string();
+    match err {
+        SchedulerError::UnknownMember(_) | SchedulerError::UnknownJob(_) => Status::not_found(msg),
+        SchedulerError::BadJob(_) | SchedulerError::Plan(_) => Status::invalid_argument(msg),
+        SchedulerError::NoPs => Status::failed_precondition(msg),
+        SchedulerError::State { .. } => Status::internal(msg),
+    }
+}
+
+fn f32s(bytes: &[u8], what: &str) -> Result<Vec<f32>, Status> {
+    if !bytes.len().is_multiple_of(4) {
+        return Err(Status::invalid_argument(format!("{what}: {} bytes is not a whole number of f32", bytes.len())));
+    }
+    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+fn job_state(s: JobState) -> v1::JobState {
+    match s {
+        JobState::Training => v1::JobState::Training,
+        JobState::Evaluating => v1::JobState::Evaluating,
+        JobState::Succeeded => v1::JobState::Succeeded,
+        JobState::Failed => v1::JobState::Failed,
+    }
+}
+
+#[tonic::async_trait]
+impl Scheduler for SchedulerService {
+    async fn register(&self, req: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
+        let req = req.into_inner();
+        let role = match v1::Role::try_from(req.role) {
+            Ok(v1::Role::Ps) => Role::Ps,
+            Ok(v1::Role::Worker) => Role::Worker,
+            _ => return Err(Status::invalid_argument(format!("role {} is not ps or worker", req.role))),
+        };
+        if role == Role::Ps && req.address.is_empty() {
+            return Err(Status::invalid_argument("a ps-server must register its address"));
+        }
+        let mut state = self.state.lock();
+        let member_id = state.register(role, req.address, Instant::now());
+        tracing::info!(%member_id, "registered");
+        Ok(Response::new(v1::RegisterResponse { member_id, lease_ms: state.lease().as_millis() as u64 }))
+    }
+
+    async fn heartbeat(&self, req: Request<v1::HeartbeatRequest>) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let version =
+            self.state.lock().heartbeat(&req.into_inner().member_id, Instant::now()).map_err(|e| status_of(&e))?;
+        Ok(Response::new(v1::HeartbeatResponse { shard_map_version: version }))
+    }
+
+    async fn get_shard_map(
+        &self,
+        _req: Request<v1::GetShardMapRequest>,
+    ) -> Result<Response<v1::ShardMapResponse>, Status> {
+        let (version, endpoints, owners) = self.state.lock().shard_map();
+        if endpoints.is_empty() {
+            return Err(status_of(&SchedulerError::NoPs));
+        }
+        Ok(Response::new(v1::ShardMapResponse { version, endpoints, owners }))
+    }
+
+    async fn submit_job(&self, req: Request<v1::SubmitJobRequest>) -> Result<Response<v1::SubmitJobResponse>, Status> {
+        let toml = req.into_inner().job_toml;
+        let state = Arc::clone(&self.state);
+        // Planning reads the data files: keep it off the async workers.
+        let job_id = tokio::task::spawn_blocking(move || state.lock().submit(toml, Instant::now()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| status_of(&e))?;
+        tracing::info!(%job_id, "job submitted");
+        Ok(Response::new(v1::SubmitJobResponse { job_id }))
+    }
+
+    async fn job_status(&self, req: Request<v1::JobStatusRequest>) -> Result<Response<v1::JobStatusResponse>, Status> {
+        let id = req.into_inner().job_id;
+        let state = self.state.lock();
+        let jobs = state.jobs((!id.is_empty()).then_some(id.as_str())).map_err(|e| status_of(&e))?;
+        let jobs = jobs
+            .into_iter()
+            .map(|j| {
+                let (done, total) = j.items_progress();
+                v1::JobInfo {
+                    job_id: j.id.clone(),
+                    name: j.name.clone(),
+                    state: job_state(j.state) as i32,
+                    items_total: total,
+                    items_done: done,
+                    rows_trained: j.rows_trained,
+                    bad_lines: j.bad_lines,
+                    progressive_logloss: j.progressive_logloss(),
+                    test_auc: j.test_auc.unwrap_or(f64::NAN),
+                    test_logloss: j.test_logloss.unwrap_or(f64::NAN),
+                    test_rows: j.test_rows(),
+                    error: j.error.clone().unwrap_or_default(),
+                    elapsed_seconds: j.elapsed_seconds,
+                }
+            })
+            .collect();
+        Ok(Response::new(v1::JobStatusResponse { jobs }))
+    }
+
+    async fn next_work(&self, req: Request<v1::NextWorkRequest>) -> Result<Response<v1::NextWorkResponse>, Status> {
+        let member = req.into_inner().member_id;
+        let assignment = self.state.lock().next_work(&member, Instant::now()).map_err(|e| status_of(&e))?;
+        let item = assignment.map(|a| v1::WorkItem {
+            job_id: a.job_id,
+            item_id: a.item_id,
+            job_toml: a.job_toml,
+            phase: match a.range.phase {
+                Phase::Train => v1::WorkPhase::Train,
+                Phase::Test => v1::WorkPhase::Test,
+            } as i32,
+            path: a.range.path.display().to_string(),
+            start: a.range.start,
+            end: a.range.end,
+            first_line: a.range.first_line,
+        });
+        Ok(Response::new(v1::NextWorkResponse { item }))
+    }
+
+    async fn report_work(
+        &self,
+        req: Request<v1::ReportWorkRequest>,
+    ) -> Result<Response<v1::ReportWorkResponse>, Status> {
+        let r = req.into_inner();
+        let (probs, labels) = (f32s(&r.predictions, "predictions")?, f32s(&r.labels, "labels")?);
+        if probs.len() != labels.len() {
+            return Err(Status::invalid_argument(format!("{} predictions for {} labels", probs.len(), labels.len())));
+        }
+        let report = ItemReport {
+            rows: r.rows,
+            bad_lines: r.bad_lines,
+            bad_line_samples: r.bad_line_samples,
+            loss_sum: r.loss_sum,
+            probs,
+            labels,
+            error: (!r.error.is_empty()).then_some(r.error),
+        };
+        self.state
+            .lock()
+            .report(&r.member_id, &r.job_id, r.item_id, report, Instant::now())
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(v1::ReportWorkResponse {}))
+    }
+}

@@ -1,0 +1,139 @@
+//! Scheduler decisions under a controlled clock: leases, requeueing, the job state machine,
+//! bad-line failure, and persistence across a restart.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const LEASE: Duration = Duration::from_secs(10);
+
+fn job_file(dir: &Path, rows: usize, extra: &str) -> String {
+    let data = dir.join("data.svm");
+    let text: String = (0..rows).map(|i| format!("{} {}:1\n", i % 2, i % 7)).collect();
+    std::fs::write(&data, text).unwrap();
+    format!(
+        "version = 1\nname = \"t\"\n[data]\nformat = \"libsvm\"\npaths = [\"{}\"]\ntest_split = 0.25\n{extra}\n[model]\nkind = \"lr\"\n",
+        data.display()
+    )
+}
+
+fn report(rows: u64) -> ItemReport {
+    ItemReport { rows, loss_sum: rows as f64 * 0.5, ..Default::default() }
+}
+
+#[test]
+fn a_job_trains_every_item_then_evaluates() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = State::open(dir.path(), LEASE, 16).unwrap();
+    let t0 = Instant::now();
+    s.register(Role::Ps, "127.0.0.1:1".into(), t0);
+    let w = s.register(Role::Worker, "w".into(), t0);
+    let id = s.submit(job_file(dir.path(), 20_000, ""), t0).unwrap();
+    // 15,000 train rows make items of 8,192 and 6,808 rows; the 5,000 test rows one item.
+    let mut test_items = 1;
+    let mut held = Vec::new();
+    while let Some(a) = s.next_work(&w, t0).unwrap() {
+        assert_eq!(a.range.phase, Phase::Train, "no test item before every train item is done");
+        held.push(a);
+    }
+    assert_eq!(held.len(), 2);
+    for a in held.drain(..) {
+        s.report(&w, &id, a.item_id, report(a.range.rows), t0).unwrap();
+    }
+    assert_eq!(s.jobs(Some(&id)).unwrap()[0].state, JobState::Evaluating);
+    while let Some(a) = s.next_work(&w, t0).unwrap() {
+        assert_eq!(a.range.phase, Phase::Test);
+        let n = a.range.rows as usize;
+        let labels: Vec<f32> = (0..n).map(|i| (i % 2) as f32).collect();
+        let probs: Vec<f32> = labels.iter().map(|y| 0.2 + 0.6 * y).collect();
+        s.report(
+            &w,
+            &id,
+            a.item_id,
+            ItemReport { rows: n as u64, probs, labels, ..Default::default() },
+            t0 + Duration::from_secs(3),
+        )
+        .unwrap();
+        test_items -= 1;
+    }
+    assert_eq!(test_items, 0);
+    let job = s.jobs(Some(&id)).unwrap()[0];
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!((job.rows_trained, job.test_rows()), (15_000, 5_000));
+    assert_eq!(job.test_auc, Some(1.0));
+    assert!((job.progressive_logloss() - 0.5).abs() < 1e-9);
+    assert_eq!(job.elapsed_seconds, 3.0);
+}
+
+#[test]
+fn expired_leases_requeue_items_and_change_the_shard_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = State::open(dir.path(), LEASE, 8).unwrap();
+    let t0 = Instant::now();
+    let ps1 = s.register(Role::Ps, "a:1".into(), t0);
+    s.register(Role::Ps, "b:2".into(), t0 + Duration::from_secs(8));
+    let (v, endpoints, owners) = s.shard_map();
+    assert_eq!((endpoints.len(), owners), (2, vec![0, 1, 0, 1, 0, 1, 0, 1]));
+    let (w1, w2) =
+        (s.register(Role::Worker, "w1".into(), t0), s.register(Role::Worker, "w2".into(), t0 + Duration::from_secs(8)));
+    let id = s.submit(job_file(dir.path(), 1_000, ""), t0).unwrap();
+    let first = s.next_work(&w1, t0).unwrap().unwrap();
+    assert!(s.next_work(&w2, t0 + Duration::from_secs(8)).unwrap().is_none(), "the only train item is held");
+    // w1 and ps1 stop heartbeating; w2 keeps going.
+    let later = t0 + Duration::from_secs(15);
+    s.heartbeat(&w2, later).unwrap();
+    let again = s.next_work(&w2, later).unwrap().unwrap();
+    assert_eq!(again.item_id, first.item_id, "the dead worker's item is handed out again");
+    assert!(matches!(s.heartbeat(&w1, later), Err(SchedulerError::UnknownMember(_))));
+    let (v2, endpoints, _) = s.shard_map();
+    assert!(v2 > v);
+    assert_eq!(endpoints, vec!["b:2".to_string()]);
+    assert!(!s.shard_map().1.contains(&"a:1".to_string()), "{ps1} left the map");
+    let _ = id;
+}
+
+#[test]
+fn too_many_bad_lines_fail_the_job_with_the_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = State::open(dir.path(), LEASE, 8).unwrap();
+    let t0 = Instant::now();
+    s.register(Role::Ps, "a:1".into(), t0);
+    let w = s.register(Role::Worker, "w".into(), t0);
+    let id = s.submit(job_file(dir.path(), 1_000, "max_bad_ratio = 0.01"), t0).unwrap();
+    let a = s.next_work(&w, t0).unwrap().unwrap();
+    let bad =
+        ItemReport { rows: 700, bad_lines: 50, bad_line_samples: vec!["data.svm:3: bad".into()], ..Default::default() };
+    s.report(&w, &id, a.item_id, bad, t0).unwrap();
+    let job = s.jobs(Some(&id)).unwrap()[0];
+    assert_eq!(job.state, JobState::Failed);
+    assert!(
+        job.error.as_deref().unwrap().contains("50 of 750 lines malformed")
+            && job.error.as_deref().unwrap().contains("data.svm:3")
+    );
+    assert!(s.next_work(&w, t0).unwrap().is_none(), "a failed job hands out nothing");
+}
+
+#[test]
+fn jobs_survive_a_restart_and_held_items_are_pending_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let id = {
+        let mut s = State::open(dir.path(), LEASE, 8).unwrap();
+        s.register(Role::Ps, "a:1".into(), t0);
+        let w = s.register(Role::Worker, "w".into(), t0);
+        let id = s.submit(job_file(dir.path(), 20_000, ""), t0).unwrap();
+        let a = s.next_work(&w, t0).unwrap().unwrap();
+        s.report(&w, &id, a.item_id, report(a.range.rows), t0).unwrap();
+        s.next_work(&w, t0).unwrap().unwrap(); // held when the scheduler stops
+        id
+    };
+    let mut s = State::open(dir.path(), LEASE, 8).unwrap();
+    let job = s.jobs(Some(&id)).unwrap()[0];
+    assert_eq!((job.state, job.items_progress(), job.rows_trained), (JobState::Training, (1, 3), 8_192));
+    s.register(Role::Ps, "a:1".into(), t0);
+    let w = s.register(Role::Worker, "w".into(), t0);
+    assert_eq!(s.next_work(&w, t0).unwrap().unwrap().item_id, 1, "the item held before the restart is pending again");
+    assert!(matches!(s.jobs(Some("job-9")), Err(SchedulerError::UnknownJob(_))));
+    let bad = s.submit("version = 1\n[data]\nformat = \"criteo\"\npaths = []\n[model]\nkind = \"lr\"".into(), t0);
+    assert!(matches!(bad, Err(SchedulerError::BadJob(_))));
+}

@@ -1,0 +1,172 @@
+//! The worker process's loop: ask the scheduler for work, run it, report it.
+//!
+//! A train item's lines are parsed on a reader thread and trained on by [`train`]; a test item's
+//! are predicted with read-only lookups and the predictions reported, so the scheduler computes the
+//! job's exact test AUC over all items. Per job the agent keeps the parsed job file, a client over
+//! the scheduler's shard map, and the tables (created idempotently on first use). Scheduler and
+//! ps-server errors are retried with backoff rather than ending the worker.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ember_client::{ClientError, Membership, PsClient, SchedulerClient};
+use ember_core::eval::logloss;
+use ember_core::JobSpec;
+use ember_proto::v1;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::reader::{expand_paths, read_range, BadLines, LineParser};
+use crate::train::{predict, train, ModelTables, Progress};
+
+/// Why the worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Registering with the scheduler failed.
+    #[error("registering with the scheduler: {0}")]
+    Register(ClientError),
+}
+
+struct JobContext {
+    client: PsClient,
+    tables: ModelTables,
+    parser: LineParser,
+    batch_size: usize,
+}
+
+async fn job_context(scheduler: &SchedulerClient, item: &v1::WorkItem) -> Result<JobContext, String> {
+    let spec = JobSpec::from_toml(&item.job_toml).map_err(|e| e.to_string())?;
+    let files = expand_paths(&spec.data.paths).map_err(|e| e.to_string())?;
+    let parser = LineParser::new(&spec.data, &files).map_err(|e| e.to_string())?;
+    let (_, map) = scheduler.shard_map().await.map_err(|e| e.to_string())?;
+    let client = PsClient::connect(map).await.map_err(|e| e.to_string())?;
+    let (tables, specs) = ModelTables::for_job(&spec, &item.job_id);
+    for (spec, initial) in &specs {
+        client.create_table(spec, initial.as_deref()).await.map_err(|e| format!("creating {}: {e}", spec.name))?;
+    }
+    Ok(JobContext { client, tables, parser, batch_size: spec.training.batch_size })
+}
+
+/// Reads an item's lines on a blocking thread into a queue.
+fn spawn_reader(
+    ctx: &JobContext,
+    item: &v1::WorkItem,
+) -> (mpsc::Receiver<Vec<crate::features::Example>>, tokio::task::JoinHandle<Result<BadLines, String>>) {
+    let (tx, rx) = mpsc::channel(8);
+    let (parser, batch, path) = (ctx.parser.clone(), ctx.batch_size, PathBuf::from(&item.path));
+    let (range, first_line) = ((item.start, item.end), item.first_line);
+    let reader = tokio::task::spawn_blocking(move || {
+        read_range(&path, &parser, range, first_line, batch, |b| tx.blocking_send(b).is_ok()).map_err(|e| e.to_string())
+    });
+    (rx, reader)
+}
+
+/// Runs one item; returns the report to send (errors included in it).
+async fn run_item(ctx: &JobContext, item: &v1::WorkItem) -> v1::ReportWorkRequest {
+    let mut report = v1::ReportWorkRequest { job_id: item.job_id.clone(), item_id: item.item_id, ..Default::default() };
+    let (mut rx, reader) = spawn_reader(ctx, item);
+    let outcome: Result<(), String> = async {
+        if item.phase == v1::WorkPhase::Test as i32 {
+            let (mut probs, mut labels) = (Vec::new(), Vec::new());
+            while let Some(batch) = rx.recv().await {
+                probs.extend(predict(&ctx.client, &ctx.tables, &batch).await.map_err(|e| e.to_string())?);
+                labels.extend(batch.iter().map(|e| e.label));
+            }
+            report.rows = labels.len() as u64;
+            report.predictions = bytemuck::cast_slice(&probs).to_vec().into();
+            report.labels = bytemuck::cast_slice(&labels).to_vec().into();
+        } else {
+            let queue = Arc::new(Mutex::new(rx));
+            let stats = train(ctx.client.clone(), ctx.tables.clone(), queue, Arc::new(Progress::default()))
+                .await
+                .map_err(|e| e.to_string())?;
+            report.rows = stats.examples;
+            report.loss_sum = logloss(&stats.progressive_probs, &stats.progressive_labels) * stats.examples as f64;
+        }
+        Ok(())
+    }
+    .await;
+    match reader.await.map_err(|e| e.to_string()).and_then(|r| r) {
+        Ok(bad) => {
+            report.bad_lines = bad.count;
+            report.bad_line_samples = bad.first;
+        }
+        Err(e) => report.error = e,
+    }
+    if let Err(e) = outcome {
+        report.error = e;
+    }
+    report
+}
+
+/// Registers as a worker and runs items until `shutdown` resolves.
+pub async fn run_worker(
+    scheduler: SchedulerClient,
+    label: String,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let membership =
+        Membership::join(scheduler.clone(), v1::Role::Worker, label).await.map_err(AgentError::Register)?;
+    tracing::info!(member = %membership.id(), "worker registered");
+    let mut jobs: HashMap<String, Arc<JobContext>> = HashMap::new();
+    let mut backoff = Duration::from_millis(100);
+    tokio::pin!(shutdown);
+    loop {
+        let member = membership.id();
+        let next = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            next = scheduler.next_work(&member) => next,
+        };
+        let item = match next {
+            Ok(Some(item)) => item,
+            Ok(None) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(%e, ?backoff, "asking for work failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let ctx = match jobs.get(&item.job_id) {
+            Some(ctx) => Arc::clone(ctx),
+            None => match job_context(&scheduler, &item).await {
+                Ok(ctx) => Arc::clone(jobs.entry(item.job_id.clone()).or_insert(Arc::new(ctx))),
+                Err(e) => {
+                    let report = v1::ReportWorkRequest {
+                        job_id: item.job_id.clone(),
+                        item_id: item.item_id,
+                        error: e,
+                        ..Default::default()
+                    };
+                    send_report(&scheduler, &membership, report).await;
+                    continue;
+                }
+            },
+        };
+        let report = run_item(&ctx, &item).await;
+        tracing::debug!(job = %item.job_id, item = item.item_id, rows = report.rows, "item done");
+        send_report(&scheduler, &membership, report).await;
+    }
+}
+
+async fn send_report(scheduler: &SchedulerClient, membership: &Membership, mut report: v1::ReportWorkRequest) {
+    let mut backoff = Duration::from_millis(100);
+    for _ in 0..8 {
+        report.member_id = membership.id();
+        match scheduler.report(report.clone()).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(%e, "reporting an item failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    tracing::error!(job = %report.job_id, item = report.item_id, "gave up reporting; the scheduler will requeue the item when this lease expires");
+}

@@ -1,0 +1,122 @@
+//! A cluster of real processes on loopback: `ember scheduler`, two `ember ps` registered with it,
+//! two `ember worker`s pulling work items, and an LR-FTRL job on the Criteo slice submitted with
+//! `ember submit` and followed with `ember status --json`.
+
+// Helpers here are test harness code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const EMBER: &str = env!("CARGO_BIN_EXE_ember");
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `ember ARGS` and waits for the stdout line starting with `prefix`; returns the rest.
+fn start(args: &[&str], prefix: &str) -> (Proc, String) {
+    let mut child = Command::new(EMBER).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let value = loop {
+        let line = lines.next().unwrap_or_else(|| panic!("{args:?} exited before printing {prefix:?}")).unwrap();
+        if let Some(rest) = line.strip_prefix(prefix) {
+            break rest.trim().to_string();
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (Proc(child), value)
+}
+
+fn criteo() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/criteo/train_10k.tsv");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("skipping: {} is absent (CI always has ../shared)", p.display());
+        None
+    }
+}
+
+fn status(scheduler: &str, job: &str) -> serde_json::Value {
+    let out = Command::new(EMBER).args(["status", "--scheduler", scheduler, "--job", job, "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    jobs[0].clone()
+}
+
+fn submit(dir: &Path, scheduler: &str, job_text: &str) -> String {
+    let job = dir.join("job.toml");
+    std::fs::write(&job, job_text).unwrap();
+    let out = Command::new(EMBER).args(["submit", "--scheduler", scheduler]).arg(&job).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// LR-FTRL on this 9k/1k split reached test AUC 0.770 with `ember train` (VW FTRL ~0.765). The
+/// positive-rate predictor scores 0.5; with 1,000 test rows (~220 positives) the standard error
+/// of an AUC near 0.77 is ~0.018, so 0.70 is about four standard errors under the measured value:
+/// it fails for a broken pipeline (wrong routing, lost updates, mixed-up rows), not for noise.
+#[test]
+fn scheduler_ps_and_workers_as_processes_train_a_job() {
+    let Some(data) = criteo() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("scheduler");
+    let (_sched, addr) = start(
+        &["scheduler", "--listen", "127.0.0.1:0", "--state-dir", state.to_str().unwrap(), "--lease-ms", "3000"],
+        "ember scheduler listening on ",
+    );
+    let mut procs = Vec::new();
+    for i in 0..2 {
+        let data_dir = dir.path().join(format!("ps{i}"));
+        let args = ["ps", "--listen", "127.0.0.1:0", "--data-dir", data_dir.to_str().unwrap(), "--scheduler", &addr];
+        procs.push(start(&args, "ember ps listening on ").0);
+    }
+    for i in 0..2 {
+        let name = format!("w{i}");
+        procs.push(start(&["worker", "--scheduler", &addr, "--name", &name], "ember worker ").0);
+    }
+    let job = format!(
+        "version = 1\nname = \"criteo-lr\"\n[data]\nformat = \"criteo\"\npaths = [\"{}\"]\ntest_split = 0.1\n\
+         [model]\nkind = \"lr\"\n[optimizer.sparse]\nkind = \"ftrl\"\nalpha = 0.05\nl1 = 1.0\nl2 = 1.0\n\
+         [training]\nbatch_size = 256\n",
+        data.display()
+    );
+    let id = submit(dir.path(), &addr, &job);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let s = status(&addr, &id);
+        if s["state"] == "succeeded" || s["state"] == "failed" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "job did not finish: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!((done["rows_trained"].as_u64(), done["test_rows"].as_u64()), (Some(9_000), Some(1_000)), "{done}");
+    let auc = done["test_auc"].as_f64().unwrap();
+    assert!(auc > 0.70, "test AUC {auc}: {done}");
+    assert!(done["progressive_logloss"].as_f64().unwrap() < 0.6, "{done}");
+
+    // A job whose data is missing is refused at submit with the reason.
+    let out = Command::new(EMBER)
+        .args(["submit", "--scheduler", &addr])
+        .arg({
+            let bad = dir.path().join("bad.toml");
+            std::fs::write(&bad, job.replace(&data.display().to_string(), "/nonexistent/x.tsv")).unwrap();
+            bad
+        })
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("matches no file"));
+}
