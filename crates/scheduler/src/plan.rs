@@ -1,7 +1,7 @@
 //! Splitting a job's data into work items: line-aligned byte ranges of plain files.
 //!
 //! Two passes over the files: the first counts data rows (so the test split, the last
-//! `test_split` of the rows, is exact), the second cuts items every `rows_per_item` rows and at the
+//! `test_split` of the rows, is exact), the second cuts items of about total / 32 rows and at the
 //! train/test boundary. Compressed files cannot be cut into byte ranges and are refused.
 
 use std::fs::File;
@@ -95,20 +95,27 @@ fn scan(path: &Path, mut each: impl FnMut(u64, u64)) -> Result<(), PlanError> {
     }
 }
 
-/// Cuts `files` into ranges of at most `rows_per_item` rows; the last `test_split` of all rows
-/// (skipping `header_lines` per file) become test ranges.
-pub fn plan(
-    files: &[PathBuf],
-    header_lines: u64,
-    test_split: f64,
-    rows_per_item: u64,
-) -> Result<Vec<Range>, PlanError> {
+/// How big work items are.
+#[derive(Debug, Clone, Copy)]
+pub struct ItemSize {
+    /// Aim for about this many items per job, so there are many more items than workers.
+    pub target_items: u64,
+    /// Smallest item (keeps per-item overhead low on small data).
+    pub min_rows: u64,
+    /// Largest item (keeps a lost item cheap to redo on large data).
+    pub max_rows: u64,
+}
+
+/// Cuts `files` into ranges sized by `size`; the last `test_split` of all rows (skipping
+/// `header_lines` per file) become test ranges.
+pub fn plan(files: &[PathBuf], header_lines: u64, test_split: f64, size: ItemSize) -> Result<Vec<Range>, PlanError> {
     let mut total = 0u64;
     for f in files {
         let mut lines = 0u64;
         scan(f, |_, _| lines += 1)?;
         total += lines.saturating_sub(header_lines);
     }
+    let rows_per_item = (total / size.target_items.max(1)).clamp(size.min_rows.max(1), size.max_rows.max(1));
     let train_rows = total - (total as f64 * test_split).round() as u64;
     let mut ranges = Vec::new();
     let mut row = 0u64;
@@ -152,7 +159,8 @@ mod tests {
         let (a, b) = (dir.path().join("a.csv"), dir.path().join("b.csv"));
         std::fs::write(&a, "h\n1\n2\n3\n4\n5\n").unwrap();
         std::fs::write(&b, "h\n6\n7\n8\n9\n10").unwrap(); // no final newline
-        let ranges = plan(&[a.clone(), b.clone()], 1, 0.3, 2).unwrap();
+        let size = ItemSize { target_items: 100, min_rows: 2, max_rows: 2 };
+        let ranges = plan(&[a.clone(), b.clone()], 1, 0.3, size).unwrap();
         let read = |r: &Range| std::fs::read_to_string(&r.path).unwrap()[r.start as usize..r.end as usize].to_string();
         let train: String = ranges.iter().filter(|r| r.phase == Phase::Train).map(read).collect();
         let test: String = ranges.iter().filter(|r| r.phase == Phase::Test).map(read).collect();

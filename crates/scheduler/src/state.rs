@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::{self, Phase, Range};
 
-/// Rows per work item: small enough that fast workers take more, large enough that a batch
-/// pipeline fills.
-pub const ROWS_PER_ITEM: u64 = 8192;
+/// Work item sizes: about 32 items per job so fast workers take more, at least 256 rows so a
+/// batch pipeline fills, at most 8,192 so a lost item is cheap to redo.
+pub const ITEM_SIZE: plan::ItemSize = plan::ItemSize { target_items: 32, min_rows: 256, max_rows: 8192 };
 
 /// A member's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,7 +314,7 @@ impl State {
         let spec = JobSpec::from_toml(&toml)?;
         let files = plan::expand(&spec.data.paths)?;
         let header_lines = u64::from(spec.data.schema.as_ref().is_some_and(|s| s.columns.is_none()));
-        let ranges = plan::plan(&files, header_lines, spec.data.test_split, ROWS_PER_ITEM)?;
+        let ranges = plan::plan(&files, header_lines, spec.data.test_split, ITEM_SIZE)?;
         let (train, test): (Vec<Range>, Vec<Range>) = ranges.into_iter().partition(|r| r.phase == Phase::Train);
         let mut items = Vec::new();
         for _ in 0..spec.training.epochs {

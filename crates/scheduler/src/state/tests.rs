@@ -29,14 +29,15 @@ fn a_job_trains_every_item_then_evaluates() {
     s.register(Role::Ps, "127.0.0.1:1".into(), t0);
     let w = s.register(Role::Worker, "w".into(), t0);
     let id = s.submit(job_file(dir.path(), 20_000, ""), t0).unwrap();
-    // 15,000 train rows make items of 8,192 and 6,808 rows; the 5,000 test rows one item.
-    let mut test_items = 1;
+    // 20,000 rows / 32 items -> 625 rows per item: 24 train items, then 8 test items.
+    let mut test_items = 8;
     let mut held = Vec::new();
     while let Some(a) = s.next_work(&w, t0).unwrap() {
         assert_eq!(a.range.phase, Phase::Train, "no test item before every train item is done");
+        assert_eq!(a.range.rows, 625);
         held.push(a);
     }
-    assert_eq!(held.len(), 2);
+    assert_eq!(held.len(), 24);
     for a in held.drain(..) {
         s.report(&w, &id, a.item_id, report(a.range.rows), t0).unwrap();
     }
@@ -76,7 +77,7 @@ fn expired_leases_requeue_items_and_change_the_shard_map() {
     assert_eq!((endpoints.len(), owners), (2, vec![0, 1, 0, 1, 0, 1, 0, 1]));
     let (w1, w2) =
         (s.register(Role::Worker, "w1".into(), t0), s.register(Role::Worker, "w2".into(), t0 + Duration::from_secs(8)));
-    let id = s.submit(job_file(dir.path(), 1_000, ""), t0).unwrap();
+    let id = s.submit(job_file(dir.path(), 250, ""), t0).unwrap(); // 225 train rows: one item of at least 256
     let first = s.next_work(&w1, t0).unwrap().unwrap();
     assert!(s.next_work(&w2, t0 + Duration::from_secs(8)).unwrap().is_none(), "the only train item is held");
     // w1 and ps1 stop heartbeating; w2 keeps going.
@@ -129,7 +130,7 @@ fn jobs_survive_a_restart_and_held_items_are_pending_again() {
     };
     let mut s = State::open(dir.path(), LEASE, 8).unwrap();
     let job = s.jobs(Some(&id)).unwrap()[0];
-    assert_eq!((job.state, job.items_progress(), job.rows_trained), (JobState::Training, (1, 3), 8_192));
+    assert_eq!((job.state, job.items_progress(), job.rows_trained), (JobState::Training, (1, 32), 625));
     s.register(Role::Ps, "a:1".into(), t0);
     let w = s.register(Role::Worker, "w".into(), t0);
     assert_eq!(s.next_work(&w, t0).unwrap().unwrap().item_id, 1, "the item held before the restart is pending again");
