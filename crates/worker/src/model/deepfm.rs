@@ -204,13 +204,9 @@ mod tests {
         ])
     }
 
+    /// The summed logloss the gradients are of.
     fn loss(m: &DeepFm, b: &IndexedBatch, w: &[f32], v: &[f32], dense: &[Layer]) -> f64 {
-        let probs = m.predict(b, w, v, dense).unwrap();
-        probs
-            .iter()
-            .zip(&b.labels)
-            .map(|(p, y)| if *y > 0.5 { -f64::from(*p).ln() } else { -(1.0 - f64::from(*p)).ln() })
-            .sum()
+        ember_core::eval::logloss(&m.predict(b, w, v, dense).unwrap(), &b.labels) * b.len() as f64
     }
 
     #[test]

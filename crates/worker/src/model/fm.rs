@@ -107,20 +107,9 @@ mod tests {
         ])
     }
 
+    /// The summed logloss the gradients are of.
     fn loss(model: &FmModel, b: &IndexedBatch, w: &[f32], v: &[f32]) -> f64 {
-        let probs = model.predict(b, w, v);
-        probs
-            .iter()
-            .zip(&b.labels)
-            .map(|(p, y)| {
-                let p = f64::from(*p);
-                if *y > 0.5 {
-                    -p.ln()
-                } else {
-                    -(1.0 - p).ln()
-                }
-            })
-            .sum()
+        ember_core::eval::logloss(&model.predict(b, w, v), &b.labels) * b.len() as f64
     }
 
     /// Central differences in f32 with step 1e-2: the logits are low-degree polynomials, so the
