@@ -48,4 +48,22 @@ fn model_benches(c: &mut Criterion) {
 }
 
 criterion_group!(benches, model_benches);
-criterion_main!(benches);
+
+/// Parsing and hashing Criteo lines (the reader thread's work per example).
+fn parse_benches(c: &mut Criterion) {
+    use ember_core::job::{DataFormat, DataSpec};
+    use ember_worker::reader::LineParser;
+    let mut data = Vec::new();
+    ember_worker::synth::generate(ember_worker::synth::SynthConfig { rows: 4096, seed: 1 }, &mut data, None).unwrap();
+    let text = String::from_utf8(data).unwrap();
+    let spec =
+        DataSpec { format: DataFormat::Criteo, paths: vec![], test_split: 0.1, max_bad_ratio: 0.0, schema: None };
+    let parser = LineParser::new(&spec, &[]).unwrap();
+    let mut group = c.benchmark_group("reader");
+    group.throughput(Throughput::Elements(4096));
+    group.bench_function("parse_criteo_4096", |b| b.iter(|| text.lines().map(|l| parser.parse(l).unwrap()).count()));
+    group.finish();
+}
+
+criterion_group!(parse, parse_benches);
+criterion_main!(benches, parse);
