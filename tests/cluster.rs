@@ -120,3 +120,49 @@ fn scheduler_ps_and_workers_as_processes_train_a_job() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("matches no file"));
 }
+
+/// A worker killed mid-job (SIGKILL: no goodbye) loses its lease; the scheduler hands its item to
+/// the surviving worker, and the job still trains every row exactly once.
+#[test]
+fn a_killed_worker_loses_no_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("synth.tsv");
+    let gen = Command::new(EMBER).args(["gen-data", "--rows", "60000", "--out"]).arg(&data).output().unwrap();
+    assert!(gen.status.success());
+    let state = dir.path().join("scheduler");
+    let (_sched, addr) = start(
+        &["scheduler", "--listen", "127.0.0.1:0", "--state-dir", state.to_str().unwrap(), "--lease-ms", "1000"],
+        "ember scheduler listening on ",
+    );
+    let ps_dir = dir.path().join("ps0");
+    let _ps = start(
+        &["ps", "--listen", "127.0.0.1:0", "--data-dir", ps_dir.to_str().unwrap(), "--scheduler", &addr],
+        "ember ps listening on ",
+    );
+    let (mut doomed, _) = start(&["worker", "--scheduler", &addr, "--name", "doomed"], "ember worker ");
+    let _survivor = start(&["worker", "--scheduler", &addr, "--name", "survivor"], "ember worker ");
+    let job = format!(
+        "version = 1\n[data]\nformat = \"criteo\"\npaths = [\"{}\"]\ntest_split = 0.1\n[model]\nkind = \"fm\"\nembedding_dim = 4\n\
+         [training]\nbatch_size = 128\n",
+        data.display()
+    );
+    let id = submit(dir.path(), &addr, &job);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while status(&addr, &id)["items_done"].as_u64().unwrap() < 2 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    doomed.0.kill().unwrap();
+    doomed.0.wait().unwrap();
+    let done = loop {
+        let s = status(&addr, &id);
+        if s["state"] == "succeeded" || s["state"] == "failed" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "job did not finish after the kill: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!((done["rows_trained"].as_u64(), done["test_rows"].as_u64()), (Some(54_000), Some(6_000)), "{done}");
+    assert!(done["test_auc"].as_f64().unwrap() > 0.65, "{done}");
+}
