@@ -2,7 +2,7 @@
 CARGO ?= cargo
 RUN_EMBER = $(CARGO) run --release --quiet -p ember-cli --
 
-.PHONY: all build release test lint fmt fmt-check demo bench bench-ps clean
+.PHONY: all build release test lint fmt fmt-check demo bench bench-ps compare-peers clean
 
 all: build
 
@@ -30,13 +30,18 @@ fmt-check:
 demo:
 	$(RUN_EMBER) demo
 
-## bench: criterion micro-benchmarks of the store (in-process rows/s)
+## bench: criterion micro-benchmarks (store pull/push rows/s; model step and parsing examples/s)
 bench:
 	$(CARGO) bench -p ember-store --bench store
+	$(CARGO) bench -p ember-worker --bench model
 
 ## bench-ps: ember ps and ember bench ps as separate processes, side by side with Redis
 bench-ps: release
 	scripts/bench-ps.sh
+
+## compare-peers: learning quality and speed beside VW and PyTorch (needs ../shared/peers/setup.sh)
+compare-peers: release
+	scripts/compare-peers.sh
 
 clean:
 	$(CARGO) clean
