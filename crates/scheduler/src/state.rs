@@ -103,6 +103,8 @@ struct Item {
 pub struct Job {
     /// Id.
     pub id: String,
+    /// Submission order: work is handed out first come, first served.
+    seq: u64,
     /// The job file text.
     pub toml: String,
     /// Name from the job file.
@@ -330,6 +332,7 @@ impl State {
         let id = format!("job-{}", self.persisted.next_job);
         let job = Job {
             id: id.clone(),
+            seq: self.persisted.next_job,
             toml,
             name: spec.name.clone(),
             state: JobState::Training,
@@ -359,7 +362,9 @@ impl State {
         if self.ps_order.is_empty() {
             return Ok(None);
         }
-        for job in self.persisted.jobs.values_mut() {
+        let mut jobs: Vec<&mut Job> = self.persisted.jobs.values_mut().collect();
+        jobs.sort_by_key(|j| j.seq);
+        for job in jobs {
             let phase = match job.state {
                 JobState::Training => Phase::Train,
                 JobState::Evaluating => Phase::Test,
@@ -446,11 +451,15 @@ impl State {
         self.save()
     }
 
-    /// One job, or all.
+    /// One job, or all in submission order.
     pub fn jobs(&self, id: Option<&str>) -> Result<Vec<&Job>, SchedulerError> {
         match id {
             Some(id) => Ok(vec![self.persisted.jobs.get(id).ok_or_else(|| SchedulerError::UnknownJob(id.into()))?]),
-            None => Ok(self.persisted.jobs.values().collect()),
+            None => {
+                let mut jobs: Vec<&Job> = self.persisted.jobs.values().collect();
+                jobs.sort_by_key(|j| j.seq);
+                Ok(jobs)
+            }
         }
     }
 }

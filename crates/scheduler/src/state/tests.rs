@@ -138,3 +138,17 @@ fn jobs_survive_a_restart_and_held_items_are_pending_again() {
     let bad = s.submit("version = 1\n[data]\nformat = \"criteo\"\npaths = []\n[model]\nkind = \"lr\"".into(), t0);
     assert!(matches!(bad, Err(SchedulerError::BadJob(_))));
 }
+
+#[test]
+fn work_is_handed_out_in_submission_order_past_nine_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = State::open(dir.path(), LEASE, 8).unwrap();
+    let t0 = Instant::now();
+    s.register(Role::Ps, "a:1".into(), t0);
+    let w = s.register(Role::Worker, "w".into(), t0);
+    let ids: Vec<String> = (0..11).map(|_| s.submit(job_file(dir.path(), 250, ""), t0).unwrap()).collect();
+    let order: Vec<String> = (0..11).map(|_| s.next_work(&w, t0).unwrap().unwrap().job_id).collect();
+    assert_eq!(order, ids, "job-10 must not jump ahead of job-2");
+    let listed: Vec<&str> = s.jobs(None).unwrap().iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(listed, ids.iter().map(String::as_str).collect::<Vec<_>>());
+}
