@@ -248,7 +248,6 @@ fn merge(stats: &[WorkerStats]) -> WorkerStats {
     let mut all = WorkerStats::default();
     for s in stats {
         all.examples += s.examples;
-        all.batches += s.batches;
         all.bytes_pulled += s.bytes_pulled;
         all.bytes_pushed += s.bytes_pushed;
         all.progressive_probs.extend_from_slice(&s.progressive_probs);

@@ -129,16 +129,12 @@ impl ModelTables {
 pub struct Progress {
     /// Examples trained.
     pub examples: AtomicU64,
-    /// Sum of progressive logloss, in micro-units.
-    pub loss_micros: AtomicU64,
     /// Progressive (probability, label) pairs since the reporter last took them.
     recent: std::sync::Mutex<(Vec<f32>, Vec<f32>)>,
 }
 
 impl Progress {
     fn record(&self, probs: &[f32], labels: &[f32]) {
-        let loss = ember_core::eval::logloss(probs, labels) * probs.len() as f64;
-        self.loss_micros.fetch_add((loss * 1e6) as u64, Ordering::Relaxed);
         self.examples.fetch_add(probs.len() as u64, Ordering::Relaxed);
         if let Ok(mut recent) = self.recent.lock() {
             recent.0.extend_from_slice(probs);
@@ -157,8 +153,6 @@ impl Progress {
 pub struct WorkerStats {
     /// Examples trained.
     pub examples: u64,
-    /// Batches trained.
-    pub batches: u64,
     /// Key and value bytes received by pulls.
     pub bytes_pulled: u64,
     /// Key and gradient bytes sent by pushes.
@@ -325,7 +319,6 @@ pub async fn train(
         let (probs, grads, dense) = result?;
         progress.record(&probs, &batch.labels);
         stats.examples += batch.len() as u64;
-        stats.batches += 1;
         stats.progressive_probs.extend_from_slice(&probs);
         stats.progressive_labels.extend_from_slice(&batch.labels);
         stats.bytes_pushed += payload_bytes(batch.keys.len(), &tables);
