@@ -24,38 +24,11 @@ pub struct DemoArgs {
     rows: u64,
 }
 
-/// The demo's job: DeepFM with the settings of examples/criteo-deepfm.toml, on 2 ps-servers and
-/// one worker. (Two workers train faster but reach a lower AUC on this data: DeepFM's dense layers
-/// are pulled a batch ahead and pushed by both workers, so their gradients are stale; see
-/// docs/training.md. Staleness-aware modes come with the sync issue.)
-const DEMO_JOB: &str = r#"
-version = 1
-name = "demo-deepfm"
-[data]
-format = "criteo"
-paths = ["DATA"]
-test_split = 0.1
-[model]
-kind = "deepfm"
-embedding_dim = 8
-hidden = [256, 128]
-[optimizer.sparse]
-kind = "ftrl"
-alpha = 0.05
-l1 = 1.0
-l2 = 1.0
-[optimizer.embedding]
-kind = "adagrad"
-learning_rate = 0.02
-[optimizer.dense]
-kind = "adam"
-learning_rate = 0.001
-[cluster]
-ps = 2
-workers = 1
-[training]
-batch_size = 512
-"#;
+/// The demo trains examples/criteo-deepfm.toml on 2 ps-servers and one worker. (Two workers train
+/// faster but reach a lower AUC on this data: DeepFM's dense layers are pulled a batch ahead and
+/// pushed by both workers, so their gradients are stale; see docs/training.md. Staleness-aware modes
+/// come with the sync issue.)
+const DEMO_JOB: &str = include_str!("../../../examples/criteo-deepfm.toml");
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -76,8 +49,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             (data, Some(oracle))
         }
     };
-    let text = DEMO_JOB.replace("DATA", &data.display().to_string().replace('\\', "/"));
-    let job = JobSpec::from_toml(&text)?;
+    let mut job = JobSpec::from_toml(DEMO_JOB).context("examples/criteo-deepfm.toml")?;
+    job.name = "demo-deepfm".into();
+    job.data.paths = vec![data.display().to_string()];
+    job.cluster.ps = 2;
+    job.cluster.workers = 1;
     println!(
         "training DeepFM (k=8, MLP 312-256-128-1) on {} with {} ps-servers and {} worker(s) (gRPC on loopback)",
         data.display(),
