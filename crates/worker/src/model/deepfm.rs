@@ -194,6 +194,7 @@ impl DeepFm {
 mod tests {
     use super::*;
     use crate::features::{Example, Feature};
+    use crate::model::gradcheck::assert_gradient;
 
     fn batch() -> IndexedBatch {
         let f = |field, id, value| Feature { field, id, value };
@@ -223,46 +224,17 @@ mod tests {
             l.b.iter_mut().for_each(|x| *x = rng.next_f32() * 0.2);
         }
         let (_, g) = m.train_batch(&b, &w, &v, &dense).unwrap();
-        let eps = 1e-2f32;
-        let check = |name: &str, analytic: f32, plus: f64, minus: f64| {
-            let numeric = (plus - minus) / (2.0 * f64::from(eps));
-            assert!((numeric - f64::from(analytic)).abs() < 3e-3, "{name}: numeric {numeric} analytic {analytic}");
-        };
-        for j in 0..v.len() {
-            let (mut hi, mut lo) = (v.clone(), v.clone());
-            hi[j] += eps;
-            lo[j] -= eps;
-            check(&format!("v[{j}]"), g.sparse.v[j], loss(&m, &b, &w, &hi, &dense), loss(&m, &b, &w, &lo, &dense));
-        }
-        for j in 0..w.len() {
-            let (mut hi, mut lo) = (w.clone(), w.clone());
-            hi[j] += eps;
-            lo[j] -= eps;
-            check(&format!("w[{j}]"), g.sparse.w[j], loss(&m, &b, &hi, &v, &dense), loss(&m, &b, &lo, &v, &dense));
-        }
+        let tol = 3e-3;
+        assert_gradient("v", &v, &g.sparse.v, tol, |p| loss(&m, &b, &w, p, &dense));
+        assert_gradient("w", &w, &g.sparse.w, tol, |p| loss(&m, &b, p, &v, &dense));
         for (l, layer) in dense.iter().enumerate() {
-            for j in 0..layer.w.len() {
-                let (mut hi, mut lo) = (dense.clone(), dense.clone());
-                hi[l].w[j] += eps;
-                lo[l].w[j] -= eps;
-                check(
-                    &format!("layer {l} w[{j}]"),
-                    g.dense[l].w[j],
-                    loss(&m, &b, &w, &v, &hi),
-                    loss(&m, &b, &w, &v, &lo),
-                );
-            }
-            for j in 0..layer.b.len() {
-                let (mut hi, mut lo) = (dense.clone(), dense.clone());
-                hi[l].b[j] += eps;
-                lo[l].b[j] -= eps;
-                check(
-                    &format!("layer {l} b[{j}]"),
-                    g.dense[l].b[j],
-                    loss(&m, &b, &w, &v, &hi),
-                    loss(&m, &b, &w, &v, &lo),
-                );
-            }
+            let with = |set: &dyn Fn(&mut Layer)| {
+                let mut d = dense.clone();
+                set(&mut d[l]);
+                loss(&m, &b, &w, &v, &d)
+            };
+            assert_gradient(&format!("layer {l} w"), &layer.w, &g.dense[l].w, tol, |p| with(&|x| x.w = p.to_vec()));
+            assert_gradient(&format!("layer {l} b"), &layer.b, &g.dense[l].b, tol, |p| with(&|x| x.b = p.to_vec()));
         }
         assert!(g.dense[0].w.iter().any(|x| *x != 0.0), "the MLP receives gradient");
     }

@@ -96,6 +96,7 @@ impl FmModel {
 mod tests {
     use super::*;
     use crate::features::{Example, Feature};
+    use crate::model::gradcheck::assert_gradient;
     use ember_core::SplitMix64;
 
     fn batch() -> IndexedBatch {
@@ -112,29 +113,14 @@ mod tests {
         ember_core::eval::logloss(&model.predict(b, w, v), &b.labels) * b.len() as f64
     }
 
-    /// Central differences in f32 with step 1e-2: the logits are low-degree polynomials, so the
-    /// truncation error is small and the tolerance mostly covers f32 rounding.
     fn check(model: FmModel) {
         let b = batch();
         let mut rng = SplitMix64::new(5);
         let w: Vec<f32> = (0..b.keys.len()).map(|_| rng.next_f32() - 0.5).collect();
         let v: Vec<f32> = (0..b.keys.len() * model.k).map(|_| rng.next_f32() - 0.5).collect();
         let (_, Grads { w: gw, v: gv }) = model.train_batch(&b, &w, &v);
-        let eps = 1e-2f32;
-        for j in 0..w.len() {
-            let (mut hi, mut lo) = (w.clone(), w.clone());
-            hi[j] += eps;
-            lo[j] -= eps;
-            let numeric = (loss(&model, &b, &hi, &v) - loss(&model, &b, &lo, &v)) / (2.0 * f64::from(eps));
-            assert!((numeric - f64::from(gw[j])).abs() < 2e-3, "w[{j}]: numeric {numeric} analytic {}", gw[j]);
-        }
-        for j in 0..v.len() {
-            let (mut hi, mut lo) = (v.clone(), v.clone());
-            hi[j] += eps;
-            lo[j] -= eps;
-            let numeric = (loss(&model, &b, &w, &hi) - loss(&model, &b, &w, &lo)) / (2.0 * f64::from(eps));
-            assert!((numeric - f64::from(gv[j])).abs() < 2e-3, "v[{j}]: numeric {numeric} analytic {}", gv[j]);
-        }
+        assert_gradient("w", &w, &gw, 2e-3, |p| loss(&model, &b, p, &v));
+        assert_gradient("v", &v, &gv, 2e-3, |p| loss(&model, &b, &w, p));
     }
 
     #[test]

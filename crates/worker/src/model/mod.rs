@@ -81,6 +81,29 @@ impl IndexedBatch {
     }
 }
 
+/// Support for the models' gradient checks.
+#[cfg(test)]
+pub(crate) mod gradcheck {
+    /// Asserts that every `analytic[j]` is within `tol` of the central difference (step 1e-2) of
+    /// `loss` at `params`. The models' logits are low-degree polynomials or piecewise-linear in
+    /// each parameter, so truncation error is small and `tol` mostly covers f32 rounding.
+    pub fn assert_gradient(name: &str, params: &[f32], analytic: &[f32], tol: f64, loss: impl Fn(&[f32]) -> f64) {
+        assert_eq!(params.len(), analytic.len(), "{name}: one gradient per parameter");
+        let eps = 1e-2f32;
+        for j in 0..params.len() {
+            let (mut hi, mut lo) = (params.to_vec(), params.to_vec());
+            hi[j] += eps;
+            lo[j] -= eps;
+            let numeric = (loss(&hi) - loss(&lo)) / (2.0 * f64::from(eps));
+            assert!(
+                (numeric - f64::from(analytic[j])).abs() < tol,
+                "{name}[{j}]: numeric {numeric} analytic {}",
+                analytic[j]
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
