@@ -6,6 +6,7 @@
 //! a push hands each server the version it read from that server.
 
 use bytes::Bytes;
+use ember_core::codec::read_f32s_le;
 use ember_core::{TableKind, TableSpec};
 use ember_proto::v1::{self, parameter_server_client::ParameterServerClient};
 use futures_util::future::try_join_all;
@@ -65,12 +66,6 @@ pub struct PsClient {
 
 fn f32s_le(values: &[f32]) -> Bytes {
     Bytes::copy_from_slice(bytemuck::cast_slice(values))
-}
-
-fn read_le_into(bytes: &[u8], out: &mut [f32]) {
-    for (v, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-        *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-    }
 }
 
 impl PsClient {
@@ -216,7 +211,7 @@ impl PsClient {
             }
             clock.0[part.server] = version;
             if part.positions.is_empty() {
-                read_le_into(&bytes, &mut values);
+                read_f32s_le(&bytes, &mut values);
                 if lookup {
                     missing = part_missing;
                 }
@@ -224,7 +219,7 @@ impl PsClient {
             }
             for (j, pos) in part.positions.iter().enumerate() {
                 let pos = *pos as usize;
-                read_le_into(&bytes[j * dim * 4..(j + 1) * dim * 4], &mut values[pos * dim..(pos + 1) * dim]);
+                read_f32s_le(&bytes[j * dim * 4..(j + 1) * dim * 4], &mut values[pos * dim..(pos + 1) * dim]);
                 if lookup {
                     missing[pos] = part_missing[j];
                 }
@@ -310,7 +305,7 @@ impl PsClient {
                     reason: "empty PullDense reply".into(),
                 })?;
                 let mut values = vec![0f32; table.values.len() / 4];
-                read_le_into(&table.values, &mut values);
+                read_f32s_le(&table.values, &mut values);
                 Ok::<_, ClientError>((values, table.version))
             }
         });

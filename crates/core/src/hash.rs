@@ -91,9 +91,47 @@ impl SplitMix64 {
     }
 }
 
+/// Ranks in `[0, n)` drawn from a power law with exponent `s` (rank 0 the most frequent), by
+/// inverting the CDF of the continuous density x^-s on [1, n + 1). Exact Zipf needs a table per n;
+/// this needs none and is what load generators and synthetic data want.
+#[derive(Debug, Clone, Copy)]
+pub struct Zipf {
+    c: f64,
+    inv: f64,
+    n: u64,
+}
+
+impl Zipf {
+    /// A sampler over `n` ranks with exponent `s` (s = 1 is approximated by s = 1 - 1e-9).
+    pub fn new(n: u64, s: f64) -> Self {
+        let one_minus_s = if (s - 1.0).abs() < 1e-9 { 1e-9 } else { 1.0 - s };
+        let n = n.max(1);
+        Self { c: ((n as f64) + 1.0).powf(one_minus_s) - 1.0, inv: 1.0 / one_minus_s, n }
+    }
+
+    /// The next rank.
+    #[inline]
+    pub fn draw(&self, rng: &mut SplitMix64) -> u64 {
+        ((1.0 + rng.next_f64() * self.c).powf(self.inv) as u64).clamp(1, self.n) - 1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zipf_ranks_are_skewed_and_in_range() {
+        let (zipf, mut rng) = (Zipf::new(1000, 1.1), SplitMix64::new(1));
+        let mut hits = vec![0u32; 1000];
+        for _ in 0..100_000 {
+            hits[zipf.draw(&mut rng) as usize] += 1;
+        }
+        // Under Zipf(1.1) the top rank is drawn far more often than the median one.
+        assert!(hits[0] > 20 * hits[500].max(1), "top {} median {}", hits[0], hits[500]);
+        let one = Zipf::new(10, 1.0);
+        assert!((0..1000).all(|_| one.draw(&mut rng) < 10));
+    }
 
     #[test]
     fn slots_are_stable_and_spread() {

@@ -6,10 +6,12 @@
 //!   (table seed, key), so any server, replayed pull or read-only lookup sees the same row.
 //! - [`optim`]: server-side optimizers (SGD, Adagrad, FTRL-Proximal, Adam) applied in place to a
 //!   row's weights and optimizer state.
+//! - [`codec`]: the wire's f32 value encoding (little-endian).
 //! - [`eval`]: exact AUC and logloss.
 //! - [`job`]: job files (TOML): data, model, optimizers, cluster, training.
 //! - [`table`]: the table spec (name, kind, dim, optimizer, initializer, seed) and its validation.
 
+pub mod codec;
 pub mod eval;
 pub mod hash;
 pub mod init;
@@ -17,7 +19,7 @@ pub mod job;
 pub mod optim;
 pub mod table;
 
-pub use hash::{mix64, slot_of, SplitMix64, U64Hasher, U64Map};
+pub use hash::{mix64, slot_of, SplitMix64, U64Hasher, U64Map, Zipf};
 pub use init::Initializer;
 pub use job::{JobError, JobSpec};
 pub use optim::Optimizer;

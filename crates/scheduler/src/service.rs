@@ -35,10 +35,8 @@ pub fn status_of(err: &SchedulerError) -> Status {
 }
 
 fn f32s(bytes: &[u8], what: &str) -> Result<Vec<f32>, Status> {
-    if !bytes.len().is_multiple_of(4) {
-        return Err(Status::invalid_argument(format!("{what}: {} bytes is not a whole number of f32", bytes.len())));
-    }
-    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    ember_core::codec::f32s_from_le(bytes)
+        .ok_or_else(|| Status::invalid_argument(format!("{what}: {} bytes is not a whole number of f32", bytes.len())))
 }
 
 fn job_state(s: JobState) -> v1::JobState {

@@ -99,13 +99,10 @@ pub struct Store {
 /// Reads little-endian f32 from `bytes`, without copying when they happen to be aligned.
 /// `None` if the length is not a multiple of 4.
 pub fn f32s_from_le_bytes(bytes: &[u8]) -> Option<Cow<'_, [f32]>> {
-    if !bytes.len().is_multiple_of(4) {
-        return None;
+    match bytemuck::try_cast_slice(bytes) {
+        Ok(aligned) => Some(Cow::Borrowed(aligned)),
+        Err(_) => ember_core::codec::f32s_from_le(bytes).map(Cow::Owned),
     }
-    Some(match bytemuck::try_cast_slice(bytes) {
-        Ok(aligned) => Cow::Borrowed(aligned),
-        Err(_) => Cow::Owned(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-    })
 }
 
 impl Store {

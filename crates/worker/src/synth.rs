@@ -11,7 +11,7 @@
 use std::io::Write;
 
 use ember_core::eval::sigmoid;
-use ember_core::{mix64, Initializer, SplitMix64};
+use ember_core::{mix64, Initializer, SplitMix64, Zipf};
 
 use crate::features::bucketize;
 
@@ -45,21 +45,6 @@ pub struct SynthSummary {
     pub rows: u64,
     /// Share of positive labels.
     pub positive_rate: f64,
-}
-
-struct Zipf {
-    c: f64,
-    inv: f64,
-    n: u64,
-}
-
-impl Zipf {
-    fn new(n: u64, s: f64) -> Self {
-        Self { c: ((n as f64) + 1.0).powf(1.0 - s) - 1.0, inv: 1.0 / (1.0 - s), n }
-    }
-    fn draw(&self, rng: &mut SplitMix64) -> u64 {
-        ((1.0 + rng.next_f64() * self.c).powf(self.inv) as u64).clamp(1, self.n) - 1
-    }
 }
 
 /// The hidden model's weight for `value` in `field`.
