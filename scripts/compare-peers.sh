@@ -20,7 +20,7 @@ head -n 200000 "$OUT/synth_1m.oracle" >"$OUT/synth_200k.oracle"
 
 run_dataset() {
   local name="$1" data="$2" oracle="$3" torch_models="$4"
-  for job in criteo-ftrl criteo-fm criteo-deepfm; do
+  for job in criteo-ftrl lr-ftrl-batch4096 criteo-fm criteo-deepfm; do
     local extra=()
     [ -n "$oracle" ] && extra=(--oracle "$oracle")
     "$EMBER" train "$ROOT/examples/$job.toml" --data "$data" --workdir "$OUT/$name-$job" --report "$OUT/$name-$job.json" "${extra[@]}" \
@@ -41,7 +41,7 @@ out = sys.argv[1]
 rows = []
 for name in ["criteo", "synth_200k", "synth_1m"]:
     oracle = None
-    for job, label in [("criteo-ftrl", "ember LR-FTRL"), ("criteo-fm", "ember FM"), ("criteo-deepfm", "ember DeepFM")]:
+    for job, label in [("criteo-ftrl", "ember LR-FTRL"), ("lr-ftrl-batch4096", "ember LR-FTRL batch 4096"), ("criteo-fm", "ember FM"), ("criteo-deepfm", "ember DeepFM")]:
         p = f"{out}/{name}-{job}.json"
         if os.path.exists(p):
             r = json.load(open(p))

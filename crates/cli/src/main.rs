@@ -55,6 +55,12 @@ enum BenchCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // candle's CPU pool spin-waits at a barrier after every op: on a worker that shares its cores
+    // with ps-servers and readers, a one-thread pool trained DeepFM 1.6x faster (docs/benchmarks.md).
+    // Set before any thread exists, so no other thread can be reading the environment.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     observability::init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {

@@ -15,7 +15,7 @@ use anyhow::Context;
 use ember_client::PsClient;
 use ember_core::eval::{auc, logloss};
 use ember_core::JobSpec;
-use ember_worker::features::Example;
+use ember_worker::model::IndexedBatch;
 use ember_worker::reader::{count_rows, expand_paths, read_rows, LineParser};
 use ember_worker::train::{predict, train, ModelTables, Progress, WorkerStats};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -146,7 +146,7 @@ pub async fn train_embedded(job: &JobSpec, show_progress: bool, oracle: Option<&
     }
 
     // Reader thread -> bounded queue -> workers.
-    let (tx, rx) = mpsc::channel::<Vec<Example>>(8);
+    let (tx, rx) = mpsc::channel::<IndexedBatch>(8);
     let reader = {
         let (files, parser, data, epochs, batch) =
             (files.clone(), parser.clone(), job.data.clone(), job.training.epochs, job.training.batch_size);
@@ -154,7 +154,7 @@ pub async fn train_embedded(job: &JobSpec, show_progress: bool, oracle: Option<&
             let mut bad = Default::default();
             for _ in 0..epochs {
                 bad = read_rows(&files, &parser, (0, train_rows), batch, data.max_bad_ratio, |b| {
-                    tx.blocking_send(b).is_ok()
+                    tx.blocking_send(IndexedBatch::new(&b)).is_ok()
                 })?;
             }
             Ok::<_, ember_worker::reader::ReadError>(bad)
@@ -184,13 +184,13 @@ pub async fn train_embedded(job: &JobSpec, show_progress: bool, oracle: Option<&
     // Hold-out evaluation with read-only lookups.
     let mut test = Vec::new();
     read_rows(&files, &parser, (train_rows, rows_total), 4096, 1.0, |b| {
-        test.push(b);
+        test.push(IndexedBatch::new(&b));
         true
     })?;
     let (mut probs, mut labels) = (Vec::new(), Vec::new());
-    for chunk in &test {
-        probs.extend(predict(&client, &tables, chunk).await?);
-        labels.extend(chunk.iter().map(|e| e.label));
+    for batch in test {
+        labels.extend_from_slice(&batch.labels);
+        probs.extend(predict(&client, &tables, batch).await?);
     }
     cluster.stop().await?;
 

@@ -345,4 +345,19 @@ mod tests {
         let alpha = LR.replace("alpha = 0.1", "alpha = -1.0");
         assert!(JobSpec::from_toml(&alpha).unwrap_err().to_string().contains("optimizer.sparse"));
     }
+
+    #[test]
+    fn every_example_job_file_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut parsed = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                JobSpec::from_toml(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                parsed += 1;
+            }
+        }
+        assert!(parsed >= 4, "found only {parsed} example jobs in {}", dir.display());
+    }
 }

@@ -18,6 +18,7 @@ use ember_core::JobSpec;
 use ember_proto::v1;
 use tokio::sync::{mpsc, Mutex};
 
+use crate::model::IndexedBatch;
 use crate::reader::{expand_paths, read_range, BadLines, LineParser};
 use crate::train::{predict, train, ModelTables, Progress};
 
@@ -53,12 +54,13 @@ async fn job_context(scheduler: &SchedulerClient, item: &v1::WorkItem) -> Result
 fn spawn_reader(
     ctx: &JobContext,
     item: &v1::WorkItem,
-) -> (mpsc::Receiver<Vec<crate::features::Example>>, tokio::task::JoinHandle<Result<BadLines, String>>) {
+) -> (mpsc::Receiver<IndexedBatch>, tokio::task::JoinHandle<Result<BadLines, String>>) {
     let (tx, rx) = mpsc::channel(8);
     let (parser, batch, path) = (ctx.parser.clone(), ctx.batch_size, PathBuf::from(&item.path));
     let (range, first_line) = ((item.start, item.end), item.first_line);
     let reader = tokio::task::spawn_blocking(move || {
-        read_range(&path, &parser, range, first_line, batch, |b| tx.blocking_send(b).is_ok()).map_err(|e| e.to_string())
+        read_range(&path, &parser, range, first_line, batch, |b| tx.blocking_send(IndexedBatch::new(&b)).is_ok())
+            .map_err(|e| e.to_string())
     });
     (rx, reader)
 }
@@ -71,8 +73,8 @@ async fn run_item(ctx: &JobContext, item: &v1::WorkItem) -> v1::ReportWorkReques
         if item.phase == v1::WorkPhase::Test as i32 {
             let (mut probs, mut labels) = (Vec::new(), Vec::new());
             while let Some(batch) = rx.recv().await {
-                probs.extend(predict(&ctx.client, &ctx.tables, &batch).await.map_err(|e| e.to_string())?);
-                labels.extend(batch.iter().map(|e| e.label));
+                labels.extend_from_slice(&batch.labels);
+                probs.extend(predict(&ctx.client, &ctx.tables, batch).await.map_err(|e| e.to_string())?);
             }
             report.rows = labels.len() as u64;
             report.predictions = bytemuck::cast_slice(&probs).to_vec().into();

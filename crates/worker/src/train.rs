@@ -20,7 +20,6 @@ use ember_core::{Initializer, TableSpec};
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 
-use crate::features::Example;
 use crate::model::{DeepFm, FmModel, Grads, IndexedBatch, Layer};
 
 /// Why training stopped.
@@ -164,7 +163,9 @@ pub struct WorkerStats {
 }
 
 /// A queue of parsed batches shared by the workers of one process.
-pub type BatchQueue = Arc<Mutex<mpsc::Receiver<Vec<Example>>>>;
+///
+/// Batches are indexed by the producer (a reader thread), off the training loop's critical path.
+pub type BatchQueue = Arc<Mutex<mpsc::Receiver<IndexedBatch>>>;
 
 struct Pulled {
     w: Vec<f32>,
@@ -296,8 +297,7 @@ pub async fn train(
 ) -> Result<WorkerStats, TrainError> {
     let mut stats = WorkerStats::default();
     let next_batch = || async { queue.lock().await.recv().await };
-    let start = |examples: Vec<Example>| {
-        let batch = IndexedBatch::new(&examples);
+    let start = |batch: IndexedBatch| {
         let pull = tokio::spawn(pull_rows(client.clone(), tables.clone(), batch.keys.clone(), false));
         (batch, pull)
     };
@@ -333,9 +333,8 @@ pub async fn train(
     Ok(stats)
 }
 
-/// Predicts `examples` with read-only lookups (nothing is created on the servers).
-pub async fn predict(client: &PsClient, tables: &ModelTables, examples: &[Example]) -> Result<Vec<f32>, TrainError> {
-    let batch = IndexedBatch::new(examples);
+/// Predicts a batch with read-only lookups (nothing is created on the servers).
+pub async fn predict(client: &PsClient, tables: &ModelTables, batch: IndexedBatch) -> Result<Vec<f32>, TrainError> {
     let rows = pull_rows(client.clone(), tables.clone(), batch.keys.clone(), true).await?;
     let model = tables.model.clone();
     tokio::task::spawn_blocking(move || match &model {

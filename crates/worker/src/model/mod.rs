@@ -45,11 +45,14 @@ pub struct IndexedFeature {
 impl IndexedBatch {
     /// Indexes `examples`.
     pub fn new(examples: &[Example]) -> Self {
-        let mut position: U64Map<u32> = U64Map::with_capacity_and_hasher(examples.len() * 8, Default::default());
-        let mut keys = vec![bias_id()];
+        let occurrences: usize = examples.iter().map(|e| e.features.len()).sum();
+        // Sized for every occurrence being distinct, so the map never rehashes mid-batch.
+        let mut position: U64Map<u32> = U64Map::with_capacity_and_hasher(occurrences + 1, Default::default());
+        let mut keys = Vec::with_capacity(occurrences + 1);
+        keys.push(bias_id());
         position.insert(bias_id(), 0);
         let mut offsets = Vec::with_capacity(examples.len() + 1);
-        let mut features = Vec::with_capacity(examples.iter().map(|e| e.features.len()).sum());
+        let mut features = Vec::with_capacity(occurrences);
         offsets.push(0);
         for ex in examples {
             for f in &ex.features {
