@@ -7,7 +7,8 @@
 use crate::hash::{mix64, SplitMix64};
 
 /// How a new row's values are drawn.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Initializer {
     /// All zeros (the usual choice for LR weights and FTRL).
     Zeros,

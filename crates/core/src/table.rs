@@ -8,7 +8,8 @@ pub const MAX_TABLE_NAME: usize = 128;
 pub const MAX_DIM: u32 = 1 << 24;
 
 /// Sparse (key -> row) or dense (one named vector).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TableKind {
     /// Elastic key -> row table; rows created on first pull.
     Sparse,
@@ -17,7 +18,8 @@ pub enum TableKind {
 }
 
 /// Everything that defines a table. Two creates with equal specs are the same table.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct TableSpec {
     /// Unique name: `[A-Za-z0-9_.-]`, 1..=128 bytes.
     pub name: String,

@@ -99,6 +99,21 @@ impl DenseTable {
         Ok(*version)
     }
 
+    /// (values, optimizer state, version), copied under the lock (checkpoints).
+    pub fn snapshot(&self) -> (Vec<f32>, Vec<f32>, u64) {
+        let inner = self.inner.lock();
+        (inner.values.clone(), inner.state.clone(), inner.version)
+    }
+
+    /// Replaces values, optimizer state and version with a checkpoint's; lengths must match the
+    /// spec (checked by the checkpoint reader).
+    pub fn restore(&self, values: Vec<f32>, state: Vec<f32>, version: u64) {
+        let mut inner = self.inner.lock();
+        inner.values = values;
+        inner.state = state;
+        inner.version = version;
+    }
+
     /// (version, rejected pushes, bytes).
     pub fn counters(&self) -> (u64, u64, u64) {
         let inner = self.inner.lock();

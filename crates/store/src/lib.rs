@@ -8,12 +8,13 @@
 //! - `shard`: one shard's index and row arena.
 //!
 //! Invariants: a refused operation changes nothing; each shard lock is taken once per batch; the
-//! store never blocks on I/O or async work while holding a lock. All state is in memory for now:
-//! tiers, admission, eviction and checkpoints come with the storage issue.
+//! store never blocks on I/O or async work while holding a lock. [`checkpoint`] writes the store
+//! to files and restores it; tiers, admission and eviction are not built yet.
 
 #[cfg(target_endian = "big")]
 compile_error!("ember-store reads and writes little-endian f32 in place; big-endian targets are not supported");
 
+pub mod checkpoint;
 pub mod dense;
 mod error;
 mod shard;
@@ -23,11 +24,13 @@ mod tests;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ember_core::{TableKind, TableSpec};
 use parking_lot::RwLock;
 
+pub use checkpoint::{CheckpointError, CheckpointInfo, CheckpointKind, Checkpointer};
 pub use dense::DenseTable;
 pub use error::StoreError;
 pub use shard::RowMeta;
@@ -94,6 +97,10 @@ pub struct TableStats {
 pub struct Store {
     config: StoreConfig,
     tables: RwLock<BTreeMap<String, Table>>,
+    /// A table was dropped since the last checkpoint took it into account: an incremental
+    /// checkpoint cannot express that (a re-created table would keep the old rows), so the next
+    /// checkpoint is full.
+    dropped_since_checkpoint: AtomicBool,
 }
 
 /// Reads little-endian f32 from `bytes`, without copying when they happen to be aligned.
@@ -108,7 +115,7 @@ pub fn f32s_from_le_bytes(bytes: &[u8]) -> Option<Cow<'_, [f32]>> {
 impl Store {
     /// An empty store.
     pub fn new(config: StoreConfig) -> Self {
-        Self { config, tables: RwLock::default() }
+        Self { config, tables: RwLock::default(), dropped_since_checkpoint: AtomicBool::new(false) }
     }
 
     /// The store's tunables.
@@ -147,6 +154,9 @@ impl Store {
     /// Drops a table and all its rows.
     pub fn drop_table(&self, name: &str) -> Result<(), StoreError> {
         let removed = self.tables.write().remove(name);
+        if removed.is_some() {
+            self.dropped_since_checkpoint.store(true, Ordering::Release);
+        }
         // The table (possibly millions of rows) is freed here, after the registry lock is gone.
         removed.map(drop).ok_or_else(|| StoreError::TableNotFound(name.to_string()))
     }
@@ -154,6 +164,16 @@ impl Store {
     /// Specs of all tables, by name.
     pub fn list_tables(&self) -> Vec<TableSpec> {
         self.tables.read().values().map(|t| t.spec().clone()).collect()
+    }
+
+    /// Every table, by name.
+    pub fn all_tables(&self) -> Vec<Table> {
+        self.tables.read().values().cloned().collect()
+    }
+
+    /// True (once) if a table was dropped since the last call.
+    pub(crate) fn take_dropped_flag(&self) -> bool {
+        self.dropped_since_checkpoint.swap(false, Ordering::AcqRel)
     }
 
     /// A table by name.
@@ -259,8 +279,7 @@ impl Store {
 
     /// Figures for every table.
     pub fn stats(&self) -> Vec<TableStats> {
-        let tables: Vec<Table> = self.tables.read().values().cloned().collect();
-        tables
+        self.all_tables()
             .into_iter()
             .map(|t| match t {
                 Table::Sparse(s) => TableStats { spec: s.spec().clone(), counters: s.stats() },

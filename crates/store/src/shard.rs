@@ -4,6 +4,11 @@
 //! their metadata in a parallel `Vec<RowMeta>`; the index maps key -> position. Deleting a row
 //! moves the last row into its place, so the arena has no holes and a scan (stats, checkpoints)
 //! touches only live rows. Nothing here locks: the table holds each shard behind its own mutex.
+//!
+//! Change tracking for incremental checkpoints: every row created or updated is flagged changed,
+//! every removed key is remembered as deleted, until a checkpoint takes the changes. A key both
+//! deleted and re-created since then is only changed (its new row is what the next checkpoint
+//! must hold).
 
 use ember_core::U64Map;
 
@@ -24,6 +29,10 @@ pub struct Shard {
     index: U64Map<u32>,
     data: Vec<f32>,
     meta: Vec<RowMeta>,
+    /// Parallel to `meta`: changed since the last checkpoint took this shard's changes.
+    changed: Vec<bool>,
+    /// Keys removed since then.
+    deleted: U64Map<()>,
 }
 
 impl Shard {
@@ -45,8 +54,26 @@ impl Shard {
         self.data.resize(self.data.len() + stride, 0.0);
         init(&mut self.data[pos * stride..]);
         self.meta.push(RowMeta { key, updates: 0, last_step: 0 });
+        self.changed.push(true);
         self.index.insert(key, pos as u32);
+        self.deleted.remove(&key);
         pos
+    }
+
+    /// Puts a restored row in place, replacing `key`'s row if it has one. Not flagged changed:
+    /// it is already in the checkpoint it came from.
+    pub fn restore(&mut self, meta: RowMeta, values: &[f32]) {
+        let stride = values.len();
+        let pos = match self.find(meta.key) {
+            Some(pos) => pos,
+            None => {
+                let pos = self.insert_with(meta.key, stride, |_| {});
+                self.changed[pos] = false;
+                pos
+            }
+        };
+        self.data[pos * stride..(pos + 1) * stride].copy_from_slice(values);
+        self.meta[pos] = meta;
     }
 
     /// The `stride` values of the row at `pos`.
@@ -55,9 +82,10 @@ impl Shard {
         &self.data[pos * stride..(pos + 1) * stride]
     }
 
-    /// The values and metadata of the row at `pos`, mutably.
+    /// The values and metadata of the row at `pos`, mutably; flags the row changed.
     #[inline]
     pub fn row_mut(&mut self, pos: usize, stride: usize) -> (&mut [f32], &mut RowMeta) {
+        self.changed[pos] = true;
         (&mut self.data[pos * stride..(pos + 1) * stride], &mut self.meta[pos])
     }
 
@@ -75,19 +103,51 @@ impl Shard {
         if pos != last {
             self.data.copy_within(last * stride..(last + 1) * stride, pos * stride);
             self.meta[pos] = self.meta[last];
+            self.changed[pos] = self.changed[last];
             self.index.insert(self.meta[pos].key, pos as u32);
         }
         self.meta.pop();
+        self.changed.pop();
         self.data.truncate(last * stride);
+        self.deleted.insert(key, ());
         true
+    }
+
+    /// Appends rows to `out` as checkpoint records (key, updates, last step, `stride` values;
+    /// little-endian), all rows if `all` or else only changed ones, and returns how many; then
+    /// forgets the changes. Deleted keys are returned (only when not `all`: a full checkpoint has
+    /// no history to delete from).
+    pub fn take_changes(&mut self, stride: usize, all: bool, out: &mut Vec<u8>) -> (u64, Vec<u64>) {
+        let mut rows = 0;
+        for (pos, changed) in self.changed.iter_mut().enumerate() {
+            if all || *changed {
+                let meta = &self.meta[pos];
+                for word in [meta.key, meta.updates, meta.last_step] {
+                    out.extend_from_slice(&word.to_le_bytes());
+                }
+                out.extend_from_slice(bytemuck::cast_slice(&self.data[pos * stride..(pos + 1) * stride]));
+                rows += 1;
+            }
+            *changed = false;
+        }
+        let deleted = std::mem::take(&mut self.deleted);
+        let deleted = if all { Vec::new() } else { deleted.into_keys().collect() };
+        (rows, deleted)
+    }
+
+    /// Forgets all change tracking (after a restore, the store equals its checkpoints).
+    pub fn forget_changes(&mut self) {
+        self.changed.fill(false);
+        self.deleted = U64Map::default();
     }
 
     /// Approximate heap bytes: arena capacity, metadata, and index slots (key, position and a
     /// control byte each).
     pub fn heap_bytes(&self) -> usize {
         self.data.capacity() * 4
-            + self.meta.capacity() * std::mem::size_of::<RowMeta>()
+            + self.meta.capacity() * (std::mem::size_of::<RowMeta>() + 1)
             + self.index.capacity() * (8 + 4 + 1)
+            + self.deleted.capacity() * (8 + 1)
     }
 }
 

@@ -243,6 +243,53 @@ impl SparseTable {
         deleted
     }
 
+    /// Internal shards (checkpoints walk them one at a time).
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Values per stored row: `dim` weights, then optimizer state.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Appends shard `s`'s rows (all, or those changed since the last call) to `out` as checkpoint
+    /// records and forgets its changes; returns (rows written, keys deleted since the last call).
+    /// Holds the shard's lock only while copying.
+    pub fn take_shard_changes(&self, s: usize, all: bool, out: &mut Vec<u8>) -> (u64, Vec<u64>) {
+        self.shards[s].lock().take_changes(self.stride, all, out)
+    }
+
+    /// Forgets which rows changed and which keys were deleted (after a restore).
+    pub fn forget_changes(&self) {
+        for shard in self.shards.iter() {
+            shard.lock().forget_changes();
+        }
+    }
+
+    /// Puts a restored row (metadata and `stride` values) in place.
+    pub fn restore_row(&self, meta: RowMeta, values: &[f32]) {
+        debug_assert_eq!(values.len(), self.stride);
+        self.shards[self.shard_of(meta.key)].lock().restore(meta, values);
+    }
+
+    /// Sets the version a restored table continues from.
+    pub fn restore_version(&self, version: u64) {
+        self.version.store(version, Ordering::Release);
+    }
+
+    /// Every row's key, weights and metadata, in no particular order (export, tests).
+    pub fn scan(&self, mut f: impl FnMut(u64, &[f32], &RowMeta)) {
+        let (dim, stride) = (self.dim, self.stride);
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for pos in 0..shard.len() {
+                let meta = shard.meta(pos);
+                f(meta.key, &shard.row(pos, stride)[..dim], meta);
+            }
+        }
+    }
+
     /// The weights and metadata of one row, if present (tests, export, debugging).
     pub fn get(&self, key: u64) -> Option<(Vec<f32>, RowMeta)> {
         let shard = self.shards[self.shard_of(key)].lock();

@@ -1,0 +1,249 @@
+//! Checkpoint round trips, fallbacks past corrupt files, and failed writes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ember_core::{Initializer, Optimizer, SplitMix64, TableSpec};
+
+use super::*;
+use crate::{RowMeta, Store, StoreConfig};
+
+type Rows = BTreeMap<u64, (Vec<f32>, RowMeta)>;
+
+fn le(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn new_store() -> Store {
+    let store = Store::new(StoreConfig { shard_bits: 3, max_batch_keys: 100_000 });
+    let emb =
+        TableSpec::sparse("emb", 4, Optimizer::Adagrad { learning_rate: 0.1, initial_accumulator: 0.1, epsilon: 1e-8 })
+            .with_initializer(Initializer::Normal { mean: 0.0, stddev: 0.1 }, 7);
+    store.create_table(emb, None).unwrap();
+    let w = TableSpec::sparse("w", 1, Optimizer::Ftrl { alpha: 0.1, beta: 1.0, l1: 0.1, l2: 0.1 });
+    store.create_table(w, None).unwrap();
+    let dense =
+        TableSpec::dense("mlp", 6, Optimizer::Adam { learning_rate: 0.01, beta1: 0.9, beta2: 0.999, epsilon: 1e-8 });
+    store.create_table(dense, Some(&le(&[0.5; 6]))).unwrap();
+    store
+}
+
+/// Every row of every sparse table, plus each dense vector as key 0 of its table.
+fn contents(store: &Store) -> BTreeMap<String, Rows> {
+    let mut all = BTreeMap::new();
+    for table in store.all_tables() {
+        let mut rows = Rows::new();
+        match &table {
+            Table::Sparse(t) => t.scan(|k, v, m| {
+                rows.insert(k, (v.to_vec(), *m));
+            }),
+            Table::Dense(t) => {
+                let (values, _, version) = t.snapshot();
+                rows.insert(0, (values, RowMeta { key: 0, updates: version, last_step: version }));
+            }
+        }
+        all.insert(table.spec().name.clone(), rows);
+    }
+    all
+}
+
+/// Random pulls, pushes and deletes over a small key space, so rows are created, updated many
+/// times and deleted.
+fn churn(store: &Store, rng: &mut SplitMix64, steps: usize) {
+    for _ in 0..steps {
+        let keys: Vec<u64> = (0..32).map(|_| rng.next_u64() % 500).collect();
+        match rng.next_u64() % 4 {
+            0 => {
+                store.pull("emb", &keys).unwrap();
+            }
+            1 => {
+                store.delete_keys("emb", &keys[..4]).unwrap();
+                store.delete_keys("w", &keys[..2]).unwrap();
+            }
+            _ => {
+                let g: Vec<f32> = (0..keys.len() * 4).map(|_| rng.next_f32() - 0.5).collect();
+                store.push("emb", &keys, &le(&g)).unwrap();
+                store.push("w", &keys, &le(&g[..keys.len()])).unwrap();
+                store.push_dense("mlp", &le(&g[..6])).unwrap();
+            }
+        }
+    }
+}
+
+fn restored(dir: &Path) -> (Store, Vec<CheckpointInfo>) {
+    let store = Store::new(StoreConfig { shard_bits: 3, max_batch_keys: 100_000 });
+    let chain = Checkpointer::open(dir).unwrap().restore(&store).unwrap();
+    (store, chain)
+}
+
+#[test]
+fn full_plus_incrementals_with_deletes_restore_the_live_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ckpt) = (new_store(), Checkpointer::open(dir.path()).unwrap());
+    let mut rng = SplitMix64::new(1);
+    churn(&store, &mut rng, 50);
+    let full = ckpt.write(&store, CheckpointKind::Full, 10).unwrap();
+    assert_eq!((full.kind, full.parent), (CheckpointKind::Full, 0));
+    let mut previous = full.id;
+    for step in 0..4 {
+        churn(&store, &mut rng, 20);
+        let incr = ckpt.write(&store, CheckpointKind::Incremental, 11 + step).unwrap();
+        assert_eq!((incr.kind, incr.parent), (CheckpointKind::Incremental, previous));
+        assert!(incr.deleted > 0, "the churn deletes keys every few steps");
+        previous = incr.id;
+    }
+    let (copy, chain) = restored(dir.path());
+    assert_eq!(chain.len(), 5);
+    assert_eq!(chain.last().unwrap().label, 14);
+    assert_eq!(contents(&copy), contents(&store));
+    assert_eq!(copy.sparse("emb").unwrap().version(), store.sparse("emb").unwrap().version());
+    // Optimizer state came back too: the same gradients give the same rows.
+    let keys: Vec<u64> = (0..500).collect();
+    let g: Vec<f32> = (0..500 * 4).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+    for s in [&store, &copy] {
+        s.push("emb", &keys, &le(&g)).unwrap();
+        s.push("w", &keys, &le(&g[..500])).unwrap();
+        s.push_dense("mlp", &le(&g[..6])).unwrap();
+    }
+    assert_eq!(contents(&copy), contents(&store));
+    let manifest: Manifest = serde_json::from_slice(&fs::read(dir.path().join("MANIFEST.json")).unwrap()).unwrap();
+    assert_eq!(manifest.chain.iter().map(|c| c.id).collect::<Vec<_>>(), chain.iter().map(|c| c.id).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_incremental_holds_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ckpt) = (new_store(), Checkpointer::open(dir.path()).unwrap());
+    store.pull("emb", &(0..1000).collect::<Vec<_>>()).unwrap();
+    let full = ckpt.write(&store, CheckpointKind::Full, 0).unwrap();
+    assert_eq!(full.rows, 1000);
+    store.push("emb", &[3, 4], &le(&[0.1; 8])).unwrap();
+    store.delete_keys("emb", &[5]).unwrap();
+    let incr = ckpt.write(&store, CheckpointKind::Incremental, 1).unwrap();
+    assert_eq!((incr.rows, incr.deleted), (2, 1));
+    assert!(incr.bytes * 20 < full.bytes, "incremental {} vs full {}", incr.bytes, full.bytes);
+    let nothing = ckpt.write(&store, CheckpointKind::Incremental, 2).unwrap();
+    assert_eq!((nothing.rows, nothing.deleted), (0, 0));
+}
+
+#[test]
+fn a_corrupt_incremental_ends_the_chain_at_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ckpt) = (new_store(), Checkpointer::open(dir.path()).unwrap());
+    let mut rng = SplitMix64::new(2);
+    churn(&store, &mut rng, 30);
+    ckpt.write(&store, CheckpointKind::Full, 0).unwrap();
+    churn(&store, &mut rng, 10);
+    ckpt.write(&store, CheckpointKind::Incremental, 1).unwrap();
+    let expected = contents(&store);
+    churn(&store, &mut rng, 10);
+    let last = ckpt.write(&store, CheckpointKind::Incremental, 2).unwrap();
+    // Flip one bit in the middle of the last file.
+    let path = dir.path().join(&last.file);
+    let mut bytes = fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    fs::write(&path, &bytes).unwrap();
+    assert!(matches!(format::verify(&path), Err(CheckpointError::Corrupt { .. })));
+    let (copy, chain) = restored(dir.path());
+    assert_eq!(chain.len(), 2);
+    assert_eq!(contents(&copy), expected);
+}
+
+#[test]
+fn a_truncated_full_falls_back_to_the_previous_full_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ckpt) = (new_store(), Checkpointer::open(dir.path()).unwrap());
+    let mut rng = SplitMix64::new(3);
+    churn(&store, &mut rng, 30);
+    ckpt.write(&store, CheckpointKind::Full, 0).unwrap();
+    churn(&store, &mut rng, 10);
+    ckpt.write(&store, CheckpointKind::Incremental, 1).unwrap();
+    let expected = contents(&store);
+    churn(&store, &mut rng, 10);
+    let newest = ckpt.write(&store, CheckpointKind::Full, 2).unwrap();
+    let path = dir.path().join(&newest.file);
+    let len = fs::metadata(&path).unwrap().len();
+    fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 100).unwrap();
+    let (copy, chain) = restored(dir.path());
+    assert_eq!(chain.iter().map(|c| c.label).collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(contents(&copy), expected);
+}
+
+#[test]
+fn a_failed_write_keeps_the_previous_checkpoint_and_the_next_one_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ckpt) = (new_store(), Checkpointer::open(dir.path()).unwrap());
+    let mut rng = SplitMix64::new(4);
+    churn(&store, &mut rng, 30);
+    let full = ckpt.write(&store, CheckpointKind::Full, 0).unwrap();
+    let expected = contents(&store);
+    churn(&store, &mut rng, 10);
+    ckpt.fail_writes_after(Some(200));
+    let err = ckpt.write(&store, CheckpointKind::Incremental, 1).unwrap_err();
+    assert!(err.to_string().contains("no space left"), "{err}");
+    let names: Vec<String> =
+        fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "temporary file left behind: {names:?}");
+    assert_eq!(contents(&restored(dir.path()).0), expected, "the previous checkpoint still restores");
+    // The failed attempt consumed change flags: the next checkpoint must not be incremental.
+    ckpt.fail_writes_after(None);
+    let next = ckpt.write(&store, CheckpointKind::Incremental, 2).unwrap();
+    assert_eq!(next.kind, CheckpointKind::Full);
+    assert!(next.id > full.id);
+    assert_eq!(contents(&restored(dir.path()).0), contents(&store));
+}
+
+#[test]
+fn a_dropped_table_forces_a_full_checkpoint_and_stays_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ckpt) = (new_store(), Checkpointer::open(dir.path()).unwrap());
+    store.pull("w", &[1, 2, 3]).unwrap();
+    ckpt.write(&store, CheckpointKind::Full, 0).unwrap();
+    store.drop_table("w").unwrap();
+    store.create_table(TableSpec::sparse("w", 1, Optimizer::Sgd { learning_rate: 0.1 }), None).unwrap();
+    store.pull("w", &[9]).unwrap();
+    assert_eq!(ckpt.write(&store, CheckpointKind::Incremental, 1).unwrap().kind, CheckpointKind::Full);
+    let (copy, _) = restored(dir.path());
+    assert_eq!(contents(&copy), contents(&store));
+    assert!(copy.sparse("w").unwrap().get(1).is_none(), "no row of the dropped table came back");
+}
+
+#[test]
+fn reopen_loop_loses_nothing_checkpointed_and_invents_nothing() {
+    // Write, "crash" (drop the store and the checkpointer), reopen from disk, compare, go on
+    // training the reopened store: what a restarted ps-server does.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = new_store();
+    let mut rng = SplitMix64::new(5);
+    for round in 0..6 {
+        let ckpt = Checkpointer::open(dir.path()).unwrap();
+        if round > 0 {
+            let chain = ckpt.restore(&store).unwrap();
+            assert!(!chain.is_empty());
+        }
+        churn(&store, &mut rng, 15);
+        let kind = if round % 3 == 0 { CheckpointKind::Full } else { CheckpointKind::Incremental };
+        ckpt.write(&store, kind, round).unwrap();
+        let expected = contents(&store);
+        churn(&store, &mut rng, 5); // updates after the checkpoint: lost by the crash, by design
+        drop(ckpt);
+        store = Store::new(StoreConfig { shard_bits: 3, max_batch_keys: 100_000 });
+        let check = Checkpointer::open(dir.path()).unwrap();
+        check.restore(&store).unwrap();
+        assert_eq!(contents(&store), expected, "round {round}");
+    }
+}
+
+#[test]
+fn garbage_and_foreign_files_are_not_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("0000000000000001-full.ckpt"), b"not a checkpoint at all, just text").unwrap();
+    fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
+    let (store, chain) = restored(dir.path());
+    assert!(chain.is_empty());
+    assert!(store.list_tables().is_empty());
+    // The next id skips the garbage file's id, so nothing is overwritten.
+    let ckpt = Checkpointer::open(dir.path()).unwrap();
+    assert_eq!(ckpt.write(&new_store(), CheckpointKind::Full, 0).unwrap().id, 2);
+}
