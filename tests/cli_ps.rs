@@ -124,3 +124,60 @@ fn bench_reports_server_refusals_as_errors() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("limit of 100"), "{stderr}");
 }
+
+fn ember(args: &[&str]) -> String {
+    let out = Command::new(EMBER).args(args).output().expect("run ember");
+    assert!(out.status.success(), "ember {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn export(grpc: &str, path: &std::path::Path) -> String {
+    ember(&["export", "--ps", grpc, "--table", "bench", "--out", path.to_str().unwrap()]);
+    std::fs::read_to_string(path).unwrap()
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "ember ps did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigkilled_ps_restarts_from_its_last_checkpoint_and_sigterm_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("ps0");
+    let no_timer = ["--checkpoint-every", "0"];
+    let mut ps = start_ps(&data_dir, &no_timer);
+    bench(&ps.grpc, "push", &["--dist", "zipf"]);
+    let full = ember(&["checkpoint", "--ps", &ps.grpc, "--full", "--label", "7"]);
+    assert!(full.contains("(full, parent 0)"), "{full}");
+    bench(&ps.grpc, "push", &["--dist", "uniform"]);
+    let incr = ember(&["checkpoint", "--ps", &ps.grpc, "--json"]);
+    let incr: serde_json::Value = serde_json::from_str(incr.trim()).unwrap();
+    assert_eq!(incr["kind"], "incremental");
+    assert!(incr["rows"].as_u64().unwrap() > 0, "{incr}");
+    let checkpointed = export(&ps.grpc, &dir.path().join("a.tsv"));
+    assert!(checkpointed.lines().count() > 1000, "the bench preloads rows");
+    // Updates after the last checkpoint are what SIGKILL may lose.
+    bench(&ps.grpc, "push", &["--dist", "zipf"]);
+    assert_ne!(export(&ps.grpc, &dir.path().join("b.tsv")), checkpointed);
+    ps.child.kill().unwrap();
+    ps.child.wait().unwrap();
+
+    let mut ps = start_ps(&data_dir, &no_timer);
+    assert_eq!(export(&ps.grpc, &dir.path().join("c.tsv")), checkpointed, "restored = last checkpoint, byte for byte");
+
+    // A clean stop writes a final checkpoint: nothing is lost.
+    bench(&ps.grpc, "push", &["--dist", "uniform"]);
+    let before_stop = export(&ps.grpc, &dir.path().join("d.tsv"));
+    let pid = ps.child.id().to_string();
+    assert!(Command::new("sh").args(["-c", &format!("kill -TERM {pid}")]).status().unwrap().success());
+    assert!(wait_exit(&mut ps.child).success());
+    let ps = start_ps(&data_dir, &no_timer);
+    assert_eq!(export(&ps.grpc, &dir.path().join("e.tsv")), before_stop);
+}

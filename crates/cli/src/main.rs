@@ -12,6 +12,7 @@ mod gen_data;
 mod observability;
 mod plot;
 mod ps;
+mod store_cmds;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -43,8 +44,12 @@ enum Command {
     Train(train::TrainArgs),
     /// Write synthetic Criteo-format data from a hidden model (and its true probabilities).
     GenData(gen_data::GenDataArgs),
-    /// Start an in-process ps-server, drive pulls and pushes over gRPC, report what was measured.
+    /// Train DeepFM on generated data with an embedded cluster; report, plot and metrics.
     Demo(demo::DemoArgs),
+    /// Checkpoint running ps-servers now.
+    Checkpoint(store_cmds::CheckpointArgs),
+    /// Write every row of a table to a text file, sorted by key.
+    Export(store_cmds::ExportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +79,8 @@ fn main() -> anyhow::Result<()> {
             Command::Submit(args) => cluster_cmds::submit(args).await,
             Command::Status(args) => cluster_cmds::status(args).await,
             Command::GenData(args) => gen_data::run(args),
+            Command::Checkpoint(args) => store_cmds::checkpoint(args).await,
+            Command::Export(args) => store_cmds::export(args).await,
         }
     })
 }

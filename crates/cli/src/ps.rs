@@ -3,10 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use ember_ps_server::{serve, ServeConfig};
-use ember_store::{Store, StoreConfig};
+use ember_store::{CheckpointKind, Checkpointer, Store, StoreConfig};
 
 use crate::observability;
 
@@ -16,10 +17,16 @@ pub struct PsArgs {
     /// gRPC address to listen on (port 0 picks a free port; the bound address is printed).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// Directory for this server's durable state. Created if missing. (The in-memory store keeps
-    /// nothing here yet; the cold tier and checkpoints will.)
+    /// Directory for this server's durable state, created if missing. Checkpoints go to
+    /// DATA_DIR/checkpoints; on start the newest complete chain there is restored before serving.
     #[arg(long)]
     data_dir: PathBuf,
+    /// Write an incremental checkpoint this often (seconds; 0 = only on request and at shutdown).
+    #[arg(long, default_value_t = 60)]
+    checkpoint_every: u64,
+    /// Make every N-th periodic checkpoint a full one (bounds the restore chain).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    full_every: u64,
     /// Serve Prometheus metrics on this address at /metrics.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -49,6 +56,8 @@ pub async fn run(args: PsArgs) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let bound = listener.local_addr()?;
     let store = Arc::new(Store::new(StoreConfig { shard_bits: args.shard_bits, max_batch_keys: args.max_batch_keys }));
+    let checkpoints = Arc::new(Checkpointer::open(args.data_dir.join("checkpoints"))?);
+    restore(&store, &checkpoints).await?;
     tracing::info!(%bound, data_dir = %args.data_dir.display(), "ps-server serving");
     // Held for the server's life: its background task renews the lease.
     let _membership = match &args.scheduler {
@@ -64,7 +73,60 @@ pub async fn run(args: PsArgs) -> anyhow::Result<()> {
     // The line tests and scripts wait for (stdout, unaffected by RUST_LOG); printed after
     // registering, so a scheduler that lists this server can already route to it.
     println!("ember ps listening on {bound}");
-    serve(listener, store, ServeConfig::default(), observability::shutdown_signal()).await.context("serving")?;
+    let periodic = (args.checkpoint_every > 0).then(|| {
+        let every = Duration::from_secs(args.checkpoint_every);
+        tokio::spawn(checkpoint_periodically(Arc::clone(&store), Arc::clone(&checkpoints), every, args.full_every))
+    });
+    let config = ServeConfig { checkpoints: Some(Arc::clone(&checkpoints)), ..ServeConfig::default() };
+    serve(listener, Arc::clone(&store), config, observability::shutdown_signal()).await.context("serving")?;
+    if let Some(task) = periodic {
+        task.abort();
+    }
+    // A clean stop loses nothing: what changed since the last checkpoint is written now.
+    let last = tokio::task::spawn_blocking(move || checkpoints.write(&store, CheckpointKind::Incremental, 0)).await?;
+    match last {
+        Ok(info) => tracing::info!(id = info.id, rows = info.rows, "final checkpoint written"),
+        Err(e) => tracing::error!(error = %e, "final checkpoint failed; restart restores the previous one"),
+    }
     tracing::info!("ps-server stopped");
     Ok(())
+}
+
+async fn restore(store: &Arc<Store>, checkpoints: &Arc<Checkpointer>) -> anyhow::Result<()> {
+    let (store, checkpoints) = (Arc::clone(store), Arc::clone(checkpoints));
+    let dir = checkpoints.dir().display().to_string();
+    let chain = tokio::task::spawn_blocking(move || checkpoints.restore(&store))
+        .await?
+        .with_context(|| format!("restoring checkpoints from {dir}"))?;
+    match chain.last() {
+        Some(last) => {
+            let rows: u64 = chain.iter().map(|c| c.rows).sum();
+            let seconds: f64 = chain.iter().map(|c| c.seconds).sum();
+            tracing::info!(checkpoint = last.id, label = last.label, files = chain.len(), rows, seconds, %dir, "restored");
+            println!(
+                "ember ps restored checkpoint {} ({} files, {rows} row records, {seconds:.2}s)",
+                last.id,
+                chain.len()
+            );
+        }
+        None => tracing::info!(%dir, "no checkpoint to restore; starting empty"),
+    }
+    Ok(())
+}
+
+async fn checkpoint_periodically(store: Arc<Store>, checkpoints: Arc<Checkpointer>, every: Duration, full_every: u64) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await; // the first tick is immediate
+    for n in 1u64.. {
+        tick.tick().await;
+        let kind = if n % full_every == 0 { CheckpointKind::Full } else { CheckpointKind::Incremental };
+        let (store, checkpoints) = (Arc::clone(&store), Arc::clone(&checkpoints));
+        match tokio::task::spawn_blocking(move || checkpoints.write(&store, kind, 0)).await {
+            Ok(Ok(info)) => {
+                tracing::debug!(id = info.id, kind = info.kind.as_str(), rows = info.rows, "periodic checkpoint")
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "periodic checkpoint failed; the previous one is still usable"),
+            Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
+        }
+    }
 }

@@ -102,6 +102,11 @@ impl PsClient {
         &self.map
     }
 
+    /// The servers' addresses, in shard-map order.
+    pub fn endpoints(&self) -> &[String] {
+        self.map.endpoints()
+    }
+
     fn rpc_err(&self, server: usize) -> impl Fn(tonic::Status) -> ClientError + '_ {
         move |status| ClientError::Rpc { endpoint: self.map.endpoints()[server].clone(), status }
     }
@@ -336,5 +341,43 @@ impl PsClient {
             async move { client.stats(v1::StatsRequest {}).await.map(|r| r.into_inner()).map_err(self.rpc_err(server)) }
         });
         try_join_all(calls).await
+    }
+
+    /// Checkpoints every server (concurrently); one reply per server, in shard-map order.
+    pub async fn checkpoint(&self, full: bool, label: u64) -> Result<Vec<v1::CheckpointResponse>, ClientError> {
+        let calls = self.servers.iter().enumerate().map(|(server, client)| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .checkpoint(v1::CheckpointRequest { full, label })
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(self.rpc_err(server))
+            }
+        });
+        try_join_all(calls).await
+    }
+
+    /// Every row of a sparse table from every server: (dim, keys, weights), unsorted.
+    pub async fn export(&self, table: &str) -> Result<(usize, Vec<u64>, Vec<f32>), ClientError> {
+        let (mut dim, mut keys, mut values) = (0usize, Vec::new(), Vec::new());
+        for (server, client) in self.servers.iter().enumerate() {
+            let mut client = client.clone();
+            let request = v1::ExportRequest { table: table.to_string() };
+            let mut stream = client.export(request).await.map_err(self.rpc_err(server))?.into_inner();
+            while let Some(chunk) = stream.message().await.map_err(self.rpc_err(server))? {
+                dim = chunk.dim as usize;
+                if chunk.values.len() != chunk.keys.len() * dim * 4 {
+                    let reason =
+                        format!("export chunk of {} keys has {} value bytes", chunk.keys.len(), chunk.values.len());
+                    return Err(ClientError::Protocol { endpoint: self.map.endpoints()[server].clone(), reason });
+                }
+                let before = values.len();
+                values.resize(before + chunk.keys.len() * dim, 0.0);
+                read_f32s_le(&chunk.values, &mut values[before..]);
+                keys.extend_from_slice(&chunk.keys);
+            }
+        }
+        Ok((dim, keys, values))
     }
 }

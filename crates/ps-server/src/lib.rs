@@ -11,7 +11,8 @@
 //! `ember_ps_requests_total{method,code}`, `ember_ps_keys_total{method}`,
 //! `ember_ps_request_duration_seconds{method}`, `ember_ps_table_rows{table}`,
 //! `ember_ps_table_bytes{table}`, `ember_ps_rejected_nonfinite_total{table}`,
-//! `ember_ps_push_staleness{table}`.
+//! `ember_ps_push_staleness{table}`, `ember_ps_checkpoints_total{kind,outcome}`,
+//! `ember_ps_checkpoint_seconds{kind}`, `ember_ps_checkpoint_bytes{kind}`.
 
 pub mod error;
 pub mod service;
@@ -21,24 +22,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ember_proto::v1::parameter_server_server::ParameterServerServer;
-use ember_store::Store;
+use ember_store::{Checkpointer, Store};
 use tonic::transport::server::TcpIncoming;
 
 pub use error::status_of;
 pub use service::PsService;
 
-/// Network tunables of a ps-server.
+/// Tunables of a ps-server, and where it writes checkpoints.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     /// Largest request or response message, in bytes.
     pub max_message_bytes: usize,
     /// How often table gauges (rows, bytes) are refreshed.
     pub gauge_interval: Duration,
+    /// Checkpoint writer (`None`: the server has no data dir and refuses `Checkpoint`).
+    pub checkpoints: Option<Arc<Checkpointer>>,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        Self { max_message_bytes: 64 << 20, gauge_interval: Duration::from_secs(5) }
+        Self { max_message_bytes: 64 << 20, gauge_interval: Duration::from_secs(5), checkpoints: None }
     }
 }
 
@@ -58,9 +61,10 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ParameterServerServer<PsService>>().await;
-    let service = ParameterServerServer::new(PsService::new(Arc::clone(&store)))
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
+    let service =
+        ParameterServerServer::new(PsService::new(Arc::clone(&store)).with_checkpoints(config.checkpoints.clone()))
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes);
     let gauges = tokio::spawn(refresh_gauges(Arc::clone(&store), config.gauge_interval));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()

@@ -10,8 +10,9 @@ use ember_core::TableSpec;
 use ember_proto::v1::parameter_server_server::ParameterServer;
 use ember_proto::v1::{self, DenseValues};
 use ember_proto::{f32s_to_bytes, ConvertError};
-use ember_store::{Store, StoreError, TableStats};
+use ember_store::{CheckpointKind, Checkpointer, Store, StoreError, TableStats};
 use metrics::{counter, gauge, histogram};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use crate::error::{status_of, status_of_convert};
@@ -20,12 +21,22 @@ use crate::error::{status_of, status_of_convert};
 #[derive(Debug, Clone)]
 pub struct PsService {
     store: Arc<Store>,
+    checkpoints: Option<Arc<Checkpointer>>,
 }
 
+/// Rows per `Export` message: 16k rows of dim 16 is 1 MiB of values.
+const EXPORT_CHUNK_ROWS: usize = 16_384;
+
 impl PsService {
-    /// A service answering from `store`.
+    /// A service answering from `store`, without checkpoints.
     pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+        Self { store, checkpoints: None }
+    }
+
+    /// Lets `Checkpoint` write through `checkpoints`.
+    pub fn with_checkpoints(mut self, checkpoints: Option<Arc<Checkpointer>>) -> Self {
+        self.checkpoints = checkpoints;
+        self
     }
 
     /// Runs `f` on the blocking pool and maps its error.
@@ -196,6 +207,87 @@ impl ParameterServer for PsService {
         let keys = req.keys.len();
         let result = self.blocking(move |s| s.delete_keys(&req.table, &req.keys)).await;
         observe("delete_keys", keys, started, result.map(|deleted| v1::DeleteKeysResponse { deleted }))
+    }
+
+    async fn checkpoint(
+        &self,
+        req: Request<v1::CheckpointRequest>,
+    ) -> Result<Response<v1::CheckpointResponse>, Status> {
+        let Some(checkpoints) = self.checkpoints.clone() else {
+            return Err(Status::failed_precondition("this ps-server runs without --data-dir: it cannot checkpoint"));
+        };
+        let req = req.into_inner();
+        let kind = if req.full { CheckpointKind::Full } else { CheckpointKind::Incremental };
+        let store = Arc::clone(&self.store);
+        let result = tokio::task::spawn_blocking(move || checkpoints.write(&store, kind, req.label))
+            .await
+            .map_err(|e| Status::internal(format!("checkpoint task failed: {e}")))?;
+        match result {
+            Ok(info) => {
+                let kind = info.kind.as_str();
+                counter!("ember_ps_checkpoints_total", "kind" => kind, "outcome" => "ok").increment(1);
+                histogram!("ember_ps_checkpoint_seconds", "kind" => kind).record(info.seconds);
+                gauge!("ember_ps_checkpoint_bytes", "kind" => kind).set(info.bytes as f64);
+                tracing::info!(
+                    id = info.id,
+                    kind,
+                    rows = info.rows,
+                    bytes = info.bytes,
+                    seconds = info.seconds,
+                    "checkpoint written"
+                );
+                Ok(Response::new(v1::CheckpointResponse {
+                    id: info.id,
+                    kind: if info.kind == CheckpointKind::Full { "full" } else { "incremental" }.into(),
+                    parent: info.parent,
+                    label: info.label,
+                    file: info.file,
+                    bytes: info.bytes,
+                    rows: info.rows,
+                    deleted: info.deleted,
+                    seconds: info.seconds,
+                }))
+            }
+            Err(e) => {
+                counter!("ember_ps_checkpoints_total", "kind" => kind.as_str(), "outcome" => "error").increment(1);
+                tracing::error!(error = %e, "checkpoint failed; the previous one is still usable");
+                Err(Status::unavailable(e.to_string()))
+            }
+        }
+    }
+
+    type ExportStream = ReceiverStream<Result<v1::ExportChunk, Status>>;
+
+    async fn export(&self, req: Request<v1::ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
+        let table = self.store.sparse(&req.into_inner().table).map_err(|e| status_of(&e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let dim = table.dim();
+            let (mut keys, mut values) = (Vec::with_capacity(EXPORT_CHUNK_ROWS), Vec::new());
+            let send = |keys: &mut Vec<u64>, values: &mut Vec<f32>| {
+                let chunk = v1::ExportChunk {
+                    dim: dim as u32,
+                    keys: std::mem::take(keys),
+                    values: f32s_to_bytes(std::mem::take(values)),
+                };
+                tx.blocking_send(Ok(chunk)).is_ok()
+            };
+            let mut open = true;
+            // Scanned shard by shard: a chunk is sent only after the shard's lock is released.
+            for s in 0..table.shard_count() {
+                table.scan_shard(s, |key, row| {
+                    keys.push(key);
+                    values.extend_from_slice(row);
+                });
+                if keys.len() >= EXPORT_CHUNK_ROWS && open {
+                    open = send(&mut keys, &mut values);
+                }
+            }
+            if open && !keys.is_empty() {
+                send(&mut keys, &mut values);
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn stats(&self, _req: Request<v1::StatsRequest>) -> Result<Response<v1::StatsResponse>, Status> {

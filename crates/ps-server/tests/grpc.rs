@@ -222,6 +222,46 @@ async fn a_batch_split_over_servers_comes_back_in_request_order() {
     assert_eq!(pair.pull("emb", &keys).await.unwrap().values, lone.pull("emb", &keys).await.unwrap().values);
     let looked = pair.lookup("emb", &[1, 100_000]).await.unwrap();
     assert_eq!(looked.missing, vec![false, true]);
+
+    // Export gathers every row from both servers, each key once, with its current weights.
+    let (dim, mut exported, values) = pair.export("emb").await.unwrap();
+    assert_eq!((dim, exported.len(), values.len()), (4, 300, 1200));
+    let first = exported[0];
+    let pulled = lone.pull("emb", &[first]).await.unwrap().values;
+    assert_eq!(&values[..4], &pulled[..]);
+    exported.sort_unstable();
+    exported.dedup();
+    assert_eq!(exported, (0..300).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn checkpoint_needs_a_data_dir_and_export_needs_a_sparse_table() {
+    let server = start(10_000).await;
+    let client = PsClient::connect_one(&server.addr).await.unwrap();
+    let err = client.checkpoint(true, 0).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
+    assert!(err.to_string().contains("--data-dir"), "{err}");
+    let err = client.export("nope").await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::NotFound), "{err}");
+    client.create_table(&TableSpec::dense("d", 3, adagrad()), None).await.unwrap();
+    assert_eq!(client.export("d").await.unwrap_err().code(), Some(Code::FailedPrecondition));
+
+    // With a checkpointer, the RPC writes files that restore into an equal store.
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let store = Arc::new(Store::new(StoreConfig::default()));
+    let checkpoints = Arc::new(ember_store::Checkpointer::open(dir.path()).unwrap());
+    let config = ServeConfig { checkpoints: Some(checkpoints), ..ServeConfig::default() };
+    tokio::spawn(serve(listener, Arc::clone(&store), config, std::future::pending()));
+    let client = PsClient::connect_one(&addr).await.unwrap();
+    client.create_table(&emb_spec(), None).await.unwrap();
+    client.pull("emb", &[1, 2, 3]).await.unwrap();
+    let replies = client.checkpoint(false, 42).await.unwrap();
+    assert_eq!((replies[0].kind.as_str(), replies[0].rows, replies[0].label), ("full", 3, 42));
+    let copy = Store::new(StoreConfig::default());
+    ember_store::Checkpointer::open(dir.path()).unwrap().restore(&copy).unwrap();
+    assert_eq!(copy.lookup("emb", &[1, 2, 3]).unwrap(), store.lookup("emb", &[1, 2, 3]).unwrap());
 }
 
 #[tokio::test]

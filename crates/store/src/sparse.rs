@@ -278,7 +278,7 @@ impl SparseTable {
         self.version.store(version, Ordering::Release);
     }
 
-    /// Every row's key, weights and metadata, in no particular order (export, tests).
+    /// Every row's key, weights and metadata, in no particular order (tests, debugging).
     pub fn scan(&self, mut f: impl FnMut(u64, &[f32], &RowMeta)) {
         let (dim, stride) = (self.dim, self.stride);
         for shard in self.shards.iter() {
@@ -287,6 +287,14 @@ impl SparseTable {
                 let meta = shard.meta(pos);
                 f(meta.key, &shard.row(pos, stride)[..dim], meta);
             }
+        }
+    }
+
+    /// The key and weights of every row of shard `s`, under its lock: `f` must be quick.
+    pub fn scan_shard(&self, s: usize, mut f: impl FnMut(u64, &[f32])) {
+        let shard = self.shards[s].lock();
+        for pos in 0..shard.len() {
+            f(shard.meta(pos).key, &shard.row(pos, self.stride)[..self.dim]);
         }
     }
 
