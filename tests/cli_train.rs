@@ -96,6 +96,49 @@ fn each_model_trains_on_an_embedded_cluster_and_beats_the_baselines() {
     }
 }
 
+/// Feature admission end to end: with `features.min_count = 3` most of the long tail of keys is
+/// never stored (the generator's categorical values are Zipf-distributed), the model still
+/// learns, and the report shows what admission filtered.
+#[test]
+fn admission_keeps_rare_features_out_of_the_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = gen_data(dir.path(), 10_000);
+    let all = train(dir.path(), &job("lr", &data, 1, 1)).unwrap();
+    let admitted = train(
+        dir.path(),
+        &format!(
+            "{}
+[features]
+min_count = 3
+",
+            job("lr", &data, 1, 1)
+        ),
+    )
+    .unwrap();
+    let table =
+        |r: &serde_json::Value| r["tables"].as_array().unwrap().iter().find(|t| t["name"] == "job.w").unwrap().clone();
+    let (every, some) = (table(&all), table(&admitted));
+    assert_eq!(every["filtered"].as_u64(), Some(0), "{every}");
+    let (rows_all, rows_admitted) = (every["rows"].as_u64().unwrap(), some["rows"].as_u64().unwrap());
+    assert!(rows_admitted * 2 < rows_all, "min_count 3 stored {rows_admitted} rows, every key {rows_all}");
+    assert_eq!(some["admitted"].as_u64(), Some(rows_admitted), "{some}");
+    assert!(some["filtered"].as_u64().unwrap() > 0 && some["dropped"].as_u64().unwrap() > 0, "{some}");
+    let auc = admitted["test_auc"].as_f64().unwrap();
+    assert!(auc > 0.65, "AUC with admission {auc}");
+    let err = train(
+        dir.path(),
+        &format!(
+            "{}
+[features]
+min_count = 300
+",
+            job("lr", &data, 1, 1)
+        ),
+    )
+    .unwrap_err();
+    assert!(err.contains("min_count"), "{err}");
+}
+
 #[test]
 fn bad_lines_are_reported_and_too_many_fail_the_job() {
     let dir = tempfile::tempdir().unwrap();

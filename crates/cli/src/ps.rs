@@ -24,6 +24,9 @@ pub struct PsArgs {
     /// Write an incremental checkpoint this often (seconds; 0 = only on request and at shutdown).
     #[arg(long, default_value_t = 60)]
     checkpoint_every: u64,
+    /// Run tables' eviction rules (TTL, min_l2) this often, in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    evict_every: u64,
     /// Make every N-th periodic checkpoint a full one (bounds the restore chain).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     full_every: u64,
@@ -77,7 +80,11 @@ pub async fn run(args: PsArgs) -> anyhow::Result<()> {
         let every = Duration::from_secs(args.checkpoint_every);
         tokio::spawn(checkpoint_periodically(Arc::clone(&store), Arc::clone(&checkpoints), every, args.full_every))
     });
-    let config = ServeConfig { checkpoints: Some(Arc::clone(&checkpoints)), ..ServeConfig::default() };
+    let config = ServeConfig {
+        checkpoints: Some(Arc::clone(&checkpoints)),
+        evict_interval: Duration::from_secs(args.evict_every),
+        ..ServeConfig::default()
+    };
     serve(listener, Arc::clone(&store), config, observability::shutdown_signal()).await.context("serving")?;
     if let Some(task) = periodic {
         task.abort();

@@ -92,6 +92,50 @@ pub struct Report {
     pub bytes_pulled: u64,
     /// Windows of progressive validation, about one per second.
     pub curve: Vec<CurvePoint>,
+    /// The sparse tables at the end of training, summed over ps-servers.
+    pub tables: Vec<TableReport>,
+}
+
+/// One sparse table's figures at the end of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TableReport {
+    /// Table name.
+    pub name: String,
+    /// Rows stored.
+    pub rows: u64,
+    /// Approximate bytes of rows, optimizer state and index.
+    pub bytes: u64,
+    /// Rows created by admission (`features.min_count`).
+    pub admitted: u64,
+    /// Pulled keys not yet admitted (answered with the initializer's value).
+    pub filtered: u64,
+    /// Pushed rows dropped because their key was not admitted.
+    pub dropped: u64,
+    /// Rows deleted by eviction rules.
+    pub evicted: u64,
+}
+
+/// Per-table figures from every server's `Stats`, summed by table.
+async fn table_reports(client: &PsClient) -> anyhow::Result<Vec<TableReport>> {
+    let mut tables: std::collections::BTreeMap<String, TableReport> = Default::default();
+    for server in client.stats().await? {
+        for t in server.tables {
+            let Some(spec) = t.spec else { continue };
+            if spec.kind != ember_proto::v1::TableKind::Sparse as i32 {
+                continue;
+            }
+            let r = tables
+                .entry(spec.name.clone())
+                .or_insert_with(|| TableReport { name: spec.name, ..Default::default() });
+            r.rows += t.rows;
+            r.bytes += t.bytes;
+            r.admitted += t.admitted;
+            r.filtered += t.filtered;
+            r.dropped += t.dropped;
+            r.evicted += t.evicted;
+        }
+    }
+    Ok(tables.into_values().collect())
 }
 
 /// Runs `ember train`.
@@ -192,6 +236,7 @@ pub async fn train_embedded(job: &JobSpec, show_progress: bool, oracle: Option<&
         labels.extend_from_slice(&batch.labels);
         probs.extend(predict(&client, &tables, batch).await?);
     }
+    let tables = table_reports(&client).await?;
     cluster.stop().await?;
 
     let oracle_test_auc = match oracle {
@@ -223,6 +268,7 @@ pub async fn train_embedded(job: &JobSpec, show_progress: bool, oracle: Option<&
         bytes_pushed: total.bytes_pushed,
         bytes_pulled: total.bytes_pulled,
         curve,
+        tables,
     })
 }
 

@@ -30,6 +30,9 @@ pub struct JobSpec {
     /// Training loop.
     #[serde(default)]
     pub training: TrainingSpec,
+    /// Feature admission and eviction on the sparse tables (all rules off by default).
+    #[serde(default)]
+    pub features: crate::FeaturePolicy,
 }
 
 /// Input file formats.
@@ -302,6 +305,7 @@ impl JobSpec {
         if self.training.batch_size == 0 || self.training.epochs == 0 {
             return bad("training.batch_size and training.epochs must be >= 1".into());
         }
+        self.features.validate().map_err(JobError::Invalid)?;
         Ok(())
     }
 }

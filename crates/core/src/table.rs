@@ -17,6 +17,53 @@ pub enum TableKind {
     Dense,
 }
 
+/// Most sightings admission can require (its counters saturate at 255).
+pub const MAX_MIN_COUNT: u32 = 255;
+
+/// Feature admission and eviction of a sparse table; every field's zero turns its rule off.
+/// In job files this is the `[features]` section.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeaturePolicy {
+    /// A key gets a row only once it has been pulled this many times (counted approximately, in
+    /// a count-min sketch, so a key may be admitted early but never late). 0 or 1: at once.
+    pub min_count: u32,
+    /// Delete rows not updated for this many table versions (pushes).
+    pub ttl_steps: u64,
+    /// Delete rows not updated for this many seconds.
+    pub ttl_seconds: u64,
+    /// Delete updated rows whose weights' L2 norm is below this.
+    pub min_l2: f32,
+}
+
+impl FeaturePolicy {
+    /// True when no rule is on.
+    pub fn is_off(&self) -> bool {
+        self.min_count <= 1 && self.ttl_steps == 0 && self.ttl_seconds == 0 && self.min_l2 == 0.0
+    }
+
+    /// True when admission filters keys.
+    pub fn admission(&self) -> bool {
+        self.min_count > 1
+    }
+
+    /// True when some eviction rule is on.
+    pub fn eviction(&self) -> bool {
+        self.ttl_steps > 0 || self.ttl_seconds > 0 || self.min_l2 > 0.0
+    }
+
+    /// Checks the ranges.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.min_count > MAX_MIN_COUNT {
+            return Err(format!("features.min_count must be at most {MAX_MIN_COUNT}, got {}", self.min_count));
+        }
+        if !(self.min_l2.is_finite() && self.min_l2 >= 0.0) {
+            return Err(format!("features.min_l2 must be finite and >= 0, got {}", self.min_l2));
+        }
+        Ok(())
+    }
+}
+
 /// Everything that defines a table. Two creates with equal specs are the same table.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +80,9 @@ pub struct TableSpec {
     pub initializer: Initializer,
     /// Seeds the initializer.
     pub seed: u64,
+    /// Admission and eviction (sparse tables only).
+    #[serde(default)]
+    pub policy: FeaturePolicy,
 }
 
 /// Why a spec was rejected.
@@ -62,7 +112,15 @@ pub enum SpecError {
 impl TableSpec {
     /// A sparse spec with the given optimizer, zero initializer and seed 0.
     pub fn sparse(name: impl Into<String>, dim: u32, optimizer: Optimizer) -> Self {
-        Self { name: name.into(), kind: TableKind::Sparse, dim, optimizer, initializer: Initializer::Zeros, seed: 0 }
+        Self {
+            name: name.into(),
+            kind: TableKind::Sparse,
+            dim,
+            optimizer,
+            initializer: Initializer::Zeros,
+            seed: 0,
+            policy: FeaturePolicy::default(),
+        }
     }
 
     /// A dense spec with the given optimizer, zero initializer and seed 0.
@@ -77,7 +135,13 @@ impl TableSpec {
         self
     }
 
-    /// Checks the name, dim, optimizer and initializer.
+    /// Builder-style admission and eviction policy.
+    pub fn with_policy(mut self, policy: FeaturePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Checks the name, dim, optimizer, initializer and policy.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_name(&self.name)?;
         if self.dim == 0 || self.dim > MAX_DIM {
@@ -86,6 +150,10 @@ impl TableSpec {
         let param = |reason| SpecError::Parameter { name: self.name.clone(), reason };
         self.optimizer.validate().map_err(param)?;
         self.initializer.validate().map_err(param)?;
+        self.policy.validate().map_err(param)?;
+        if self.kind == TableKind::Dense && !self.policy.is_off() {
+            return Err(param("admission and eviction apply to sparse tables only".into()));
+        }
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! proto <-> domain conversions and the f32 byte encoding.
 
 use bytes::Bytes;
-use ember_core::{Initializer, Optimizer, TableKind, TableSpec};
+use ember_core::{FeaturePolicy, Initializer, Optimizer, TableKind, TableSpec};
 
 use crate::v1;
 
@@ -110,6 +110,12 @@ impl From<TableSpec> for v1::TableSpec {
             optimizer: Some(s.optimizer.into()),
             initializer: Some(s.initializer.into()),
             seed: s.seed,
+            policy: (!s.policy.is_off()).then_some(v1::FeaturePolicy {
+                min_count: s.policy.min_count,
+                ttl_steps: s.policy.ttl_steps,
+                ttl_seconds: s.policy.ttl_seconds,
+                min_l2: s.policy.min_l2,
+            }),
         }
     }
 }
@@ -130,6 +136,12 @@ impl TryFrom<v1::TableSpec> for TableSpec {
             optimizer: s.optimizer.ok_or(ConvertError::Missing("spec.optimizer"))?.try_into()?,
             initializer: s.initializer.unwrap_or_default().into(),
             seed: s.seed,
+            policy: s.policy.map_or_else(FeaturePolicy::default, |p| FeaturePolicy {
+                min_count: p.min_count,
+                ttl_steps: p.ttl_steps,
+                ttl_seconds: p.ttl_seconds,
+                min_l2: p.min_l2,
+            }),
         };
         spec.validate()?;
         Ok(spec)
@@ -146,6 +158,11 @@ mod tests {
             .with_initializer(Initializer::Normal { mean: 0.0, stddev: 0.01 }, 77);
         let wire: v1::TableSpec = spec.clone().into();
         assert_eq!(TableSpec::try_from(wire.clone()).unwrap(), spec);
+        let policy = FeaturePolicy { min_count: 3, ttl_steps: 10, ttl_seconds: 60, min_l2: 1e-3 };
+        let with_policy = spec.clone().with_policy(policy);
+        assert_eq!(TableSpec::try_from(v1::TableSpec::from(with_policy.clone())).unwrap(), with_policy);
+        let too_many = v1::TableSpec::from(spec.clone().with_policy(FeaturePolicy { min_count: 300, ..policy }));
+        assert!(matches!(TableSpec::try_from(too_many), Err(ConvertError::Spec(_))));
         let no_opt = v1::TableSpec { optimizer: None, ..wire.clone() };
         assert!(matches!(TableSpec::try_from(no_opt), Err(ConvertError::Missing("spec.optimizer"))));
         let bad_kind = v1::TableSpec { kind: 42, ..wire.clone() };

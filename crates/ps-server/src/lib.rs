@@ -12,7 +12,8 @@
 //! `ember_ps_request_duration_seconds{method}`, `ember_ps_table_rows{table}`,
 //! `ember_ps_table_bytes{table}`, `ember_ps_rejected_nonfinite_total{table}`,
 //! `ember_ps_push_staleness{table}`, `ember_ps_checkpoints_total{kind,outcome}`,
-//! `ember_ps_checkpoint_seconds{kind}`, `ember_ps_checkpoint_bytes{kind}`.
+//! `ember_ps_checkpoint_seconds{kind}`, `ember_ps_checkpoint_bytes{kind}`,
+//! `ember_ps_feature_policy_rows{table,what}` (admitted, filtered, dropped, evicted).
 
 pub mod error;
 pub mod service;
@@ -37,11 +38,18 @@ pub struct ServeConfig {
     pub gauge_interval: Duration,
     /// Checkpoint writer (`None`: the server has no data dir and refuses `Checkpoint`).
     pub checkpoints: Option<Arc<Checkpointer>>,
+    /// How often tables' eviction rules run (they also run before every checkpoint).
+    pub evict_interval: Duration,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        Self { max_message_bytes: 64 << 20, gauge_interval: Duration::from_secs(5), checkpoints: None }
+        Self {
+            max_message_bytes: 64 << 20,
+            gauge_interval: Duration::from_secs(5),
+            checkpoints: None,
+            evict_interval: Duration::from_secs(60),
+        }
     }
 }
 
@@ -66,6 +74,7 @@ pub async fn serve(
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
     let gauges = tokio::spawn(refresh_gauges(Arc::clone(&store), config.gauge_interval));
+    let maintenance = tokio::spawn(maintain(Arc::clone(&store), config.evict_interval));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
@@ -75,7 +84,28 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     gauges.abort();
+    maintenance.abort();
     result
+}
+
+/// Keeps the store's clock on the wall clock (row TTLs in seconds read it) and runs eviction.
+async fn maintain(store: Arc<Store>, evict_every: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_evict = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        store.tick();
+        if last_evict.elapsed() >= evict_every {
+            last_evict = tokio::time::Instant::now();
+            let store = Arc::clone(&store);
+            // Eviction scans every row: off the async workers, one shard lock at a time.
+            match tokio::task::spawn_blocking(move || store.evict()).await {
+                Ok(0) => {}
+                Ok(evicted) => tracing::info!(evicted, "evicted rows"),
+                Err(e) => tracing::error!(error = %e, "eviction task failed"),
+            }
+        }
+    }
 }
 
 async fn refresh_gauges(store: Arc<Store>, every: Duration) {

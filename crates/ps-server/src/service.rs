@@ -89,6 +89,15 @@ pub fn record_table_gauges(stats: &[TableStats]) {
     for t in stats {
         gauge!("ember_ps_table_rows", "table" => t.spec.name.clone()).set(t.counters.rows as f64);
         gauge!("ember_ps_table_bytes", "table" => t.spec.name.clone()).set(t.counters.bytes as f64);
+        if !t.spec.policy.is_off() {
+            let c = &t.counters;
+            for (what, value) in
+                [("admitted", c.admitted), ("filtered", c.filtered), ("dropped", c.dropped), ("evicted", c.evicted)]
+            {
+                gauge!("ember_ps_feature_policy_rows", "table" => t.spec.name.clone(), "what" => what)
+                    .set(value as f64);
+            }
+        }
     }
 }
 
@@ -303,6 +312,10 @@ impl ParameterServer for PsService {
                     bytes: t.counters.bytes,
                     row_updates: t.counters.row_updates,
                     rejected_nonfinite: t.counters.rejected_nonfinite,
+                    admitted: t.counters.admitted,
+                    filtered: t.counters.filtered,
+                    dropped: t.counters.dropped,
+                    evicted: t.counters.evicted,
                 })
                 .collect();
             v1::StatsResponse { tables, max_batch_keys: max as u64 }

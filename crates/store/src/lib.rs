@@ -9,14 +9,18 @@
 //!
 //! Invariants: a refused operation changes nothing; each shard lock is taken once per batch; the
 //! store never blocks on I/O or async work while holding a lock. [`checkpoint`] writes the store
-//! to files and restores it; tiers, admission and eviction are not built yet.
+//! to files and restores it; a table's [`ember_core::FeaturePolicy`] adds admission (counted in
+//! `admission`) and eviction. The cold tier is not built yet.
 
 #[cfg(target_endian = "big")]
 compile_error!("ember-store reads and writes little-endian f32 in place; big-endian targets are not supported");
 
+mod admission;
 pub mod checkpoint;
 pub mod dense;
 mod error;
+#[cfg(test)]
+mod policy_tests;
 mod shard;
 pub mod sparse;
 #[cfg(test)]
@@ -24,7 +28,7 @@ mod tests;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ember_core::{TableKind, TableSpec};
@@ -93,7 +97,7 @@ pub struct TableStats {
 }
 
 /// All tables of one server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Store {
     config: StoreConfig,
     tables: RwLock<BTreeMap<String, Table>>,
@@ -101,6 +105,18 @@ pub struct Store {
     /// checkpoint cannot express that (a re-created table would keep the old rows), so the next
     /// checkpoint is full.
     dropped_since_checkpoint: AtomicBool,
+    /// Unix seconds, read by row TTLs; advanced by [`Store::set_now`] (the server ticks it).
+    clock: Arc<AtomicU64>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new(StoreConfig::default())
+    }
 }
 
 /// Reads little-endian f32 from `bytes`, without copying when they happen to be aligned.
@@ -115,7 +131,34 @@ pub fn f32s_from_le_bytes(bytes: &[u8]) -> Option<Cow<'_, [f32]>> {
 impl Store {
     /// An empty store.
     pub fn new(config: StoreConfig) -> Self {
-        Self { config, tables: RwLock::default(), dropped_since_checkpoint: AtomicBool::new(false) }
+        Self {
+            config,
+            tables: RwLock::default(),
+            dropped_since_checkpoint: AtomicBool::new(false),
+            clock: Arc::new(AtomicU64::new(unix_now())),
+        }
+    }
+
+    /// Sets the clock row TTLs read (unix seconds). Servers call it with the wall clock; tests
+    /// move it by hand.
+    pub fn set_now(&self, unix_seconds: u64) {
+        self.clock.store(unix_seconds, Ordering::Relaxed);
+    }
+
+    /// Advances the clock to the wall clock.
+    pub fn tick(&self) {
+        self.set_now(unix_now());
+    }
+
+    /// Runs every sparse table's eviction rules; returns the rows deleted.
+    pub fn evict(&self) -> u64 {
+        self.all_tables()
+            .iter()
+            .map(|t| match t {
+                Table::Sparse(s) => s.evict(),
+                Table::Dense(_) => 0,
+            })
+            .sum()
     }
 
     /// The store's tunables.
@@ -132,7 +175,9 @@ impl Store {
         }
         // Build outside the write lock: a dense table may be large.
         let table = match spec.kind {
-            TableKind::Sparse => Table::Sparse(Arc::new(SparseTable::new(spec.clone(), self.config.shard_bits))),
+            TableKind::Sparse => {
+                Table::Sparse(Arc::new(SparseTable::new(spec.clone(), self.config.shard_bits, Arc::clone(&self.clock))))
+            }
             TableKind::Dense => {
                 let initial = match initial_values {
                     Some(bytes) if !bytes.is_empty() => {
@@ -285,7 +330,14 @@ impl Store {
                 Table::Sparse(s) => TableStats { spec: s.spec().clone(), counters: s.stats() },
                 Table::Dense(d) => {
                     let (version, rejected_nonfinite, bytes) = d.counters();
-                    let counters = SparseStats { rows: 1, bytes, version, row_updates: version, rejected_nonfinite };
+                    let counters = SparseStats {
+                        rows: 1,
+                        bytes,
+                        version,
+                        row_updates: version,
+                        rejected_nonfinite,
+                        ..Default::default()
+                    };
                     TableStats { spec: d.spec().clone(), counters }
                 }
             })

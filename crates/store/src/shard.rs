@@ -12,6 +12,8 @@
 
 use ember_core::U64Map;
 
+use crate::admission::CountMin;
+
 /// Per-row metadata kept beside the values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RowMeta {
@@ -19,8 +21,10 @@ pub struct RowMeta {
     pub key: u64,
     /// Pushes applied to this row (duplicates within one push count once).
     pub updates: u64,
-    /// Table version of the last push that updated this row (0: never updated).
+    /// Table version when the row was created or last updated (the TTL in steps counts from it).
     pub last_step: u64,
+    /// Store clock (unix seconds) when the row was created or last updated.
+    pub last_time: u64,
 }
 
 /// Rows of one shard.
@@ -33,6 +37,8 @@ pub struct Shard {
     changed: Vec<bool>,
     /// Keys removed since then.
     deleted: U64Map<()>,
+    /// Admission counts, when the table's policy admits by count.
+    sketch: Option<Box<CountMin>>,
 }
 
 impl Shard {
@@ -47,13 +53,46 @@ impl Shard {
         self.index.get(&key).map(|p| *p as usize)
     }
 
-    /// Appends a row for `key` (which must be absent), letting `init` fill its `stride` values.
+    /// A shard that counts keys before admitting them.
+    pub fn with_admission() -> Self {
+        Self { sketch: Some(Box::default()), ..Self::default() }
+    }
+
+    /// Counts a sighting of `key` and says whether it has now been seen `min_count` times.
+    /// Always true without a sketch.
     #[inline]
-    pub fn insert_with(&mut self, key: u64, stride: usize, init: impl FnOnce(&mut [f32])) -> usize {
+    pub fn admit(&mut self, key: u64, min_count: u32) -> bool {
+        match &mut self.sketch {
+            Some(sketch) => sketch.increment(key) >= min_count,
+            None => true,
+        }
+    }
+
+    /// The admission counters, if any (checkpoints).
+    pub fn sketch(&self) -> Option<&CountMin> {
+        self.sketch.as_deref()
+    }
+
+    /// Replaces the admission counters (restore).
+    pub fn set_sketch(&mut self, sketch: CountMin) {
+        self.sketch = Some(Box::new(sketch));
+    }
+
+    /// Appends a row for `key` (which must be absent), created at `step` and `time`, letting
+    /// `init` fill its `stride` values.
+    #[inline]
+    pub fn insert_with(
+        &mut self,
+        key: u64,
+        stride: usize,
+        step: u64,
+        time: u64,
+        init: impl FnOnce(&mut [f32]),
+    ) -> usize {
         let pos = self.meta.len();
         self.data.resize(self.data.len() + stride, 0.0);
         init(&mut self.data[pos * stride..]);
-        self.meta.push(RowMeta { key, updates: 0, last_step: 0 });
+        self.meta.push(RowMeta { key, updates: 0, last_step: step, last_time: time });
         self.changed.push(true);
         self.index.insert(key, pos as u32);
         self.deleted.remove(&key);
@@ -67,7 +106,7 @@ impl Shard {
         let pos = match self.find(meta.key) {
             Some(pos) => pos,
             None => {
-                let pos = self.insert_with(meta.key, stride, |_| {});
+                let pos = self.insert_with(meta.key, stride, 0, 0, |_| {});
                 self.changed[pos] = false;
                 pos
             }
@@ -122,7 +161,7 @@ impl Shard {
         for (pos, changed) in self.changed.iter_mut().enumerate() {
             if all || *changed {
                 let meta = &self.meta[pos];
-                for word in [meta.key, meta.updates, meta.last_step] {
+                for word in [meta.key, meta.updates, meta.last_step, meta.last_time] {
                     out.extend_from_slice(&word.to_le_bytes());
                 }
                 out.extend_from_slice(bytemuck::cast_slice(&self.data[pos * stride..(pos + 1) * stride]));
@@ -133,6 +172,19 @@ impl Shard {
         let deleted = std::mem::take(&mut self.deleted);
         let deleted = if all { Vec::new() } else { deleted.into_keys().collect() };
         (rows, deleted)
+    }
+
+    /// Removes every row `expired` says to (given its metadata and `stride` values); returns how
+    /// many.
+    pub fn evict(&mut self, stride: usize, expired: impl Fn(&RowMeta, &[f32]) -> bool) -> u64 {
+        let doomed: Vec<u64> = (0..self.len())
+            .filter(|pos| expired(&self.meta[*pos], self.row(*pos, stride)))
+            .map(|pos| self.meta[pos].key)
+            .collect();
+        for key in &doomed {
+            self.remove(*key, stride);
+        }
+        doomed.len() as u64
     }
 
     /// Forgets all change tracking (after a restore, the store equals its checkpoints).
@@ -148,6 +200,7 @@ impl Shard {
             + self.meta.capacity() * (std::mem::size_of::<RowMeta>() + 1)
             + self.index.capacity() * (8 + 4 + 1)
             + self.deleted.capacity() * (8 + 1)
+            + self.sketch.as_ref().map_or(0, |s| s.heap_bytes())
     }
 }
 
@@ -159,7 +212,7 @@ mod tests {
     fn remove_moves_the_last_row_and_keeps_the_index_right() {
         let mut s = Shard::default();
         for key in 0..5u64 {
-            s.insert_with(key, 2, |r| r[..2].copy_from_slice(&[key as f32, -(key as f32)]));
+            s.insert_with(key, 2, 0, 0, |r| r[..2].copy_from_slice(&[key as f32, -(key as f32)]));
         }
         assert!(s.remove(1, 2));
         assert!(!s.remove(1, 2));

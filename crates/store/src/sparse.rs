@@ -8,9 +8,15 @@
 //! - Gradients for a key repeated within one push are summed (in request order, so the result is
 //!   deterministic) and applied once; the row's update count grows by one.
 //! - The table version counts applied pushes. A push takes the next version before it applies, and
-//!   each row it touches records that version as its last-update step.
+//!   each row it touches records that version as its last-update step (and the store clock as
+//!   its last-update time); a new row records the version and time it was created at.
+//! - With admission on, a pull creates a row only for a key counted `min_count` times; until
+//!   then it returns the initializer's value, and a push for a key without a row is dropped.
+//!   Both are counted. Lookups neither count nor create.
+//! - Eviction deletes rows by the table's TTL and min_l2 rules, shard by shard, and counts them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use ember_core::{mix64, TableSpec};
 use parking_lot::Mutex;
@@ -37,6 +43,12 @@ pub struct SparseTable {
     version: AtomicU64,
     row_updates: AtomicU64,
     rejected_nonfinite: AtomicU64,
+    /// The store's clock, unix seconds (set by the server's ticker, or by tests).
+    clock: Arc<AtomicU64>,
+    admitted: AtomicU64,
+    filtered: AtomicU64,
+    dropped: AtomicU64,
+    evicted: AtomicU64,
 }
 
 impl std::fmt::Debug for SparseTable {
@@ -53,11 +65,15 @@ struct Grouping {
 }
 
 impl SparseTable {
-    /// An empty table with `2^shard_bits` internal shards. The spec must be valid.
-    pub fn new(spec: TableSpec, shard_bits: u32) -> Self {
+    /// An empty table with `2^shard_bits` internal shards, reading time from `clock` (unix
+    /// seconds). The spec must be valid.
+    pub fn new(spec: TableSpec, shard_bits: u32, clock: Arc<AtomicU64>) -> Self {
         let dim = spec.dim as usize;
         let stride = dim + spec.optimizer.state_len(dim);
-        let shards = (0..1usize << shard_bits).map(|_| Mutex::new(Shard::default())).collect();
+        let admission = spec.policy.admission();
+        let shards = (0..1usize << shard_bits)
+            .map(|_| Mutex::new(if admission { Shard::with_admission() } else { Shard::default() }))
+            .collect();
         Self {
             spec,
             dim,
@@ -67,7 +83,16 @@ impl SparseTable {
             version: AtomicU64::new(0),
             row_updates: AtomicU64::new(0),
             rejected_nonfinite: AtomicU64::new(0),
+            clock,
+            admitted: AtomicU64::new(0),
+            filtered: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
         }
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.load(Ordering::Relaxed)
     }
 
     /// The table's spec.
@@ -127,7 +152,9 @@ impl SparseTable {
     pub fn read(&self, keys: &[u64], out: &mut [f32], create: bool, mut missing: Option<&mut [bool]>) -> u64 {
         debug_assert_eq!(out.len(), keys.len() * self.dim);
         let version = self.version();
-        let (dim, stride) = (self.dim, self.stride);
+        let (dim, stride, now) = (self.dim, self.stride, self.now());
+        let (admission, min_count) = (self.spec.policy.admission(), self.spec.policy.min_count);
+        let (mut admitted, mut filtered) = (0u64, 0u64);
         let g = self.group(keys);
         for (s, shard) in self.shards.iter().enumerate() {
             let part = &g.order[g.offsets[s] as usize..g.offsets[s + 1] as usize];
@@ -141,7 +168,15 @@ impl SparseTable {
                 let dst = &mut out[i * dim..(i + 1) * dim];
                 let pos = match shard.find(key) {
                     Some(pos) => pos,
-                    None if create => shard.insert_with(key, stride, |row| self.init_row(key, row)),
+                    None if create && shard.admit(key, min_count) => {
+                        admitted += u64::from(admission);
+                        shard.insert_with(key, stride, version, now, |row| self.init_row(key, row))
+                    }
+                    None if create => {
+                        filtered += 1;
+                        self.spec.initializer.fill(self.spec.seed, key, dst);
+                        continue;
+                    }
                     None => {
                         self.spec.initializer.fill(self.spec.seed, key, dst);
                         if let Some(m) = missing.as_deref_mut() {
@@ -152,6 +187,10 @@ impl SparseTable {
                 };
                 dst.copy_from_slice(&shard.row(pos, stride)[..dim]);
             }
+        }
+        if admission {
+            self.admitted.fetch_add(admitted, Ordering::Relaxed);
+            self.filtered.fetch_add(filtered, Ordering::Relaxed);
         }
         version
     }
@@ -181,8 +220,9 @@ impl SparseTable {
             order[g.offsets[s] as usize..g.offsets[s + 1] as usize].sort_by_key(|i| keys[*i as usize]);
         }
         let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
+        let (now, admission) = (self.now(), self.spec.policy.admission());
         let mut scratch = vec![0f32; dim];
-        let mut rows_updated = 0u64;
+        let (mut rows_updated, mut dropped) = (0u64, 0u64);
         for (s, shard) in self.shards.iter().enumerate() {
             let part = &order[g.offsets[s] as usize..g.offsets[s + 1] as usize];
             if part.is_empty() {
@@ -211,11 +251,17 @@ impl SparseTable {
                 };
                 let pos = match shard.find(key) {
                     Some(pos) => pos,
-                    None => shard.insert_with(key, self.stride, |row| self.init_row(key, row)),
+                    None if admission => {
+                        dropped += 1;
+                        run = end;
+                        continue;
+                    }
+                    None => shard.insert_with(key, self.stride, version, now, |row| self.init_row(key, row)),
                 };
                 let (row, meta) = shard.row_mut(pos, self.stride);
                 meta.updates += 1;
                 meta.last_step = version;
+                meta.last_time = now;
                 let (weights, state) = row.split_at_mut(dim);
                 self.spec.optimizer.apply(weights, state, grad, meta.updates);
                 rows_updated += 1;
@@ -223,6 +269,9 @@ impl SparseTable {
             }
         }
         self.row_updates.fetch_add(rows_updated, Ordering::Relaxed);
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
         Ok(PushOutcome { rows_updated, version })
     }
 
@@ -241,6 +290,42 @@ impl SparseTable {
             }
         }
         deleted
+    }
+
+    /// Deletes the rows the table's eviction rules expire at the current version and clock;
+    /// returns how many. One shard locked at a time.
+    pub fn evict(&self) -> u64 {
+        let policy = self.spec.policy;
+        if !policy.eviction() {
+            return 0;
+        }
+        let (version, now, dim) = (self.version(), self.now(), self.dim);
+        let expired = |meta: &RowMeta, row: &[f32]| {
+            (policy.ttl_steps > 0 && version.saturating_sub(meta.last_step) > policy.ttl_steps)
+                || (policy.ttl_seconds > 0 && now.saturating_sub(meta.last_time) > policy.ttl_seconds)
+                || (policy.min_l2 > 0.0
+                    && meta.updates > 0
+                    && row[..dim].iter().map(|w| w * w).sum::<f32>().sqrt() < policy.min_l2)
+        };
+        let evicted: u64 = self.shards.iter().map(|shard| shard.lock().evict(self.stride, expired)).sum();
+        self.evicted.fetch_add(evicted, Ordering::Relaxed);
+        evicted
+    }
+
+    /// Shard `s`'s admission counters as bytes, if the table admits by count.
+    pub fn shard_sketch(&self, s: usize) -> Option<Vec<u8>> {
+        self.shards[s].lock().sketch().map(|c| c.as_bytes().to_vec())
+    }
+
+    /// Restores shard `s`'s admission counters; false if they do not fit this table.
+    pub fn restore_shard_sketch(&self, s: usize, bytes: &[u8]) -> bool {
+        match (self.shards.get(s), crate::admission::CountMin::from_bytes(bytes)) {
+            (Some(shard), Some(sketch)) if self.spec.policy.admission() => {
+                shard.lock().set_sketch(sketch);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Internal shards (checkpoints walk them one at a time).
@@ -319,6 +404,10 @@ impl SparseTable {
             version: self.version(),
             row_updates: self.row_updates.load(Ordering::Relaxed),
             rejected_nonfinite: self.rejected_nonfinite.load(Ordering::Relaxed),
+            admitted: self.admitted.load(Ordering::Relaxed),
+            filtered: self.filtered.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
         }
     }
 }
@@ -336,4 +425,12 @@ pub struct SparseStats {
     pub row_updates: u64,
     /// Pushes rejected for NaN/Inf.
     pub rejected_nonfinite: u64,
+    /// Rows created by admission.
+    pub admitted: u64,
+    /// Pulled keys not (yet) admitted.
+    pub filtered: u64,
+    /// Pushed rows dropped for keys without a row under admission.
+    pub dropped: u64,
+    /// Rows deleted by eviction rules.
+    pub evicted: u64,
 }

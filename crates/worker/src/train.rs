@@ -73,10 +73,13 @@ impl ModelTables {
     pub fn for_job(job: &JobSpec, prefix: &str) -> (Self, Vec<TableToCreate>) {
         let seed = job.training.seed;
         let linear = TableSpec::sparse(format!("{prefix}.w"), 1, job.optimizer.sparse)
-            .with_initializer(Initializer::Zeros, seed);
+            .with_initializer(Initializer::Zeros, seed)
+            .with_policy(job.features);
         let k = job.model.embedding_dim;
         let init = Initializer::Normal { mean: 0.0, stddev: job.model.init_stddev };
-        let emb = TableSpec::sparse(format!("{prefix}.v"), k, job.optimizer.embedding).with_initializer(init, seed);
+        let emb = TableSpec::sparse(format!("{prefix}.v"), k, job.optimizer.embedding)
+            .with_initializer(init, seed)
+            .with_policy(job.features);
         let mut tables = Self {
             linear: linear.name.clone(),
             embedding: None,

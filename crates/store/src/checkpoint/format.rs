@@ -5,7 +5,8 @@
 //!          | unix_ms u64 | tables u32
 //! table    spec_len u32 | spec (JSON) | version u64 | body
 //! sparse   blocks, each: tag u8 = 1 rows | count u64 | count x (key u64, updates u64,
-//!          last_step u64, stride x f32); tag 2 deleted keys | count u64 | count x u64;
+//!          last_step u64, last_time u64, stride x f32); tag 2 deleted keys | count u64 |
+//!          count x u64; tag 3 admission counts | shard u32 | len u64 | len bytes;
 //!          tag 0 ends the table
 //! dense    dim x f32 values | state_len x f32 optimizer state
 //! trailer  xxh3-64 of every byte before it, u64 | "EMBREND1"
@@ -23,14 +24,15 @@ use xxhash_rust::xxh3::Xxh3;
 
 use super::CheckpointError;
 
-const MAGIC: &[u8; 8] = b"EMBRCKP1";
+const MAGIC: &[u8; 8] = b"EMBRCKP2";
 const END_MAGIC: &[u8; 8] = b"EMBREND1";
 const TRAILER: u64 = 16;
 /// Bytes per row record before its values.
-pub(super) const ROW_HEADER: usize = 24;
+pub(super) const ROW_HEADER: usize = 32;
 pub(super) const TAG_END: u8 = 0;
 pub(super) const TAG_ROWS: u8 = 1;
 pub(super) const TAG_DELETED: u8 = 2;
+pub(super) const TAG_SKETCH: u8 = 3;
 
 /// Full or incremental.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -14,6 +14,8 @@
 //!   pushes pause for one shard's copy at a time, never for the disk writes.
 //! - The copy is per shard, not a global snapshot: a push that lands during a checkpoint is in
 //!   this checkpoint or in the next one, never lost and never applied twice on restore.
+//! - Admission counts are saved with every checkpoint (they are small and change constantly),
+//!   so a restored table admits exactly as the checkpointed one would have.
 //! - Restore falls back past a corrupt or partial file: a chain ends at its last good file, and
 //!   a corrupt full checkpoint sends restore to the previous full one.
 
@@ -27,7 +29,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 use crate::{Store, StoreError, Table};
-use format::{BodyReader, HashingWriter, ROW_HEADER, TAG_DELETED, TAG_END, TAG_ROWS};
+use format::{BodyReader, HashingWriter, ROW_HEADER, TAG_DELETED, TAG_END, TAG_ROWS, TAG_SKETCH};
 pub use format::{CheckpointKind, Header};
 
 /// Why a checkpoint or restore failed.
@@ -172,6 +174,8 @@ impl Checkpointer {
     pub fn write(&self, store: &Store, kind: CheckpointKind, label: u64) -> Result<CheckpointInfo, CheckpointError> {
         let mut state = self.state.lock();
         let started = Instant::now();
+        // Expired rows are not worth writing (eviction also runs on the server's timer).
+        store.evict();
         let dropped = store.take_dropped_flag();
         let kind = if state.chain.is_empty() || state.force_full || dropped { CheckpointKind::Full } else { kind };
         let id = state.next_id;
@@ -351,6 +355,12 @@ fn write_file(
                             w.u64(gone.len() as u64)?;
                             w.write_all(bytemuck::cast_slice(&gone))?;
                         }
+                        if let Some(sketch) = t.shard_sketch(s) {
+                            w.write_all(&[TAG_SKETCH])?;
+                            w.write_all(&(s as u32).to_le_bytes())?;
+                            w.u64(sketch.len() as u64)?;
+                            w.write_all(&sketch)?;
+                        }
                         rows += n;
                         deleted += gone.len() as u64;
                     }
@@ -398,7 +408,12 @@ fn apply_file(store: &Store, path: &Path, body: u64) -> Result<(u64, u64), Check
                             r.bytes(&mut record)?;
                             let word =
                                 |i: usize| u64::from_le_bytes(record[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-                            let meta = crate::RowMeta { key: word(0), updates: word(1), last_step: word(2) };
+                            let meta = crate::RowMeta {
+                                key: word(0),
+                                updates: word(1),
+                                last_step: word(2),
+                                last_time: word(3),
+                            };
                             bytemuck::cast_slice_mut::<f32, u8>(&mut values).copy_from_slice(&record[ROW_HEADER..]);
                             table.restore_row(meta, &values);
                         }
@@ -412,6 +427,18 @@ fn apply_file(store: &Store, path: &Path, body: u64) -> Result<(u64, u64), Check
                         }
                         table.delete(&keys);
                         deleted += n;
+                    }
+                    TAG_SKETCH => {
+                        let shard = r.u32()? as usize;
+                        let len = r.u64()?;
+                        if len > 1 << 24 {
+                            return Err(r.corrupt(format!("table {}: admission counts of {len} bytes", spec.name)));
+                        }
+                        let mut bytes = vec![0u8; len as usize];
+                        r.bytes(&mut bytes)?;
+                        if !table.restore_shard_sketch(shard, &bytes) {
+                            tracing::warn!(table = %spec.name, shard, "admission counts do not fit this table's shards; they restart from zero");
+                        }
                     }
                     other => return Err(r.corrupt(format!("table {}: unknown block tag {other}", spec.name))),
                 }

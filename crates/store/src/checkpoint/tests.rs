@@ -39,7 +39,7 @@ fn contents(store: &Store) -> BTreeMap<String, Rows> {
             }),
             Table::Dense(t) => {
                 let (values, _, version) = t.snapshot();
-                rows.insert(0, (values, RowMeta { key: 0, updates: version, last_step: version }));
+                rows.insert(0, (values, RowMeta { key: 0, updates: version, last_step: version, last_time: 0 }));
             }
         }
         all.insert(table.spec().name.clone(), rows);
