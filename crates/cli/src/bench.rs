@@ -151,6 +151,27 @@ pub struct BenchReport {
     pub first_error: Option<String>,
     /// Seconds spent preloading the key space.
     pub preload_seconds: f64,
+    /// Keys of the run served from DRAM, summed over servers (from `Stats` before and after).
+    pub hot_hits: u64,
+    /// Keys of the run served from the cold tier (0 without a DRAM budget).
+    pub cold_hits: u64,
+    /// Rows of the table in DRAM and in the cold tier after the run.
+    pub hot_rows: u64,
+    /// See `hot_rows`.
+    pub cold_rows: u64,
+}
+
+/// (hot hits, cold hits, hot rows, cold rows) of `table` over every server.
+async fn tier_counts(client: &PsClient, table: &str) -> anyhow::Result<[u64; 4]> {
+    let mut sums = [0u64; 4];
+    for server in client.stats().await? {
+        for t in server.tables.iter().filter(|t| t.spec.as_ref().is_some_and(|s| s.name == table)) {
+            for (sum, v) in sums.iter_mut().zip([t.hot_hits, t.cold_hits, t.hot_rows, t.cold_rows]) {
+                *sum += v;
+            }
+        }
+    }
+    Ok(sums)
 }
 
 /// Draws keys in `[0, n)`.
@@ -234,6 +255,7 @@ pub async fn measure(args: &BenchPsArgs) -> anyhow::Result<BenchReport> {
         preload(&clients, args).await?;
     }
     let preload_seconds = preload_started.elapsed().as_secs_f64();
+    let before = tier_counts(&clients[0], &args.table).await?;
 
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.seconds);
@@ -278,6 +300,7 @@ pub async fn measure(args: &BenchPsArgs) -> anyhow::Result<BenchReport> {
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let after = tier_counts(&clients[0], &args.table).await?;
     all.latencies_us.sort_unstable();
     let lat = &all.latencies_us;
     let batches = lat.len() as u64;
@@ -304,13 +327,17 @@ pub async fn measure(args: &BenchPsArgs) -> anyhow::Result<BenchReport> {
         errors: all.errors,
         first_error: all.first_error,
         preload_seconds,
+        hot_hits: after[0] - before[0].min(after[0]),
+        cold_hits: after[1] - before[1].min(after[1]),
+        hot_rows: after[2],
+        cold_rows: after[3],
     })
 }
 
 /// A one-line human summary of a report.
 pub fn summary(r: &BenchReport) -> String {
     format!(
-        "{:?} {:?}: {:.2}M keys/s ({:.0} MB/s), {} batches of {} in {:.1}s, p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, errors {}",
+        "{:?} {:?}: {:.2}M keys/s ({:.0} MB/s), {} batches of {} in {:.1}s, p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, errors {}, hot/cold hits {}/{}",
         r.op,
         r.dist,
         r.keys_per_sec / 1e6,
@@ -321,7 +348,9 @@ pub fn summary(r: &BenchReport) -> String {
         r.p50_ms,
         r.p99_ms,
         r.p999_ms,
-        r.errors
+        r.errors,
+        r.hot_hits,
+        r.cold_hits
     )
 }
 

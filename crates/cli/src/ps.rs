@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ember_ps_server::{serve, ServeConfig};
+use ember_store::tier::RocksCold;
 use ember_store::{CheckpointKind, Checkpointer, Store, StoreConfig};
 
 use crate::observability;
@@ -24,6 +25,10 @@ pub struct PsArgs {
     /// Write an incremental checkpoint this often (seconds; 0 = only on request and at shutdown).
     #[arg(long, default_value_t = 60)]
     checkpoint_every: u64,
+    /// Bound the DRAM (hot) tier of sparse tables to this size (e.g. 64MiB, 4GiB); rows beyond it
+    /// are demoted to a RocksDB cold tier in DATA_DIR/cold. Without it every row stays in DRAM.
+    #[arg(long, value_parser = parse_size)]
+    dram_budget: Option<u64>,
     /// Run tables' eviction rules (TTL, min_l2) this often, in seconds.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     evict_every: u64,
@@ -58,7 +63,17 @@ pub async fn run(args: PsArgs) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let bound = listener.local_addr()?;
-    let store = Arc::new(Store::new(StoreConfig { shard_bits: args.shard_bits, max_batch_keys: args.max_batch_keys }));
+    let config = StoreConfig { shard_bits: args.shard_bits, max_batch_keys: args.max_batch_keys };
+    let store = Arc::new(match args.dram_budget {
+        Some(budget) => {
+            let path = args.data_dir.join("cold");
+            let cold =
+                RocksCold::open_empty(&path).with_context(|| format!("opening the cold tier {}", path.display()))?;
+            tracing::info!(budget, cold = %path.display(), "DRAM budget set; rows beyond it go to RocksDB");
+            Store::tiered(config, Arc::new(cold), budget)
+        }
+        None => Store::new(config),
+    });
     let checkpoints = Arc::new(Checkpointer::open(args.data_dir.join("checkpoints"))?);
     restore(&store, &checkpoints).await?;
     tracing::info!(%bound, data_dir = %args.data_dir.display(), "ps-server serving");
@@ -135,5 +150,39 @@ async fn checkpoint_periodically(store: Arc<Store>, checkpoints: Arc<Checkpointe
             Ok(Err(e)) => tracing::error!(error = %e, "periodic checkpoint failed; the previous one is still usable"),
             Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
         }
+    }
+}
+
+/// Parses a size: bytes, or a number with K/M/G/T and an optional `iB`/`B` (binary multiples,
+/// as memory is counted): `64MiB`, `4GiB`, `512M`, `1048576`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a size like 64MiB or 4GiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().trim_end_matches('b').trim_end_matches('i') {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        other => return Err(format!("unknown size unit {other:?} in {text:?} (use KiB, MiB, GiB or TiB)")),
+    };
+    Ok((value * (1u64 << shift) as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("4 parsecs").is_err());
     }
 }

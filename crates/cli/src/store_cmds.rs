@@ -83,14 +83,11 @@ pub struct ExportArgs {
 pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let client = args.targets.client().await?;
     let (dim, keys, values) = client.export(&args.table).await?;
-    let mut order: Vec<u32> = (0..keys.len() as u32).collect();
-    order.sort_unstable_by_key(|i| keys[*i as usize]);
     let tmp = args.out.with_extension("tmp");
     let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut out = std::io::BufWriter::new(file);
-    for i in order {
-        let i = i as usize;
-        write!(out, "{}\t", keys[i])?;
+    for (i, key) in keys.iter().enumerate() {
+        write!(out, "{key}\t")?;
         for (j, v) in values[i * dim..(i + 1) * dim].iter().enumerate() {
             // `{}` on f32 prints the shortest text that reads back to the same value.
             write!(out, "{}{v}", if j == 0 { "" } else { "," })?;

@@ -358,7 +358,9 @@ impl PsClient {
         try_join_all(calls).await
     }
 
-    /// Every row of a sparse table from every server: (dim, keys, weights), unsorted.
+    /// Every row of a sparse table from every server: (dim, keys, weights), sorted by key, each
+    /// key once. A tiered server may send a key twice (its disk copy, then its DRAM row): the
+    /// later one is kept.
     pub async fn export(&self, table: &str) -> Result<(usize, Vec<u64>, Vec<f32>), ClientError> {
         let (mut dim, mut keys, mut values) = (0usize, Vec::new(), Vec::new());
         for (server, client) in self.servers.iter().enumerate() {
@@ -378,6 +380,18 @@ impl PsClient {
                 keys.extend_from_slice(&chunk.keys);
             }
         }
-        Ok((dim, keys, values))
+        // Stable: for a repeated key the last arrival ends its run.
+        let mut order: Vec<u32> = (0..keys.len() as u32).collect();
+        order.sort_by_key(|i| keys[*i as usize]);
+        let (mut sorted_keys, mut sorted_values) = (Vec::with_capacity(keys.len()), Vec::with_capacity(values.len()));
+        for (n, &i) in order.iter().enumerate() {
+            let key = keys[i as usize];
+            if order.get(n + 1).is_some_and(|next| keys[*next as usize] == key) {
+                continue;
+            }
+            sorted_keys.push(key);
+            sorted_values.extend_from_slice(&values[i as usize * dim..(i as usize + 1) * dim]);
+        }
+        Ok((dim, sorted_keys, sorted_values))
     }
 }

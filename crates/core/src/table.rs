@@ -20,6 +20,17 @@ pub enum TableKind {
 /// Most sightings admission can require (its counters saturate at 255).
 pub const MAX_MIN_COUNT: u32 = 255;
 
+/// Which rows leave DRAM first when a server is over its DRAM budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DemotePolicy {
+    /// Least recently updated (by table version).
+    #[default]
+    Lru,
+    /// Least often updated.
+    Lfu,
+}
+
 /// Feature admission and eviction of a sparse table; every field's zero turns its rule off.
 /// In job files this is the `[features]` section.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -34,12 +45,18 @@ pub struct FeaturePolicy {
     pub ttl_seconds: u64,
     /// Delete updated rows whose weights' L2 norm is below this.
     pub min_l2: f32,
+    /// Which rows are demoted to the cold tier first (servers with a DRAM budget).
+    pub demote: DemotePolicy,
 }
 
 impl FeaturePolicy {
     /// True when no rule is on.
     pub fn is_off(&self) -> bool {
-        self.min_count <= 1 && self.ttl_steps == 0 && self.ttl_seconds == 0 && self.min_l2 == 0.0
+        self.min_count <= 1
+            && self.ttl_steps == 0
+            && self.ttl_seconds == 0
+            && self.min_l2 == 0.0
+            && self.demote == DemotePolicy::Lru
     }
 
     /// True when admission filters keys.

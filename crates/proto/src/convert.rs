@@ -1,7 +1,7 @@
 //! proto <-> domain conversions and the f32 byte encoding.
 
 use bytes::Bytes;
-use ember_core::{FeaturePolicy, Initializer, Optimizer, TableKind, TableSpec};
+use ember_core::{DemotePolicy, FeaturePolicy, Initializer, Optimizer, TableKind, TableSpec};
 
 use crate::v1;
 
@@ -115,6 +115,10 @@ impl From<TableSpec> for v1::TableSpec {
                 ttl_steps: s.policy.ttl_steps,
                 ttl_seconds: s.policy.ttl_seconds,
                 min_l2: s.policy.min_l2,
+                demote: match s.policy.demote {
+                    DemotePolicy::Lru => v1::DemotePolicy::Lru,
+                    DemotePolicy::Lfu => v1::DemotePolicy::Lfu,
+                } as i32,
             }),
         }
     }
@@ -136,12 +140,22 @@ impl TryFrom<v1::TableSpec> for TableSpec {
             optimizer: s.optimizer.ok_or(ConvertError::Missing("spec.optimizer"))?.try_into()?,
             initializer: s.initializer.unwrap_or_default().into(),
             seed: s.seed,
-            policy: s.policy.map_or_else(FeaturePolicy::default, |p| FeaturePolicy {
-                min_count: p.min_count,
-                ttl_steps: p.ttl_steps,
-                ttl_seconds: p.ttl_seconds,
-                min_l2: p.min_l2,
-            }),
+            policy: match s.policy {
+                None => FeaturePolicy::default(),
+                Some(p) => FeaturePolicy {
+                    min_count: p.min_count,
+                    ttl_steps: p.ttl_steps,
+                    ttl_seconds: p.ttl_seconds,
+                    min_l2: p.min_l2,
+                    demote: match v1::DemotePolicy::try_from(p.demote) {
+                        Ok(v1::DemotePolicy::Lru) => DemotePolicy::Lru,
+                        Ok(v1::DemotePolicy::Lfu) => DemotePolicy::Lfu,
+                        Err(_) => {
+                            return Err(ConvertError::UnknownEnum { field: "spec.policy.demote", value: p.demote })
+                        }
+                    },
+                },
+            },
         };
         spec.validate()?;
         Ok(spec)
@@ -158,7 +172,8 @@ mod tests {
             .with_initializer(Initializer::Normal { mean: 0.0, stddev: 0.01 }, 77);
         let wire: v1::TableSpec = spec.clone().into();
         assert_eq!(TableSpec::try_from(wire.clone()).unwrap(), spec);
-        let policy = FeaturePolicy { min_count: 3, ttl_steps: 10, ttl_seconds: 60, min_l2: 1e-3 };
+        let policy =
+            FeaturePolicy { min_count: 3, ttl_steps: 10, ttl_seconds: 60, min_l2: 1e-3, demote: DemotePolicy::Lfu };
         let with_policy = spec.clone().with_policy(policy);
         assert_eq!(TableSpec::try_from(v1::TableSpec::from(with_policy.clone())).unwrap(), with_policy);
         let too_many = v1::TableSpec::from(spec.clone().with_policy(FeaturePolicy { min_count: 300, ..policy }));

@@ -2,7 +2,8 @@
 //!
 //! The codes are deliberately few: InvalidArgument (the request is malformed and retrying it
 //! cannot help), NotFound (unknown table), FailedPrecondition (the table is of the other kind or
-//! exists with another spec), ResourceExhausted (over the key limit: split the batch). Internal is
+//! exists with another spec), ResourceExhausted (over the key limit: split the batch),
+//! Unavailable (the cold tier's disk failed: retrying later may work). Internal is
 //! kept for bugs (a panicked blocking task).
 
 use ember_proto::ConvertError;
@@ -18,6 +19,7 @@ pub fn status_of(err: &StoreError) -> Status {
             Code::InvalidArgument
         }
         StoreError::BatchTooLarge { .. } => Code::ResourceExhausted,
+        StoreError::Tier { .. } => Code::Unavailable,
     };
     Status::new(code, err.to_string())
 }

@@ -13,7 +13,9 @@
 //! `ember_ps_table_bytes{table}`, `ember_ps_rejected_nonfinite_total{table}`,
 //! `ember_ps_push_staleness{table}`, `ember_ps_checkpoints_total{kind,outcome}`,
 //! `ember_ps_checkpoint_seconds{kind}`, `ember_ps_checkpoint_bytes{kind}`,
-//! `ember_ps_feature_policy_rows{table,what}` (admitted, filtered, dropped, evicted).
+//! `ember_ps_feature_policy_rows{table,what}` (admitted, filtered, dropped, evicted),
+//! `ember_ps_tier{table,what}` (hot and cold rows, hits, promotions, demotions),
+//! `ember_ps_hot_bytes`, `ember_ps_dram_budget_bytes`.
 
 pub mod error;
 pub mod service;
@@ -75,6 +77,7 @@ pub async fn serve(
             .max_encoding_message_size(config.max_message_bytes);
     let gauges = tokio::spawn(refresh_gauges(Arc::clone(&store), config.gauge_interval));
     let maintenance = tokio::spawn(maintain(Arc::clone(&store), config.evict_interval));
+    let budget = store.dram_budget().map(|_| spawn_budget_keeper(Arc::clone(&store)));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
@@ -85,7 +88,38 @@ pub async fn serve(
         .await;
     gauges.abort();
     maintenance.abort();
+    if let Some((stop, thread)) = budget {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = thread.join();
+    }
     result
+}
+
+/// A thread that demotes rows whenever the hot tier is over the DRAM budget. A plain thread, not
+/// a blocking task: it runs for the server's life and does disk writes.
+fn spawn_budget_keeper(store: Arc<Store>) -> (Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name("ember-tier".into())
+        .spawn(move || {
+            if let Some(budget) = store.dram_budget() {
+                metrics::gauge!("ember_ps_dram_budget_bytes").set(budget as f64);
+            }
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                match store.enforce_budget() {
+                    Ok(0) => std::thread::sleep(Duration::from_millis(20)),
+                    Ok(demoted) => tracing::debug!(demoted, "demoted rows to the cold tier"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "demotion failed; retrying in 1 s");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+                metrics::gauge!("ember_ps_hot_bytes").set(store.hot_bytes() as f64);
+            }
+        })
+        .expect("spawning a thread at server start");
+    (stop, thread)
 }
 
 /// Keeps the store's clock on the wall clock (row TTLs in seconds read it) and runs eviction.

@@ -89,6 +89,19 @@ pub fn record_table_gauges(stats: &[TableStats]) {
     for t in stats {
         gauge!("ember_ps_table_rows", "table" => t.spec.name.clone()).set(t.counters.rows as f64);
         gauge!("ember_ps_table_bytes", "table" => t.spec.name.clone()).set(t.counters.bytes as f64);
+        let tier = &t.counters.tier;
+        if tier.demoted > 0 || tier.cold_rows > 0 {
+            for (what, value) in [
+                ("hot_rows", tier.hot_rows),
+                ("cold_rows", tier.cold_rows),
+                ("hot_hits", tier.hot_hits),
+                ("cold_hits", tier.cold_hits),
+                ("promoted", tier.promoted),
+                ("demoted", tier.demoted),
+            ] {
+                gauge!("ember_ps_tier", "table" => t.spec.name.clone(), "what" => what).set(value as f64);
+            }
+        }
         if !t.spec.policy.is_off() {
             let c = &t.counters;
             for (what, value) in
@@ -272,6 +285,9 @@ impl ParameterServer for PsService {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             let dim = table.dim();
+            // No row moves between tiers during the export; cold records go first and DRAM rows
+            // after, so for a key in both the DRAM row comes last (the client keeps the last).
+            let _gate = table.is_tiered().then(|| table.tier_gate());
             let (mut keys, mut values) = (Vec::with_capacity(EXPORT_CHUNK_ROWS), Vec::new());
             let send = |keys: &mut Vec<u64>, values: &mut Vec<f32>| {
                 let chunk = v1::ExportChunk {
@@ -282,7 +298,20 @@ impl ParameterServer for PsService {
                 tx.blocking_send(Ok(chunk)).is_ok()
             };
             let mut open = true;
-            // Scanned shard by shard: a chunk is sent only after the shard's lock is released.
+            let scanned = table.scan_cold(&mut |meta, row| {
+                if open {
+                    keys.push(meta.key);
+                    values.extend_from_slice(&row[..dim]);
+                    if keys.len() >= EXPORT_CHUNK_ROWS {
+                        open = send(&mut keys, &mut values);
+                    }
+                }
+            });
+            if let Err(e) = scanned {
+                let _ = tx.blocking_send(Err(status_of(&e)));
+                return;
+            }
+            // A chunk is sent only after the shard's lock is released.
             for s in 0..table.shard_count() {
                 table.scan_shard(s, |key, row| {
                     keys.push(key);
@@ -316,6 +345,16 @@ impl ParameterServer for PsService {
                     filtered: t.counters.filtered,
                     dropped: t.counters.dropped,
                     evicted: t.counters.evicted,
+                    hot_rows: if t.counters.tier == Default::default() {
+                        t.counters.rows
+                    } else {
+                        t.counters.tier.hot_rows
+                    },
+                    cold_rows: t.counters.tier.cold_rows,
+                    hot_hits: t.counters.tier.hot_hits,
+                    cold_hits: t.counters.tier.cold_hits,
+                    promoted: t.counters.tier.promoted,
+                    demoted: t.counters.tier.demoted,
                 })
                 .collect();
             v1::StatsResponse { tables, max_batch_keys: max as u64 }

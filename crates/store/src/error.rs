@@ -54,6 +54,15 @@ pub enum StoreError {
         /// The offending value.
         value: f32,
     },
+    /// The cold tier failed (I/O, a malformed record); the operation may have been partly applied
+    /// to DRAM rows but never leaves a row in neither tier.
+    #[error("table {table:?}: cold tier failed: {reason}")]
+    Tier {
+        /// Table name.
+        table: String,
+        /// The backend's error.
+        reason: String,
+    },
     /// More keys in one request than the server accepts.
     #[error("batch of {got} keys exceeds this server's limit of {limit} keys per request; split the batch")]
     BatchTooLarge {

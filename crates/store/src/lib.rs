@@ -25,6 +25,9 @@ mod shard;
 pub mod sparse;
 #[cfg(test)]
 mod tests;
+pub mod tier;
+#[cfg(test)]
+mod tier_tests;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -38,7 +41,8 @@ pub use checkpoint::{CheckpointError, CheckpointInfo, CheckpointKind, Checkpoint
 pub use dense::DenseTable;
 pub use error::StoreError;
 pub use shard::RowMeta;
-pub use sparse::{PushOutcome, SparseStats, SparseTable};
+pub use sparse::{PushOutcome, SparseStats, SparseTable, TierStats};
+pub use tier::{ColdTier, MemCold, TierError};
 
 /// Tunables of a store.
 #[derive(Debug, Clone)]
@@ -107,6 +111,8 @@ pub struct Store {
     dropped_since_checkpoint: AtomicBool,
     /// Unix seconds, read by row TTLs; advanced by [`Store::set_now`] (the server ticks it).
     clock: Arc<AtomicU64>,
+    /// The cold tier and the DRAM budget (bytes) it enforces, if any.
+    tiering: Option<(Arc<dyn ColdTier>, u64)>,
 }
 
 fn unix_now() -> u64 {
@@ -136,7 +142,51 @@ impl Store {
             tables: RwLock::default(),
             dropped_since_checkpoint: AtomicBool::new(false),
             clock: Arc::new(AtomicU64::new(unix_now())),
+            tiering: None,
         }
+    }
+
+    /// An empty store whose sparse tables keep at most about `dram_budget` bytes of rows in DRAM
+    /// and demote the rest to `cold` (see [`Store::enforce_budget`]).
+    pub fn tiered(config: StoreConfig, cold: Arc<dyn ColdTier>, dram_budget: u64) -> Self {
+        Self { tiering: Some((cold, dram_budget)), ..Self::new(config) }
+    }
+
+    /// The DRAM budget, if the store is tiered.
+    pub fn dram_budget(&self) -> Option<u64> {
+        self.tiering.as_ref().map(|t| t.1)
+    }
+
+    /// Bytes the hot tier holds by the store's accounting: each sparse row's values, optimizer
+    /// state, metadata and index slot, plus dense tables.
+    pub fn hot_bytes(&self) -> u64 {
+        self.all_tables()
+            .iter()
+            .map(|t| match t {
+                Table::Sparse(s) => s.hot_rows() * s.row_bytes(),
+                Table::Dense(d) => d.counters().2,
+            })
+            .sum()
+    }
+
+    /// If the hot tier is over the budget, demotes rows of every tiered table (the same fraction
+    /// of each) until it is at 90% of it. Returns the rows demoted. Servers call this from a
+    /// background thread; restores call it as they go.
+    pub fn enforce_budget(&self) -> Result<u64, StoreError> {
+        let Some((_, budget)) = &self.tiering else { return Ok(0) };
+        let hot = self.hot_bytes();
+        if hot <= *budget {
+            return Ok(0);
+        }
+        let target = *budget as f64 * 0.9;
+        let fraction = ((hot as f64 - target) / hot as f64).clamp(0.0, 1.0);
+        let mut demoted = 0;
+        for table in self.all_tables() {
+            if let Table::Sparse(t) = table {
+                demoted += t.demote(fraction)?;
+            }
+        }
+        Ok(demoted)
     }
 
     /// Sets the clock row TTLs read (unix seconds). Servers call it with the wall clock; tests
@@ -176,7 +226,16 @@ impl Store {
         // Build outside the write lock: a dense table may be large.
         let table = match spec.kind {
             TableKind::Sparse => {
-                Table::Sparse(Arc::new(SparseTable::new(spec.clone(), self.config.shard_bits, Arc::clone(&self.clock))))
+                let table = SparseTable::new(spec.clone(), self.config.shard_bits, Arc::clone(&self.clock));
+                let table = match &self.tiering {
+                    Some((cold, _)) => {
+                        let tier_err = |e: TierError| StoreError::Tier { table: spec.name.clone(), reason: e.0 };
+                        cold.open_table(&spec.name).map_err(tier_err)?;
+                        table.with_cold_tier(Arc::clone(cold))
+                    }
+                    None => table,
+                };
+                Table::Sparse(Arc::new(table))
             }
             TableKind::Dense => {
                 let initial = match initial_values {
@@ -201,6 +260,9 @@ impl Store {
         let removed = self.tables.write().remove(name);
         if removed.is_some() {
             self.dropped_since_checkpoint.store(true, Ordering::Release);
+            if let Some((cold, _)) = &self.tiering {
+                cold.drop_table(name).map_err(|e| StoreError::Tier { table: name.to_string(), reason: e.0 })?;
+            }
         }
         // The table (possibly millions of rows) is freed here, after the registry lock is gone.
         removed.map(drop).ok_or_else(|| StoreError::TableNotFound(name.to_string()))
@@ -279,7 +341,7 @@ impl Store {
         let table = self.sparse(name)?;
         let mut values = vec![0f32; keys.len() * table.dim()];
         let mut missing = if create { Vec::new() } else { vec![false; keys.len()] };
-        let version = table.read(keys, &mut values, create, (!create).then_some(missing.as_mut_slice()));
+        let version = table.read(keys, &mut values, create, (!create).then_some(missing.as_mut_slice()))?;
         Ok(Rows { dim: table.spec().dim, values, version, missing })
     }
 
@@ -294,7 +356,7 @@ impl Store {
     /// Deletes rows; returns how many existed.
     pub fn delete_keys(&self, name: &str, keys: &[u64]) -> Result<u64, StoreError> {
         self.check_batch(keys.len())?;
-        Ok(self.sparse(name)?.delete(keys))
+        self.sparse(name)?.delete(keys)
     }
 
     /// A dense vector and its version.

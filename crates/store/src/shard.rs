@@ -39,6 +39,12 @@ pub struct Shard {
     deleted: U64Map<()>,
     /// Admission counts, when the table's policy admits by count.
     sketch: Option<Box<CountMin>>,
+    /// Keys whose rows changed since the last checkpoint and were then demoted to the cold tier:
+    /// the next incremental checkpoint reads them from there.
+    changed_cold: U64Map<()>,
+    /// Counts demotions out of this shard, so a reader that missed a key in both tiers can tell
+    /// whether a row might have moved to the cold tier in between.
+    pub demotions: u64,
 }
 
 impl Shard {
@@ -133,8 +139,56 @@ impl Shard {
         &self.meta[pos]
     }
 
-    /// Removes `key`'s row; true if it existed.
+    /// Removes `key`'s row, remembering the deletion for the next checkpoint; true if it existed.
     pub fn remove(&mut self, key: u64, stride: usize) -> bool {
+        self.changed_cold.remove(&key);
+        let removed = self.take_out(key, stride);
+        if removed {
+            self.deleted.insert(key, ());
+        }
+        removed
+    }
+
+    /// Records `key` as deleted for the next checkpoint (a delete that found only a cold copy).
+    pub fn note_deleted(&mut self, key: u64) {
+        self.changed_cold.remove(&key);
+        self.deleted.insert(key, ());
+    }
+
+    /// Moves `key`'s row out of the hot tier (its record is already in the cold tier): not a
+    /// deletion; a pending change follows the row to `changed_cold`.
+    pub fn demote(&mut self, key: u64, stride: usize) -> bool {
+        if let Some(pos) = self.find(key) {
+            if self.changed[pos] {
+                self.changed_cold.insert(key, ());
+            }
+        }
+        let removed = self.take_out(key, stride);
+        self.demotions += u64::from(removed);
+        removed
+    }
+
+    /// Puts a row read from the cold tier back in the hot tier; a change pending since it was
+    /// demoted comes back with it. Returns its position.
+    pub fn promote(&mut self, meta: RowMeta, values: &[f32]) -> usize {
+        let stride = values.len();
+        let pos = self.insert_with(meta.key, stride, meta.last_step, meta.last_time, |row| row.copy_from_slice(values));
+        self.meta[pos] = meta;
+        self.changed[pos] = self.changed_cold.remove(&meta.key).is_some();
+        pos
+    }
+
+    /// Takes the keys changed while cold since the last call (incremental checkpoints).
+    pub fn take_changed_cold(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.changed_cold).into_keys().collect()
+    }
+
+    /// Metadata of every row with its position, for choosing demotion victims.
+    pub fn rows(&self) -> impl Iterator<Item = (usize, &RowMeta)> {
+        self.meta.iter().enumerate()
+    }
+
+    fn take_out(&mut self, key: u64, stride: usize) -> bool {
         let Some(pos) = self.index.remove(&key).map(|p| p as usize) else {
             return false;
         };
@@ -148,7 +202,6 @@ impl Shard {
         self.meta.pop();
         self.changed.pop();
         self.data.truncate(last * stride);
-        self.deleted.insert(key, ());
         true
     }
 
@@ -171,6 +224,10 @@ impl Shard {
         }
         let deleted = std::mem::take(&mut self.deleted);
         let deleted = if all { Vec::new() } else { deleted.into_keys().collect() };
+        if all {
+            // A full checkpoint reads the whole cold tier anyway.
+            self.changed_cold = U64Map::default();
+        }
         (rows, deleted)
     }
 
@@ -191,6 +248,7 @@ impl Shard {
     pub fn forget_changes(&mut self) {
         self.changed.fill(false);
         self.deleted = U64Map::default();
+        self.changed_cold = U64Map::default();
     }
 
     /// Approximate heap bytes: arena capacity, metadata, and index slots (key, position and a

@@ -22,7 +22,12 @@ use ember_core::{mix64, TableSpec};
 use parking_lot::Mutex;
 
 use crate::shard::{RowMeta, Shard};
+use crate::tier::ColdTier;
 use crate::StoreError;
+
+mod tiered;
+
+pub use tiered::TierStats;
 
 /// Result of a push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +54,9 @@ pub struct SparseTable {
     filtered: AtomicU64,
     dropped: AtomicU64,
     evicted: AtomicU64,
+    /// Where demoted rows go (`None`: everything stays in DRAM).
+    cold: Option<Arc<dyn ColdTier>>,
+    tier: tiered::TierCounters,
 }
 
 impl std::fmt::Debug for SparseTable {
@@ -88,7 +96,15 @@ impl SparseTable {
             filtered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
+            cold: None,
+            tier: tiered::TierCounters::default(),
         }
+    }
+
+    /// Puts rows that do not fit the DRAM budget in `cold` (whose table must be open).
+    pub fn with_cold_tier(mut self, cold: Arc<dyn ColdTier>) -> Self {
+        self.cold = Some(cold);
+        self
     }
 
     fn now(&self) -> u64 {
@@ -148,13 +164,22 @@ impl SparseTable {
     /// Reads the rows of `keys` into `out` (`keys.len() * dim`, request order). With `create`,
     /// missing rows are created from the initializer (training pull); without, they read as the
     /// initializer's value, are not stored, and are flagged in `missing` if given (lookup).
-    /// Returns the table version seen before reading.
-    pub fn read(&self, keys: &[u64], out: &mut [f32], create: bool, mut missing: Option<&mut [bool]>) -> u64 {
+    /// Returns the table version seen before reading. With a cold tier, hot misses are looked up
+    /// there (and promoted by a training pull) before a row counts as missing.
+    pub fn read(
+        &self,
+        keys: &[u64],
+        out: &mut [f32],
+        create: bool,
+        mut missing: Option<&mut [bool]>,
+    ) -> Result<u64, StoreError> {
         debug_assert_eq!(out.len(), keys.len() * self.dim);
         let version = self.version();
         let (dim, stride, now) = (self.dim, self.stride, self.now());
         let (admission, min_count) = (self.spec.policy.admission(), self.spec.policy.min_count);
         let (mut admitted, mut filtered) = (0u64, 0u64);
+        let mut cold_misses: Vec<u32> = Vec::new();
+        let epoch = self.tier.epoch();
         let g = self.group(keys);
         for (s, shard) in self.shards.iter().enumerate() {
             let part = &g.order[g.offsets[s] as usize..g.offsets[s + 1] as usize];
@@ -168,6 +193,10 @@ impl SparseTable {
                 let dst = &mut out[i * dim..(i + 1) * dim];
                 let pos = match shard.find(key) {
                     Some(pos) => pos,
+                    None if self.cold.is_some() => {
+                        cold_misses.push(i as u32);
+                        continue;
+                    }
                     None if create && shard.admit(key, min_count) => {
                         admitted += u64::from(admission);
                         shard.insert_with(key, stride, version, now, |row| self.init_row(key, row))
@@ -192,7 +221,39 @@ impl SparseTable {
             self.admitted.fetch_add(admitted, Ordering::Relaxed);
             self.filtered.fetch_add(filtered, Ordering::Relaxed);
         }
-        version
+        if let Some(cold) = &self.cold {
+            self.tier.count_hot_hits(keys.len() - cold_misses.len());
+            if !cold_misses.is_empty() {
+                self.read_cold(cold.as_ref(), keys, out, create, missing, cold_misses, epoch)?;
+            }
+        }
+        Ok(version)
+    }
+
+    /// Creates `key`'s row at a training pull if admission lets it, else fills `dst` with the
+    /// initializer's value (counted as filtered). Returns the row's position if it has one.
+    fn create_or_filter(&self, shard: &mut Shard, key: u64, dst: &mut [f32], version: u64) -> Option<usize> {
+        let policy = self.spec.policy;
+        if shard.admit(key, policy.min_count) {
+            if policy.admission() {
+                self.admitted.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(shard.insert_with(key, self.stride, version, self.now(), |row| self.init_row(key, row)))
+        } else {
+            self.filtered.fetch_add(1, Ordering::Relaxed);
+            self.spec.initializer.fill(self.spec.seed, key, dst);
+            None
+        }
+    }
+
+    /// Applies one (summed) gradient to the row at `pos`.
+    fn apply_at(&self, shard: &mut Shard, pos: usize, grad: &[f32], version: u64, now: u64) {
+        let (row, meta) = shard.row_mut(pos, self.stride);
+        meta.updates += 1;
+        meta.last_step = version;
+        meta.last_time = now;
+        let (weights, state) = row.split_at_mut(self.dim);
+        self.spec.optimizer.apply(weights, state, grad, meta.updates);
     }
 
     /// Applies `grads` (`keys.len() * dim`, request order) with the table's optimizer, creating
@@ -219,10 +280,14 @@ impl SparseTable {
         for s in 0..self.shards.len() {
             order[g.offsets[s] as usize..g.offsets[s + 1] as usize].sort_by_key(|i| keys[*i as usize]);
         }
+        let epoch = self.tier.epoch();
         let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
         let (now, admission) = (self.now(), self.spec.policy.admission());
         let mut scratch = vec![0f32; dim];
         let (mut rows_updated, mut dropped) = (0u64, 0u64);
+        // Hot misses of a tiered table: their keys and summed gradients, resolved after the
+        // cold tier has been read without any lock held.
+        let (mut cold_keys, mut cold_grads) = (Vec::new(), Vec::new());
         for (s, shard) in self.shards.iter().enumerate() {
             let part = &order[g.offsets[s] as usize..g.offsets[s + 1] as usize];
             if part.is_empty() {
@@ -251,6 +316,12 @@ impl SparseTable {
                 };
                 let pos = match shard.find(key) {
                     Some(pos) => pos,
+                    None if self.cold.is_some() => {
+                        cold_keys.push(key);
+                        cold_grads.extend_from_slice(grad);
+                        run = end;
+                        continue;
+                    }
                     None if admission => {
                         dropped += 1;
                         run = end;
@@ -258,14 +329,17 @@ impl SparseTable {
                     }
                     None => shard.insert_with(key, self.stride, version, now, |row| self.init_row(key, row)),
                 };
-                let (row, meta) = shard.row_mut(pos, self.stride);
-                meta.updates += 1;
-                meta.last_step = version;
-                meta.last_time = now;
-                let (weights, state) = row.split_at_mut(dim);
-                self.spec.optimizer.apply(weights, state, grad, meta.updates);
+                self.apply_at(&mut shard, pos, grad, version, now);
                 rows_updated += 1;
                 run = end;
+            }
+        }
+        if let Some(cold) = &self.cold {
+            self.tier.count_hot_hits(keys.len() - cold_keys.len());
+            if !cold_keys.is_empty() {
+                let (updated, not_admitted) = self.push_cold(cold.as_ref(), cold_keys, cold_grads, version, epoch)?;
+                rows_updated += updated;
+                dropped += not_admitted;
             }
         }
         self.row_updates.fetch_add(rows_updated, Ordering::Relaxed);
@@ -275,10 +349,33 @@ impl SparseTable {
         Ok(PushOutcome { rows_updated, version })
     }
 
-    /// Deletes the rows of `keys`; returns how many existed.
-    pub fn delete(&self, keys: &[u64]) -> u64 {
+    /// Deletes the rows of `keys` from both tiers; returns how many existed.
+    pub fn delete(&self, keys: &[u64]) -> Result<u64, StoreError> {
         let g = self.group(keys);
         let mut deleted = 0;
+        // Cold records first: a key is then never only in a tier the delete has passed.
+        if let Some(cold) = &self.cold {
+            let _gate = self.tier.gate.lock();
+            let found = cold.get_many(&self.spec.name, keys).map_err(|e| self.tier_err(e))?;
+            let gone: Vec<u64> = keys.iter().zip(&found).filter(|(_, r)| r.is_some()).map(|(k, _)| *k).collect();
+            cold.write(&self.spec.name, &[], &gone).map_err(|e| self.tier_err(e))?;
+            let mut counted: ember_core::U64Map<()> = ember_core::U64Map::default();
+            for (s, shard) in self.shards.iter().enumerate() {
+                let part = &g.order[g.offsets[s] as usize..g.offsets[s + 1] as usize];
+                let mut shard = shard.lock();
+                for &i in part {
+                    let key = keys[i as usize];
+                    let was_hot = shard.remove(key, self.stride);
+                    let was_cold = found[i as usize].is_some() && counted.insert(key, ()).is_none();
+                    if was_cold {
+                        // Recorded for the next checkpoint even when only the cold copy existed.
+                        shard.note_deleted(key);
+                    }
+                    deleted += u64::from(was_hot || was_cold);
+                }
+            }
+            return Ok(deleted);
+        }
         for (s, shard) in self.shards.iter().enumerate() {
             let part = &g.order[g.offsets[s] as usize..g.offsets[s + 1] as usize];
             if part.is_empty() {
@@ -289,7 +386,7 @@ impl SparseTable {
                 deleted += u64::from(shard.remove(keys[i as usize], self.stride));
             }
         }
-        deleted
+        Ok(deleted)
     }
 
     /// Deletes the rows the table's eviction rules expire at the current version and clock;
@@ -408,6 +505,7 @@ impl SparseTable {
             filtered: self.filtered.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
+            tier: if self.is_tiered() { self.tier_stats() } else { TierStats::default() },
         }
     }
 }
@@ -433,4 +531,6 @@ pub struct SparseStats {
     pub dropped: u64,
     /// Rows deleted by eviction rules.
     pub evicted: u64,
+    /// Tier figures (all zero for a table without a cold tier).
+    pub tier: TierStats,
 }

@@ -1,0 +1,317 @@
+//! The cold-tier half of a sparse table: hot misses resolved against the cold tier, promotion,
+//! demotion of least recently / least frequently updated rows, and the counters behind `Stats`.
+//!
+//! A request first serves every hot hit under each shard's lock (`mod.rs`), then reads its misses
+//! from the cold tier with no lock held, then takes the shards again to promote the rows found
+//! (training pulls and pushes; lookups read without promoting) or to create the rest. A
+//! demotion writes rows to the cold tier first and removes them from DRAM only if unchanged in
+//! between, then bumps the table's demotion epoch under the shard lock. A request that found a
+//! key in neither tier re-reads it if the epoch moved since it read the cold tier, so a row that
+//! was being demoted meanwhile is found instead of being re-created from the initializer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ember_core::DemotePolicy;
+use parking_lot::Mutex;
+
+use super::SparseTable;
+use crate::tier::{decode_row, encode_row, ColdTier, TierError};
+use crate::{RowMeta, StoreError};
+
+/// Counters and coordination of a tiered table.
+#[derive(Debug, Default)]
+pub(super) struct TierCounters {
+    /// Held by a demotion round and by a checkpoint's pass over the table, so no row moves
+    /// between tiers while a checkpoint reads both.
+    pub gate: Mutex<()>,
+    /// Demotion rounds that removed rows from DRAM.
+    epoch: AtomicU64,
+    hot_hits: AtomicU64,
+    cold_hits: AtomicU64,
+    promoted: AtomicU64,
+    demoted: AtomicU64,
+}
+
+impl TierCounters {
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub fn count_hot_hits(&self, n: usize) {
+        self.hot_hits.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Tier figures of one table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TierStats {
+    /// Rows in DRAM.
+    pub hot_rows: u64,
+    /// Records in the cold tier (an estimate for RocksDB; includes disk copies of rows that were
+    /// promoted since, which a later demotion overwrites).
+    pub cold_rows: u64,
+    /// Keys of pulls and pushes served from DRAM.
+    pub hot_hits: u64,
+    /// Keys served from the cold tier.
+    pub cold_hits: u64,
+    /// Rows moved cold -> hot.
+    pub promoted: u64,
+    /// Rows moved hot -> cold.
+    pub demoted: u64,
+}
+
+impl SparseTable {
+    pub(super) fn tier_err(&self, e: TierError) -> StoreError {
+        StoreError::Tier { table: self.spec.name.clone(), reason: e.0 }
+    }
+
+    /// Bytes one hot row costs: values and optimizer state, metadata, its change flag, and an
+    /// index slot (key, position, control byte, at hashbrown's 7/8 load).
+    pub fn row_bytes(&self) -> u64 {
+        (self.stride * 4 + std::mem::size_of::<RowMeta>() + 1 + 15) as u64
+    }
+
+    /// Rows in DRAM.
+    pub fn hot_rows(&self) -> u64 {
+        self.shards.iter().map(|s| s.lock().len() as u64).sum()
+    }
+
+    /// Whether rows can be demoted.
+    pub fn is_tiered(&self) -> bool {
+        self.cold.is_some()
+    }
+
+    /// Tier figures (cold count from the backend).
+    pub fn tier_stats(&self) -> TierStats {
+        let cold_rows = self.cold.as_ref().and_then(|c| c.count(&self.spec.name).ok()).unwrap_or(0);
+        TierStats {
+            hot_rows: self.hot_rows(),
+            cold_rows,
+            hot_hits: self.tier.hot_hits.load(Ordering::Relaxed),
+            cold_hits: self.tier.cold_hits.load(Ordering::Relaxed),
+            promoted: self.tier.promoted.load(Ordering::Relaxed),
+            demoted: self.tier.demoted.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Resolves a read's hot misses (batch positions `pending`) against the cold tier.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn read_cold(
+        &self,
+        cold: &dyn ColdTier,
+        keys: &[u64],
+        out: &mut [f32],
+        create: bool,
+        mut missing: Option<&mut [bool]>,
+        mut pending: Vec<u32>,
+        mut epoch: u64,
+    ) -> Result<(), StoreError> {
+        let (dim, stride) = (self.dim, self.stride);
+        let version = self.version();
+        let mut values = vec![0f32; stride];
+        while !pending.is_empty() {
+            let pending_keys: Vec<u64> = pending.iter().map(|i| keys[*i as usize]).collect();
+            let records = cold.get_many(&self.spec.name, &pending_keys).map_err(|e| self.tier_err(e))?;
+            let g = self.group(&pending_keys);
+            let mut retry = Vec::new();
+            let (mut cold_hits, mut promoted) = (0u64, 0u64);
+            for (s, shard) in self.shards.iter().enumerate() {
+                let part = &g.order[g.offsets[s] as usize..g.offsets[s + 1] as usize];
+                if part.is_empty() {
+                    continue;
+                }
+                let mut shard = shard.lock();
+                let moved = self.tier.epoch() != epoch;
+                for &j in part {
+                    let i = pending[j as usize] as usize;
+                    let key = keys[i];
+                    let dst = &mut out[i * dim..(i + 1) * dim];
+                    if let Some(pos) = shard.find(key) {
+                        dst.copy_from_slice(&shard.row(pos, stride)[..dim]);
+                    } else if let Some(record) = &records[j as usize] {
+                        let meta = decode_row(key, record, &mut values).ok_or_else(|| {
+                            self.tier_err(TierError(format!("record of key {key} has {} bytes", record.len())))
+                        })?;
+                        dst.copy_from_slice(&values[..dim]);
+                        cold_hits += 1;
+                        if create {
+                            shard.promote(meta, &values);
+                            promoted += 1;
+                        }
+                    } else if moved {
+                        retry.push(i as u32);
+                    } else if create {
+                        if let Some(pos) = self.create_or_filter(&mut shard, key, dst, version) {
+                            dst.copy_from_slice(&shard.row(pos, stride)[..dim]);
+                        }
+                    } else {
+                        self.spec.initializer.fill(self.spec.seed, key, dst);
+                        if let Some(m) = missing.as_deref_mut() {
+                            m[i] = true;
+                        }
+                    }
+                }
+            }
+            self.tier.cold_hits.fetch_add(cold_hits, Ordering::Relaxed);
+            self.tier.promoted.fetch_add(promoted, Ordering::Relaxed);
+            epoch = self.tier.epoch();
+            pending = retry;
+        }
+        Ok(())
+    }
+
+    /// Resolves a push's hot misses (`keys`, with their summed gradients back to back) against
+    /// the cold tier: promote and apply, or create (or drop, under admission) and apply.
+    /// Returns (rows updated, rows dropped).
+    pub(super) fn push_cold(
+        &self,
+        cold: &dyn ColdTier,
+        mut keys: Vec<u64>,
+        mut grads: Vec<f32>,
+        version: u64,
+        mut epoch: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        let (dim, stride, now) = (self.dim, self.stride, self.now());
+        let admission = self.spec.policy.admission();
+        let mut values = vec![0f32; stride];
+        let (mut updated, mut dropped) = (0u64, 0u64);
+        while !keys.is_empty() {
+            let records = cold.get_many(&self.spec.name, &keys).map_err(|e| self.tier_err(e))?;
+            let g = self.group(&keys);
+            let (mut retry_keys, mut retry_grads) = (Vec::new(), Vec::new());
+            let (mut cold_hits, mut promoted) = (0u64, 0u64);
+            for (s, shard) in self.shards.iter().enumerate() {
+                let part = &g.order[g.offsets[s] as usize..g.offsets[s + 1] as usize];
+                if part.is_empty() {
+                    continue;
+                }
+                let mut shard = shard.lock();
+                let moved = self.tier.epoch() != epoch;
+                for &j in part {
+                    let j = j as usize;
+                    let (key, grad) = (keys[j], &grads[j * dim..(j + 1) * dim]);
+                    let pos = if let Some(pos) = shard.find(key) {
+                        pos
+                    } else if let Some(record) = &records[j] {
+                        let meta = decode_row(key, record, &mut values).ok_or_else(|| {
+                            self.tier_err(TierError(format!("record of key {key} has {} bytes", record.len())))
+                        })?;
+                        cold_hits += 1;
+                        promoted += 1;
+                        shard.promote(meta, &values)
+                    } else if moved {
+                        retry_keys.push(key);
+                        retry_grads.extend_from_slice(grad);
+                        continue;
+                    } else if admission {
+                        dropped += 1;
+                        continue;
+                    } else {
+                        shard.insert_with(key, stride, version, now, |row| self.init_row(key, row))
+                    };
+                    self.apply_at(&mut shard, pos, grad, version, now);
+                    updated += 1;
+                }
+            }
+            self.tier.cold_hits.fetch_add(cold_hits, Ordering::Relaxed);
+            self.tier.promoted.fetch_add(promoted, Ordering::Relaxed);
+            epoch = self.tier.epoch();
+            (keys, grads) = (retry_keys, retry_grads);
+        }
+        Ok((updated, dropped))
+    }
+
+    /// Moves about `fraction` of every shard's rows to the cold tier: those updated least
+    /// recently (LRU) or least often (LFU), by the table's policy. Returns the rows moved.
+    pub fn demote(&self, fraction: f64) -> Result<u64, StoreError> {
+        let Some(cold) = &self.cold else { return Ok(0) };
+        let _gate = self.tier.gate.lock();
+        let stride = self.stride;
+        let mut moved = 0;
+        for shard in self.shards.iter() {
+            // Pick victims and copy them out under the lock.
+            let victims: Vec<(u64, RowMeta, Vec<u8>)> = {
+                let shard = shard.lock();
+                let n = (shard.len() as f64 * fraction).ceil() as usize;
+                if n == 0 {
+                    continue;
+                }
+                let mut order: Vec<(u64, usize)> = shard
+                    .rows()
+                    .map(|(pos, m)| match self.spec.policy.demote {
+                        DemotePolicy::Lru => (m.last_step, pos),
+                        DemotePolicy::Lfu => (m.updates, pos),
+                    })
+                    .collect();
+                let n = n.min(order.len());
+                order.select_nth_unstable(n - 1);
+                order[..n]
+                    .iter()
+                    .map(|(_, pos)| {
+                        let meta = *shard.meta(*pos);
+                        (meta.key, meta, encode_row(&meta, shard.row(*pos, stride)))
+                    })
+                    .collect()
+            };
+            let puts: Vec<(u64, Vec<u8>)> = victims.iter().map(|(k, _, r)| (*k, r.clone())).collect();
+            cold.write(&self.spec.name, &puts, &[]).map_err(|e| self.tier_err(e))?;
+            // Drop from DRAM only rows nobody touched while they were being written.
+            let mut shard = shard.lock();
+            let mut removed = 0;
+            for (key, meta, _) in &victims {
+                if shard.find(*key).is_some_and(|pos| shard.meta(pos) == meta) {
+                    removed += u64::from(shard.demote(*key, stride));
+                }
+            }
+            self.tier.epoch.fetch_add(1, Ordering::AcqRel);
+            moved += removed;
+        }
+        self.tier.demoted.fetch_add(moved, Ordering::Relaxed);
+        Ok(moved)
+    }
+
+    /// Checkpoint support: visits every cold record as (meta, stride values). Rows also in DRAM
+    /// are visited too; a checkpoint writes the DRAM rows after these, so they win on restore.
+    pub fn scan_cold(&self, f: &mut dyn FnMut(RowMeta, &[f32])) -> Result<(), StoreError> {
+        let Some(cold) = &self.cold else { return Ok(()) };
+        let mut values = vec![0f32; self.stride];
+        let mut bad = None;
+        cold.scan(&self.spec.name, &mut |key, record| match decode_row(key, record, &mut values) {
+            Some(meta) => f(meta, &values),
+            None => bad = Some(key),
+        })
+        .map_err(|e| self.tier_err(e))?;
+        match bad {
+            Some(key) => Err(self.tier_err(TierError(format!("malformed cold record for key {key}")))),
+            None => Ok(()),
+        }
+    }
+
+    /// Checkpoint support: the rows of shard `s` that changed while cold since the last call,
+    /// read back from the cold tier. Keys no longer cold are in DRAM (promoted, and flagged
+    /// changed by the promotion) or deleted (recorded as such).
+    pub fn take_cold_changes(&self, s: usize, f: &mut dyn FnMut(RowMeta, &[f32])) -> Result<(), StoreError> {
+        let Some(cold) = &self.cold else { return Ok(()) };
+        let keys = self.shards[s].lock().take_changed_cold();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let records = cold.get_many(&self.spec.name, &keys).map_err(|e| self.tier_err(e))?;
+        let mut values = vec![0f32; self.stride];
+        let shard = self.shards[s].lock();
+        for (key, record) in keys.iter().zip(&records) {
+            if shard.find(*key).is_some() {
+                continue; // promoted meanwhile: its DRAM row is flagged changed
+            }
+            if let Some(meta) = record.as_ref().and_then(|r| decode_row(*key, r, &mut values)) {
+                f(meta, &values);
+            }
+        }
+        Ok(())
+    }
+
+    /// The gate a checkpoint holds while it reads both tiers of this table.
+    pub fn tier_gate(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.tier.gate.lock()
+    }
+}
