@@ -166,3 +166,72 @@ fn a_killed_worker_loses_no_rows() {
     assert_eq!((done["rows_trained"].as_u64(), done["test_rows"].as_u64()), (Some(54_000), Some(6_000)), "{done}");
     assert!(done["test_auc"].as_f64().unwrap() > 0.65, "{done}");
 }
+
+fn wait_done(addr: &str, id: &str, deadline: Instant) -> serde_json::Value {
+    loop {
+        let s = status(addr, id);
+        if s["state"] == "succeeded" || s["state"] == "failed" {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "job did not finish: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A ps-server SIGKILLed mid-job and restarted on the same data dir and address: it restores its
+/// last checkpoint (taken every second), takes its slots back, the worker's retries ride out the
+/// gap, and the job ends within 0.01 AUC of the same job on the same cluster without the kill.
+#[test]
+fn a_killed_ps_restarts_from_its_checkpoint_and_the_job_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("synth.tsv");
+    let gen = Command::new(EMBER).args(["gen-data", "--rows", "100000", "--out"]).arg(&data).output().unwrap();
+    assert!(gen.status.success());
+    let state = dir.path().join("scheduler");
+    let (_sched, addr) = start(
+        &["scheduler", "--listen", "127.0.0.1:0", "--state-dir", state.to_str().unwrap(), "--lease-ms", "1000"],
+        "ember scheduler listening on ",
+    );
+    let ps_args = |data_dir: &Path, listen: &str| -> Vec<String> {
+        let dd = data_dir.to_str().unwrap().to_string();
+        ["ps", "--listen", listen, "--data-dir", &dd, "--scheduler", &addr, "--checkpoint-every", "1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let start_ps = |data_dir: &Path, listen: &str| {
+        let args = ps_args(data_dir, listen);
+        start(&args.iter().map(String::as_str).collect::<Vec<_>>(), "ember ps listening on ")
+    };
+    let (_ps0, _) = start_ps(&dir.path().join("ps0"), "127.0.0.1:0");
+    let victim_dir = dir.path().join("ps1");
+    let (mut victim, victim_addr) = start_ps(&victim_dir, "127.0.0.1:0");
+    let _worker = start(&["worker", "--scheduler", &addr, "--name", "w"], "ember worker ");
+    let job = format!(
+        "version = 1\n[data]\nformat = \"criteo\"\npaths = [\"{}\"]\ntest_split = 0.1\n[model]\nkind = \"fm\"\nembedding_dim = 4\n\
+         [optimizer.embedding]\nkind = \"adagrad\"\nlearning_rate = 0.02\n[training]\nbatch_size = 128\n",
+        data.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let undisturbed = wait_done(&addr, &submit(dir.path(), &addr, &job), deadline);
+    assert_eq!(undisturbed["state"], "succeeded", "{undisturbed}");
+
+    let id = submit(dir.path(), &addr, &job);
+    let items = status(&addr, &id)["items_total"].as_u64().unwrap();
+    while status(&addr, &id)["items_done"].as_u64().unwrap() < items / 3 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // at least one checkpoint of this job
+    victim.0.kill().unwrap();
+    victim.0.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(1500)); // past the lease: the scheduler notices
+    let (_restarted, again) = start_ps(&victim_dir, &victim_addr);
+    assert_eq!(again, victim_addr);
+    let recovered = wait_done(&addr, &id, deadline);
+    assert_eq!(recovered["state"], "succeeded", "{recovered}");
+    assert_eq!(recovered["rows_trained"], undisturbed["rows_trained"], "{recovered}");
+    let (a, b) = (undisturbed["test_auc"].as_f64().unwrap(), recovered["test_auc"].as_f64().unwrap());
+    eprintln!("test AUC without the kill {a:.4}, with the kill {b:.4}");
+    assert!((a - b).abs() < 0.01, "AUC {a} without the kill, {b} with it");
+}

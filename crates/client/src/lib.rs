@@ -15,6 +15,6 @@ pub mod scheduler;
 pub mod shard_map;
 
 pub use error::ClientError;
-pub use ps::{Clock, PsClient, PulledRows, PushResult};
+pub use ps::{Clock, PsClient, PulledRows, PushResult, RetryPolicy};
 pub use scheduler::{Membership, SchedulerClient};
 pub use shard_map::ShardMap;

@@ -5,6 +5,8 @@
 //! server's table has its own clock), so a pull returns a [`Clock`] with one version per server and
 //! a push hands each server the version it read from that server.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use ember_core::codec::read_f32s_le;
 use ember_core::{TableKind, TableSpec};
@@ -57,11 +59,40 @@ struct Part {
     positions: Vec<u32>,
 }
 
+/// How long calls to a server that is down (restarting, unreachable) are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Give up after this long without an answer.
+    pub give_up_after: Duration,
+    /// First wait; doubled after each failure up to `max_backoff`.
+    pub initial_backoff: Duration,
+    /// Longest wait between attempts.
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// No retries: the first failure is returned.
+    pub const NONE: Self =
+        Self { give_up_after: Duration::ZERO, initial_backoff: Duration::ZERO, max_backoff: Duration::ZERO };
+
+    /// Training workers: ride out a ps-server restart (restore included) of up to `give_up_after`.
+    pub fn patient(give_up_after: Duration) -> Self {
+        Self { give_up_after, initial_backoff: Duration::from_millis(50), max_backoff: Duration::from_secs(2) }
+    }
+}
+
+/// Whether a failed call may succeed if tried again: the server was unreachable or went away,
+/// not a refusal of the request itself.
+fn retriable(status: &tonic::Status) -> bool {
+    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
+}
+
 /// A client of every ps-server in a shard map.
 #[derive(Debug, Clone)]
 pub struct PsClient {
     map: ShardMap,
     servers: Vec<ParameterServerClient<Channel>>,
+    retry: RetryPolicy,
 }
 
 fn f32s_le(values: &[f32]) -> Bytes {
@@ -89,7 +120,47 @@ impl PsClient {
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             );
         }
-        Ok(Self { map, servers })
+        Ok(Self { map, servers, retry: RetryPolicy::NONE })
+    }
+
+    /// Retries pulls, lookups and pushes per server under `retry` (each server's part of a
+    /// batch separately, so a healthy server never sees a push twice because another failed).
+    /// A push the server applied but whose answer was lost is applied again when retried: for
+    /// asynchronous SGD that is one extra stale gradient, accepted here to survive restarts.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Runs `call` against `server`, retrying with backoff while it fails retriably and the
+    /// policy's time lasts.
+    async fn retrying<T, F, Fut>(&self, server: usize, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let started = tokio::time::Instant::now();
+        let mut backoff = self.retry.initial_backoff;
+        let mut attempts = 0u32;
+        loop {
+            match call().await {
+                Ok(value) => {
+                    if attempts > 0 {
+                        tracing::info!(server = %self.map.endpoints()[server], attempts, "ps-server answers again");
+                    }
+                    return Ok(value);
+                }
+                Err(status) if retriable(&status) && started.elapsed() + backoff < self.retry.give_up_after => {
+                    if attempts == 0 {
+                        tracing::warn!(server = %self.map.endpoints()[server], error = %status.message(), "ps-server unreachable; retrying");
+                    }
+                    attempts += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                }
+                Err(status) => return Err(self.rpc_err(server)(status)),
+            }
+        }
     }
 
     /// Connects to a single server owning every slot.
@@ -183,18 +254,20 @@ impl PsClient {
     async fn read(&self, table: &str, keys: &[u64], lookup: bool) -> Result<PulledRows, ClientError> {
         let parts = self.split(keys);
         let calls = parts.iter().map(|part| {
-            let mut client = self.servers[part.server].clone();
-            let (table, part_keys) = (table.to_string(), part.keys.clone());
-            async move {
-                let reply = if lookup {
-                    let r = client.lookup(v1::LookupRequest { table, keys: part_keys }).await;
-                    r.map(|r| r.into_inner()).map(|r| (r.dim, r.values, r.version, r.missing))
-                } else {
-                    let r = client.pull(v1::PullRequest { table, keys: part_keys }).await;
-                    r.map(|r| r.into_inner()).map(|r| (r.dim, r.values, r.version, Vec::new()))
-                };
-                reply.map_err(self.rpc_err(part.server))
-            }
+            let client = &self.servers[part.server];
+            self.retrying(part.server, move || {
+                let mut client = client.clone();
+                let (table, keys) = (table.to_string(), part.keys.clone());
+                async move {
+                    if lookup {
+                        let r = client.lookup(v1::LookupRequest { table, keys }).await?.into_inner();
+                        Ok((r.dim, r.values, r.version, r.missing))
+                    } else {
+                        let r = client.pull(v1::PullRequest { table, keys }).await?.into_inner();
+                        Ok((r.dim, r.values, r.version, Vec::new()))
+                    }
+                }
+            })
         });
         let replies = try_join_all(calls).await?;
         let dim = replies.first().map_or(0, |r| r.0 as usize);
@@ -271,10 +344,17 @@ impl PsClient {
                 gradients,
                 version: clock.of(part.server),
             };
-            let mut client = self.servers[part.server].clone();
+            let client = &self.servers[part.server];
+            let server = part.server;
             async move {
-                let reply = client.push(request).await.map_err(self.rpc_err(part.server))?.into_inner();
-                Ok::<_, ClientError>((part.server, reply))
+                let reply = self
+                    .retrying(server, || {
+                        let (mut client, request) = (client.clone(), request.clone());
+                        async move { client.push(request).await }
+                    })
+                    .await?
+                    .into_inner();
+                Ok::<_, ClientError>((server, reply))
             }
         });
         let mut result = PushResult { rows_updated: 0, clock: Clock(vec![0; self.servers.len()]) };
@@ -301,10 +381,16 @@ impl PsClient {
     pub async fn pull_dense(&self, names: &[&str]) -> Result<Vec<(Vec<f32>, u64)>, ClientError> {
         let calls = names.iter().map(|name| {
             let server = self.map.server_of_name(name);
-            let mut client = self.servers[server].clone();
+            let client = &self.servers[server];
             let request = v1::PullDenseRequest { names: vec![name.to_string()] };
             async move {
-                let reply = client.pull_dense(request).await.map_err(self.rpc_err(server))?.into_inner();
+                let reply = self
+                    .retrying(server, || {
+                        let (mut client, request) = (client.clone(), request.clone());
+                        async move { client.pull_dense(request).await }
+                    })
+                    .await?
+                    .into_inner();
                 let table = reply.tables.into_iter().next().ok_or_else(|| ClientError::Protocol {
                     endpoint: self.map.endpoints()[server].clone(),
                     reason: "empty PullDense reply".into(),
@@ -321,13 +407,16 @@ impl PsClient {
     pub async fn push_dense(&self, grads: &[(&str, &[f32], u64)]) -> Result<Vec<u64>, ClientError> {
         let calls = grads.iter().map(|(name, grad, version)| {
             let server = self.map.server_of_name(name);
-            let mut client = self.servers[server].clone();
+            let client = &self.servers[server];
             let gradient = v1::DenseGradient { name: name.to_string(), gradients: f32s_le(grad), version: *version };
+            let request = v1::PushDenseRequest { gradients: vec![gradient] };
             async move {
-                let reply = client
-                    .push_dense(v1::PushDenseRequest { gradients: vec![gradient] })
-                    .await
-                    .map_err(self.rpc_err(server))?;
+                let reply = self
+                    .retrying(server, || {
+                        let (mut client, request) = (client.clone(), request.clone());
+                        async move { client.push_dense(request).await }
+                    })
+                    .await?;
                 Ok::<_, ClientError>(reply.into_inner().versions.first().copied().unwrap_or_default())
             }
         });

@@ -1,6 +1,8 @@
 //! The scheduler's state and every decision it makes, as plain Rust with the clock passed in.
 //!
 //! Invariants:
+//! - ps-servers keep their place in the shard map across lease expiry and restarts (matched by
+//!   address); the map only grows, as rows are never migrated.
 //! - Members hold leases; a member whose lease expired is forgotten, and the items it held go
 //!   back to the queue (a worker that dies loses no data, only time).
 //! - The shard map spreads `num_slots` slots round-robin over the live ps-servers in registration
@@ -202,6 +204,9 @@ pub struct State {
     num_slots: u32,
     state_file: PathBuf,
     members: BTreeMap<String, Member>,
+    /// ps-server addresses in shard-map order. A server keeps its place when its lease expires
+    /// (its rows, checkpointed under its data dir, come back when it restarts at the same
+    /// address); rows are not migrated, so the map only grows.
     ps_order: Vec<String>,
     map_version: u64,
     next_member: u64,
@@ -263,8 +268,8 @@ impl State {
         let prefix = if role == Role::Ps { "ps" } else { "worker" };
         let id = format!("{prefix}-{}", self.next_member);
         self.next_member += 1;
-        if role == Role::Ps {
-            self.ps_order.push(id.clone());
+        if role == Role::Ps && !self.ps_order.contains(&address) {
+            self.ps_order.push(address.clone());
             self.map_version += 1;
         }
         self.members.insert(id.clone(), Member { role, address, expires: now + self.lease });
@@ -285,10 +290,10 @@ impl State {
             self.members.iter().filter(|(_, m)| m.expires < now).map(|(id, _)| id.clone()).collect();
         for id in dead {
             if let Some(m) = self.members.remove(&id) {
-                tracing::warn!(member = %id, address = %m.address, "lease expired");
                 if m.role == Role::Ps {
-                    self.ps_order.retain(|p| *p != id);
-                    self.map_version += 1;
+                    tracing::warn!(member = %id, address = %m.address, "ps-server lease expired; its slots wait for it to come back");
+                } else {
+                    tracing::warn!(member = %id, address = %m.address, "lease expired");
                 }
             }
             for job in self.persisted.jobs.values_mut() {
@@ -304,8 +309,7 @@ impl State {
 
     /// (version, endpoints, owner of each slot).
     pub fn shard_map(&self) -> (u64, Vec<String>, Vec<u32>) {
-        let endpoints: Vec<String> =
-            self.ps_order.iter().filter_map(|id| self.members.get(id)).map(|m| m.address.clone()).collect();
+        let endpoints = self.ps_order.clone();
         let n = endpoints.len().max(1) as u32;
         let owners = if endpoints.is_empty() { Vec::new() } else { (0..self.num_slots).map(|s| s % n).collect() };
         (self.map_version, endpoints, owners)

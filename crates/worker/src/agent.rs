@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ember_client::{ClientError, Membership, PsClient, SchedulerClient};
+use ember_client::{ClientError, Membership, PsClient, RetryPolicy, SchedulerClient};
 use ember_core::eval::logloss;
 use ember_core::JobSpec;
 use ember_proto::v1;
@@ -42,13 +42,18 @@ async fn job_context(scheduler: &SchedulerClient, item: &v1::WorkItem) -> Result
     let files = expand_paths(&spec.data.paths).map_err(|e| e.to_string())?;
     let parser = LineParser::new(&spec.data, &files).map_err(|e| e.to_string())?;
     let (_, map) = scheduler.shard_map().await.map_err(|e| e.to_string())?;
-    let client = PsClient::connect(map).await.map_err(|e| e.to_string())?;
+    // A ps-server that restarts mid-job (and restores its checkpoint) is waited for, not fatal.
+    let client =
+        PsClient::connect(map).await.map_err(|e| e.to_string())?.with_retry(RetryPolicy::patient(PS_RESTART_WAIT));
     let (tables, specs) = ModelTables::for_job(&spec, &item.job_id);
     for (spec, initial) in &specs {
         client.create_table(spec, initial.as_deref()).await.map_err(|e| format!("creating {}: {e}", spec.name))?;
     }
     Ok(JobContext { client, tables, parser, batch_size: spec.training.batch_size })
 }
+
+/// How long a worker keeps retrying a ps-server that stopped answering before failing its item.
+const PS_RESTART_WAIT: Duration = Duration::from_secs(120);
 
 /// Reads an item's lines on a blocking thread into a queue.
 fn spawn_reader(
