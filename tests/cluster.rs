@@ -209,12 +209,33 @@ fn a_killed_ps_restarts_from_its_checkpoint_and_the_job_completes() {
     let _worker = start(&["worker", "--scheduler", &addr, "--name", "w"], "ember worker ");
     let job = format!(
         "version = 1\n[data]\nformat = \"criteo\"\npaths = [\"{}\"]\ntest_split = 0.1\n[model]\nkind = \"fm\"\nembedding_dim = 4\n\
-         [optimizer.embedding]\nkind = \"adagrad\"\nlearning_rate = 0.02\n[training]\nbatch_size = 128\n",
+         [optimizer.embedding]\nkind = \"adagrad\"\nlearning_rate = 0.02\n[training]\nbatch_size = 128\n\
+         [checkpoint]\nincremental_every = 20000\n",
         data.display()
     );
     let deadline = Instant::now() + Duration::from_secs(240);
-    let undisturbed = wait_done(&addr, &submit(dir.path(), &addr, &job), deadline);
+    let first = submit(dir.path(), &addr, &job);
+    let undisturbed = wait_done(&addr, &first, deadline);
     assert_eq!(undisturbed["state"], "succeeded", "{undisturbed}");
+    // The scheduler checkpointed both servers every 20k rows (recorded asynchronously), and an
+    // operator's checkpoint through it is recorded with the job too.
+    let out =
+        Command::new(EMBER).args(["checkpoint", "--scheduler", &addr, "--job", &first, "--full"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let recorded = loop {
+        let s = status(&addr, &first);
+        if s["checkpoints"].as_array().unwrap().len() >= 5 {
+            break s["checkpoints"].as_array().unwrap().clone();
+        }
+        assert!(Instant::now() < deadline, "checkpoints not recorded: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let scheduled: Vec<&serde_json::Value> = recorded.iter().filter(|c| c["full"] == false).collect();
+    assert_eq!(scheduled.len(), 4, "90k rows: one per 20k crossed: {recorded:?}");
+    for c in &recorded {
+        assert!(c["error"].is_null() && c["ids"].as_array().unwrap().len() == 2, "{c}");
+    }
+    assert!(recorded.iter().any(|c| c["full"] == true && c["label"] == 90_000), "{recorded:?}");
 
     let id = submit(dir.path(), &addr, &job);
     let items = status(&addr, &id)["items_total"].as_u64().unwrap();

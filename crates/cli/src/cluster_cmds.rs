@@ -132,6 +132,10 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                     "bad_lines": j.bad_lines, "progressive_logloss": num(j.progressive_logloss),
                     "test_auc": num(j.test_auc), "test_logloss": num(j.test_logloss), "test_rows": j.test_rows,
                     "error": j.error, "elapsed_seconds": j.elapsed_seconds,
+                    "checkpoints": j.checkpoints.iter().map(|c| serde_json::json!({
+                        "label": c.label, "full": c.full, "ids": c.ids, "unix_ms": c.unix_ms,
+                        "error": (!c.error.is_empty()).then_some(&c.error),
+                    })).collect::<Vec<_>>(),
                 })
             })
             .collect();

@@ -43,10 +43,25 @@ pub struct CheckpointArgs {
     /// Print one JSON object per server instead of a line each.
     #[arg(long)]
     json: bool,
+    /// With --scheduler: record the checkpoint with this job, labeled with its rows trained.
+    #[arg(long, requires = "scheduler")]
+    job: Option<String>,
 }
 
 /// Checkpoints every target server; fails if any server fails (the others' checkpoints stand).
+/// Through a scheduler, the scheduler does it and records it (with the job, if named).
 pub async fn checkpoint(args: CheckpointArgs) -> anyhow::Result<()> {
+    if let Some(addr) = &args.targets.scheduler {
+        let scheduler = SchedulerClient::connect(addr).await?;
+        let c = scheduler.checkpoint(args.full, args.job.as_deref().unwrap_or("")).await?;
+        let kind = if c.full { "full" } else { "incremental" };
+        if args.json {
+            println!("{}", serde_json::json!({ "label": c.label, "full": c.full, "ids": c.ids, "unix_ms": c.unix_ms }));
+        } else {
+            println!("cluster checkpoint ({kind}) labeled {}: server checkpoint ids {:?}", c.label, c.ids);
+        }
+        return Ok(());
+    }
     let client = args.targets.client().await?;
     let replies = client.checkpoint(args.full, args.label).await?;
     for (endpoint, r) in client.endpoints().iter().zip(&replies) {

@@ -77,6 +77,16 @@ impl SchedulerClient {
         self.inner.clone().report_work(report).await.map_err(self.err())?;
         Ok(())
     }
+
+    /// Has the scheduler checkpoint every ps-server now, recorded with `job_id` if not empty.
+    pub async fn checkpoint(&self, full: bool, job_id: &str) -> Result<v1::ClusterCheckpoint, ClientError> {
+        let request = v1::ClusterCheckpointRequest { full, job_id: job_id.to_string() };
+        let reply = self.inner.clone().checkpoint(request).await.map_err(self.err())?.into_inner();
+        reply.checkpoint.ok_or_else(|| ClientError::Protocol {
+            endpoint: self.endpoint.clone(),
+            reason: "empty checkpoint reply".into(),
+        })
+    }
 }
 
 /// A registration kept alive by a background heartbeat task.

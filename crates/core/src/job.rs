@@ -33,6 +33,35 @@ pub struct JobSpec {
     /// Feature admission and eviction on the sparse tables (all rules off by default).
     #[serde(default)]
     pub features: crate::FeaturePolicy,
+    /// Cluster checkpoints the scheduler takes during the job (all off by default).
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
+}
+
+/// When the scheduler checkpoints every ps-server during a job, in rows trained; 0 is off.
+/// Each checkpoint is labeled with the job's rows trained when it was taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// An incremental checkpoint every this many rows trained.
+    pub incremental_every: u64,
+    /// A full checkpoint every this many rows trained (takes precedence when both are due).
+    pub full_every: u64,
+}
+
+impl CheckpointSpec {
+    /// The checkpoint due after training went from `before` to `after` rows: `Some(true)` for
+    /// full, `Some(false)` for incremental, `None` if none is.
+    pub fn due(&self, before: u64, after: u64) -> Option<bool> {
+        let crossed = |every: u64| every > 0 && after / every > before / every;
+        if crossed(self.full_every) {
+            Some(true)
+        } else if crossed(self.incremental_every) {
+            Some(false)
+        } else {
+            None
+        }
+    }
 }
 
 /// Input file formats.
@@ -348,6 +377,17 @@ mod tests {
         assert!(JobSpec::from_toml(&csv).unwrap_err().to_string().contains("schema"));
         let alpha = LR.replace("alpha = 0.1", "alpha = -1.0");
         assert!(JobSpec::from_toml(&alpha).unwrap_err().to_string().contains("optimizer.sparse"));
+    }
+
+    #[test]
+    fn checkpoints_fall_due_when_rows_cross_a_multiple() {
+        let spec = CheckpointSpec { incremental_every: 1000, full_every: 5000 };
+        assert_eq!(spec.due(0, 999), None);
+        assert_eq!(spec.due(900, 1100), Some(false));
+        assert_eq!(spec.due(4900, 5100), Some(true), "full wins when both are due");
+        assert_eq!(CheckpointSpec::default().due(0, 1 << 40), None);
+        let job = JobSpec::from_toml(&format!("{LR}\n[checkpoint]\nincremental_every = 10000\n")).unwrap();
+        assert_eq!(job.checkpoint.incremental_every, 10_000);
     }
 
     #[test]

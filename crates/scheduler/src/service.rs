@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use tonic::{Request, Response, Status};
 
 use crate::plan::Phase;
-use crate::state::{ItemReport, JobState, Role, SchedulerError, State};
+use crate::state::{CheckpointRecord, ItemReport, JobState, Role, SchedulerError, State};
 
 /// The service over the shared state.
 #[derive(Clone)]
@@ -37,6 +37,43 @@ pub fn status_of(err: &SchedulerError) -> Status {
 fn f32s(bytes: &[u8], what: &str) -> Result<Vec<f32>, Status> {
     ember_core::codec::f32s_from_le(bytes)
         .ok_or_else(|| Status::invalid_argument(format!("{what}: {} bytes is not a whole number of f32", bytes.len())))
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn checkpoint_info(r: &CheckpointRecord) -> v1::ClusterCheckpoint {
+    v1::ClusterCheckpoint {
+        label: r.label,
+        full: r.full,
+        ids: r.ids.clone(),
+        unix_ms: r.unix_ms,
+        error: r.error.clone().unwrap_or_default(),
+    }
+}
+
+/// Checkpoints every ps-server of the current shard map, labeled `label`. A failure (a server
+/// down, a disk full) is recorded, not raised: the servers' previous checkpoints stand.
+async fn checkpoint_cluster(state: &Mutex<State>, full: bool, label: u64) -> CheckpointRecord {
+    let (_, endpoints, owners) = state.lock().shard_map();
+    let record =
+        |ids: Vec<u64>, error: Option<String>| CheckpointRecord { label, full, ids, unix_ms: unix_ms(), error };
+    let Some(map) = ember_client::ShardMap::from_parts(endpoints, owners) else {
+        return record(Vec::new(), Some("no ps-server is registered".into()));
+    };
+    let result = async {
+        let client = ember_client::PsClient::connect(map).await?;
+        client.checkpoint(full, label).await
+    }
+    .await;
+    match result {
+        Ok(replies) => record(replies.iter().map(|r| r.id).collect(), None),
+        Err(e) => {
+            tracing::error!(error = %e, label, "cluster checkpoint failed");
+            record(Vec::new(), Some(e.to_string()))
+        }
+    }
 }
 
 fn job_state(s: JobState) -> v1::JobState {
@@ -117,6 +154,7 @@ impl Scheduler for SchedulerService {
                     test_rows: j.test_rows(),
                     error: j.error.clone().unwrap_or_default(),
                     elapsed_seconds: j.elapsed_seconds,
+                    checkpoints: j.checkpoints.iter().map(checkpoint_info).collect(),
                 }
             })
             .collect();
@@ -160,10 +198,46 @@ impl Scheduler for SchedulerService {
             labels,
             error: (!r.error.is_empty()).then_some(r.error),
         };
-        self.state
+        let due = self
+            .state
             .lock()
             .report(&r.member_id, &r.job_id, r.item_id, report, Instant::now())
             .map_err(|e| status_of(&e))?;
+        if let Some(full) = due {
+            // Off the report's path: the worker goes on while the servers write.
+            let (state, job) = (Arc::clone(&self.state), r.job_id.clone());
+            tokio::spawn(async move {
+                let label = match state.lock().rows_trained(&job) {
+                    Ok(rows) => rows,
+                    Err(_) => return,
+                };
+                let record = checkpoint_cluster(&state, full, label).await;
+                tracing::info!(job = %job, label, full, ids = ?record.ids, "scheduled cluster checkpoint");
+                if let Err(e) = state.lock().record_checkpoint(&job, record) {
+                    tracing::error!(error = %e, "recording a checkpoint");
+                }
+            });
+        }
         Ok(Response::new(v1::ReportWorkResponse {}))
+    }
+
+    async fn checkpoint(
+        &self,
+        req: Request<v1::ClusterCheckpointRequest>,
+    ) -> Result<Response<v1::ClusterCheckpointResponse>, Status> {
+        let req = req.into_inner();
+        let label = if req.job_id.is_empty() {
+            0
+        } else {
+            self.state.lock().rows_trained(&req.job_id).map_err(|e| status_of(&e))?
+        };
+        let record = checkpoint_cluster(&self.state, req.full, label).await;
+        if !req.job_id.is_empty() {
+            self.state.lock().record_checkpoint(&req.job_id, record.clone()).map_err(|e| status_of(&e))?;
+        }
+        if let Some(error) = &record.error {
+            return Err(Status::unavailable(format!("checkpoint failed: {error}")));
+        }
+        Ok(Response::new(v1::ClusterCheckpointResponse { checkpoint: Some(checkpoint_info(&record)) }))
     }
 }

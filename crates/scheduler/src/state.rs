@@ -132,6 +132,12 @@ pub struct Job {
     pub test_logloss: Option<f64>,
     /// Why the job failed.
     pub error: Option<String>,
+    /// Cluster checkpoints taken during the job.
+    #[serde(default)]
+    pub checkpoints: Vec<CheckpointRecord>,
+    /// The job's checkpoint schedule.
+    #[serde(default)]
+    checkpoint_spec: ember_core::job::CheckpointSpec,
     /// Seconds from submission to the end (or now).
     pub elapsed_seconds: f64,
     #[serde(skip)]
@@ -196,6 +202,21 @@ pub struct ItemReport {
 struct Persisted {
     next_job: u64,
     jobs: BTreeMap<String, Job>,
+}
+
+/// One checkpoint of every ps-server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    /// The job's rows trained when it was taken.
+    pub label: u64,
+    /// Full or incremental.
+    pub full: bool,
+    /// Each server's checkpoint id, in shard-map order (empty if it failed).
+    pub ids: Vec<u64>,
+    /// When.
+    pub unix_ms: u64,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
 }
 
 /// The scheduler's state.
@@ -352,6 +373,8 @@ impl State {
             test_auc: None,
             test_logloss: None,
             error: None,
+            checkpoints: Vec::new(),
+            checkpoint_spec: spec.checkpoint,
             elapsed_seconds: 0.0,
             started: Some(now),
         };
@@ -397,15 +420,16 @@ impl State {
         item_id: u64,
         report: ItemReport,
         now: Instant,
-    ) -> Result<(), SchedulerError> {
+    ) -> Result<Option<bool>, SchedulerError> {
         self.heartbeat(member, now)?;
         let job = self.persisted.jobs.get_mut(job_id).ok_or_else(|| SchedulerError::UnknownJob(job_id.into()))?;
+        let rows_before = job.rows_trained;
         let Some(item) = job.items.iter_mut().find(|i| i.id == item_id) else {
             return Err(SchedulerError::UnknownJob(format!("{job_id} item {item_id}")));
         };
         // A late report for an item that was requeued and done by someone else changes nothing.
         if item.status == ItemStatus::Done || matches!(job.state, JobState::Failed | JobState::Succeeded) {
-            return Ok(());
+            return Ok(None);
         }
         item.status = ItemStatus::Done;
         item.holder = None;
@@ -452,7 +476,26 @@ impl State {
         if let Some(started) = job.started {
             job.elapsed_seconds = now.duration_since(started).as_secs_f64();
         }
-        self.save()
+        let due = job.checkpoint_spec.due(rows_before, job.rows_trained);
+        self.save()?;
+        Ok(due)
+    }
+
+    /// Records a cluster checkpoint with a job; returns its label (the job's rows trained).
+    pub fn record_checkpoint(&mut self, job_id: &str, mut record: CheckpointRecord) -> Result<u64, SchedulerError> {
+        let job = self.persisted.jobs.get_mut(job_id).ok_or_else(|| SchedulerError::UnknownJob(job_id.into()))?;
+        if record.label == 0 {
+            record.label = job.rows_trained;
+        }
+        let label = record.label;
+        job.checkpoints.push(record);
+        self.save()?;
+        Ok(label)
+    }
+
+    /// A job's rows trained (a checkpoint's label).
+    pub fn rows_trained(&self, job_id: &str) -> Result<u64, SchedulerError> {
+        Ok(self.persisted.jobs.get(job_id).ok_or_else(|| SchedulerError::UnknownJob(job_id.into()))?.rows_trained)
     }
 
     /// One job, or all in submission order.
