@@ -42,9 +42,6 @@ pub struct Shard {
     /// Keys whose rows changed since the last checkpoint and were then demoted to the cold tier:
     /// the next incremental checkpoint reads them from there.
     changed_cold: U64Map<()>,
-    /// Counts demotions out of this shard, so a reader that missed a key in both tiers can tell
-    /// whether a row might have moved to the cold tier in between.
-    pub demotions: u64,
 }
 
 impl Shard {
@@ -163,9 +160,7 @@ impl Shard {
                 self.changed_cold.insert(key, ());
             }
         }
-        let removed = self.take_out(key, stride);
-        self.demotions += u64::from(removed);
-        removed
+        self.take_out(key, stride)
     }
 
     /// Puts a row read from the cold tier back in the hot tier; a change pending since it was

@@ -145,12 +145,18 @@ fn rows_are_never_lost_while_demotions_race_pushes() {
     let spec = TableSpec::sparse("t", 2, Optimizer::Sgd { learning_rate: 0.5 });
     store.create_table(spec, None).unwrap();
     let (threads, pushes) = (4u64, 300u64);
+    store.pull("t", &(0..64).collect::<Vec<u64>>()).unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The workers start only after a first demotion, so the race is exercised however the OS
+    // schedules the threads (on a loaded CI machine the demoter could otherwise start last).
+    let first_demotion = Arc::new(std::sync::Barrier::new(threads as usize + 1));
     std::thread::scope(|s| {
         let demoter = {
-            let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+            let (store, stop, first) = (Arc::clone(&store), Arc::clone(&stop), Arc::clone(&first_demotion));
             s.spawn(move || {
                 let table = store.sparse("t").unwrap();
+                table.demote(0.5).unwrap();
+                first.wait();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     table.demote(0.5).unwrap();
                 }
@@ -158,8 +164,9 @@ fn rows_are_never_lost_while_demotions_race_pushes() {
         };
         let workers: Vec<_> = (0..threads)
             .map(|t| {
-                let store = Arc::clone(&store);
+                let (store, first) = (Arc::clone(&store), Arc::clone(&first_demotion));
                 s.spawn(move || {
+                    first.wait();
                     for p in 0..pushes {
                         let keys: Vec<u64> = (0..16).map(|i| (t * 7 + p * 3 + i) % 64).collect();
                         store.push("t", &keys, &le(&vec![0.25; keys.len() * 2])).unwrap();

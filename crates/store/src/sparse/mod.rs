@@ -104,6 +104,7 @@ impl SparseTable {
     /// Puts rows that do not fit the DRAM budget in `cold` (whose table must be open).
     pub fn with_cold_tier(mut self, cold: Arc<dyn ColdTier>) -> Self {
         self.cold = Some(cold);
+        self.tier = tiered::TierCounters::new(self.shards.len());
         self
     }
 
@@ -179,7 +180,8 @@ impl SparseTable {
         let (admission, min_count) = (self.spec.policy.admission(), self.spec.policy.min_count);
         let (mut admitted, mut filtered) = (0u64, 0u64);
         let mut cold_misses: Vec<u32> = Vec::new();
-        let epoch = self.tier.epoch();
+        // Before anything is read: a demotion after this point makes a cold read suspect.
+        let epochs = if self.cold.is_some() { self.tier.epochs() } else { Vec::new() };
         let g = self.group(keys);
         for (s, shard) in self.shards.iter().enumerate() {
             let part = &g.order[g.offsets[s] as usize..g.offsets[s + 1] as usize];
@@ -224,7 +226,7 @@ impl SparseTable {
         if let Some(cold) = &self.cold {
             self.tier.count_hot_hits(keys.len() - cold_misses.len());
             if !cold_misses.is_empty() {
-                self.read_cold(cold.as_ref(), keys, out, create, missing, cold_misses, epoch)?;
+                self.read_cold(cold.as_ref(), keys, out, create, missing, cold_misses, epochs)?;
             }
         }
         Ok(version)
@@ -280,7 +282,7 @@ impl SparseTable {
         for s in 0..self.shards.len() {
             order[g.offsets[s] as usize..g.offsets[s + 1] as usize].sort_by_key(|i| keys[*i as usize]);
         }
-        let epoch = self.tier.epoch();
+        let epochs = if self.cold.is_some() { self.tier.epochs() } else { Vec::new() };
         let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
         let (now, admission) = (self.now(), self.spec.policy.admission());
         let mut scratch = vec![0f32; dim];
@@ -337,7 +339,7 @@ impl SparseTable {
         if let Some(cold) = &self.cold {
             self.tier.count_hot_hits(keys.len() - cold_keys.len());
             if !cold_keys.is_empty() {
-                let (updated, not_admitted) = self.push_cold(cold.as_ref(), cold_keys, cold_grads, version, epoch)?;
+                let (updated, not_admitted) = self.push_cold(cold.as_ref(), cold_keys, cold_grads, version, epochs)?;
                 rows_updated += updated;
                 dropped += not_admitted;
             }

@@ -5,9 +5,11 @@
 //! from the cold tier with no lock held, then takes the shards again to promote the rows found
 //! (training pulls and pushes; lookups read without promoting) or to create the rest. A
 //! demotion writes rows to the cold tier first and removes them from DRAM only if unchanged in
-//! between, then bumps the table's demotion epoch under the shard lock. A request that found a
-//! key in neither tier re-reads it if the epoch moved since it read the cold tier, so a row that
-//! was being demoted meanwhile is found instead of being re-created from the initializer.
+//! between, then bumps that shard's demotion epoch under the shard lock. A request whose key is
+//! not in DRAM when it takes the shard again re-reads the cold tier if that shard's epoch moved
+//! since it read it: the row may have been promoted, updated and demoted again in between, so
+//! what it read may be stale (or absent), and using it would lose an update or re-create a row
+//! from the initializer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -24,8 +26,8 @@ pub(super) struct TierCounters {
     /// Held by a demotion round and by a checkpoint's pass over the table, so no row moves
     /// between tiers while a checkpoint reads both.
     pub gate: Mutex<()>,
-    /// Demotion rounds that removed rows from DRAM.
-    epoch: AtomicU64,
+    /// Per shard: demotions out of it, bumped under its lock.
+    epochs: Box<[AtomicU64]>,
     hot_hits: AtomicU64,
     cold_hits: AtomicU64,
     promoted: AtomicU64,
@@ -33,8 +35,17 @@ pub(super) struct TierCounters {
 }
 
 impl TierCounters {
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+    pub fn new(shards: usize) -> Self {
+        Self { epochs: (0..shards).map(|_| AtomicU64::new(0)).collect(), ..Self::default() }
+    }
+
+    /// Every shard's demotion epoch (taken before reading the cold tier).
+    pub fn epochs(&self) -> Vec<u64> {
+        self.epochs.iter().map(|e| e.load(Ordering::Acquire)).collect()
+    }
+
+    fn moved(&self, shard: usize, seen: &[u64]) -> bool {
+        self.epochs[shard].load(Ordering::Acquire) != seen[shard]
     }
 
     pub fn count_hot_hits(&self, n: usize) {
@@ -104,7 +115,7 @@ impl SparseTable {
         create: bool,
         mut missing: Option<&mut [bool]>,
         mut pending: Vec<u32>,
-        mut epoch: u64,
+        mut epochs: Vec<u64>,
     ) -> Result<(), StoreError> {
         let (dim, stride) = (self.dim, self.stride);
         let version = self.version();
@@ -121,13 +132,15 @@ impl SparseTable {
                     continue;
                 }
                 let mut shard = shard.lock();
-                let moved = self.tier.epoch() != epoch;
+                let moved = self.tier.moved(s, &epochs);
                 for &j in part {
                     let i = pending[j as usize] as usize;
                     let key = keys[i];
                     let dst = &mut out[i * dim..(i + 1) * dim];
                     if let Some(pos) = shard.find(key) {
                         dst.copy_from_slice(&shard.row(pos, stride)[..dim]);
+                    } else if moved {
+                        retry.push(i as u32);
                     } else if let Some(record) = &records[j as usize] {
                         let meta = decode_row(key, record, &mut values).ok_or_else(|| {
                             self.tier_err(TierError(format!("record of key {key} has {} bytes", record.len())))
@@ -138,8 +151,6 @@ impl SparseTable {
                             shard.promote(meta, &values);
                             promoted += 1;
                         }
-                    } else if moved {
-                        retry.push(i as u32);
                     } else if create {
                         if let Some(pos) = self.create_or_filter(&mut shard, key, dst, version) {
                             dst.copy_from_slice(&shard.row(pos, stride)[..dim]);
@@ -154,7 +165,7 @@ impl SparseTable {
             }
             self.tier.cold_hits.fetch_add(cold_hits, Ordering::Relaxed);
             self.tier.promoted.fetch_add(promoted, Ordering::Relaxed);
-            epoch = self.tier.epoch();
+            epochs = self.tier.epochs();
             pending = retry;
         }
         Ok(())
@@ -169,7 +180,7 @@ impl SparseTable {
         mut keys: Vec<u64>,
         mut grads: Vec<f32>,
         version: u64,
-        mut epoch: u64,
+        mut epochs: Vec<u64>,
     ) -> Result<(u64, u64), StoreError> {
         let (dim, stride, now) = (self.dim, self.stride, self.now());
         let admission = self.spec.policy.admission();
@@ -186,12 +197,16 @@ impl SparseTable {
                     continue;
                 }
                 let mut shard = shard.lock();
-                let moved = self.tier.epoch() != epoch;
+                let moved = self.tier.moved(s, &epochs);
                 for &j in part {
                     let j = j as usize;
                     let (key, grad) = (keys[j], &grads[j * dim..(j + 1) * dim]);
                     let pos = if let Some(pos) = shard.find(key) {
                         pos
+                    } else if moved {
+                        retry_keys.push(key);
+                        retry_grads.extend_from_slice(grad);
+                        continue;
                     } else if let Some(record) = &records[j] {
                         let meta = decode_row(key, record, &mut values).ok_or_else(|| {
                             self.tier_err(TierError(format!("record of key {key} has {} bytes", record.len())))
@@ -199,10 +214,6 @@ impl SparseTable {
                         cold_hits += 1;
                         promoted += 1;
                         shard.promote(meta, &values)
-                    } else if moved {
-                        retry_keys.push(key);
-                        retry_grads.extend_from_slice(grad);
-                        continue;
                     } else if admission {
                         dropped += 1;
                         continue;
@@ -215,7 +226,7 @@ impl SparseTable {
             }
             self.tier.cold_hits.fetch_add(cold_hits, Ordering::Relaxed);
             self.tier.promoted.fetch_add(promoted, Ordering::Relaxed);
-            epoch = self.tier.epoch();
+            epochs = self.tier.epochs();
             (keys, grads) = (retry_keys, retry_grads);
         }
         Ok((updated, dropped))
@@ -228,7 +239,7 @@ impl SparseTable {
         let _gate = self.tier.gate.lock();
         let stride = self.stride;
         let mut moved = 0;
-        for shard in self.shards.iter() {
+        for (s, shard) in self.shards.iter().enumerate() {
             // Pick victims and copy them out under the lock.
             let victims: Vec<(u64, RowMeta, Vec<u8>)> = {
                 let shard = shard.lock();
@@ -263,7 +274,9 @@ impl SparseTable {
                     removed += u64::from(shard.demote(*key, stride));
                 }
             }
-            self.tier.epoch.fetch_add(1, Ordering::AcqRel);
+            if removed > 0 {
+                self.tier.epochs[s].fetch_add(1, Ordering::AcqRel);
+            }
             moved += removed;
         }
         self.tier.demoted.fetch_add(moved, Ordering::Relaxed);

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The DRAM/SSD tier measured against the same server kept all in DRAM, in one run:
+# pull throughput at several hot-hit rates, RSS against the budget, checkpoint write and restore
+# times and sizes (full vs incremental).
+#
+# Usage: scripts/bench-tiers.sh [KEYS=50000000] [BUDGET=1GiB] [SECONDS=10] [OUT=/tmp/ember-tiers]
+# Needs ~KEYS x 200 bytes of free disk under OUT (the cold tier plus a full checkpoint).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+KEYS="${1:-50000000}"
+BUDGET="${2:-1GiB}"
+SECONDS_EACH="${3:-10}"
+OUT="${4:-/tmp/ember-tiers}"
+EMBER="${EMBER:-$ROOT/target/release/ember}"
+[ -x "$EMBER" ] || (cd "$ROOT" && cargo build --release -p ember-cli)
+rm -rf "$OUT" && mkdir -p "$OUT"
+echo "machine: $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+
+PS_PID=""
+cleanup() { [ -n "$PS_PID" ] && kill -9 "$PS_PID" 2>/dev/null || true; }
+trap cleanup EXIT
+
+# start_ps NAME [ps flags...]: starts a ps-server, sets PS_PID and ADDR.
+start_ps() {
+  local name="$1"; shift
+  "$EMBER" ps --listen 127.0.0.1:0 --data-dir "$OUT/$name" --checkpoint-every 0 "$@" >"$OUT/$name.out" 2>"$OUT/$name.log" &
+  PS_PID=$!
+  for _ in $(seq 1 600); do
+    ADDR=$(sed -n 's/^ember ps listening on //p' "$OUT/$name.out")
+    [ -n "$ADDR" ] && return 0
+    sleep 0.1
+  done
+  echo "ps $name did not start" >&2; exit 1
+}
+
+rss_mb() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$PS_PID/status"; }
+
+bench() { # bench LABEL [bench flags...]
+  local label="$1"; shift
+  local json
+  json=$("$EMBER" bench ps --target "$ADDR" --keys "$KEYS" --dim 16 --batch 4096 --concurrency 4 \
+    --seconds "$SECONDS_EACH" --json "$@")
+  echo "{\"run\":\"$label\",\"rss_mb\":$(rss_mb),\"bench\":$json}"
+}
+
+# pulls: the same three key distributions on each server; zipf 1.1 is mostly hot, zipf 0.9
+# less so, uniform mostly cold on a tiered server whose budget holds a small part of the keys.
+pulls() {
+  local tag="$1"
+  bench "$tag-preload+zipf1.1" --op pull --dist zipf --zipf-s 1.1
+  bench "$tag-zipf1.1" --op pull --dist zipf --zipf-s 1.1 --no-preload
+  bench "$tag-zipf0.9" --op pull --dist zipf --zipf-s 0.9 --no-preload
+  bench "$tag-uniform" --op pull --dist uniform --no-preload
+}
+
+checkpoints() {
+  local tag="$1" name="$2" flags=("${@:3}")
+  local full incr
+  full=$("$EMBER" checkpoint --ps "$ADDR" --full --json)
+  bench "$tag-push-zipf1.1" --op push --dist zipf --zipf-s 1.1 --no-preload --seconds 2 >/dev/null
+  incr=$("$EMBER" checkpoint --ps "$ADDR" --json)
+  kill -9 "$PS_PID"; wait "$PS_PID" 2>/dev/null || true
+  local started restored_ms
+  started=$(date +%s%N)
+  start_ps "$name" "${flags[@]}"
+  restored_ms=$(( ($(date +%s%N) - started) / 1000000 ))
+  echo "{\"run\":\"$tag-checkpoints\",\"full\":$full,\"incremental\":$incr,\"restart_to_listening_ms\":$restored_ms,\"rss_after_restore_mb\":$(rss_mb)}"
+  kill -9 "$PS_PID"; wait "$PS_PID" 2>/dev/null || true
+  PS_PID=""
+}
+
+start_ps tiered --dram-budget "$BUDGET"
+pulls tiered
+checkpoints tiered tiered --dram-budget "$BUDGET"
+
+start_ps dram
+pulls dram
+checkpoints dram dram
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
