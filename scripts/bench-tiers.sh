@@ -35,11 +35,11 @@ start_ps() {
 
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$PS_PID/status"; }
 
-bench() { # bench LABEL [bench flags...]
+bench() { # bench LABEL [bench flags...]   (RUN_SECONDS overrides the run length)
   local label="$1"; shift
   local json
   json=$("$EMBER" bench ps --target "$ADDR" --keys "$KEYS" --dim 16 --batch 4096 --concurrency 4 \
-    --seconds "$SECONDS_EACH" --json "$@")
+    --seconds "${RUN_SECONDS:-$SECONDS_EACH}" --json "$@")
   echo "{\"run\":\"$label\",\"rss_mb\":$(rss_mb),\"bench\":$json}"
 }
 
@@ -57,7 +57,7 @@ checkpoints() {
   local tag="$1" name="$2" flags=("${@:3}")
   local full incr
   full=$("$EMBER" checkpoint --ps "$ADDR" --full --json)
-  bench "$tag-push-zipf1.1" --op push --dist zipf --zipf-s 1.1 --no-preload --seconds 2 >/dev/null
+  RUN_SECONDS=2 bench "$tag-push-zipf1.1" --op push --dist zipf --zipf-s 1.1 --no-preload >/dev/null
   incr=$("$EMBER" checkpoint --ps "$ADDR" --json)
   kill -9 "$PS_PID"; wait "$PS_PID" 2>/dev/null || true
   local started restored_ms

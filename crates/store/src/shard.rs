@@ -173,6 +173,21 @@ impl Shard {
         pos
     }
 
+    /// Gives memory back after demotions emptied much of the shard: the arena, metadata and
+    /// index keep their peak capacity otherwise, and the DRAM budget would bound nothing real.
+    /// Only when capacity is over twice the rows, so a shard hovering near its size does not
+    /// reallocate every round.
+    pub fn shrink_if_sparse(&mut self, stride: usize) {
+        let len = self.meta.len();
+        if self.meta.capacity() > 2 * len + 64 {
+            let keep = len + len / 4;
+            self.data.shrink_to(keep * stride);
+            self.meta.shrink_to(keep);
+            self.changed.shrink_to(keep);
+            self.index.shrink_to(keep);
+        }
+    }
+
     /// Takes the keys changed while cold since the last call (incremental checkpoints).
     pub fn take_changed_cold(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.changed_cold).into_keys().collect()

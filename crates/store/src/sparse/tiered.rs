@@ -276,6 +276,7 @@ impl SparseTable {
             }
             if removed > 0 {
                 self.tier.epochs[s].fetch_add(1, Ordering::AcqRel);
+                shard.shrink_if_sparse(stride);
             }
             moved += removed;
         }

@@ -9,12 +9,15 @@
 use std::path::Path;
 
 use rocksdb::{
-    BlockBasedOptions, DBCompressionType, DBWithThreadMode, MultiThreaded, Options, WriteBatch, WriteOptions,
+    BlockBasedOptions, Cache, DBCompressionType, DBWithThreadMode, MultiThreaded, Options, WriteBatch, WriteOptions,
 };
 
 use super::{ColdTier, TierError};
 
 type Db = DBWithThreadMode<MultiThreaded>;
+
+/// Block cache shared by every table of the server.
+const BLOCK_CACHE_BYTES: usize = 64 << 20;
 
 /// A RocksDB cold tier.
 pub struct RocksCold {
@@ -48,8 +51,14 @@ impl RocksCold {
         let mut table = BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
         table.set_cache_index_and_filter_blocks(true);
+        // One cache for every table's blocks, counted outside the DRAM budget (see docs).
+        table.set_block_cache(&Cache::new_lru_cache(BLOCK_CACHE_BYTES));
         cf_options.set_block_based_table_factory(&table);
-        cf_options.set_compression_type(DBCompressionType::Lz4);
+        // Rows are float records: lz4 saved little and cost a decompression per cold read.
+        cf_options.set_compression_type(DBCompressionType::None);
+        // Memtables are DRAM outside the budget too: keep them small.
+        cf_options.set_write_buffer_size(16 << 20);
+        cf_options.set_max_write_buffer_number(2);
         let existing = Db::list_cf(&db_options, path).unwrap_or_default();
         let db = Db::open_cf(&db_options, path, existing.iter()).map_err(err)?;
         for name in existing.iter().filter(|n| n.starts_with("t.")) {
