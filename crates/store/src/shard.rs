@@ -35,6 +35,9 @@ pub struct Shard {
     meta: Vec<RowMeta>,
     /// Parallel to `meta`: changed since the last checkpoint took this shard's changes.
     changed: Vec<bool>,
+    /// Parallel to `meta`: read or written since the last demotion round looked at this shard
+    /// (the CLOCK approximation of LRU: such rows get a second chance before demotion).
+    referenced: Vec<bool>,
     /// Keys removed since then.
     deleted: U64Map<()>,
     /// Admission counts, when the table's policy admits by count.
@@ -97,6 +100,7 @@ impl Shard {
         init(&mut self.data[pos * stride..]);
         self.meta.push(RowMeta { key, updates: 0, last_step: step, last_time: time });
         self.changed.push(true);
+        self.referenced.push(true);
         self.index.insert(key, pos as u32);
         self.deleted.remove(&key);
         pos
@@ -128,7 +132,24 @@ impl Shard {
     #[inline]
     pub fn row_mut(&mut self, pos: usize, stride: usize) -> (&mut [f32], &mut RowMeta) {
         self.changed[pos] = true;
+        self.referenced[pos] = true;
         (&mut self.data[pos * stride..(pos + 1) * stride], &mut self.meta[pos])
+    }
+
+    /// Marks the row at `pos` as recently read.
+    #[inline]
+    pub fn touch(&mut self, pos: usize) {
+        self.referenced[pos] = true;
+    }
+
+    /// Whether the row at `pos` was read or written since the last [`Shard::clear_referenced`].
+    pub fn is_referenced(&self, pos: usize) -> bool {
+        self.referenced[pos]
+    }
+
+    /// Starts a new CLOCK period: every row must be touched again to count as recent.
+    pub fn clear_referenced(&mut self) {
+        self.referenced.fill(false);
     }
 
     /// Metadata of the row at `pos`.
@@ -184,6 +205,7 @@ impl Shard {
             self.data.shrink_to(keep * stride);
             self.meta.shrink_to(keep);
             self.changed.shrink_to(keep);
+            self.referenced.shrink_to(keep);
             self.index.shrink_to(keep);
         }
     }
@@ -207,10 +229,12 @@ impl Shard {
             self.data.copy_within(last * stride..(last + 1) * stride, pos * stride);
             self.meta[pos] = self.meta[last];
             self.changed[pos] = self.changed[last];
+            self.referenced[pos] = self.referenced[last];
             self.index.insert(self.meta[pos].key, pos as u32);
         }
         self.meta.pop();
         self.changed.pop();
+        self.referenced.pop();
         self.data.truncate(last * stride);
         true
     }
@@ -265,7 +289,7 @@ impl Shard {
     /// control byte each).
     pub fn heap_bytes(&self) -> usize {
         self.data.capacity() * 4
-            + self.meta.capacity() * (std::mem::size_of::<RowMeta>() + 1)
+            + self.meta.capacity() * (std::mem::size_of::<RowMeta>() + 2)
             + self.index.capacity() * (8 + 4 + 1)
             + self.deleted.capacity() * (8 + 1)
             + self.sketch.as_ref().map_or(0, |s| s.heap_bytes())

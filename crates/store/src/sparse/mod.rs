@@ -217,6 +217,9 @@ impl SparseTable {
                     }
                 };
                 dst.copy_from_slice(&shard.row(pos, stride)[..dim]);
+                if create {
+                    shard.touch(pos);
+                }
             }
         }
         if admission {

@@ -242,23 +242,29 @@ impl SparseTable {
         for (s, shard) in self.shards.iter().enumerate() {
             // Pick victims and copy them out under the lock.
             let victims: Vec<(u64, RowMeta, Vec<u8>)> = {
-                let shard = shard.lock();
+                let mut shard = shard.lock();
                 let n = (shard.len() as f64 * fraction).ceil() as usize;
                 if n == 0 {
                     continue;
                 }
-                let mut order: Vec<(u64, usize)> = shard
+                // Rows not touched since the last round go first (CLOCK); among them, the least
+                // recently (LRU) or least often (LFU) updated.
+                let mut order: Vec<(bool, u64, usize)> = shard
                     .rows()
-                    .map(|(pos, m)| match self.spec.policy.demote {
-                        DemotePolicy::Lru => (m.last_step, pos),
-                        DemotePolicy::Lfu => (m.updates, pos),
+                    .map(|(pos, m)| {
+                        let metric = match self.spec.policy.demote {
+                            DemotePolicy::Lru => m.last_step,
+                            DemotePolicy::Lfu => m.updates,
+                        };
+                        (shard.is_referenced(pos), metric, pos)
                     })
                     .collect();
+                shard.clear_referenced();
                 let n = n.min(order.len());
                 order.select_nth_unstable(n - 1);
                 order[..n]
                     .iter()
-                    .map(|(_, pos)| {
+                    .map(|(_, _, pos)| {
                         let meta = *shard.meta(*pos);
                         (meta.key, meta, encode_row(&meta, shard.row(*pos, stride)))
                     })
