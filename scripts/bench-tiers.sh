@@ -5,9 +5,8 @@
 #
 # Usage: scripts/bench-tiers.sh [KEYS=50000000] [BUDGET=1GiB] [SECONDS=10] [OUT=/tmp/ember-tiers]
 # Needs ~KEYS x 200 bytes of free disk under OUT (the cold tier plus a full checkpoint).
-# Both servers run with the malloc settings docs/operations.md recommends for tiered servers.
+# Malloc settings in the environment (MALLOC_ARENA_MAX, MALLOC_TRIM_THRESHOLD_) reach both servers.
 set -euo pipefail
-export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}" MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-1048576}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 KEYS="${1:-50000000}"
 BUDGET="${2:-1GiB}"
