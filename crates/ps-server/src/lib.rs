@@ -134,8 +134,9 @@ async fn maintain(store: Arc<Store>, evict_every: Duration) {
             let store = Arc::clone(&store);
             // Eviction scans every row: off the async workers, one shard lock at a time.
             match tokio::task::spawn_blocking(move || store.evict()).await {
-                Ok(0) => {}
-                Ok(evicted) => tracing::info!(evicted, "evicted rows"),
+                Ok(Ok(0)) => {}
+                Ok(Ok(evicted)) => tracing::info!(evicted, "evicted rows"),
+                Ok(Err(e)) => tracing::error!(error = %e, "eviction failed; retried at the next interval"),
                 Err(e) => tracing::error!(error = %e, "eviction task failed"),
             }
         }

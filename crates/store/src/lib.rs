@@ -201,14 +201,14 @@ impl Store {
     }
 
     /// Runs every sparse table's eviction rules; returns the rows deleted.
-    pub fn evict(&self) -> u64 {
-        self.all_tables()
-            .iter()
-            .map(|t| match t {
-                Table::Sparse(s) => s.evict(),
-                Table::Dense(_) => 0,
-            })
-            .sum()
+    pub fn evict(&self) -> Result<u64, StoreError> {
+        let mut evicted = 0;
+        for table in self.all_tables() {
+            if let Table::Sparse(s) = table {
+                evicted += s.evict()?;
+            }
+        }
+        Ok(evicted)
     }
 
     /// The store's tunables.

@@ -61,10 +61,10 @@ fn rows_not_updated_for_ttl_steps_are_evicted() {
     let store = store_with(FeaturePolicy { ttl_steps: 2, ..Default::default() });
     store.pull("t", &[1, 2]).unwrap(); // both created at version 0
     store.push("t", &[2], &le(&[0.0, 0.0])).unwrap(); // version 1: key 2 updated
-    assert_eq!(store.evict(), 0, "nothing is older than 2 steps yet");
+    assert_eq!(store.evict().unwrap(), 0, "nothing is older than 2 steps yet");
     store.push("t", &[2], &le(&[0.0, 0.0])).unwrap(); // version 2
     store.push("t", &[2], &le(&[0.0, 0.0])).unwrap(); // version 3: key 1 is 3 steps old
-    assert_eq!(store.evict(), 1);
+    assert_eq!(store.evict().unwrap(), 1);
     let t = store.sparse("t").unwrap();
     assert!(t.get(1).is_none() && t.get(2).is_some());
     assert_eq!(t.stats().evicted, 1);
@@ -78,12 +78,12 @@ fn rows_not_updated_for_ttl_seconds_are_evicted() {
     store.set_now(1_050);
     store.push("t", &[2], &le(&[0.0, 0.0])).unwrap();
     store.set_now(1_060);
-    assert_eq!(store.evict(), 0, "60 seconds is not more than the TTL");
+    assert_eq!(store.evict().unwrap(), 0, "60 seconds is not more than the TTL");
     store.set_now(1_061);
-    assert_eq!(store.evict(), 1);
+    assert_eq!(store.evict().unwrap(), 1);
     assert!(store.sparse("t").unwrap().get(2).is_some(), "updated at 1050: 11 seconds old");
     store.set_now(1_111);
-    assert_eq!(store.evict(), 1);
+    assert_eq!(store.evict().unwrap(), 1);
     assert_eq!(rows(&store), 0);
 }
 
@@ -95,7 +95,7 @@ fn updated_rows_with_a_small_norm_are_evicted_and_untouched_ones_are_not() {
     // moves but stays large.
     let grads = [pulled[0], pulled[1], 0.1, 0.1];
     store.push("t", &[1, 2], &le(&grads)).unwrap();
-    assert_eq!(store.evict(), 1);
+    assert_eq!(store.evict().unwrap(), 1);
     let t = store.sparse("t").unwrap();
     assert!(t.get(1).is_none() && t.get(2).is_some() && t.get(3).is_some());
 }
@@ -119,4 +119,33 @@ fn dense_tables_refuse_a_policy() {
         .with_policy(FeaturePolicy { ttl_steps: 5, ..Default::default() });
     let err = store.create_table(spec, None).unwrap_err();
     assert!(err.to_string().contains("sparse tables only"), "{err}");
+}
+
+#[test]
+fn eviction_reaches_rows_on_disk_and_the_disk_copies_of_evicted_rows() {
+    use std::sync::Arc;
+    let store = Store::tiered(
+        StoreConfig { shard_bits: 2, max_batch_keys: 1000 },
+        Arc::new(crate::MemCold::default()),
+        1 << 20,
+    );
+    let spec = TableSpec::sparse("t", 2, Optimizer::Sgd { learning_rate: 1.0 })
+        .with_policy(FeaturePolicy { ttl_seconds: 60, ..Default::default() });
+    store.create_table(spec, None).unwrap();
+    store.set_now(1_000);
+    store.push("t", &[1, 2, 3], &le(&[0.5; 6])).unwrap();
+    let t = store.sparse("t").unwrap();
+    t.demote(1.0).unwrap(); // every row now only on disk
+    assert_eq!((t.hot_rows(), t.stats().tier.cold_rows), (0, 3));
+    store.set_now(1_030);
+    store.pull("t", &[3]).unwrap(); // key 3 back in DRAM (its disk copy stays, stale-able)
+    store.set_now(1_061);
+    store.push("t", &[3], &le(&[0.5; 2])).unwrap(); // key 3 updated now: fresh
+    assert_eq!(store.evict().unwrap(), 2, "keys 1 and 2 expired on disk");
+    assert_eq!(t.stats().evicted, 2);
+    store.set_now(1_200);
+    assert_eq!(store.evict().unwrap(), 1, "key 3 expired in DRAM");
+    assert_eq!(t.stats().tier.cold_rows, 0, "its disk copy went with it");
+    let looked = store.lookup("t", &[1, 2, 3]).unwrap();
+    assert_eq!(looked.missing, vec![true, true, true], "nothing comes back from disk");
 }

@@ -265,9 +265,9 @@ impl Shard {
         (rows, deleted)
     }
 
-    /// Removes every row `expired` says to (given its metadata and `stride` values); returns how
-    /// many.
-    pub fn evict(&mut self, stride: usize, expired: impl Fn(&RowMeta, &[f32]) -> bool) -> u64 {
+    /// Removes every row `expired` says to (given its metadata and `stride` values); returns their
+    /// keys.
+    pub fn evict(&mut self, stride: usize, expired: impl Fn(&RowMeta, &[f32]) -> bool) -> Vec<u64> {
         let doomed: Vec<u64> = (0..self.len())
             .filter(|pos| expired(&self.meta[*pos], self.row(*pos, stride)))
             .map(|pos| self.meta[pos].key)
@@ -275,7 +275,7 @@ impl Shard {
         for key in &doomed {
             self.remove(*key, stride);
         }
-        doomed.len() as u64
+        doomed
     }
 
     /// Forgets all change tracking (after a restore, the store equals its checkpoints).

@@ -176,7 +176,7 @@ impl Checkpointer {
         let mut state = self.state.lock();
         let started = Instant::now();
         // Expired rows are not worth writing (eviction also runs on the server's timer).
-        store.evict();
+        store.evict()?;
         let dropped = store.take_dropped_flag();
         let kind = if state.chain.is_empty() || state.force_full || dropped { CheckpointKind::Full } else { kind };
         let id = state.next_id;

@@ -394,12 +394,12 @@ impl SparseTable {
         Ok(deleted)
     }
 
-    /// Deletes the rows the table's eviction rules expire at the current version and clock;
-    /// returns how many. One shard locked at a time.
-    pub fn evict(&self) -> u64 {
+    /// Deletes the rows the table's eviction rules expire at the current version and clock, in
+    /// both tiers; returns how many. One shard locked at a time; demotion waits meanwhile.
+    pub fn evict(&self) -> Result<u64, StoreError> {
         let policy = self.spec.policy;
         if !policy.eviction() {
-            return 0;
+            return Ok(0);
         }
         let (version, now, dim) = (self.version(), self.now(), self.dim);
         let expired = |meta: &RowMeta, row: &[f32]| {
@@ -409,9 +409,34 @@ impl SparseTable {
                     && meta.updates > 0
                     && row[..dim].iter().map(|w| w * w).sum::<f32>().sqrt() < policy.min_l2)
         };
-        let evicted: u64 = self.shards.iter().map(|shard| shard.lock().evict(self.stride, expired)).sum();
+        let _gate = self.cold.is_some().then(|| self.tier.gate.lock());
+        let mut gone: Vec<u64> = Vec::new();
+        for shard in self.shards.iter() {
+            gone.extend(shard.lock().evict(self.stride, expired));
+        }
+        let mut evicted = gone.len() as u64;
+        if let Some(cold) = &self.cold {
+            // Rows only on disk expire by the same rules; a row also in DRAM was judged above.
+            let mut doomed = Vec::new();
+            self.scan_cold(&mut |meta, values| {
+                if expired(&meta, values) {
+                    doomed.push(meta.key);
+                }
+            })?;
+            let evicted_hot: ember_core::U64Map<()> = gone.iter().map(|k| (*k, ())).collect();
+            for key in doomed.into_iter().filter(|k| !evicted_hot.contains_key(k)) {
+                let mut shard = self.shards[self.shard_of(key)].lock();
+                if shard.find(key).is_none() {
+                    shard.note_deleted(key);
+                    gone.push(key);
+                    evicted += 1;
+                }
+            }
+            // Also the disk copies of evicted DRAM rows, which would otherwise come back.
+            cold.write(&self.spec.name, &[], &gone).map_err(|e| self.tier_err(e))?;
+        }
         self.evicted.fetch_add(evicted, Ordering::Relaxed);
-        evicted
+        Ok(evicted)
     }
 
     /// Shard `s`'s admission counters as bytes, if the table admits by count.
