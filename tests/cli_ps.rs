@@ -69,6 +69,31 @@ fn bench(target: &str, op: &str, extra: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("bench prints one JSON object")
 }
 
+fn ember(args: &[&str]) -> String {
+    let out = Command::new(EMBER).args(args).output().expect("run ember");
+    assert!(out.status.success(), "ember {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn export(grpc: &str, path: &std::path::Path) -> String {
+    ember(&["export", "--ps", grpc, "--table", "bench", "--out", path.to_str().unwrap()]);
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// Sends SIGTERM (with the shell builtin, so the test needs no procps) and waits for the exit.
+fn sigterm_and_wait(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    assert!(Command::new("sh").args(["-c", &format!("kill -TERM {pid}")]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "ember ps did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn ps_process_serves_bench_load_exports_metrics_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -98,17 +123,7 @@ fn ps_process_serves_bench_load_exports_metrics_and_stops_on_sigterm() {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
     }
 
-    let pid = ps.child.id().to_string();
-    // The shell builtin, so the test needs no procps.
-    assert!(Command::new("sh").args(["-c", &format!("kill -TERM {pid}")]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = ps.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "ember ps did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = sigterm_and_wait(&mut ps.child);
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
 }
 
@@ -123,28 +138,6 @@ fn bench_reports_server_refusals_as_errors() {
     assert!(!out.status.success(), "a bench whose every request is refused fails");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("limit of 100"), "{stderr}");
-}
-
-fn ember(args: &[&str]) -> String {
-    let out = Command::new(EMBER).args(args).output().expect("run ember");
-    assert!(out.status.success(), "ember {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn export(grpc: &str, path: &std::path::Path) -> String {
-    ember(&["export", "--ps", grpc, "--table", "bench", "--out", path.to_str().unwrap()]);
-    std::fs::read_to_string(path).unwrap()
-}
-
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "ember ps did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -175,9 +168,7 @@ fn sigkilled_ps_restarts_from_its_last_checkpoint_and_sigterm_loses_nothing() {
     // A clean stop writes a final checkpoint: nothing is lost.
     bench(&ps.grpc, "push", &["--dist", "uniform"]);
     let before_stop = export(&ps.grpc, &dir.path().join("d.tsv"));
-    let pid = ps.child.id().to_string();
-    assert!(Command::new("sh").args(["-c", &format!("kill -TERM {pid}")]).status().unwrap().success());
-    assert!(wait_exit(&mut ps.child).success());
+    assert!(sigterm_and_wait(&mut ps.child).success());
     let ps = start_ps(&data_dir, &no_timer);
     assert_eq!(export(&ps.grpc, &dir.path().join("e.tsv")), before_stop);
 }

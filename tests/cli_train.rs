@@ -103,18 +103,9 @@ fn each_model_trains_on_an_embedded_cluster_and_beats_the_baselines() {
 fn admission_keeps_rare_features_out_of_the_tables() {
     let dir = tempfile::tempdir().unwrap();
     let data = gen_data(dir.path(), 10_000);
+    let with_min_count = |n: u32| format!("{}\n[features]\nmin_count = {n}\n", job("lr", &data, 1, 1));
     let all = train(dir.path(), &job("lr", &data, 1, 1)).unwrap();
-    let admitted = train(
-        dir.path(),
-        &format!(
-            "{}
-[features]
-min_count = 3
-",
-            job("lr", &data, 1, 1)
-        ),
-    )
-    .unwrap();
+    let admitted = train(dir.path(), &with_min_count(3)).unwrap();
     let table =
         |r: &serde_json::Value| r["tables"].as_array().unwrap().iter().find(|t| t["name"] == "job.w").unwrap().clone();
     let (every, some) = (table(&all), table(&admitted));
@@ -125,17 +116,7 @@ min_count = 3
     assert!(some["filtered"].as_u64().unwrap() > 0 && some["dropped"].as_u64().unwrap() > 0, "{some}");
     let auc = admitted["test_auc"].as_f64().unwrap();
     assert!(auc > 0.65, "AUC with admission {auc}");
-    let err = train(
-        dir.path(),
-        &format!(
-            "{}
-[features]
-min_count = 300
-",
-            job("lr", &data, 1, 1)
-        ),
-    )
-    .unwrap_err();
+    let err = train(dir.path(), &with_min_count(300)).unwrap_err();
     assert!(err.contains("min_count"), "{err}");
 }
 

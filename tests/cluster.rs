@@ -54,6 +54,18 @@ fn status(scheduler: &str, job: &str) -> serde_json::Value {
     jobs[0].clone()
 }
 
+/// Polls `ember status` until the job succeeds or fails; fails the test past `deadline`.
+fn wait_done(addr: &str, id: &str, deadline: Instant) -> serde_json::Value {
+    loop {
+        let s = status(addr, id);
+        if s["state"] == "succeeded" || s["state"] == "failed" {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "job did not finish: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn submit(dir: &Path, scheduler: &str, job_text: &str) -> String {
     let job = dir.join("job.toml");
     std::fs::write(&job, job_text).unwrap();
@@ -92,15 +104,7 @@ fn scheduler_ps_and_workers_as_processes_train_a_job() {
         data.display()
     );
     let id = submit(dir.path(), &addr, &job);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let done = loop {
-        let s = status(&addr, &id);
-        if s["state"] == "succeeded" || s["state"] == "failed" {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "job did not finish: {s}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let done = wait_done(&addr, &id, Instant::now() + Duration::from_secs(120));
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!((done["rows_trained"].as_u64(), done["test_rows"].as_u64()), (Some(9_000), Some(1_000)), "{done}");
     let auc = done["test_auc"].as_f64().unwrap();
@@ -154,28 +158,10 @@ fn a_killed_worker_loses_no_rows() {
     }
     doomed.0.kill().unwrap();
     doomed.0.wait().unwrap();
-    let done = loop {
-        let s = status(&addr, &id);
-        if s["state"] == "succeeded" || s["state"] == "failed" {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "job did not finish after the kill: {s}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let done = wait_done(&addr, &id, deadline);
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!((done["rows_trained"].as_u64(), done["test_rows"].as_u64()), (Some(54_000), Some(6_000)), "{done}");
     assert!(done["test_auc"].as_f64().unwrap() > 0.65, "{done}");
-}
-
-fn wait_done(addr: &str, id: &str, deadline: Instant) -> serde_json::Value {
-    loop {
-        let s = status(addr, id);
-        if s["state"] == "succeeded" || s["state"] == "failed" {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "job did not finish: {s}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A ps-server SIGKILLed mid-job and restarted on the same data dir and address: it restores its

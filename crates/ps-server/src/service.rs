@@ -92,7 +92,7 @@ pub fn record_table_gauges(stats: &[TableStats]) {
         let tier = &t.counters.tier;
         if tier.demoted > 0 || tier.cold_rows > 0 {
             for (what, value) in [
-                ("hot_rows", tier.hot_rows),
+                ("hot_rows", t.counters.rows),
                 ("cold_rows", tier.cold_rows),
                 ("hot_hits", tier.hot_hits),
                 ("cold_hits", tier.cold_hits),
@@ -345,11 +345,7 @@ impl ParameterServer for PsService {
                     filtered: t.counters.filtered,
                     dropped: t.counters.dropped,
                     evicted: t.counters.evicted,
-                    hot_rows: if t.counters.tier == Default::default() {
-                        t.counters.rows
-                    } else {
-                        t.counters.tier.hot_rows
-                    },
+                    hot_rows: t.counters.rows,
                     cold_rows: t.counters.tier.cold_rows,
                     hot_hits: t.counters.tier.hot_hits,
                     cold_hits: t.counters.tier.cold_hits,

@@ -203,14 +203,10 @@ impl Scheduler for SchedulerService {
             .lock()
             .report(&r.member_id, &r.job_id, r.item_id, report, Instant::now())
             .map_err(|e| status_of(&e))?;
-        if let Some(full) = due {
+        if let Some((full, label)) = due {
             // Off the report's path: the worker goes on while the servers write.
             let (state, job) = (Arc::clone(&self.state), r.job_id.clone());
             tokio::spawn(async move {
-                let label = match state.lock().rows_trained(&job) {
-                    Ok(rows) => rows,
-                    Err(_) => return,
-                };
                 let record = checkpoint_cluster(&state, full, label).await;
                 tracing::info!(job = %job, label, full, ids = ?record.ids, "scheduled cluster checkpoint");
                 if let Err(e) = state.lock().record_checkpoint(&job, record) {

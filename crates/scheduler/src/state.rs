@@ -412,7 +412,8 @@ impl State {
         Ok(None)
     }
 
-    /// Records a finished item and moves its job on.
+    /// Records a finished item and moves its job on. Returns the cluster checkpoint its job's
+    /// schedule wants now, if any: (full, label = rows trained).
     pub fn report(
         &mut self,
         member: &str,
@@ -420,7 +421,7 @@ impl State {
         item_id: u64,
         report: ItemReport,
         now: Instant,
-    ) -> Result<Option<bool>, SchedulerError> {
+    ) -> Result<Option<(bool, u64)>, SchedulerError> {
         self.heartbeat(member, now)?;
         let job = self.persisted.jobs.get_mut(job_id).ok_or_else(|| SchedulerError::UnknownJob(job_id.into()))?;
         let rows_before = job.rows_trained;
@@ -476,21 +477,16 @@ impl State {
         if let Some(started) = job.started {
             job.elapsed_seconds = now.duration_since(started).as_secs_f64();
         }
-        let due = job.checkpoint_spec.due(rows_before, job.rows_trained);
+        let due = job.checkpoint_spec.due(rows_before, job.rows_trained).map(|full| (full, job.rows_trained));
         self.save()?;
         Ok(due)
     }
 
-    /// Records a cluster checkpoint with a job; returns its label (the job's rows trained).
-    pub fn record_checkpoint(&mut self, job_id: &str, mut record: CheckpointRecord) -> Result<u64, SchedulerError> {
+    /// Records a cluster checkpoint with a job.
+    pub fn record_checkpoint(&mut self, job_id: &str, record: CheckpointRecord) -> Result<(), SchedulerError> {
         let job = self.persisted.jobs.get_mut(job_id).ok_or_else(|| SchedulerError::UnknownJob(job_id.into()))?;
-        if record.label == 0 {
-            record.label = job.rows_trained;
-        }
-        let label = record.label;
         job.checkpoints.push(record);
-        self.save()?;
-        Ok(label)
+        self.save()
     }
 
     /// A job's rows trained (a checkpoint's label).

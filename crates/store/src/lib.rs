@@ -21,6 +21,7 @@ pub mod dense;
 mod error;
 #[cfg(test)]
 mod policy_tests;
+mod record;
 mod shard;
 pub mod sparse;
 #[cfg(test)]

@@ -13,6 +13,7 @@
 use ember_core::U64Map;
 
 use crate::admission::CountMin;
+use crate::record::encode_keyed_row_into;
 
 /// Per-row metadata kept beside the values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,19 +240,15 @@ impl Shard {
         true
     }
 
-    /// Appends rows to `out` as checkpoint records (key, updates, last step, `stride` values;
-    /// little-endian), all rows if `all` or else only changed ones, and returns how many; then
+    /// Appends rows to `out` as checkpoint records (`record::encode_keyed_row_into`), all rows
+    /// if `all` or else only changed ones, and returns how many; then
     /// forgets the changes. Deleted keys are returned (only when not `all`: a full checkpoint has
     /// no history to delete from).
     pub fn take_changes(&mut self, stride: usize, all: bool, out: &mut Vec<u8>) -> (u64, Vec<u64>) {
         let mut rows = 0;
         for (pos, changed) in self.changed.iter_mut().enumerate() {
             if all || *changed {
-                let meta = &self.meta[pos];
-                for word in [meta.key, meta.updates, meta.last_step, meta.last_time] {
-                    out.extend_from_slice(&word.to_le_bytes());
-                }
-                out.extend_from_slice(bytemuck::cast_slice(&self.data[pos * stride..(pos + 1) * stride]));
+                encode_keyed_row_into(out, &self.meta[pos], &self.data[pos * stride..(pos + 1) * stride]);
                 rows += 1;
             }
             *changed = false;

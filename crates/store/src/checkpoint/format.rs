@@ -4,8 +4,8 @@
 //! header   "EMBRCKP1" | kind u8 (0 full, 1 incremental) | id u64 | parent u64 | label u64
 //!          | unix_ms u64 | tables u32
 //! table    spec_len u32 | spec (JSON) | version u64 | body
-//! sparse   blocks, each: tag u8 = 1 rows | count u64 | count x (key u64, updates u64,
-//!          last_step u64, last_time u64, stride x f32); tag 2 deleted keys | count u64 |
+//! sparse   blocks, each: tag u8 = 1 rows | count u64 | count x record (`crate::record`: key
+//!          u64, updates u64, last_step u64, last_time u64, stride x f32); tag 2 deleted keys | count u64 |
 //!          count x u64; tag 3 admission counts | shard u32 | len u64 | len bytes;
 //!          tag 0 ends the table
 //! dense    dim x f32 values | state_len x f32 optimizer state
@@ -27,8 +27,6 @@ use super::CheckpointError;
 const MAGIC: &[u8; 8] = b"EMBRCKP2";
 const END_MAGIC: &[u8; 8] = b"EMBREND1";
 const TRAILER: u64 = 16;
-/// Bytes per row record before its values.
-pub(super) const ROW_HEADER: usize = 32;
 pub(super) const TAG_END: u8 = 0;
 pub(super) const TAG_ROWS: u8 = 1;
 pub(super) const TAG_DELETED: u8 = 2;

@@ -29,8 +29,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
+use crate::record::{decode_keyed_row, encode_keyed_row_into, KEYED_HEADER};
 use crate::{Store, StoreError, Table};
-use format::{BodyReader, HashingWriter, ROW_HEADER, TAG_DELETED, TAG_END, TAG_ROWS, TAG_SKETCH};
+use format::{BodyReader, HashingWriter, TAG_DELETED, TAG_END, TAG_ROWS, TAG_SKETCH};
 pub use format::{CheckpointKind, Header};
 
 /// Why a checkpoint or restore failed.
@@ -426,14 +427,11 @@ impl RowBlock {
     const ROWS: u64 = 4096;
 
     fn new(stride: usize) -> Self {
-        Self { buf: Vec::with_capacity(Self::ROWS as usize * (ROW_HEADER + stride * 4)), rows: 0, written: 0 }
+        Self { buf: Vec::with_capacity(Self::ROWS as usize * (KEYED_HEADER + stride * 4)), rows: 0, written: 0 }
     }
 
     fn push(&mut self, w: &mut HashingWriter, meta: &crate::RowMeta, values: &[f32]) -> std::io::Result<()> {
-        for word in [meta.key, meta.updates, meta.last_step, meta.last_time] {
-            self.buf.extend_from_slice(&word.to_le_bytes());
-        }
-        self.buf.extend_from_slice(bytemuck::cast_slice(values));
+        encode_keyed_row_into(&mut self.buf, meta, values);
         self.rows += 1;
         if self.rows == Self::ROWS {
             self.flush(w)?;
@@ -471,7 +469,7 @@ fn apply_file(store: &Store, path: &Path, body: u64) -> Result<(u64, u64), Check
         if format::is_sparse(&spec) {
             let table = store.sparse(&spec.name)?;
             let stride = table.stride();
-            let mut record = vec![0u8; ROW_HEADER + stride * 4];
+            let mut record = vec![0u8; KEYED_HEADER + stride * 4];
             let mut values = vec![0f32; stride];
             loop {
                 match r.u8()? {
@@ -480,15 +478,8 @@ fn apply_file(store: &Store, path: &Path, body: u64) -> Result<(u64, u64), Check
                         let n = r.u64()?;
                         for _ in 0..n {
                             r.bytes(&mut record)?;
-                            let word =
-                                |i: usize| u64::from_le_bytes(record[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-                            let meta = crate::RowMeta {
-                                key: word(0),
-                                updates: word(1),
-                                last_step: word(2),
-                                last_time: word(3),
-                            };
-                            bytemuck::cast_slice_mut::<f32, u8>(&mut values).copy_from_slice(&record[ROW_HEADER..]);
+                            let meta = decode_keyed_row(&record, &mut values)
+                                .ok_or_else(|| r.corrupt(format!("table {}: malformed row record", spec.name)))?;
                             table.restore_row(meta, &values);
                         }
                         rows += n;

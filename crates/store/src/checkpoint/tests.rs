@@ -126,18 +126,25 @@ fn an_incremental_holds_only_what_changed() {
     assert_eq!((nothing.rows, nothing.deleted), (0, 0));
 }
 
-#[test]
-fn a_corrupt_incremental_ends_the_chain_at_the_previous_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, ckpt) = (new_store(), Checkpointer::open(dir.path()).unwrap());
-    let mut rng = SplitMix64::new(2);
+/// Writes a full checkpoint (label 0) and an incremental (label 1) of a churned store, churns
+/// more and writes a third of `kind` (label 2). Returns the store's contents as of the second
+/// checkpoint (what a restore must give once the third is damaged) and the third's info.
+fn full_incremental_then(dir: &Path, seed: u64, kind: CheckpointKind) -> (BTreeMap<String, Rows>, CheckpointInfo) {
+    let (store, ckpt) = (new_store(), Checkpointer::open(dir).unwrap());
+    let mut rng = SplitMix64::new(seed);
     churn(&store, &mut rng, 30);
     ckpt.write(&store, CheckpointKind::Full, 0).unwrap();
     churn(&store, &mut rng, 10);
     ckpt.write(&store, CheckpointKind::Incremental, 1).unwrap();
     let expected = contents(&store);
     churn(&store, &mut rng, 10);
-    let last = ckpt.write(&store, CheckpointKind::Incremental, 2).unwrap();
+    (expected, ckpt.write(&store, kind, 2).unwrap())
+}
+
+#[test]
+fn a_corrupt_incremental_ends_the_chain_at_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (expected, last) = full_incremental_then(dir.path(), 2, CheckpointKind::Incremental);
     // Flip one bit in the middle of the last file.
     let path = dir.path().join(&last.file);
     let mut bytes = fs::read(&path).unwrap();
@@ -153,15 +160,7 @@ fn a_corrupt_incremental_ends_the_chain_at_the_previous_one() {
 #[test]
 fn a_truncated_full_falls_back_to_the_previous_full_chain() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, ckpt) = (new_store(), Checkpointer::open(dir.path()).unwrap());
-    let mut rng = SplitMix64::new(3);
-    churn(&store, &mut rng, 30);
-    ckpt.write(&store, CheckpointKind::Full, 0).unwrap();
-    churn(&store, &mut rng, 10);
-    ckpt.write(&store, CheckpointKind::Incremental, 1).unwrap();
-    let expected = contents(&store);
-    churn(&store, &mut rng, 10);
-    let newest = ckpt.write(&store, CheckpointKind::Full, 2).unwrap();
+    let (expected, newest) = full_incremental_then(dir.path(), 3, CheckpointKind::Full);
     let path = dir.path().join(&newest.file);
     let len = fs::metadata(&path).unwrap().len();
     fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 100).unwrap();

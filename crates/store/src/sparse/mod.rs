@@ -65,11 +65,27 @@ impl std::fmt::Debug for SparseTable {
     }
 }
 
+/// Admission outcomes of one batch, added to the table's counters once per batch.
+#[derive(Debug, Default, Clone, Copy)]
+struct AdmissionCounts {
+    admitted: u64,
+    filtered: u64,
+}
+
 /// Indices of a batch grouped by shard: `order[offsets[s]..offsets[s + 1]]` are the positions in
 /// the batch whose keys belong to shard `s`, in request order.
 struct Grouping {
     order: Vec<u32>,
     offsets: Vec<u32>,
+}
+
+impl Grouping {
+    /// Each shard that has keys in the batch, with the batch positions of those keys.
+    fn parts(&self) -> impl Iterator<Item = (usize, &[u32])> + '_ {
+        (0..self.offsets.len() - 1)
+            .map(|s| (s, &self.order[self.offsets[s] as usize..self.offsets[s + 1] as usize]))
+            .filter(|(_, part)| !part.is_empty())
+    }
 }
 
 impl SparseTable {
@@ -177,55 +193,40 @@ impl SparseTable {
         debug_assert_eq!(out.len(), keys.len() * self.dim);
         let version = self.version();
         let (dim, stride, now) = (self.dim, self.stride, self.now());
-        let (admission, min_count) = (self.spec.policy.admission(), self.spec.policy.min_count);
-        let (mut admitted, mut filtered) = (0u64, 0u64);
+        let tiered = self.cold.is_some();
+        let mut admission = AdmissionCounts::default();
         let mut cold_misses: Vec<u32> = Vec::new();
         // Before anything is read: a demotion after this point makes a cold read suspect.
-        let epochs = if self.cold.is_some() { self.tier.epochs() } else { Vec::new() };
+        let epochs = if tiered { self.tier.epochs() } else { Vec::new() };
         let g = self.group(keys);
-        for (s, shard) in self.shards.iter().enumerate() {
-            let part = &g.order[g.offsets[s] as usize..g.offsets[s + 1] as usize];
-            if part.is_empty() {
-                continue;
-            }
-            let mut shard = shard.lock();
+        for (s, part) in g.parts() {
+            let mut shard = self.shards[s].lock();
             for &i in part {
                 let i = i as usize;
                 let key = keys[i];
                 let dst = &mut out[i * dim..(i + 1) * dim];
                 let pos = match shard.find(key) {
                     Some(pos) => pos,
-                    None if self.cold.is_some() => {
+                    None if tiered => {
                         cold_misses.push(i as u32);
                         continue;
                     }
-                    None if create && shard.admit(key, min_count) => {
-                        admitted += u64::from(admission);
-                        shard.insert_with(key, stride, version, now, |row| self.init_row(key, row))
-                    }
-                    None if create => {
-                        filtered += 1;
-                        self.spec.initializer.fill(self.spec.seed, key, dst);
-                        continue;
-                    }
+                    None if create => match self.create_or_filter(&mut shard, key, dst, version, now, &mut admission) {
+                        Some(pos) => pos,
+                        None => continue,
+                    },
                     None => {
-                        self.spec.initializer.fill(self.spec.seed, key, dst);
-                        if let Some(m) = missing.as_deref_mut() {
-                            m[i] = true;
-                        }
+                        self.read_missing(key, dst, i, missing.as_deref_mut());
                         continue;
                     }
                 };
                 dst.copy_from_slice(&shard.row(pos, stride)[..dim]);
-                if create {
+                if create && tiered {
                     shard.touch(pos);
                 }
             }
         }
-        if admission {
-            self.admitted.fetch_add(admitted, Ordering::Relaxed);
-            self.filtered.fetch_add(filtered, Ordering::Relaxed);
-        }
+        self.count_admission(admission);
         if let Some(cold) = &self.cold {
             self.tier.count_hot_hits(keys.len() - cold_misses.len());
             if !cold_misses.is_empty() {
@@ -235,19 +236,43 @@ impl SparseTable {
         Ok(version)
     }
 
-    /// Creates `key`'s row at a training pull if admission lets it, else fills `dst` with the
-    /// initializer's value (counted as filtered). Returns the row's position if it has one.
-    fn create_or_filter(&self, shard: &mut Shard, key: u64, dst: &mut [f32], version: u64) -> Option<usize> {
+    /// Creates `key`'s row at a training pull if admission lets it (returning its position),
+    /// else fills `dst` with the initializer's value; counts either in `counts`.
+    fn create_or_filter(
+        &self,
+        shard: &mut Shard,
+        key: u64,
+        dst: &mut [f32],
+        version: u64,
+        now: u64,
+        counts: &mut AdmissionCounts,
+    ) -> Option<usize> {
         let policy = self.spec.policy;
         if shard.admit(key, policy.min_count) {
-            if policy.admission() {
-                self.admitted.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(shard.insert_with(key, self.stride, version, self.now(), |row| self.init_row(key, row)))
+            counts.admitted += u64::from(policy.admission());
+            Some(shard.insert_with(key, self.stride, version, now, |row| self.init_row(key, row)))
         } else {
-            self.filtered.fetch_add(1, Ordering::Relaxed);
+            counts.filtered += 1;
             self.spec.initializer.fill(self.spec.seed, key, dst);
             None
+        }
+    }
+
+    /// A lookup of a key without a row: the initializer's value, flagged missing.
+    fn read_missing(&self, key: u64, dst: &mut [f32], i: usize, missing: Option<&mut [bool]>) {
+        self.spec.initializer.fill(self.spec.seed, key, dst);
+        if let Some(m) = missing {
+            m[i] = true;
+        }
+    }
+
+    /// Adds one batch's admission counts to the table's (one atomic add each per batch).
+    fn count_admission(&self, counts: AdmissionCounts) {
+        if counts.admitted > 0 {
+            self.admitted.fetch_add(counts.admitted, Ordering::Relaxed);
+        }
+        if counts.filtered > 0 {
+            self.filtered.fetch_add(counts.filtered, Ordering::Relaxed);
         }
     }
 
@@ -278,12 +303,11 @@ impl SparseTable {
             self.rejected_nonfinite.fetch_add(1, Ordering::Relaxed);
             return Err(StoreError::NonFinite { table: self.spec.name.clone(), key: keys[i / dim], value: grads[i] });
         }
-        let g = self.group(keys);
-        let mut order = g.order;
+        let mut g = self.group(keys);
         // Sort each shard's part by key so duplicates are adjacent; stable, so they stay in
         // request order and their sum is deterministic.
         for s in 0..self.shards.len() {
-            order[g.offsets[s] as usize..g.offsets[s + 1] as usize].sort_by_key(|i| keys[*i as usize]);
+            g.order[g.offsets[s] as usize..g.offsets[s + 1] as usize].sort_by_key(|i| keys[*i as usize]);
         }
         let epochs = if self.cold.is_some() { self.tier.epochs() } else { Vec::new() };
         let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
@@ -293,12 +317,8 @@ impl SparseTable {
         // Hot misses of a tiered table: their keys and summed gradients, resolved after the
         // cold tier has been read without any lock held.
         let (mut cold_keys, mut cold_grads) = (Vec::new(), Vec::new());
-        for (s, shard) in self.shards.iter().enumerate() {
-            let part = &order[g.offsets[s] as usize..g.offsets[s + 1] as usize];
-            if part.is_empty() {
-                continue;
-            }
-            let mut shard = shard.lock();
+        for (s, part) in g.parts() {
+            let mut shard = self.shards[s].lock();
             let mut run = 0;
             while run < part.len() {
                 let key = keys[part[run] as usize];
@@ -356,39 +376,31 @@ impl SparseTable {
 
     /// Deletes the rows of `keys` from both tiers; returns how many existed.
     pub fn delete(&self, keys: &[u64]) -> Result<u64, StoreError> {
-        let g = self.group(keys);
-        let mut deleted = 0;
+        let _gate = self.cold.is_some().then(|| self.tier_gate());
         // Cold records first: a key is then never only in a tier the delete has passed.
-        if let Some(cold) = &self.cold {
-            let _gate = self.tier.gate.lock();
-            let found = cold.get_many(&self.spec.name, keys).map_err(|e| self.tier_err(e))?;
-            let gone: Vec<u64> = keys.iter().zip(&found).filter(|(_, r)| r.is_some()).map(|(k, _)| *k).collect();
-            cold.write(&self.spec.name, &[], &gone).map_err(|e| self.tier_err(e))?;
-            let mut counted: ember_core::U64Map<()> = ember_core::U64Map::default();
-            for (s, shard) in self.shards.iter().enumerate() {
-                let part = &g.order[g.offsets[s] as usize..g.offsets[s + 1] as usize];
-                let mut shard = shard.lock();
-                for &i in part {
-                    let key = keys[i as usize];
-                    let was_hot = shard.remove(key, self.stride);
-                    let was_cold = found[i as usize].is_some() && counted.insert(key, ()).is_none();
-                    if was_cold {
-                        // Recorded for the next checkpoint even when only the cold copy existed.
-                        shard.note_deleted(key);
-                    }
-                    deleted += u64::from(was_hot || was_cold);
-                }
+        let on_disk: Vec<bool> = match &self.cold {
+            Some(cold) => {
+                let found = cold.get_many(&self.spec.name, keys).map_err(|e| self.tier_err(e))?;
+                let gone: Vec<u64> = keys.iter().zip(&found).filter(|(_, r)| r.is_some()).map(|(k, _)| *k).collect();
+                cold.write(&self.spec.name, &[], &gone).map_err(|e| self.tier_err(e))?;
+                found.iter().map(Option::is_some).collect()
             }
-            return Ok(deleted);
-        }
-        for (s, shard) in self.shards.iter().enumerate() {
-            let part = &g.order[g.offsets[s] as usize..g.offsets[s + 1] as usize];
-            if part.is_empty() {
-                continue;
-            }
-            let mut shard = shard.lock();
+            None => Vec::new(),
+        };
+        let mut counted_on_disk: ember_core::U64Map<()> = ember_core::U64Map::default();
+        let mut deleted = 0;
+        for (s, part) in self.group(keys).parts() {
+            let mut shard = self.shards[s].lock();
             for &i in part {
-                deleted += u64::from(shard.remove(keys[i as usize], self.stride));
+                let key = keys[i as usize];
+                let was_hot = shard.remove(key, self.stride);
+                let was_cold =
+                    on_disk.get(i as usize).copied().unwrap_or(false) && counted_on_disk.insert(key, ()).is_none();
+                if was_cold {
+                    // Recorded for the next checkpoint even when only the cold copy existed.
+                    shard.note_deleted(key);
+                }
+                deleted += u64::from(was_hot || was_cold);
             }
         }
         Ok(deleted)
@@ -409,7 +421,7 @@ impl SparseTable {
                     && meta.updates > 0
                     && row[..dim].iter().map(|w| w * w).sum::<f32>().sqrt() < policy.min_l2)
         };
-        let _gate = self.cold.is_some().then(|| self.tier.gate.lock());
+        let _gate = self.cold.is_some().then(|| self.tier_gate());
         let mut gone: Vec<u64> = Vec::new();
         for shard in self.shards.iter() {
             gone.extend(shard.lock().evict(self.stride, expired));

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ember_core::DemotePolicy;
 use parking_lot::Mutex;
 
-use super::SparseTable;
+use super::{AdmissionCounts, SparseTable};
 use crate::tier::{decode_row, encode_row, ColdTier, TierError};
 use crate::{RowMeta, StoreError};
 
@@ -53,11 +53,9 @@ impl TierCounters {
     }
 }
 
-/// Tier figures of one table.
+/// Tier figures of one table (its DRAM rows are `SparseStats::rows`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TierStats {
-    /// Rows in DRAM.
-    pub hot_rows: u64,
     /// Records in the cold tier (an estimate for RocksDB; includes disk copies of rows that were
     /// promoted since, which a later demotion overwrites).
     pub cold_rows: u64,
@@ -96,7 +94,6 @@ impl SparseTable {
     pub fn tier_stats(&self) -> TierStats {
         let cold_rows = self.cold.as_ref().and_then(|c| c.count(&self.spec.name).ok()).unwrap_or(0);
         TierStats {
-            hot_rows: self.hot_rows(),
             cold_rows,
             hot_hits: self.tier.hot_hits.load(Ordering::Relaxed),
             cold_hits: self.tier.cold_hits.load(Ordering::Relaxed),
@@ -117,21 +114,18 @@ impl SparseTable {
         mut pending: Vec<u32>,
         mut epochs: Vec<u64>,
     ) -> Result<(), StoreError> {
-        let (dim, stride) = (self.dim, self.stride);
+        let (dim, stride, now) = (self.dim, self.stride, self.now());
         let version = self.version();
         let mut values = vec![0f32; stride];
+        let mut admission = AdmissionCounts::default();
         while !pending.is_empty() {
             let pending_keys: Vec<u64> = pending.iter().map(|i| keys[*i as usize]).collect();
             let records = cold.get_many(&self.spec.name, &pending_keys).map_err(|e| self.tier_err(e))?;
             let g = self.group(&pending_keys);
             let mut retry = Vec::new();
             let (mut cold_hits, mut promoted) = (0u64, 0u64);
-            for (s, shard) in self.shards.iter().enumerate() {
-                let part = &g.order[g.offsets[s] as usize..g.offsets[s + 1] as usize];
-                if part.is_empty() {
-                    continue;
-                }
-                let mut shard = shard.lock();
+            for (s, part) in g.parts() {
+                let mut shard = self.shards[s].lock();
                 let moved = self.tier.moved(s, &epochs);
                 for &j in part {
                     let i = pending[j as usize] as usize;
@@ -152,14 +146,11 @@ impl SparseTable {
                             promoted += 1;
                         }
                     } else if create {
-                        if let Some(pos) = self.create_or_filter(&mut shard, key, dst, version) {
+                        if let Some(pos) = self.create_or_filter(&mut shard, key, dst, version, now, &mut admission) {
                             dst.copy_from_slice(&shard.row(pos, stride)[..dim]);
                         }
                     } else {
-                        self.spec.initializer.fill(self.spec.seed, key, dst);
-                        if let Some(m) = missing.as_deref_mut() {
-                            m[i] = true;
-                        }
+                        self.read_missing(key, dst, i, missing.as_deref_mut());
                     }
                 }
             }
@@ -168,6 +159,7 @@ impl SparseTable {
             epochs = self.tier.epochs();
             pending = retry;
         }
+        self.count_admission(admission);
         Ok(())
     }
 
@@ -191,12 +183,8 @@ impl SparseTable {
             let g = self.group(&keys);
             let (mut retry_keys, mut retry_grads) = (Vec::new(), Vec::new());
             let (mut cold_hits, mut promoted) = (0u64, 0u64);
-            for (s, shard) in self.shards.iter().enumerate() {
-                let part = &g.order[g.offsets[s] as usize..g.offsets[s + 1] as usize];
-                if part.is_empty() {
-                    continue;
-                }
-                let mut shard = shard.lock();
+            for (s, part) in g.parts() {
+                let mut shard = self.shards[s].lock();
                 let moved = self.tier.moved(s, &epochs);
                 for &j in part {
                     let j = j as usize;

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use parking_lot::Mutex;
 
-use crate::RowMeta;
+pub use crate::record::{decode_row, encode_row};
 #[cfg(feature = "rocksdb")]
 pub use rocks::RocksCold;
 
@@ -41,31 +41,6 @@ pub trait ColdTier: Send + Sync + std::fmt::Debug {
     fn scan(&self, table: &str, f: &mut dyn FnMut(u64, &[u8])) -> Result<(), TierError>;
     /// Records in a table (may be an estimate for large tables).
     fn count(&self, table: &str) -> Result<u64, TierError>;
-}
-
-/// Bytes of a record before its values: updates, last step, last time.
-const RECORD_HEADER: usize = 24;
-
-/// A row as a cold record: metadata (without the key, which is the record's key) then `stride`
-/// little-endian f32.
-pub fn encode_row(meta: &RowMeta, values: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(RECORD_HEADER + values.len() * 4);
-    for word in [meta.updates, meta.last_step, meta.last_time] {
-        out.extend_from_slice(&word.to_le_bytes());
-    }
-    out.extend_from_slice(bytemuck::cast_slice(values));
-    out
-}
-
-/// Decodes a record of `key` into `values` (which must hold `stride` values); `None` if the
-/// record has the wrong size.
-pub fn decode_row(key: u64, record: &[u8], values: &mut [f32]) -> Option<RowMeta> {
-    if record.len() != RECORD_HEADER + values.len() * 4 {
-        return None;
-    }
-    let word = |i: usize| u64::from_le_bytes(record[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-    bytemuck::cast_slice_mut::<f32, u8>(values).copy_from_slice(&record[RECORD_HEADER..]);
-    Some(RowMeta { key, updates: word(0), last_step: word(1), last_time: word(2) })
 }
 
 /// An in-memory cold tier: the tiering logic's test double, and a reference for backends.
@@ -114,22 +89,5 @@ impl ColdTier for MemCold {
 
     fn count(&self, table: &str) -> Result<u64, TierError> {
         self.with_table(table, |t| t.len() as u64)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn records_round_trip_and_wrong_sizes_are_refused() {
-        let meta = RowMeta { key: 9, updates: 3, last_step: 17, last_time: 1_700_000_000 };
-        let record = encode_row(&meta, &[1.5, -2.0, 0.25]);
-        let mut values = [0f32; 3];
-        assert_eq!(decode_row(9, &record, &mut values), Some(meta));
-        assert_eq!(values, [1.5, -2.0, 0.25]);
-        assert_eq!(decode_row(9, &record[1..], &mut values), None);
-        let mut two = [0f32; 2];
-        assert_eq!(decode_row(9, &record, &mut two), None);
     }
 }
