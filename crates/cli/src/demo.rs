@@ -1,14 +1,27 @@
 //! `ember demo`: the main job end to end on one machine. It generates synthetic Criteo-format data
 //! (unless `--data` is given), trains DeepFM on an embedded cluster (ps-servers and workers in this
 //! process, real gRPC on loopback), shows progress, prints the hold-out metrics beside the data's
-//! oracle, and writes the JSON report and a PNG of the training curves into its workdir.
+//! oracle, and writes the JSON report and a PNG of the training curves into its workdir. Training
+//! publishes the model into WORKDIR/models; the demo then starts a serving node on it (in this
+//! process, real gRPC), sends the hold-out rows through it, and prints the serving AUC beside the
+//! training evaluation's.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use ember_core::JobSpec;
 
-use crate::train::{summary, train_embedded, write_report};
+use std::path::Path;
+use std::sync::Arc;
+
+use ember_client::{PsClient, ServingClient};
+use ember_core::eval::{auc, logloss};
+use ember_model::ModelDir;
+use ember_serving::{Serving, ServingConfig};
+
+use crate::cluster::EmbeddedCluster;
+use crate::serve_cmds::predict_file;
+use crate::train::{summary, train_on, write_report, TrainRun};
 
 /// Arguments of `ember demo`.
 #[derive(Debug, clap::Args)]
@@ -60,7 +73,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         job.cluster.ps,
         job.cluster.workers
     );
-    let report = train_embedded(&job, true, oracle.as_deref()).await?;
+    let models = args.workdir.join("models");
+    job.publish.model_dir = models.display().to_string();
+    let cluster = EmbeddedCluster::start(job.cluster.ps).await?;
+    let trained = train_on(&job, cluster.shard_map(), true, oracle.as_deref()).await;
+    let served = match &trained {
+        Ok(run) => serve_hold_out(&cluster, &models, &data, run).await,
+        Err(_) => Ok(String::new()),
+    };
+    cluster.stop().await?;
+    let report = trained?.report;
     println!("{}", summary(&report));
     println!(
         "  {} rows trained in {:.1}s, {} test rows, {:.1} MB pushed, {:.1} MB pulled, {} bad lines",
@@ -78,6 +100,48 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if !labelled {
         println!("  (no TrueType font found: the plot has no labels; install fonts-dejavu-core)");
     }
+    println!("{}", served?);
     println!("report: {}\nplot:   {}", report_path.display(), plot_path.display());
     Ok(())
+}
+
+/// Starts a serving node on the published model, sends the hold-out rows through it over gRPC,
+/// and describes the result beside the training side's evaluation of the same rows.
+async fn serve_hold_out(
+    cluster: &EmbeddedCluster,
+    models: &Path,
+    data: &Path,
+    run: &TrainRun,
+) -> anyhow::Result<String> {
+    let client = PsClient::connect(cluster.shard_map()).await?;
+    let config = ServingConfig::default();
+    let serving = Serving::start(ModelDir::new(models), client, config.clone()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(ember_serving::grpc::serve(listener, Arc::clone(&serving.predictor), config, async {
+        let _ = stopped.await;
+    }));
+    let result = async {
+        let serving_client = ServingClient::connect(&addr).await?;
+        let r = &run.report;
+        let started = std::time::Instant::now();
+        let p = predict_file(&serving_client, data, r.train_rows, r.test_rows, 64, "label").await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let max_diff = p.probs.iter().zip(&run.test_probs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        Ok::<_, anyhow::Error>(format!(
+            "serving (model version {:?} on {addr}): {} hold-out rows in {:.2}s as batches of 64, test AUC {:.4} (training evaluation {:.4}), logloss {:.4}; largest difference from training's predictions {:.1e}",
+            p.versions,
+            p.probs.len(),
+            seconds,
+            auc(&p.probs, &p.labels),
+            r.test_auc,
+            logloss(&p.probs, &p.labels),
+            max_diff
+        ))
+    }
+    .await;
+    let _ = stop.send(());
+    server.await.context("serving task")??;
+    result
 }

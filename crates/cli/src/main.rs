@@ -12,6 +12,7 @@ mod gen_data;
 mod observability;
 mod plot;
 mod ps;
+mod serve_cmds;
 mod store_cmds;
 mod train;
 
@@ -50,6 +51,13 @@ enum Command {
     Checkpoint(store_cmds::CheckpointArgs),
     /// Write every row of a table to a text file, sorted by key.
     Export(store_cmds::ExportArgs),
+    /// Run a serving node: predictions from the model directory's current version.
+    Serve(serve_cmds::ServeArgs),
+    /// Send a data file through a serving node; one probability per line (and the AUC).
+    Predict(serve_cmds::PredictArgs),
+    /// Manage a model directory's versions.
+    #[command(subcommand)]
+    Model(serve_cmds::ModelCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,6 +89,9 @@ fn main() -> anyhow::Result<()> {
             Command::GenData(args) => gen_data::run(args),
             Command::Checkpoint(args) => store_cmds::checkpoint(args).await,
             Command::Export(args) => store_cmds::export(args).await,
+            Command::Serve(args) => serve_cmds::serve(args).await,
+            Command::Predict(args) => serve_cmds::predict(args).await,
+            Command::Model(cmd) => serve_cmds::model(cmd),
         }
     })
 }

@@ -9,7 +9,7 @@ use ember_client::{PsClient, SchedulerClient, ShardMap};
 /// Which ps-servers a command talks to.
 #[derive(Debug, clap::Args)]
 #[group(required = true, multiple = false)]
-pub struct Targets {
+pub(crate) struct Targets {
     /// ps-server addresses, comma-separated (a standalone server, or every server of a cluster).
     #[arg(long, value_delimiter = ',')]
     ps: Vec<String>,
@@ -19,7 +19,7 @@ pub struct Targets {
 }
 
 impl Targets {
-    async fn client(&self) -> anyhow::Result<PsClient> {
+    pub(crate) async fn client(&self) -> anyhow::Result<PsClient> {
         let map = match &self.scheduler {
             Some(addr) => SchedulerClient::connect(addr).await?.shard_map().await?.1,
             None => ShardMap::round_robin(self.ps.clone(), 1024).context("--ps needs at least one address")?,

@@ -3,8 +3,10 @@
 //! The ps-servers run in this process on loopback ports and the workers reach them over real
 //! gRPC. A reader thread parses the training split ahead of the workers into a bounded queue that
 //! the workers share (fast workers take more). The last `data.test_split` of the rows is held out
-//! and evaluated with read-only lookups after training. The scheduler is not built yet: data is
-//! assigned through the in-process queue, not by a scheduler's work items.
+//! and evaluated with read-only lookups after training. Data is assigned through the in-process
+//! queue, not by a scheduler's work items. With `--ps` the job trains on running ps-servers
+//! instead of embedded ones; with a model dir (`--model-dir` or `[publish]`) it publishes model
+//! versions for serving during the run and at its end.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -12,10 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ember_client::PsClient;
+use ember_client::{PsClient, ShardMap};
 use ember_core::eval::{auc, logloss};
 use ember_core::JobSpec;
+use ember_model::ModelDir;
 use ember_worker::model::IndexedBatch;
+use ember_worker::publish::Publisher;
 use ember_worker::reader::{count_rows, expand_paths, read_rows, LineParser};
 use ember_worker::train::{predict, train, ModelTables, Progress, WorkerStats};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -43,6 +47,15 @@ pub struct TrainArgs {
     /// report then includes the best achievable test AUC.
     #[arg(long)]
     oracle: Option<PathBuf>,
+    /// Train on these running ps-servers (comma-separated) instead of an embedded cluster.
+    #[arg(long, value_delimiter = ',')]
+    ps: Vec<String>,
+    /// Publish model versions into this directory (overrides the job's `publish.model_dir`).
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// Write the hold-out predictions here, one probability per line in data order.
+    #[arg(long)]
+    test_predictions: Option<PathBuf>,
 }
 
 /// The JSON report of a training run.
@@ -94,6 +107,16 @@ pub struct Report {
     pub curve: Vec<CurvePoint>,
     /// The sparse tables at the end of training, summed over ps-servers.
     pub tables: Vec<TableReport>,
+    /// Model versions published during and at the end of the run.
+    pub published: Vec<u64>,
+}
+
+/// A finished run: its report and the hold-out predictions behind its test figures.
+pub struct TrainRun {
+    /// The report.
+    pub report: Report,
+    /// Hold-out probabilities, in data order.
+    pub test_probs: Vec<f32>,
 }
 
 /// One sparse table's figures at the end of a run.
@@ -145,8 +168,21 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(data) = args.data {
         job.data.paths = vec![data];
     }
+    if let Some(dir) = &args.model_dir {
+        job.publish.model_dir = dir.display().to_string();
+    }
     std::fs::create_dir_all(&args.workdir).with_context(|| format!("creating {}", args.workdir.display()))?;
-    let report = train_embedded(&job, true, args.oracle.as_deref()).await?;
+    let run = if args.ps.is_empty() {
+        train_embedded(&job, true, args.oracle.as_deref()).await?
+    } else {
+        let map = ShardMap::round_robin(args.ps.clone(), 1024).context("--ps needs at least one address")?;
+        train_on(&job, map, true, args.oracle.as_deref()).await?
+    };
+    if let Some(path) = &args.test_predictions {
+        let text: String = run.test_probs.iter().map(|p| format!("{p}\n")).collect();
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let report = run.report;
     let path = args.report.unwrap_or_else(|| args.workdir.join("report.json"));
     write_report(&report, &path)?;
     println!("{}", summary(&report));
@@ -172,7 +208,21 @@ pub fn write_report(report: &Report, path: &Path) -> anyhow::Result<()> {
 }
 
 /// Trains `job` on a fresh embedded cluster and evaluates it.
-pub async fn train_embedded(job: &JobSpec, show_progress: bool, oracle: Option<&Path>) -> anyhow::Result<Report> {
+pub async fn train_embedded(job: &JobSpec, show_progress: bool, oracle: Option<&Path>) -> anyhow::Result<TrainRun> {
+    let cluster = EmbeddedCluster::start(job.cluster.ps).await?;
+    let run = train_on(job, cluster.shard_map(), show_progress, oracle).await;
+    cluster.stop().await?;
+    run
+}
+
+/// Trains `job` with `job.cluster.workers` workers against the ps-servers of `map`, publishes
+/// model versions if the job has a model dir, and evaluates the hold-out split.
+pub async fn train_on(
+    job: &JobSpec,
+    map: ShardMap,
+    show_progress: bool,
+    oracle: Option<&Path>,
+) -> anyhow::Result<TrainRun> {
     let started = Instant::now();
     let files = expand_paths(&job.data.paths)?;
     let parser = LineParser::new(&job.data, &files)?;
@@ -181,13 +231,15 @@ pub async fn train_embedded(job: &JobSpec, show_progress: bool, oracle: Option<&
     let train_rows = rows_total - test_rows;
     anyhow::ensure!(train_rows > 0, "no training rows in {:?}", job.data.paths);
 
-    let cluster = EmbeddedCluster::start(job.cluster.ps).await?;
-    let map = cluster.shard_map();
     let client = PsClient::connect(map.clone()).await?;
     let (tables, specs) = ModelTables::for_job(job, "job");
     for (spec, initial) in &specs {
         client.create_table(spec, initial.as_deref()).await.with_context(|| format!("creating table {}", spec.name))?;
     }
+    let publisher = (!job.publish.model_dir.is_empty()).then(|| {
+        let dir = ModelDir::new(&job.publish.model_dir);
+        Publisher::new(dir, job, "job", tables.clone(), &specs, parser.input_schema())
+    });
 
     // Reader thread -> bounded queue -> workers.
     let (tx, rx) = mpsc::channel::<IndexedBatch>(8);
@@ -216,12 +268,31 @@ pub async fn train_embedded(job: &JobSpec, show_progress: bool, oracle: Option<&
     let (stop_tracking, tracking_stopped) = oneshot::channel();
     let bar = progress_bar(show_progress, train_rows * u64::from(job.training.epochs));
     let tracker = tokio::spawn(track_progress(Arc::clone(&progress), bar, tracking_stopped));
+    let periodic = match (&publisher, job.publish.every) {
+        (Some(p), every) if every > 0 => {
+            let (stop, stopped) = oneshot::channel();
+            let task = publish_every(p.clone(), client.clone(), Arc::clone(&progress), every, stopped);
+            Some((stop, tokio::spawn(task)))
+        }
+        _ => None,
+    };
     let mut stats = Vec::new();
     for w in workers {
         stats.push(w.await.context("worker task")?.context("worker")?);
     }
     let _ = stop_tracking.send(());
     let curve = tracker.await.context("progress task")?;
+    let mut published = match periodic {
+        Some((stop, task)) => {
+            let _ = stop.send(());
+            task.await.context("publishing task")?
+        }
+        None => Vec::new(),
+    };
+    if let Some(p) = &publisher {
+        let rows = progress.examples.load(Ordering::Relaxed);
+        published.push(p.publish(&client, rows).await.context("publishing the final model version")?);
+    }
     let bad = reader.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
     let train_seconds = train_started.elapsed().as_secs_f64();
 
@@ -237,7 +308,6 @@ pub async fn train_embedded(job: &JobSpec, show_progress: bool, oracle: Option<&
         probs.extend(predict(&client, &tables, batch).await?);
     }
     let tables = table_reports(&client).await?;
-    cluster.stop().await?;
 
     let oracle_test_auc = match oracle {
         Some(path) => Some(oracle_auc(path, train_rows, &labels)?),
@@ -245,7 +315,7 @@ pub async fn train_embedded(job: &JobSpec, show_progress: bool, oracle: Option<&
     };
     let total = merge(&stats);
     let positive_rate = total.progressive_labels.iter().sum::<f32>() / total.progressive_labels.len().max(1) as f32;
-    Ok(Report {
+    let report = Report {
         job: job.name.clone(),
         model: format!("{:?}", job.model.kind).to_lowercase(),
         data: files.iter().map(|f| f.display().to_string()).collect(),
@@ -269,7 +339,38 @@ pub async fn train_embedded(job: &JobSpec, show_progress: bool, oracle: Option<&
         bytes_pulled: total.bytes_pulled,
         curve,
         tables,
-    })
+        published,
+    };
+    Ok(TrainRun { report, test_probs: probs })
+}
+
+/// Publishes a version each time the job's rows trained cross a multiple of `every`, until `stop`;
+/// returns the versions published.
+async fn publish_every(
+    publisher: Publisher,
+    client: PsClient,
+    progress: Arc<Progress>,
+    every: u64,
+    mut stop: oneshot::Receiver<()>,
+) -> Vec<u64> {
+    let mut done = 0u64;
+    let mut versions = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => return versions,
+        }
+        let rows = progress.examples.load(Ordering::Relaxed);
+        if rows / every > done / every {
+            match publisher.publish(&client, rows).await {
+                Ok(v) => versions.push(v),
+                // A failed publish leaves the previous versions serving; training goes on.
+                Err(e) => tracing::error!(error = %e, rows, "publishing a model version failed"),
+            }
+        }
+        done = rows;
+    }
 }
 
 /// AUC of an oracle file's probabilities for the test rows (lines after `train_rows`).

@@ -5,6 +5,7 @@
 //! - [`ps`]: [`PsClient`], the parameter-server client: splits a batch per server, fans the parts
 //!   out concurrently, and reassembles rows in request order.
 //! - [`scheduler`]: the scheduler client and [`Membership`] (register + heartbeat leases).
+//! - [`serving`]: the serving client (predictions, model status).
 //!
 //! Invariants: a caller never sees a partial result (one failed part fails the call); rows come
 //! back in the order of the keys asked for, duplicates included.
@@ -12,9 +13,11 @@
 mod error;
 pub mod ps;
 pub mod scheduler;
+pub mod serving;
 pub mod shard_map;
 
 pub use error::ClientError;
 pub use ps::{Clock, PsClient, PulledRows, PushResult, RetryPolicy};
 pub use scheduler::{Membership, SchedulerClient};
+pub use serving::ServingClient;
 pub use shard_map::ShardMap;

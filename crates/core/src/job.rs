@@ -36,6 +36,27 @@ pub struct JobSpec {
     /// Cluster checkpoints the scheduler takes during the job (all off by default).
     #[serde(default)]
     pub checkpoint: CheckpointSpec,
+    /// Model versions published for serving (off unless a model dir is set).
+    #[serde(default)]
+    pub publish: PublishSpec,
+}
+
+/// Where and how often training publishes model versions for serving.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishSpec {
+    /// The model directory; empty turns publishing off (`ember train --model-dir` sets it).
+    pub model_dir: String,
+    /// A version every this many rows trained (0: only at the end of the job).
+    pub every: u64,
+    /// Versions kept in the directory.
+    pub keep: u32,
+}
+
+impl Default for PublishSpec {
+    fn default() -> Self {
+        Self { model_dir: String::new(), every: 0, keep: 5 }
+    }
 }
 
 /// When the scheduler checkpoints every ps-server during a job, in rows trained; 0 is off.

@@ -2,17 +2,18 @@
 //!
 //! Layout:
 //! - [`agent`]: the worker process's loop: work items from the scheduler, trained or evaluated.
-//! - [`features`]: field-aware 64-bit feature hashing, bucketizing.
+//! - [`publish`]: model versions for serving, from the dense tables the ps-servers hold.
 //! - [`reader`]: Criteo TSV, libsvm, libffm and CSV readers over files, globs and gzip, with
 //!   bad-line accounting.
-//! - [`model`]: batch indexing and the models (LR, FM).
 //! - [`synth`]: synthetic Criteo-format data from a hidden model, with oracle probabilities.
 //! - [`train`]: one worker's training loop (prefetching pulls, async pushes, progressive
 //!   validation) and read-only batch prediction.
 
 pub mod agent;
-pub mod features;
-pub mod model;
+pub mod publish;
 pub mod reader;
 pub mod synth;
 pub mod train;
+
+// The models and feature hashing live in `ember-model`, shared with serving.
+pub use ember_model::{features, model};

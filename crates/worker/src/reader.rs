@@ -14,12 +14,11 @@ use std::path::{Path, PathBuf};
 
 use ember_core::job::{CsvSchema, DataFormat, DataSpec};
 
-use crate::features::{bucket_id, feature_id, missing_id, Example, Feature};
+use ember_model::schema::{FieldKind, InputField, InputSchema};
 
-/// Criteo: integer columns I1-I13.
-pub const CRITEO_INT_COLUMNS: usize = 13;
-/// Criteo: categorical columns C1-C26.
-pub const CRITEO_CAT_COLUMNS: usize = 26;
+use crate::features::{self as cell, feature_id, Example, Feature};
+
+pub use ember_model::schema::{CRITEO_CAT_COLUMNS, CRITEO_INT_COLUMNS};
 /// Bad lines kept verbatim for error messages.
 const KEEP_BAD: usize = 5;
 /// Lines read before the bad-line ratio may fail a read.
@@ -138,6 +137,7 @@ struct CsvColumns {
     fields: Vec<u32>,
     positive: Vec<String>,
     has_header: bool,
+    names: Vec<String>,
 }
 
 impl CsvColumns {
@@ -179,6 +179,7 @@ impl CsvColumns {
             fields,
             positive: schema.positive.clone(),
             has_header: schema.columns.is_none(),
+            names: names.to_vec(),
         })
     }
 }
@@ -204,6 +205,30 @@ impl LineParser {
             _ => None,
         };
         Ok(Self { format: spec.format, csv })
+    }
+
+    /// The named fields a serving request gives for this format: Criteo's columns, or a CSV
+    /// schema's feature columns. libsvm and libffm have none (requests send hashed features).
+    pub fn input_schema(&self) -> InputSchema {
+        match (self.format, &self.csv) {
+            (DataFormat::Criteo, _) => InputSchema::criteo(),
+            (DataFormat::Csv, Some(cols)) => cols
+                .roles
+                .iter()
+                .zip(&cols.names)
+                .zip(&cols.fields)
+                .filter_map(|((role, name), field)| {
+                    let kind = match role {
+                        ColumnRole::Categorical => FieldKind::Categorical,
+                        ColumnRole::Numeric => FieldKind::Numeric,
+                        ColumnRole::Label | ColumnRole::Ignore => return None,
+                    };
+                    Some(InputField { name: name.clone(), field: *field, kind })
+                })
+                .collect::<Vec<_>>()
+                .into(),
+            _ => InputSchema::default(),
+        }
     }
 
     /// Lines at the top of each file that are not data.
@@ -236,19 +261,11 @@ fn parse_criteo(line: &str) -> Result<Example, String> {
     let wrong_count = |n: usize| format!("expected 40 tab-separated columns, found {}", n + 1);
     for field in 0..CRITEO_INT_COLUMNS as u32 {
         let cell = cols.next().ok_or_else(|| wrong_count(field as usize))?;
-        let id = if cell.is_empty() {
-            missing_id(field)
-        } else {
-            let x: i64 = cell.parse().map_err(|_| format!("I{}: {cell:?} is not an integer", field + 1))?;
-            bucket_id(field, x)
-        };
-        features.push(Feature { field, id, value: 1.0 });
+        features.push(cell::integer(field, cell).map_err(|e| format!("I{}: {e}", field + 1))?);
     }
     for j in 0..CRITEO_CAT_COLUMNS as u32 {
         let field = CRITEO_INT_COLUMNS as u32 + j;
-        let cell = cols.next().ok_or_else(|| wrong_count(field as usize))?;
-        let id = if cell.is_empty() { missing_id(field) } else { feature_id(field, cell.as_bytes()) };
-        features.push(Feature { field, id, value: 1.0 });
+        features.push(cell::categorical(field, cols.next().ok_or_else(|| wrong_count(field as usize))?));
     }
     if cols.next().is_some() {
         return Err(format!("more than 40 columns ({})", line.split('\t').count()));
@@ -293,21 +310,9 @@ fn parse_csv(cols: &CsvColumns, line: &str) -> Result<Example, String> {
         let field = cols.fields[i];
         match role {
             ColumnRole::Label => label = Some(if cols.positive.iter().any(|p| p == cell) { 1.0 } else { 0.0 }),
-            ColumnRole::Categorical => {
-                let id = if cell.is_empty() { missing_id(field) } else { feature_id(field, cell.as_bytes()) };
-                features.push(Feature { field, id, value: 1.0 });
-            }
+            ColumnRole::Categorical => features.push(cell::categorical(field, cell)),
             ColumnRole::Numeric => {
-                let id = if cell.is_empty() {
-                    missing_id(field)
-                } else {
-                    let x: f64 = cell.parse().map_err(|_| format!("column {}: {cell:?} is not a number", i + 1))?;
-                    if !x.is_finite() {
-                        return Err(format!("column {}: {cell:?} is not finite", i + 1));
-                    }
-                    bucket_id(field, x.round() as i64)
-                };
-                features.push(Feature { field, id, value: 1.0 });
+                features.push(cell::numeric(field, cell).map_err(|e| format!("column {}: {e}", i + 1))?)
             }
             ColumnRole::Ignore => {}
         }

@@ -5,22 +5,19 @@
 //! one push in flight (the next push waits for the previous, which bounds memory and staleness).
 //! Each batch is predicted before it is trained on (progressive validation).
 //!
-//! Tables: `{prefix}.w` (dim 1, the job's sparse optimizer, zeros) holds linear weights and the
-//! bias; FM and DeepFM add `{prefix}.v` (dim k, the embedding optimizer, N(0, init_stddev));
-//! DeepFM adds dense tables `{prefix}.mlp{i}.w` / `.b` per layer (the dense optimizer), created
-//! with the worker's He-uniform start. Dense parameters are pulled with every batch and their
+//! The tables are [`ModelTables`]'s. Dense parameters are pulled with every batch and their
 //! gradients pushed with its sparse ones.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ember_client::{ClientError, Clock, PsClient};
-use ember_core::job::{JobSpec, ModelKind};
-use ember_core::{Initializer, TableSpec};
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 
-use crate::model::{DeepFm, FmModel, Grads, IndexedBatch, Layer};
+pub use ember_model::tables::{Model, ModelTables, TableToCreate};
+
+use crate::model::{Grads, IndexedBatch, Layer};
 
 /// Why training stopped.
 #[derive(Debug, thiserror::Error)]
@@ -41,89 +38,6 @@ pub enum TrainError {
         /// Values expected.
         want: usize,
     },
-}
-
-/// The model a job trains.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Model {
-    /// LR (k = 0) or FM.
-    Fm(FmModel),
-    /// DeepFM.
-    DeepFm(DeepFm),
-}
-
-/// The tables a model lives in.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelTables {
-    /// Linear weights and bias, dim 1.
-    pub linear: String,
-    /// Embeddings, dim k (FM, DeepFM).
-    pub embedding: Option<String>,
-    /// DeepFM: (weights, biases) tables per layer.
-    pub dense: Vec<(String, String)>,
-    /// The model.
-    pub model: Model,
-}
-
-/// A table to create, with the starting values of a dense one.
-pub type TableToCreate = (TableSpec, Option<Vec<f32>>);
-
-impl ModelTables {
-    /// The tables of `job`'s model, with their specs, named under `prefix`.
-    pub fn for_job(job: &JobSpec, prefix: &str) -> (Self, Vec<TableToCreate>) {
-        let seed = job.training.seed;
-        let linear = TableSpec::sparse(format!("{prefix}.w"), 1, job.optimizer.sparse)
-            .with_initializer(Initializer::Zeros, seed)
-            .with_policy(job.features);
-        let k = job.model.embedding_dim;
-        let init = Initializer::Normal { mean: 0.0, stddev: job.model.init_stddev };
-        let emb = TableSpec::sparse(format!("{prefix}.v"), k, job.optimizer.embedding)
-            .with_initializer(init, seed)
-            .with_policy(job.features);
-        let mut tables = Self {
-            linear: linear.name.clone(),
-            embedding: None,
-            dense: Vec::new(),
-            model: Model::Fm(FmModel { k: 0 }),
-        };
-        let mut specs = vec![(linear, None)];
-        match job.model.kind {
-            ModelKind::Lr => {}
-            ModelKind::Fm => {
-                tables.embedding = Some(emb.name.clone());
-                tables.model = Model::Fm(FmModel { k: k as usize });
-                specs.push((emb, None));
-            }
-            ModelKind::Deepfm => {
-                let deepfm = DeepFm {
-                    k: k as usize,
-                    fields: job.deepfm_fields() as usize,
-                    hidden: job.model.hidden.iter().map(|h| *h as usize).collect(),
-                };
-                tables.embedding = Some(emb.name.clone());
-                specs.push((emb, None));
-                for (i, layer) in deepfm.init_dense(seed).into_iter().enumerate() {
-                    let (wn, bn) = (format!("{prefix}.mlp{i}.w"), format!("{prefix}.mlp{i}.b"));
-                    specs.push((TableSpec::dense(&wn, layer.w.len() as u32, job.optimizer.dense), Some(layer.w)));
-                    specs.push((TableSpec::dense(&bn, layer.b.len() as u32, job.optimizer.dense), Some(layer.b)));
-                    tables.dense.push((wn, bn));
-                }
-                tables.model = Model::DeepFm(deepfm);
-            }
-        }
-        (tables, specs)
-    }
-
-    fn k(&self) -> usize {
-        match &self.model {
-            Model::Fm(m) => m.k,
-            Model::DeepFm(m) => m.k,
-        }
-    }
-
-    fn dense_names(&self) -> Vec<&str> {
-        self.dense.iter().flat_map(|(w, b)| [w.as_str(), b.as_str()]).collect()
-    }
 }
 
 /// Counters shared by all workers of a job, read by progress reporting.
@@ -340,9 +254,8 @@ pub async fn train(
 pub async fn predict(client: &PsClient, tables: &ModelTables, batch: IndexedBatch) -> Result<Vec<f32>, TrainError> {
     let rows = pull_rows(client.clone(), tables.clone(), batch.keys.clone(), true).await?;
     let model = tables.model.clone();
-    tokio::task::spawn_blocking(move || match &model {
-        Model::Fm(m) => Ok(m.predict(&batch, &rows.w, &rows.v)),
-        Model::DeepFm(m) => m.predict(&batch, &rows.w, &rows.v, &rows.dense).map_err(TrainError::Compute),
+    tokio::task::spawn_blocking(move || {
+        model.predict(&batch, &rows.w, &rows.v, &rows.dense).map_err(TrainError::Compute)
     })
     .await
     .map_err(|e| TrainError::Compute(e.to_string()))?

@@ -19,7 +19,7 @@ pub struct Grads {
 }
 
 /// LR (`k = 0`) or FM (`k > 0`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FmModel {
     /// Embedding width; 0 for LR.
     pub k: usize,

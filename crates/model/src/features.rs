@@ -68,6 +68,40 @@ pub fn missing_id(field: u32) -> u64 {
     feature_id(field, b"")
 }
 
+/// A categorical cell: its raw bytes hashed in `field`; an empty cell is the field's missing id.
+#[inline]
+pub fn categorical(field: u32, cell: &str) -> Feature {
+    let id = if cell.is_empty() { missing_id(field) } else { feature_id(field, cell.as_bytes()) };
+    Feature { field, id, value: 1.0 }
+}
+
+/// An integer cell (Criteo's I1-I13): bucketized; empty is the field's missing id.
+#[inline]
+pub fn integer(field: u32, cell: &str) -> Result<Feature, String> {
+    let id = if cell.is_empty() {
+        missing_id(field)
+    } else {
+        bucket_id(field, cell.parse().map_err(|_| format!("{cell:?} is not an integer"))?)
+    };
+    Ok(Feature { field, id, value: 1.0 })
+}
+
+/// A numeric cell (a CSV schema's numeric column): rounded, then bucketized like an integer;
+/// empty is the field's missing id.
+#[inline]
+pub fn numeric(field: u32, cell: &str) -> Result<Feature, String> {
+    let id = if cell.is_empty() {
+        missing_id(field)
+    } else {
+        let x: f64 = cell.parse().map_err(|_| format!("{cell:?} is not a number"))?;
+        if !x.is_finite() {
+            return Err(format!("{cell:?} is not finite"));
+        }
+        bucket_id(field, x.round() as i64)
+    };
+    Ok(Feature { field, id, value: 1.0 })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,7 +23,7 @@ pub struct Layer {
 }
 
 /// A DeepFM model's shape.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeepFm {
     /// Embedding width (shared with the FM part).
     pub k: usize,

@@ -1,0 +1,361 @@
+//! `ember serve`, `ember predict` and `ember model`: the serving side of the CLI.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use ember_client::ServingClient;
+use ember_core::eval::{auc, logloss};
+use ember_core::job::{DataFormat, DataSpec};
+use ember_model::ModelDir;
+use ember_proto::v1;
+use ember_serving::{LookupFailure, Serving, ServingConfig};
+use ember_worker::reader::{open_lines, LineParser};
+
+use crate::observability;
+use crate::store_cmds::Targets;
+
+/// Arguments of `ember serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// gRPC address to listen on (port 0 picks one; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// The model directory training publishes into.
+    #[arg(long)]
+    model_dir: PathBuf,
+    #[command(flatten)]
+    targets: Targets,
+    /// Also answer TF-Serving-style REST on this address.
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// How long a looked-up row is cached (0 turns the cache off).
+    #[arg(long, default_value_t = 500)]
+    cache_ttl_ms: u64,
+    /// Most rows cached per table.
+    #[arg(long, default_value_t = 1 << 20)]
+    cache_rows: usize,
+    /// A lookup slower than this fails.
+    #[arg(long, default_value_t = 500)]
+    lookup_timeout_ms: u64,
+    /// On a failed lookup: fail the request (`fail`) or use initializer values (`initializer`).
+    #[arg(long, default_value = "fail", value_parser = ["fail", "initializer"])]
+    on_lookup_failure: String,
+    /// Model versions kept in memory for instant rollback.
+    #[arg(long, default_value_t = 3)]
+    keep_versions: usize,
+    /// How often the model directory is checked, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    poll_ms: u64,
+    /// Most samples per request.
+    #[arg(long, default_value_t = 4096)]
+    max_samples: usize,
+}
+
+/// Runs a serving node until SIGINT/SIGTERM.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(addr) = args.metrics_listen {
+        let bound = observability::serve_metrics(addr).await?;
+        println!("ember serve metrics on http://{bound}/metrics");
+    }
+    let config = ServingConfig {
+        poll_interval: Duration::from_millis(args.poll_ms.max(10)),
+        keep_versions: args.keep_versions,
+        max_samples: args.max_samples,
+        cache_ttl: Duration::from_millis(args.cache_ttl_ms),
+        cache_rows: args.cache_rows,
+        lookup_timeout: Duration::from_millis(args.lookup_timeout_ms.max(1)),
+        on_lookup_failure: if args.on_lookup_failure == "initializer" {
+            LookupFailure::Initializer
+        } else {
+            LookupFailure::Fail
+        },
+        ..ServingConfig::default()
+    };
+    let client = args.targets.client().await?;
+    let serving = Serving::start(ModelDir::new(&args.model_dir), client, config.clone()).await;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    if let Some(addr) = args.http_listen {
+        let http = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        println!("ember serve http on {}", http.local_addr()?);
+        let app = ember_serving::http::router(std::sync::Arc::clone(&serving.predictor));
+        tokio::spawn(async move {
+            if let Err(err) = axum::serve(http, app).with_graceful_shutdown(observability::shutdown_signal()).await {
+                tracing::error!(%err, "http endpoint stopped");
+            }
+        });
+    }
+    println!("ember serve listening on {}", listener.local_addr()?);
+    ember_serving::grpc::serve(
+        listener,
+        std::sync::Arc::clone(&serving.predictor),
+        config,
+        observability::shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Arguments of `ember predict`.
+#[derive(Debug, clap::Args)]
+pub struct PredictArgs {
+    /// The serving node.
+    #[arg(long)]
+    serving: String,
+    /// Samples in the model's training format (Criteo TSV, CSV with a header, libsvm, libffm).
+    #[arg(long)]
+    data: PathBuf,
+    /// One probability per line.
+    #[arg(long)]
+    out: PathBuf,
+    /// Samples per request.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// CSV: the label column (others not in the model are ignored).
+    #[arg(long, default_value = "label")]
+    label_column: String,
+}
+
+/// Predictions of a data file's rows through a serving node.
+pub struct FilePredictions {
+    /// One per row.
+    pub probs: Vec<f32>,
+    /// The rows' labels.
+    pub labels: Vec<f32>,
+    /// Model versions that answered.
+    pub versions: Vec<u64>,
+}
+
+/// Turns data lines of the model's format into wire samples and labels.
+struct SampleReader {
+    format: DataFormat,
+    names: Vec<String>,
+    csv_header: Option<Vec<String>>,
+    label_column: String,
+    parser: Option<LineParser>,
+}
+
+impl SampleReader {
+    fn new(status: &v1::ModelStatusResponse, label_column: &str) -> anyhow::Result<Self> {
+        let format = match status.data_format.as_str() {
+            "criteo" => DataFormat::Criteo,
+            "csv" => DataFormat::Csv,
+            "libsvm" => DataFormat::Libsvm,
+            "libffm" => DataFormat::Libffm,
+            other => anyhow::bail!("the served model's data format {other:?} is unknown to this build"),
+        };
+        let parser = matches!(format, DataFormat::Libsvm | DataFormat::Libffm).then(|| {
+            let spec = DataSpec { format, paths: Vec::new(), test_split: 0.0, max_bad_ratio: 1.0, schema: None };
+            LineParser::new(&spec, &[]).expect("sparse formats need no header")
+        });
+        Ok(Self {
+            format,
+            names: status.fields.iter().map(|f| f.name.clone()).collect(),
+            csv_header: None,
+            label_column: label_column.to_string(),
+            parser,
+        })
+    }
+
+    /// `Ok(None)` for a header line.
+    fn sample(&mut self, line: &str) -> Result<Option<(v1::Sample, f32)>, String> {
+        let mut sample = v1::Sample::default();
+        match self.format {
+            DataFormat::Criteo => {
+                let cols: Vec<&str> = line.split('\t').collect();
+                if cols.len() != 1 + self.names.len() {
+                    return Err(format!(
+                        "expected {} tab-separated columns, found {}",
+                        1 + self.names.len(),
+                        cols.len()
+                    ));
+                }
+                let label = cols[0].parse::<f32>().map_err(|_| format!("label {:?} is not a number", cols[0]))?;
+                for (name, cell) in self.names.iter().zip(&cols[1..]) {
+                    if !cell.is_empty() {
+                        sample.fields.insert(name.clone(), cell.to_string());
+                    }
+                }
+                Ok(Some((sample, label)))
+            }
+            DataFormat::Csv => {
+                let Some(header) = &self.csv_header else {
+                    self.csv_header = Some(line.split(',').map(|s| s.trim().to_string()).collect());
+                    return Ok(None);
+                };
+                let mut label = None;
+                for (name, cell) in header.iter().zip(line.split(',')) {
+                    if *name == self.label_column {
+                        label = Some(if cell.trim() == "1" { 1.0 } else { 0.0 });
+                    } else if self.names.contains(name) && !cell.trim().is_empty() {
+                        sample.fields.insert(name.clone(), cell.trim().to_string());
+                    }
+                }
+                Ok(Some((sample, label.ok_or_else(|| format!("no {:?} column", self.label_column))?)))
+            }
+            DataFormat::Libsvm | DataFormat::Libffm => {
+                let parser = self.parser.as_ref().ok_or("no parser")?;
+                let ex = parser.parse(line)?;
+                sample.hashed = ex
+                    .features
+                    .iter()
+                    .map(|f| v1::HashedFeature { field: f.field, id: f.id, value: f.value })
+                    .collect();
+                Ok(Some((sample, ex.label)))
+            }
+        }
+    }
+}
+
+/// Sends data rows `skip..skip+take` of `path` through `client` in requests of `batch` samples.
+pub async fn predict_file(
+    client: &ServingClient,
+    path: &Path,
+    skip: u64,
+    take: u64,
+    batch: usize,
+    label_column: &str,
+) -> anyhow::Result<FilePredictions> {
+    let status = client.status().await.context("asking the serving node for its model")?;
+    let mut reader = SampleReader::new(&status, label_column)?;
+    let mut out = FilePredictions { probs: Vec::new(), labels: Vec::new(), versions: Vec::new() };
+    let mut pending: Vec<(v1::Sample, u64)> = Vec::new();
+    let mut row = 0u64;
+    let send = |pending: Vec<(v1::Sample, u64)>| async move {
+        let first_line = pending.first().map_or(0, |p| p.1);
+        let samples: Vec<v1::Sample> = pending.into_iter().map(|p| p.0).collect();
+        client.predict("", samples).await.with_context(|| format!("predicting the batch starting at line {first_line}"))
+    };
+    for (i, line) in open_lines(path)?.lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        let line_no = i as u64 + 1;
+        // Rows are numbered as the training reader numbers them: every line but a CSV header.
+        if !(i == 0 && reader.format == DataFormat::Csv) {
+            row += 1;
+            if row <= skip {
+                continue;
+            }
+            if row > skip.saturating_add(take) {
+                break;
+            }
+        }
+        let Some((sample, label)) =
+            reader.sample(&line).map_err(|e| anyhow::anyhow!("{}:{line_no}: {e}", path.display()))?
+        else {
+            continue;
+        };
+        out.labels.push(label);
+        pending.push((sample, line_no));
+        if pending.len() == batch.max(1) {
+            let r = send(std::mem::take(&mut pending)).await?;
+            out.probs.extend(r.probabilities);
+            out.versions.push(r.version);
+        }
+    }
+    if !pending.is_empty() {
+        let r = send(pending).await?;
+        out.probs.extend(r.probabilities);
+        out.versions.push(r.version);
+    }
+    out.versions.dedup();
+    Ok(out)
+}
+
+/// Runs `ember predict`.
+pub async fn predict(args: PredictArgs) -> anyhow::Result<()> {
+    let client = ServingClient::connect(&args.serving).await?;
+    let p = predict_file(&client, &args.data, 0, u64::MAX, args.batch, &args.label_column).await?;
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?,
+    );
+    for prob in &p.probs {
+        writeln!(out, "{prob}")?;
+    }
+    out.flush()?;
+    let has_both = p.labels.iter().any(|l| *l > 0.5) && p.labels.iter().any(|l| *l < 0.5);
+    if has_both {
+        println!(
+            "{} rows: AUC {:.4}, logloss {:.4} (model versions {:?})",
+            p.probs.len(),
+            auc(&p.probs, &p.labels),
+            logloss(&p.probs, &p.labels),
+            p.versions
+        );
+    } else {
+        println!("{} rows predicted (model versions {:?})", p.probs.len(), p.versions);
+    }
+    Ok(())
+}
+
+/// `ember model ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ModelCommand {
+    /// List the versions in a model directory.
+    List {
+        /// The model directory.
+        #[arg(long)]
+        model_dir: PathBuf,
+        /// One JSON object per version.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Point serving at an older kept version (until the next publish).
+    Rollback {
+        /// The model directory.
+        #[arg(long)]
+        model_dir: PathBuf,
+        /// The version to serve.
+        #[arg(long)]
+        to: u64,
+    },
+}
+
+/// Runs `ember model ...`.
+pub fn model(cmd: ModelCommand) -> anyhow::Result<()> {
+    match cmd {
+        ModelCommand::List { model_dir, json } => {
+            let dir = ModelDir::new(&model_dir);
+            let versions = dir.list()?;
+            anyhow::ensure!(!versions.is_empty(), "no model versions in {}", model_dir.display());
+            for (version, manifest, current) in versions {
+                match (manifest, json) {
+                    (Ok(m), true) => println!(
+                        "{}",
+                        serde_json::json!({
+                            "version": version, "current": current, "name": m.name, "job": m.job,
+                            "rows_trained": m.rows_trained, "created_unix_ms": m.created_unix_ms,
+                            "checkpoint": m.checkpoint, "dense_values": m.dense_values,
+                        })
+                    ),
+                    (Ok(m), false) => println!(
+                        "{}{version:>6}  {}  rows {}  checkpoint {}  created {}",
+                        if current { "*" } else { " " },
+                        m.name,
+                        m.rows_trained,
+                        m.checkpoint.map_or("-".into(), |c| c.to_string()),
+                        m.created_unix_ms
+                    ),
+                    (Err(e), true) => {
+                        println!(
+                            "{}",
+                            serde_json::json!({ "version": version, "current": current, "error": e.to_string() })
+                        )
+                    }
+                    (Err(e), false) => println!("{}{version:>6}  unreadable: {e}", if current { "*" } else { " " }),
+                }
+            }
+            Ok(())
+        }
+        ModelCommand::Rollback { model_dir, to } => {
+            ModelDir::new(&model_dir).rollback(to).with_context(|| format!("rolling back to version {to}"))?;
+            println!("model version {to} is current in {}", model_dir.display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,100 @@
+use super::*;
+use crate::model::DeepFm;
+use crate::tables::Model;
+
+fn manifest() -> (ModelManifest, Vec<Layer>) {
+    let m = DeepFm { k: 2, fields: 3, hidden: vec![4] };
+    let dense = m.init_dense(7);
+    let tables = ModelTables {
+        linear: "job.w".into(),
+        embedding: Some("job.v".into()),
+        dense: vec![("job.mlp0.w".into(), "job.mlp0.b".into()), ("job.mlp1.w".into(), "job.mlp1.b".into())],
+        model: Model::DeepFm(m),
+    };
+    let manifest = ModelManifest {
+        format: 0,
+        version: 0,
+        name: "ctr".into(),
+        job: "job-1".into(),
+        rows_trained: 1000,
+        created_unix_ms: 0,
+        tables,
+        sparse_tables: Vec::new(),
+        data_format: DataFormat::Criteo,
+        schema: InputSchema::criteo(),
+        checkpoint: Some(1000),
+        dense_values: 0,
+        dense_xxh3: 0,
+    };
+    (manifest, dense)
+}
+
+#[test]
+fn published_versions_load_back_and_become_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = ModelDir::new(dir.path().join("models"));
+    assert_eq!(models.current().unwrap(), None);
+    let (m, dense) = manifest();
+    assert_eq!(models.publish(m.clone(), &dense, 5).unwrap(), 1);
+    let mut dense2 = dense.clone();
+    dense2[0].w[0] += 1.0;
+    assert_eq!(models.publish(m, &dense2, 5).unwrap(), 2);
+    assert_eq!(models.current().unwrap(), Some(2));
+    let loaded = models.load(1).unwrap();
+    assert_eq!(loaded.dense, dense);
+    assert_eq!(loaded.manifest.version, 1);
+    assert_eq!(loaded.manifest.schema, InputSchema::criteo());
+    assert_eq!(models.load(2).unwrap().dense, dense2);
+    assert!(matches!(models.load(3), Err(RegistryError::NoVersion(3))));
+}
+
+#[test]
+fn publishing_keeps_the_newest_versions_and_never_the_current_one_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = ModelDir::new(dir.path());
+    let (m, dense) = manifest();
+    for _ in 0..4 {
+        models.publish(m.clone(), &dense, 2).unwrap();
+    }
+    assert_eq!(models.versions().unwrap(), vec![3, 4]);
+    models.rollback(3).unwrap();
+    assert_eq!(models.current().unwrap(), Some(3));
+    // A publish makes the new version current; the rolled-back-to version is then the oldest.
+    models.publish(m.clone(), &dense, 2).unwrap();
+    assert_eq!(models.versions().unwrap(), vec![4, 5]);
+    models.rollback(4).unwrap();
+    models.publish(m, &dense, 1).unwrap();
+    assert_eq!(models.versions().unwrap(), vec![6]);
+    assert!(matches!(models.rollback(2), Err(RegistryError::NoVersion(2))));
+}
+
+#[test]
+fn corrupt_versions_are_refused_and_rollback_to_them_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = ModelDir::new(dir.path());
+    let (m, dense) = manifest();
+    models.publish(m.clone(), &dense, 5).unwrap();
+    models.publish(m, &dense, 5).unwrap();
+    let file = models.version_dir(1).join(DENSE);
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[5] ^= 0x40;
+    fs::write(&file, &bytes).unwrap();
+    let err = models.load(1).unwrap_err();
+    assert!(matches!(err, RegistryError::Corrupt { .. }), "{err}");
+    assert!(models.rollback(1).is_err());
+    assert_eq!(models.current().unwrap(), Some(2), "a failed rollback changes nothing");
+    fs::write(models.version_dir(2).join(MANIFEST), b"{").unwrap();
+    assert!(matches!(models.load(2), Err(RegistryError::Corrupt { .. })));
+    let listed = models.list().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed[1].1.is_err() && listed[1].2, "listed with its error, still current");
+}
+
+#[test]
+fn a_stray_temporary_directory_is_not_a_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = ModelDir::new(dir.path());
+    fs::create_dir(dir.path().join(".tmp-1-2")).unwrap();
+    assert_eq!(models.versions().unwrap(), Vec::<u64>::new());
+    assert!(models.current().unwrap().is_none());
+}

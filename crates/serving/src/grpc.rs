@@ -1,0 +1,115 @@
+//! The `ember.v1.Serving` gRPC service: decode, call the predictor, map the error.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ember_model::features::Feature;
+use ember_proto::v1::serving_server::{Serving as ServingRpc, ServingServer};
+use ember_proto::v1::{self};
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use crate::predictor::{Predictor, SampleIn};
+use crate::{ServingConfig, ServingError};
+
+/// The gRPC adapter over a [`Predictor`].
+pub struct ServingService {
+    predictor: Arc<Predictor>,
+}
+
+/// A wire sample as the predictor's.
+pub fn sample_of(s: v1::Sample) -> SampleIn {
+    SampleIn {
+        fields: s.fields.into_iter().collect(),
+        hashed: s.hashed.into_iter().map(|h| Feature { field: h.field, id: h.id, value: h.value }).collect(),
+    }
+}
+
+/// The loaded model's status as a wire message.
+pub fn model_status(predictor: &Predictor) -> Result<v1::ModelStatusResponse, ServingError> {
+    let m = predictor.manager().current().ok_or(ServingError::NoModel)?;
+    let kind = |k| match k {
+        ember_model::FieldKind::Categorical => "categorical",
+        ember_model::FieldKind::Integer => "integer",
+        ember_model::FieldKind::Numeric => "numeric",
+    };
+    Ok(v1::ModelStatusResponse {
+        version: m.version(),
+        name: m.manifest.name.clone(),
+        rows_trained: m.manifest.rows_trained,
+        fields: m
+            .manifest
+            .schema
+            .fields()
+            .iter()
+            .map(|f| v1::InputFieldInfo { name: f.name.clone(), field: f.field, kind: kind(f.kind).into() })
+            .collect(),
+        tables: std::iter::once(m.linear.name.clone()).chain(m.embedding.as_ref().map(|e| e.name.clone())).collect(),
+        kept_versions: predictor.manager().kept_versions(),
+        data_format: format!("{:?}", m.manifest.data_format).to_lowercase(),
+    })
+}
+
+#[tonic::async_trait]
+impl ServingRpc for ServingService {
+    async fn predict(&self, req: Request<v1::PredictRequest>) -> Result<Response<v1::PredictResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        let samples = req.samples.into_iter().map(sample_of).collect();
+        let result = self.predictor.predict(&req.model, samples).await;
+        crate::record("grpc", started, &result);
+        let p = result.map_err(|e| e.status())?;
+        Ok(Response::new(v1::PredictResponse {
+            version: p.version,
+            probabilities: p.probabilities,
+            tasks: 1,
+            lookup_misses: p.lookup_misses,
+        }))
+    }
+
+    async fn model_status(
+        &self,
+        _req: Request<v1::ModelStatusRequest>,
+    ) -> Result<Response<v1::ModelStatusResponse>, Status> {
+        model_status(&self.predictor).map(Response::new).map_err(|e| e.status())
+    }
+}
+
+/// Serves `ember.v1.Serving` and `grpc.health.v1` on `listener` until `shutdown` resolves.
+/// Health reports SERVING once a model version is loaded.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    predictor: Arc<Predictor>,
+    config: ServingConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_not_serving::<ServingServer<ServingService>>().await;
+    let watched = Arc::clone(&predictor);
+    let health_task = tokio::spawn(async move {
+        let mut serving = false;
+        loop {
+            let loaded = watched.manager().current().is_some();
+            if loaded != serving {
+                serving = loaded;
+                if loaded {
+                    health.set_serving::<ServingServer<ServingService>>().await;
+                } else {
+                    health.set_not_serving::<ServingServer<ServingService>>().await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let service = ServingServer::new(ServingService { predictor })
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+        .await;
+    health_task.abort();
+    result
+}

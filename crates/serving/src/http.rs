@@ -1,0 +1,119 @@
+//! HTTP/JSON in TF Serving's REST shape.
+//!
+//! `POST /v1/models/{name}:predict` with `{"instances": [{"I1": 3, "C1": "68fd1e64"}, ...]}`
+//! answers `{"predictions": [0.12, ...], "model_version": 7}`; `GET /v1/models/{name}` answers
+//! the model's status. A value may be a string or a number (written as training data writes it);
+//! null means missing; anything else is a 400 naming the sample and field.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::{json, Value};
+
+use crate::grpc::model_status;
+use crate::predictor::{Predictor, SampleIn};
+use crate::ServingError;
+
+/// The REST routes over `predictor`.
+pub fn router(predictor: Arc<Predictor>) -> Router {
+    Router::new().route("/v1/models/{target}", get(status).post(predict)).with_state(predictor)
+}
+
+fn reply(code: StatusCode, body: Value) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn error(e: &ServingError) -> Response {
+    reply(e.http_status(), json!({ "error": e.to_string() }))
+}
+
+/// The samples of a request body.
+pub fn parse_instances(body: &[u8]) -> Result<Vec<SampleIn>, ServingError> {
+    let bad = |m: String| ServingError::InvalidArgument(m);
+    let value: Value = serde_json::from_slice(body).map_err(|e| bad(format!("body is not JSON: {e}")))?;
+    let instances = value
+        .get("instances")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("body needs \"instances\": a list of objects".into()))?;
+    instances
+        .iter()
+        .enumerate()
+        .map(|(i, inst)| {
+            let obj = inst.as_object().ok_or_else(|| bad(format!("instances[{i}] is not an object")))?;
+            let mut fields = Vec::with_capacity(obj.len());
+            for (name, v) in obj {
+                let raw = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Null => continue,
+                    other => {
+                        return Err(bad(format!("instances[{i}].{name}: expected a string or a number, got {other}")))
+                    }
+                };
+                fields.push((name.clone(), raw));
+            }
+            Ok(SampleIn { fields, hashed: Vec::new() })
+        })
+        .collect()
+}
+
+async fn predict(State(predictor): State<Arc<Predictor>>, Path(target): Path<String>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let Some(name) = target.strip_suffix(":predict") else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            json!({ "error": format!("unknown method in {target:?}; use NAME:predict") }),
+        );
+    };
+    let result = match parse_instances(&body) {
+        Ok(samples) => predictor.predict(name, samples).await,
+        Err(e) => Err(e),
+    };
+    crate::record("http", started, &result);
+    match result {
+        Ok(p) => reply(StatusCode::OK, json!({ "predictions": p.probabilities, "model_version": p.version })),
+        Err(e) => error(&e),
+    }
+}
+
+async fn status(State(predictor): State<Arc<Predictor>>, Path(name): Path<String>) -> Response {
+    match model_status(&predictor) {
+        Ok(s) if s.name == name || name.is_empty() => reply(
+            StatusCode::OK,
+            json!({
+                "name": s.name,
+                "version": s.version,
+                "rows_trained": s.rows_trained,
+                "kept_versions": s.kept_versions,
+                "fields": s.fields.iter().map(|f| json!({"name": f.name, "kind": f.kind})).collect::<Vec<_>>(),
+            }),
+        ),
+        Ok(s) => reply(
+            StatusCode::NOT_FOUND,
+            json!({ "error": format!("unknown model {name:?} (this node serves {:?})", s.name) }),
+        ),
+        Err(e) => error(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_take_strings_numbers_and_nulls_and_name_bad_values() {
+        let s = parse_instances(br#"{"instances": [{"I1": 3, "C1": "ab", "C2": null}, {"I2": 1.5}]}"#).unwrap();
+        assert_eq!(s[0].fields, vec![("C1".to_string(), "ab".to_string()), ("I1".to_string(), "3".to_string())]);
+        assert_eq!(s[1].fields, vec![("I2".to_string(), "1.5".to_string())]);
+        let e = parse_instances(br#"{"instances": [{}, {"C1": [1]}]}"#).unwrap_err().to_string();
+        assert!(e.contains("instances[1].C1"), "{e}");
+        assert!(parse_instances(b"{}").is_err());
+        assert!(parse_instances(b"nope").is_err());
+    }
+}

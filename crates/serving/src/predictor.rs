@@ -1,0 +1,199 @@
+//! One request, start to finish, against one model version.
+//!
+//! samples -> examples (the version's schema, hashed exactly as training hashed) -> one
+//! deduplicated key list -> rows of each sparse table (cache, then lookups) -> the forward pass
+//! on a blocking thread. The predictor also warms new versions up before they are swapped in,
+//! with requests it recorded (the real mix of fields and keys) or synthetic ones.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ember_core::SplitMix64;
+use ember_model::features::{Example, Feature};
+use ember_model::model::IndexedBatch;
+use ember_model::FieldKind;
+use parking_lot::Mutex;
+
+use crate::manager::{LoadedModel, ModelManager};
+use crate::rows::RowSource;
+use crate::{ServingConfig, ServingError};
+
+/// One sample of a request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SampleIn {
+    /// Raw values by field name.
+    pub fields: Vec<(String, String)>,
+    /// Features the caller hashed.
+    pub hashed: Vec<Feature>,
+}
+
+/// A request's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// The version that answered.
+    pub version: u64,
+    /// One probability per sample.
+    pub probabilities: Vec<f32>,
+    /// Distinct keys no ps-server had.
+    pub lookup_misses: u64,
+}
+
+/// Answers requests; warms up new versions.
+pub struct Predictor {
+    manager: Arc<ModelManager>,
+    rows: RowSource,
+    max_samples: usize,
+    warmup_requests: usize,
+    recorded: Mutex<VecDeque<Arc<Vec<SampleIn>>>>,
+    requests: AtomicU64,
+}
+
+impl Predictor {
+    /// A predictor over `manager`'s versions and `rows`.
+    pub fn new(manager: Arc<ModelManager>, rows: RowSource, config: &ServingConfig) -> Self {
+        Self {
+            manager,
+            rows,
+            max_samples: config.max_samples,
+            warmup_requests: config.warmup_requests,
+            recorded: Mutex::new(VecDeque::new()),
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    /// The model versions.
+    pub fn manager(&self) -> &ModelManager {
+        &self.manager
+    }
+
+    /// Predicts `samples` with the current version; `model` must be its name or empty.
+    pub async fn predict(&self, model: &str, samples: Vec<SampleIn>) -> Result<Prediction, ServingError> {
+        let m = self.manager.current().ok_or(ServingError::NoModel)?;
+        if !model.is_empty() && model != m.manifest.name {
+            return Err(ServingError::InvalidArgument(format!(
+                "unknown model {model:?} (this node serves {:?})",
+                m.manifest.name
+            )));
+        }
+        if samples.len() > self.max_samples {
+            return Err(ServingError::InvalidArgument(format!(
+                "{} samples in one request; at most {}",
+                samples.len(),
+                self.max_samples
+            )));
+        }
+        metrics::counter!("ember_serving_samples_total").increment(samples.len() as u64);
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        let prediction = self.predict_with(&m, &samples).await?;
+        // A sample of real traffic for warming up the next version: the first requests, then
+        // one in 64 (copying every request would cost more than it teaches).
+        if self.warmup_requests > 0 && (n < self.warmup_requests as u64 || n % 64 == 0) {
+            let mut recorded = self.recorded.lock();
+            if recorded.len() == self.warmup_requests {
+                recorded.pop_front();
+            }
+            recorded.push_back(Arc::new(samples));
+        }
+        Ok(prediction)
+    }
+
+    async fn predict_with(&self, m: &Arc<LoadedModel>, samples: &[SampleIn]) -> Result<Prediction, ServingError> {
+        let examples = samples
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                m.manifest
+                    .schema
+                    .example(s.fields.iter().map(|(k, v)| (k.as_str(), v.as_str())), &s.hashed)
+                    .map_err(|e| ServingError::InvalidArgument(format!("sample {i}: {e}")))
+            })
+            .collect::<Result<Vec<Example>, _>>()?;
+        if examples.is_empty() {
+            return Ok(Prediction { version: m.version(), probabilities: Vec::new(), lookup_misses: 0 });
+        }
+        let batch = IndexedBatch::new(&examples);
+        let (w, v) = tokio::try_join!(self.rows.rows(&m.linear, &batch.keys), async {
+            match &m.embedding {
+                Some(spec) => self.rows.rows(spec, &batch.keys).await.map(Some),
+                None => Ok(None),
+            }
+        })?;
+        let lookup_misses = w.misses.max(v.as_ref().map_or(0, |v| v.misses));
+        let model = Arc::clone(m);
+        let probabilities = tokio::task::spawn_blocking(move || {
+            model.compute(&batch, &w.values, v.as_ref().map_or(&[][..], |v| &v.values))
+        })
+        .await
+        .map_err(|e| ServingError::Compute(e.to_string()))??;
+        Ok(Prediction { version: m.version(), probabilities, lookup_misses })
+    }
+
+    /// Loads, warms up and swaps in the version the model directory names, if it is new.
+    /// Returns the version swapped in.
+    pub async fn refresh(&self) -> Result<Option<u64>, ServingError> {
+        let Some(version) = self.manager.wanted().await? else { return Ok(None) };
+        let started = Instant::now();
+        let result = async {
+            let model = self.manager.get_or_load(version).await?;
+            self.warm_up(&model).await?;
+            Ok::<_, ServingError>(model)
+        }
+        .await;
+        match result {
+            Ok(model) => {
+                self.manager.swap_in(model);
+                metrics::histogram!("ember_serving_swap_seconds").record(started.elapsed().as_secs_f64());
+                Ok(Some(version))
+            }
+            Err(e) => {
+                self.manager.mark_failed(version, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs recorded requests (or synthetic ones) through `model` end to end.
+    async fn warm_up(&self, model: &Arc<LoadedModel>) -> Result<(), ServingError> {
+        let recorded: Vec<Arc<Vec<SampleIn>>> = self.recorded.lock().iter().cloned().collect();
+        let mut rng = SplitMix64::new(model.version());
+        for i in 0..self.warmup_requests {
+            let samples = match recorded.get(i) {
+                Some(r) => Arc::clone(r),
+                None => Arc::new(synthetic_samples(model, 64, &mut rng)),
+            };
+            match self.predict_with(model, &samples).await {
+                // Recorded traffic may predate a schema change; only the model's own failures count.
+                Err(ServingError::InvalidArgument(_)) if i < recorded.len() => continue,
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `n` samples with random values for every named field (hashed features for schema-less models).
+pub fn synthetic_samples(model: &LoadedModel, n: usize, rng: &mut SplitMix64) -> Vec<SampleIn> {
+    let fields = model.manifest.schema.fields();
+    (0..n)
+        .map(|_| {
+            if fields.is_empty() {
+                let hashed = (0..8).map(|f| Feature { field: f, id: rng.next_u64(), value: 1.0 }).collect();
+                return SampleIn { fields: Vec::new(), hashed };
+            }
+            let fields = fields
+                .iter()
+                .map(|f| {
+                    let value = match f.kind {
+                        FieldKind::Categorical => format!("{:08x}", rng.next_u64() as u32),
+                        FieldKind::Integer | FieldKind::Numeric => (rng.next_u64() % 1000).to_string(),
+                    };
+                    (f.name.clone(), value)
+                })
+                .collect();
+            SampleIn { fields, hashed: Vec::new() }
+        })
+        .collect()
+}
