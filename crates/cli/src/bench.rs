@@ -235,7 +235,7 @@ struct Tally {
     first_error: Option<String>,
 }
 
-fn percentile(sorted: &[u32], q: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[u32], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -5,6 +5,7 @@
 //! address line, bench JSON) goes to stdout.
 
 mod bench;
+mod bench_serve;
 mod cluster;
 mod cluster_cmds;
 mod demo;
@@ -64,6 +65,10 @@ enum Command {
 enum BenchCommand {
     /// Drive pulls, lookups or pushes against a ps-server.
     Ps(bench::BenchPsArgs),
+    /// Open-loop predictions against a serving node, optionally publishing versions meanwhile.
+    Serve(bench_serve::BenchServeArgs),
+    /// Time from a push to a ps-server until a serving prediction reflects it.
+    Freshness(bench_serve::BenchFreshnessArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +85,8 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Ps(args) => ps::run(args).await,
             Command::Bench(BenchCommand::Ps(args)) => bench::run(args).await,
+            Command::Bench(BenchCommand::Serve(args)) => bench_serve::serve(args).await,
+            Command::Bench(BenchCommand::Freshness(args)) => bench_serve::freshness(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Train(args) => train::run(args).await,
             Command::Scheduler(args) => cluster_cmds::scheduler(args).await,

@@ -133,7 +133,7 @@ pub struct FilePredictions {
 }
 
 /// Turns data lines of the model's format into wire samples and labels.
-struct SampleReader {
+pub(crate) struct SampleReader {
     format: DataFormat,
     names: Vec<String>,
     csv_header: Option<Vec<String>>,
@@ -142,7 +142,7 @@ struct SampleReader {
 }
 
 impl SampleReader {
-    fn new(status: &v1::ModelStatusResponse, label_column: &str) -> anyhow::Result<Self> {
+    pub(crate) fn new(status: &v1::ModelStatusResponse, label_column: &str) -> anyhow::Result<Self> {
         let format = match status.data_format.as_str() {
             "criteo" => DataFormat::Criteo,
             "csv" => DataFormat::Csv,
@@ -164,7 +164,7 @@ impl SampleReader {
     }
 
     /// `Ok(None)` for a header line.
-    fn sample(&mut self, line: &str) -> Result<Option<(v1::Sample, f32)>, String> {
+    pub(crate) fn sample(&mut self, line: &str) -> Result<Option<(v1::Sample, f32)>, String> {
         let mut sample = v1::Sample::default();
         match self.format {
             DataFormat::Criteo => {

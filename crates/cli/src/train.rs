@@ -355,10 +355,11 @@ async fn publish_every(
 ) -> Vec<u64> {
     let mut done = 0u64;
     let mut versions = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
+        // Progress first: a crossing seen together with the stop is still published.
         tokio::select! {
-            _ = tick.tick() => {}
+            biased;
+            _ = progress.trained.notified() => {}
             _ = &mut stop => return versions,
         }
         let rows = progress.examples.load(Ordering::Relaxed);

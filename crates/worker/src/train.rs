@@ -47,6 +47,8 @@ pub struct Progress {
     pub examples: AtomicU64,
     /// Progressive (probability, label) pairs since the reporter last took them.
     recent: std::sync::Mutex<(Vec<f32>, Vec<f32>)>,
+    /// Signalled after every trained batch (a permit is kept when nobody waits).
+    pub trained: tokio::sync::Notify,
 }
 
 impl Progress {
@@ -56,6 +58,7 @@ impl Progress {
             recent.0.extend_from_slice(probs);
             recent.1.extend_from_slice(labels);
         }
+        self.trained.notify_one();
     }
 
     /// Takes the progressive predictions recorded since the last call: (probabilities, labels).

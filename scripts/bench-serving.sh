@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The whole serving path on this machine: two ps-servers, a short DeepFM training on the Criteo
+# slice publishing into a model directory, a serving node on it; then the open-loop bench without
+# and with model swaps, the freshness probe, and the hold-out rows through the serving node.
+# Prints as its last line one JSON object with p99_ms, p999_steady_ms, p999_swap_ms, errors,
+# freshness_ms, serving_auc, training_auc.
+#
+# Usage: scripts/bench-serving.sh [QPS=300] [SECONDS=30] [OUT=/tmp/ember-serving]
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+QPS="${1:-300}"
+SECONDS_EACH="${2:-30}"
+OUT="${3:-/tmp/ember-serving}"
+EMBER="${EMBER:-$ROOT/target/release/ember}"
+DATA="$ROOT/../shared/data/criteo/train_10k.tsv"
+[ -x "$EMBER" ] || (cd "$ROOT" && cargo build --release -p ember-cli)
+rm -rf "$OUT" && mkdir -p "$OUT"
+echo "machine: $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# start NAME PREFIX CMD...: runs CMD in the background and echoes what follows PREFIX on its stdout.
+start() {
+  local name="$1" prefix="$2"; shift 2
+  "$@" >"$OUT/$name.out" 2>"$OUT/$name.log" &
+  PIDS+=($!)
+  for _ in $(seq 1 600); do
+    local v; v=$(sed -n "s/^$prefix//p" "$OUT/$name.out" | head -1)
+    [ -n "$v" ] && { echo "$v"; return 0; }
+    sleep 0.1
+  done
+  echo "$name did not start (see $OUT/$name.log)" >&2; exit 1
+}
+
+PS0=$(start ps0 "ember ps listening on " "$EMBER" ps --listen 127.0.0.1:0 --data-dir "$OUT/ps0" --checkpoint-every 0)
+PS1=$(start ps1 "ember ps listening on " "$EMBER" ps --listen 127.0.0.1:0 --data-dir "$OUT/ps1" --checkpoint-every 0)
+PS="$PS0,$PS1"
+echo "ps-servers: $PS" >&2
+
+# The job: examples/criteo-deepfm.toml; its first 9,000 rows train, the last 1,000 are held out.
+"$EMBER" train "$ROOT/examples/criteo-deepfm.toml" --data "$DATA" --ps "$PS" --model-dir "$OUT/models" \
+  --workdir "$OUT/train" --test-predictions "$OUT/train/test-preds.txt" >"$OUT/train.out" 2>"$OUT/train.log"
+TRAIN_AUC=$(python3 -c "import json;print(json.load(open('$OUT/train/report.json'))['test_auc'])")
+echo "training: $(tail -2 "$OUT/train.out" | head -1)" >&2
+
+SERVE=$(start serve "ember serve listening on " "$EMBER" serve --listen 127.0.0.1:0 --ps "$PS" \
+  --model-dir "$OUT/models" --metrics-listen 127.0.0.1:0 --cache-ttl-ms 500)
+echo "serving node: $SERVE" >&2
+
+# Hold-out rows through the serving node (rows 9001-10000 of the slice).
+tail -n 1000 "$DATA" >"$OUT/test.tsv"
+"$EMBER" predict --serving "$SERVE" --data "$OUT/test.tsv" --out "$OUT/serving-preds.txt" --batch 64 >"$OUT/predict.out"
+SERVING_AUC=$(sed -n 's/.*AUC \([0-9.]*\),.*/\1/p' "$OUT/predict.out")
+echo "serving: $(cat "$OUT/predict.out")" >&2
+
+echo "bench without swaps: $QPS qps x 64 samples for ${SECONDS_EACH}s" >&2
+"$EMBER" bench serve --target "$SERVE" --qps "$QPS" --batch 64 --seconds "$SECONDS_EACH" --data "$DATA" --json \
+  >"$OUT/steady.json"
+cat "$OUT/steady.json" >&2
+echo "bench with a swap every 10 s" >&2
+"$EMBER" bench serve --target "$SERVE" --qps "$QPS" --batch 64 --seconds "$((SECONDS_EACH * 2))" --data "$DATA" \
+  --swap-every 10 --model-dir "$OUT/models" --json >"$OUT/swaps.json"
+cat "$OUT/swaps.json" >&2
+"$EMBER" bench freshness --target "$SERVE" --ps "$PS" --trials 9 --json >"$OUT/freshness.json"
+cat "$OUT/freshness.json" >&2
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+
+python3 - "$OUT" "$SERVING_AUC" "$TRAIN_AUC" "$QPS" <<'PY'
+import json, sys
+out, serving_auc, training_auc, qps = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+steady = json.load(open(f"{out}/steady.json"))
+swaps = json.load(open(f"{out}/swaps.json"))
+fresh = json.load(open(f"{out}/freshness.json"))
+print(json.dumps({
+    "qps": qps, "batch": 64,
+    "p50_ms": steady["p50_ms"], "p99_ms": steady["p99_ms"], "p999_ms": steady["p999_ms"], "max_ms": steady["max_ms"],
+    "p999_steady_ms": swaps["steady"]["p999_ms"], "p999_swap_ms": swaps["in_swap"]["p999_ms"],
+    "p99_steady_ms": swaps["steady"]["p99_ms"], "p99_swap_ms": swaps["in_swap"]["p99_ms"],
+    "swaps": swaps["swaps"], "errors": steady["errors"] + swaps["errors"],
+    "freshness_ms": fresh["freshness_median_ms"], "freshness_max_ms": fresh["freshness_max_ms"],
+    "serving_auc": serving_auc, "training_auc": training_auc,
+}))
+PY

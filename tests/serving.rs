@@ -1,0 +1,339 @@
+//! Serving as real processes: `ember ps`, `ember train --ps --model-dir` publishing DeepFM
+//! versions, `ember serve` on the model directory, and requests over gRPC (`ember predict` and
+//! the typed client) and REST.
+
+// Helpers here are test harness code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ember_client::ServingClient;
+use ember_model::ModelDir;
+use ember_proto::v1;
+
+const EMBER: &str = env!("CARGO_BIN_EXE_ember");
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `ember ARGS` and returns what follows each of `prefixes` on its stdout.
+fn start(args: &[&str], prefixes: &[&str]) -> (Proc, Vec<String>) {
+    let mut child = Command::new(EMBER).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut found = vec![String::new(); prefixes.len()];
+    while found.iter().any(String::is_empty) {
+        let line = lines.next().unwrap_or_else(|| panic!("{args:?} exited early")).unwrap();
+        for (p, f) in prefixes.iter().zip(&mut found) {
+            if let Some(rest) = line.strip_prefix(p) {
+                *f = rest.trim().to_string();
+            }
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    (Proc(child), found)
+}
+
+fn ember(args: &[&str]) -> String {
+    let out = Command::new(EMBER).args(args).output().unwrap();
+    assert!(out.status.success(), "ember {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A ps-server holding a trained DeepFM, its model directory, and the hold-out rows.
+struct Trained {
+    _ps: Proc,
+    ps: String,
+    models: PathBuf,
+    test_data: PathBuf,
+    /// The training side's predictions of the hold-out rows.
+    test_probs: Vec<f32>,
+    _dir: tempfile::TempDir,
+}
+
+fn train() -> Trained {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("synth.tsv");
+    ember(&["gen-data", "--rows", "5000", "--seed", "3", "--out", data.to_str().unwrap()]);
+    let job = format!(
+        r#"
+        version = 1
+        name = "ctr"
+        [data]
+        format = "criteo"
+        paths = ["{}"]
+        test_split = 0.1
+        [model]
+        kind = "deepfm"
+        embedding_dim = 4
+        hidden = [16]
+        [training]
+        batch_size = 256
+        [publish]
+        every = 500
+        keep = 10
+        "#,
+        data.display()
+    );
+    let job_path = dir.path().join("job.toml");
+    std::fs::write(&job_path, job).unwrap();
+    let ps_dir = dir.path().join("ps");
+    let (ps_proc, ps) =
+        start(&["ps", "--listen", "127.0.0.1:0", "--data-dir", ps_dir.to_str().unwrap()], &["ember ps listening on "]);
+    let ps = ps[0].clone();
+    let models = dir.path().join("models");
+    let preds = dir.path().join("train-preds.txt");
+    ember(&[
+        "train",
+        job_path.to_str().unwrap(),
+        "--ps",
+        &ps,
+        "--model-dir",
+        models.to_str().unwrap(),
+        "--test-predictions",
+        preds.to_str().unwrap(),
+        "--workdir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let test_probs: Vec<f32> = std::fs::read_to_string(&preds).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    let text = std::fs::read_to_string(&data).unwrap();
+    let test_data = dir.path().join("test.tsv");
+    let test_lines: Vec<&str> = text.lines().skip(4500).collect();
+    assert_eq!(test_lines.len(), test_probs.len());
+    std::fs::write(&test_data, test_lines.join("\n") + "\n").unwrap();
+    Trained { _ps: ps_proc, ps, models, test_data, test_probs, _dir: dir }
+}
+
+fn serve(t: &Trained, extra: &[&str]) -> (Proc, String, String) {
+    let (p, addrs) = start(
+        &[&["serve", "--ps", &t.ps, "--model-dir", t.models.to_str().unwrap(), "--http-listen", "127.0.0.1:0"], extra]
+            .concat(),
+        &["ember serve listening on ", "ember serve http on "],
+    );
+    (p, addrs[0].clone(), addrs[1].clone())
+}
+
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let code = reply[9..12].parse().unwrap();
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or("");
+    (code, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+}
+
+/// Criteo rows as REST instances: I1..I13, C1..C26, empty cells left out.
+fn instances(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .take(n)
+        .map(|line| {
+            let mut obj = serde_json::Map::new();
+            for (i, cell) in line.split('\t').skip(1).enumerate() {
+                let name = if i < 13 { format!("I{}", i + 1) } else { format!("C{}", i - 12) };
+                if !cell.is_empty() {
+                    obj.insert(name, serde_json::Value::String(cell.into()));
+                }
+            }
+            serde_json::Value::Object(obj)
+        })
+        .collect();
+    serde_json::json!({ "instances": rows }).to_string()
+}
+
+#[test]
+fn serving_predictions_equal_training_predictions_over_grpc_and_rest() {
+    let t = train();
+    let versions = ember(&["model", "list", "--model-dir", t.models.to_str().unwrap(), "--json"]);
+    // Crossings that come while a publish is running merge into the next one, so at least one
+    // version is published during the run (not one per 500 rows) and one at its end.
+    assert!(versions.lines().count() >= 2, "versions during the run and at its end: {versions}");
+    let last: serde_json::Value = serde_json::from_str(versions.lines().last().unwrap()).unwrap();
+    assert_eq!(last["rows_trained"], 4500);
+    assert_eq!(last["checkpoint"], 4500, "each version names the ps checkpoint taken with it");
+    let (_serve, grpc, rest) = serve(&t, &["--max-samples", "100"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("preds.txt");
+    let said = ember(&[
+        "predict",
+        "--serving",
+        &grpc,
+        "--data",
+        t.test_data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--batch",
+        "64",
+    ]);
+    assert!(said.contains("AUC"), "{said}");
+    let served: Vec<f32> = std::fs::read_to_string(&out).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(served.len(), t.test_probs.len());
+    for (i, (a, b)) in served.iter().zip(&t.test_probs).enumerate() {
+        assert!((a - b).abs() < 1e-5, "row {i}: serving {a}, training {b}");
+    }
+
+    let (code, body) = http(&rest, "POST", "/v1/models/ctr:predict", &instances(&t.test_data, 5));
+    assert_eq!(code, 200, "{body}");
+    let preds: Vec<f32> = body["predictions"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap() as f32).collect();
+    assert_eq!(preds.len(), 5);
+    for (a, b) in preds.iter().zip(&t.test_probs) {
+        assert!((a - b).abs() < 1e-5, "REST {a}, training {b}");
+    }
+    assert!(body["model_version"].as_u64().unwrap() >= 3);
+
+    // Bad requests: named, refused, and the node keeps serving.
+    let (code, body) = http(&rest, "POST", "/v1/models/ctr:predict", r#"{"instances": [{"C99": "x"}]}"#);
+    assert_eq!(code, 400);
+    assert!(body["error"].as_str().unwrap().contains("C99"), "{body}");
+    let (code, body) = http(&rest, "POST", "/v1/models/ctr:predict", r#"{"instances": [{"I1": "abc"}]}"#);
+    assert!(code == 400 && body["error"].as_str().unwrap().contains("not an integer"), "{code} {body}");
+    let (code, _) = http(&rest, "POST", "/v1/models/other:predict", &instances(&t.test_data, 1));
+    assert_eq!(code, 400, "unknown model");
+    let too_many = Command::new(EMBER)
+        .args(["predict", "--serving", &grpc, "--data", t.test_data.to_str().unwrap(), "--batch", "200", "--out"])
+        .arg(dir.path().join("x"))
+        .output()
+        .unwrap();
+    assert!(!too_many.status.success());
+    assert!(String::from_utf8_lossy(&too_many.stderr).contains("at most 100"));
+    let (code, body) = http(&rest, "GET", "/v1/models/ctr", "");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["fields"].as_array().unwrap().len(), 39);
+}
+
+/// The version of every response and the probabilities it gave for the same request.
+type Seen = HashMap<u64, Vec<Vec<f32>>>;
+
+async fn hammer(client: ServingClient, samples: Vec<v1::Sample>, until: Instant) -> (Seen, Vec<String>) {
+    let (mut seen, mut errors): (Seen, Vec<String>) = Default::default();
+    while Instant::now() < until {
+        match client.predict("ctr", samples.clone()).await {
+            Ok(r) => seen.entry(r.version).or_default().push(r.probabilities),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    (seen, errors)
+}
+
+fn samples(path: &Path, n: usize) -> Vec<v1::Sample> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .take(n)
+        .map(|line| {
+            let mut s = v1::Sample::default();
+            for (i, cell) in line.split('\t').skip(1).enumerate() {
+                let name = if i < 13 { format!("I{}", i + 1) } else { format!("C{}", i - 12) };
+                s.fields.insert(name, cell.to_string());
+            }
+            s
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_swap_under_load_without_errors_or_mixes_and_roll_back() {
+    let t = tokio::task::spawn_blocking(train).await.unwrap();
+    let (_serve, grpc, _) = serve(&t, &["--poll-ms", "20", "--keep-versions", "2"]);
+    let client = ServingClient::connect(&grpc).await.unwrap();
+    let batch = samples(&t.test_data, 16);
+    let first = client.status().await.unwrap().version;
+
+    // Versions whose output layer differs, so every version predicts differently.
+    let models = ModelDir::new(&t.models);
+    let until = Instant::now() + Duration::from_secs(4);
+    let load: Vec<_> = (0..3).map(|_| tokio::spawn(hammer(client.clone(), batch.clone(), until))).collect();
+    let mut published = vec![first];
+    for i in 1..=5u64 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut m = models.load(first).unwrap();
+        let last = m.dense.len() - 1;
+        m.dense[last].b[0] += 0.2 * i as f32;
+        published.push(models.publish(m.manifest, &m.dense, 10).unwrap());
+    }
+    let mut seen = Seen::new();
+    for task in load {
+        let (s, errors) = task.await.unwrap();
+        assert!(errors.is_empty(), "requests failed during swaps: {errors:?}");
+        for (v, probs) in s {
+            seen.entry(v).or_default().extend(probs);
+        }
+    }
+    assert!(seen.len() >= 3, "several versions answered: {:?}", seen.keys());
+    let mut answers: HashMap<u64, Vec<f32>> = HashMap::new();
+    for (v, all) in &seen {
+        assert!(published.contains(v), "version {v} was never published");
+        assert!(all.iter().all(|p| p == &all[0]), "version {v} gave different answers to one request");
+        answers.insert(*v, all[0].clone());
+    }
+    let distinct: std::collections::HashSet<Vec<u32>> =
+        answers.values().map(|p| p.iter().map(|x| x.to_bits()).collect()).collect();
+    assert_eq!(distinct.len(), answers.len(), "each version answers as itself, never as a mix");
+
+    // A version whose dense file is truncated is never swapped in; the current one keeps serving.
+    let newest = *published.last().unwrap();
+    let corrupt_version = newest + 1;
+    let corrupt = t.models.join(format!("v{corrupt_version:010}"));
+    std::fs::create_dir(&corrupt).unwrap();
+    let manifest = std::fs::read_to_string(t.models.join(format!("v{newest:010}/manifest.json"))).unwrap();
+    let manifest = manifest.replace(&format!("\"version\": {newest}"), &format!("\"version\": {corrupt_version}"));
+    std::fs::write(corrupt.join("manifest.json"), manifest).unwrap();
+    std::fs::write(corrupt.join("dense.bin"), b"truncated").unwrap();
+    std::fs::write(t.models.join("CURRENT"), format!("{corrupt_version}\n")).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = client.predict("ctr", batch.clone()).await.unwrap();
+    assert_eq!(r.version, newest, "the corrupt version was not swapped in");
+    assert_eq!(r.probabilities, answers[&newest]);
+
+    // Rollback to the first version, no longer in memory (keep 2 after five swaps): read again
+    // from disk, it answers exactly as it did before.
+    ember(&["model", "rollback", "--model-dir", t.models.to_str().unwrap(), "--to", &first.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client.predict("ctr", batch.clone()).await.unwrap();
+        if r.version == first {
+            assert_eq!(r.probabilities, answers[&first]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "rollback to {first} not honoured");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = client.status().await.unwrap();
+    assert_eq!(status.kept_versions.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_ps_fails_lookups_fast_or_degrades_to_initializer_values_as_configured() {
+    let mut t = tokio::task::spawn_blocking(train).await.unwrap();
+    let (_strict, strict, _) = serve(&t, &["--cache-ttl-ms", "0", "--lookup-timeout-ms", "300"]);
+    let (_lenient, lenient, _) =
+        serve(&t, &["--cache-ttl-ms", "0", "--lookup-timeout-ms", "300", "--on-lookup-failure", "initializer"]);
+    let batch = samples(&t.test_data, 8);
+    let (strict, lenient) =
+        (ServingClient::connect(&strict).await.unwrap(), ServingClient::connect(&lenient).await.unwrap());
+    let before = strict.predict("", batch.clone()).await.unwrap();
+    drop(std::mem::replace(&mut t._ps, Proc(Command::new("true").spawn().unwrap())));
+    let err = strict.predict("", batch.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
+    let degraded = lenient.predict("", batch.clone()).await.unwrap();
+    assert_eq!(degraded.probabilities.len(), 8);
+    assert!(degraded.lookup_misses > before.lookup_misses, "initializer values are counted as misses");
+    assert_ne!(degraded.probabilities, before.probabilities);
+}
