@@ -157,6 +157,15 @@ fn demo_generates_data_trains_and_writes_report_and_plot() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("deepfm: test AUC") && stdout.contains("(oracle "), "{stdout}");
+    // The demo ends by serving the hold-out rows from the published model: same AUC as training's.
+    let serving =
+        stdout.lines().find(|l| l.starts_with("serving (model version")).unwrap_or_else(|| panic!("{stdout}"));
+    let auc_after = |marker: &str| -> f64 {
+        let rest = &serving[serving.find(marker).unwrap() + marker.len()..];
+        rest[..6].parse().unwrap()
+    };
+    assert_eq!(auc_after("test AUC "), auc_after("(training evaluation "), "{serving}");
+    assert!(dir.path().join("models/CURRENT").exists());
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
     assert_eq!(report["model"], "deepfm");

@@ -323,7 +323,7 @@ pub fn model(cmd: ModelCommand) -> anyhow::Result<()> {
             let dir = ModelDir::new(&model_dir);
             let versions = dir.list()?;
             anyhow::ensure!(!versions.is_empty(), "no model versions in {}", model_dir.display());
-            for (version, manifest, current) in versions {
+            for ember_model::registry::ListedVersion { version, manifest, current } in versions {
                 match (manifest, json) {
                     (Ok(m), true) => println!(
                         "{}",

@@ -99,6 +99,17 @@ pub struct PublishedModel {
     pub dense: Vec<Layer>,
 }
 
+/// One version as [`ModelDir::list`] sees it.
+#[derive(Debug)]
+pub struct ListedVersion {
+    /// Its number.
+    pub version: u64,
+    /// Its manifest, or why it cannot be read.
+    pub manifest: Result<ModelManifest, RegistryError>,
+    /// Whether serving should run it.
+    pub current: bool,
+}
+
 /// A model directory.
 #[derive(Debug, Clone)]
 pub struct ModelDir {
@@ -288,11 +299,18 @@ impl ModelDir {
         Ok(PublishedModel { manifest, dense })
     }
 
-    /// Every version's manifest, oldest first, with whether it is current. Unreadable versions
-    /// are listed with their error.
-    pub fn list(&self) -> Result<Vec<(u64, Result<ModelManifest, RegistryError>, bool)>, RegistryError> {
+    /// Every version, oldest first. Unreadable versions are listed with their error.
+    pub fn list(&self) -> Result<Vec<ListedVersion>, RegistryError> {
         let current = self.current()?;
-        Ok(self.versions()?.into_iter().map(|v| (v, self.manifest(v), Some(v) == current)).collect())
+        Ok(self
+            .versions()?
+            .into_iter()
+            .map(|version| ListedVersion {
+                version,
+                manifest: self.manifest(version),
+                current: Some(version) == current,
+            })
+            .collect())
     }
 }
 

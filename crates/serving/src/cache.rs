@@ -140,7 +140,7 @@ mod tests {
         let t0 = Instant::now();
         for batch in 0..100u64 {
             let keys: Vec<u64> = (batch * 50..batch * 50 + 50).collect();
-            cache.insert(&keys, &vec![1.0; 50], t0);
+            cache.insert(&keys, &[1.0; 50], t0);
             assert!(cache.len() <= 64, "{} rows cached", cache.len());
         }
         assert!(!cache.is_empty());

@@ -89,7 +89,7 @@ impl Predictor {
         let prediction = self.predict_with(&m, &samples).await?;
         // A sample of real traffic for warming up the next version: the first requests, then
         // one in 64 (copying every request would cost more than it teaches).
-        if self.warmup_requests > 0 && (n < self.warmup_requests as u64 || n % 64 == 0) {
+        if self.warmup_requests > 0 && (n < self.warmup_requests as u64 || n.is_multiple_of(64)) {
             let mut recorded = self.recorded.lock();
             if recorded.len() == self.warmup_requests {
                 recorded.pop_front();

@@ -87,7 +87,7 @@ fn corrupt_versions_are_refused_and_rollback_to_them_fails() {
     assert!(matches!(models.load(2), Err(RegistryError::Corrupt { .. })));
     let listed = models.list().unwrap();
     assert_eq!(listed.len(), 2);
-    assert!(listed[1].1.is_err() && listed[1].2, "listed with its error, still current");
+    assert!(listed[1].manifest.is_err() && listed[1].current, "listed with its error, still current");
 }
 
 #[test]
