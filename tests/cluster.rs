@@ -100,13 +100,34 @@ fn scheduler_ps_and_workers_as_processes_train_a_job() {
     let job = format!(
         "version = 1\nname = \"criteo-lr\"\n[data]\nformat = \"criteo\"\npaths = [\"{}\"]\ntest_split = 0.1\n\
          [model]\nkind = \"lr\"\n[optimizer.sparse]\nkind = \"ftrl\"\nalpha = 0.05\nl1 = 1.0\nl2 = 1.0\n\
-         [training]\nbatch_size = 256\n",
-        data.display()
+         [training]\nbatch_size = 256\n[publish]\nmodel_dir = \"{}\"\nevery = 4000\n",
+        data.display(),
+        dir.path().join("models").display()
     );
     let id = submit(dir.path(), &addr, &job);
     let done = wait_done(&addr, &id, Instant::now() + Duration::from_secs(120));
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!((done["rows_trained"].as_u64(), done["test_rows"].as_u64()), (Some(9_000), Some(1_000)), "{done}");
+    // The scheduler publishes a version when training ends (and at 4,000 and 8,000 rows when an
+    // item report crosses them); it runs beside evaluation, so it may land just after the job.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let published = loop {
+        let s = status(&addr, &id);
+        let p = s["published"].as_array().unwrap().clone();
+        if p.iter().any(|v| v["rows_trained"] == 9_000) {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no final version published: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(published.len() >= 2, "versions during training too: {published:?}");
+    let listed = Command::new(EMBER)
+        .args(["model", "list", "--json", "--model-dir"])
+        .arg(dir.path().join("models"))
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains("\"rows_trained\":9000") && listed.contains("\"name\":\"criteo-lr\""), "{listed}");
     let auc = done["test_auc"].as_f64().unwrap();
     assert!(auc > 0.70, "test AUC {auc}: {done}");
     assert!(done["progressive_logloss"].as_f64().unwrap() < 0.6, "{done}");

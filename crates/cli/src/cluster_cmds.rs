@@ -136,6 +136,9 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                         "label": c.label, "full": c.full, "ids": c.ids, "unix_ms": c.unix_ms,
                         "error": (!c.error.is_empty()).then_some(&c.error),
                     })).collect::<Vec<_>>(),
+                    "published": j.published.iter().map(|p| serde_json::json!({
+                        "version": p.version, "rows_trained": p.rows_trained,
+                    })).collect::<Vec<_>>(),
                 })
             })
             .collect();

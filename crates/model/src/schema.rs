@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use ember_core::job::{CsvSchema, DataFormat, DataSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::features::{self, Example, Feature};
@@ -99,6 +100,42 @@ impl InputSchema {
             kind: FieldKind::Categorical,
         });
         ints.chain(cats).collect::<Vec<_>>().into()
+    }
+
+    /// A CSV schema's feature columns, given the file's column `names` in order: categorical
+    /// and numeric columns are fields 0, 1, ... in column order (as the CSV reader numbers them);
+    /// label and ignored columns are not inputs.
+    pub fn from_csv(schema: &CsvSchema, names: &[String]) -> Self {
+        let kind_of = |name: &String| {
+            if schema.categorical.contains(name) {
+                Some(FieldKind::Categorical)
+            } else if schema.numeric.contains(name) {
+                Some(FieldKind::Numeric)
+            } else {
+                None
+            }
+        };
+        names
+            .iter()
+            .filter_map(|n| kind_of(n).map(|kind| (n, kind)))
+            .enumerate()
+            .map(|(field, (name, kind))| InputField { name: name.clone(), field: field as u32, kind })
+            .collect::<Vec<_>>()
+            .into()
+    }
+
+    /// The input fields of `data`: Criteo's columns, a CSV schema's feature columns (`header`
+    /// gives the column names when the schema does not), none for libsvm and libffm (requests
+    /// send hashed features).
+    pub fn for_data(data: &DataSpec, header: impl FnOnce() -> Vec<String>) -> Self {
+        match (data.format, &data.schema) {
+            (DataFormat::Criteo, _) => Self::criteo(),
+            (DataFormat::Csv, Some(schema)) => {
+                let names = schema.columns.clone().unwrap_or_else(header);
+                Self::from_csv(schema, &names)
+            }
+            _ => Self::default(),
+        }
     }
 
     /// The fields, in field order.

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use ember_model::publish::Publisher;
+use ember_model::{InputSchema, ModelDir, ModelTables};
 use ember_proto::v1::{self, scheduler_server::Scheduler};
 use parking_lot::Mutex;
 use tonic::{Request, Response, Status};
@@ -74,6 +76,26 @@ async fn checkpoint_cluster(state: &Mutex<State>, full: bool, label: u64) -> Che
             record(Vec::new(), Some(e.to_string()))
         }
     }
+}
+
+/// Publishes job `job_id`'s model as the ps-servers of the current shard map hold it.
+async fn publish_model(state: &Mutex<State>, job_id: &str, rows: u64) -> Result<u64, String> {
+    let (toml, (_, endpoints, owners)) = {
+        let s = state.lock();
+        let toml = s.jobs(Some(job_id)).map_err(|e| e.to_string())?[0].toml.clone();
+        (toml, s.shard_map())
+    };
+    let spec = ember_core::JobSpec::from_toml(&toml).map_err(|e| e.to_string())?;
+    let map = ember_client::ShardMap::from_parts(endpoints, owners).ok_or("no ps-server is registered")?;
+    let (tables, specs) = ModelTables::for_job(&spec, job_id);
+    let data = spec.data.clone();
+    // A CSV file's header names its columns; reading it is file I/O, kept off the async workers.
+    let schema = tokio::task::spawn_blocking(move || InputSchema::for_data(&data, || crate::plan::csv_header(&data)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let publisher = Publisher::new(ModelDir::new(&spec.publish.model_dir), &spec, job_id, tables, &specs, schema);
+    let client = ember_client::PsClient::connect(map).await.map_err(|e| e.to_string())?;
+    publisher.publish(&client, rows).await.map_err(|e| e.to_string())
 }
 
 fn job_state(s: JobState) -> v1::JobState {
@@ -155,6 +177,14 @@ impl Scheduler for SchedulerService {
                     error: j.error.clone().unwrap_or_default(),
                     elapsed_seconds: j.elapsed_seconds,
                     checkpoints: j.checkpoints.iter().map(checkpoint_info).collect(),
+                    published: j
+                        .published
+                        .iter()
+                        .map(|(version, rows_trained)| v1::PublishedVersion {
+                            version: *version,
+                            rows_trained: *rows_trained,
+                        })
+                        .collect(),
                 }
             })
             .collect();
@@ -203,7 +233,21 @@ impl Scheduler for SchedulerService {
             .lock()
             .report(&r.member_id, &r.job_id, r.item_id, report, Instant::now())
             .map_err(|e| status_of(&e))?;
-        if let Some((full, label)) = due {
+        if let Some(rows) = due.publish {
+            let (state, job) = (Arc::clone(&self.state), r.job_id.clone());
+            tokio::spawn(async move {
+                match publish_model(&state, &job, rows).await {
+                    Ok(version) => {
+                        if let Err(e) = state.lock().record_published(&job, version, rows) {
+                            tracing::error!(error = %e, "recording a published version");
+                        }
+                    }
+                    // The previous versions keep serving; the next schedule point tries again.
+                    Err(e) => tracing::error!(job = %job, rows, error = %e, "publishing a model version failed"),
+                }
+            });
+        }
+        if let Some((full, label)) = due.checkpoint {
             // Off the report's path: the worker goes on while the servers write.
             let (state, job) = (Arc::clone(&self.state), r.job_id.clone());
             tokio::spawn(async move {

@@ -138,6 +138,12 @@ pub struct Job {
     /// The job's checkpoint schedule.
     #[serde(default)]
     checkpoint_spec: ember_core::job::CheckpointSpec,
+    /// Where and how often the job publishes model versions.
+    #[serde(default)]
+    publish_spec: ember_core::job::PublishSpec,
+    /// Model versions published for the job (version, rows trained), oldest first.
+    #[serde(default)]
+    pub published: Vec<(u64, u64)>,
     /// Seconds from submission to the end (or now).
     pub elapsed_seconds: f64,
     #[serde(skip)]
@@ -177,6 +183,16 @@ pub struct Assignment {
     pub job_toml: String,
     /// The range.
     pub range: Range,
+}
+
+/// What a report makes due.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Due {
+    /// A cluster checkpoint: (full, label = rows trained).
+    pub checkpoint: Option<(bool, u64)>,
+    /// A model version, at this many rows trained: each time `publish.every` more rows are
+    /// trained, and when training ends (before evaluation, so the version is the evaluated model).
+    pub publish: Option<u64>,
 }
 
 /// What a worker reports for an item.
@@ -375,6 +391,8 @@ impl State {
             error: None,
             checkpoints: Vec::new(),
             checkpoint_spec: spec.checkpoint,
+            publish_spec: spec.publish.clone(),
+            published: Vec::new(),
             elapsed_seconds: 0.0,
             started: Some(now),
         };
@@ -412,8 +430,8 @@ impl State {
         Ok(None)
     }
 
-    /// Records a finished item and moves its job on. Returns the cluster checkpoint its job's
-    /// schedule wants now, if any: (full, label = rows trained).
+    /// Records a finished item and moves its job on. Returns what the job's schedules want done
+    /// now: a cluster checkpoint, a model version.
     pub fn report(
         &mut self,
         member: &str,
@@ -421,7 +439,7 @@ impl State {
         item_id: u64,
         report: ItemReport,
         now: Instant,
-    ) -> Result<Option<(bool, u64)>, SchedulerError> {
+    ) -> Result<Due, SchedulerError> {
         self.heartbeat(member, now)?;
         let job = self.persisted.jobs.get_mut(job_id).ok_or_else(|| SchedulerError::UnknownJob(job_id.into()))?;
         let rows_before = job.rows_trained;
@@ -430,8 +448,9 @@ impl State {
         };
         // A late report for an item that was requeued and done by someone else changes nothing.
         if item.status == ItemStatus::Done || matches!(job.state, JobState::Failed | JobState::Succeeded) {
-            return Ok(None);
+            return Ok(Due::default());
         }
+        let was_training = job.state == JobState::Training;
         item.status = ItemStatus::Done;
         item.holder = None;
         let phase = item.range.phase;
@@ -477,9 +496,21 @@ impl State {
         if let Some(started) = job.started {
             job.elapsed_seconds = now.duration_since(started).as_secs_f64();
         }
-        let due = job.checkpoint_spec.due(rows_before, job.rows_trained).map(|full| (full, job.rows_trained));
+        let checkpoint = job.checkpoint_spec.due(rows_before, job.rows_trained).map(|full| (full, job.rows_trained));
+        let publishing = !job.publish_spec.model_dir.is_empty();
+        let training_ended = was_training && matches!(job.state, JobState::Evaluating | JobState::Succeeded);
+        let every = job.publish_spec.every;
+        let crossed = every > 0 && job.rows_trained / every > rows_before / every && job.state == JobState::Training;
+        let publish = (publishing && (training_ended || crossed)).then_some(job.rows_trained);
         self.save()?;
-        Ok(due)
+        Ok(Due { checkpoint, publish })
+    }
+
+    /// Records a model version published for a job.
+    pub fn record_published(&mut self, job_id: &str, version: u64, rows: u64) -> Result<(), SchedulerError> {
+        let job = self.persisted.jobs.get_mut(job_id).ok_or_else(|| SchedulerError::UnknownJob(job_id.into()))?;
+        job.published.push((version, rows));
+        self.save()
     }
 
     /// Records a cluster checkpoint with a job.

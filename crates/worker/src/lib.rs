@@ -2,7 +2,6 @@
 //!
 //! Layout:
 //! - [`agent`]: the worker process's loop: work items from the scheduler, trained or evaluated.
-//! - [`publish`]: model versions for serving, from the dense tables the ps-servers hold.
 //! - [`reader`]: Criteo TSV, libsvm, libffm and CSV readers over files, globs and gzip, with
 //!   bad-line accounting.
 //! - [`synth`]: synthetic Criteo-format data from a hidden model, with oracle probabilities.
@@ -10,7 +9,6 @@
 //!   validation) and read-only batch prediction.
 
 pub mod agent;
-pub mod publish;
 pub mod reader;
 pub mod synth;
 pub mod train;

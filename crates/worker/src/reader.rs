@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use ember_core::job::{CsvSchema, DataFormat, DataSpec};
 
-use ember_model::schema::{FieldKind, InputField, InputSchema};
+use ember_model::schema::InputSchema;
 
 use crate::features::{self as cell, feature_id, Example, Feature};
 
@@ -126,6 +126,7 @@ enum ColumnRole {
 #[derive(Debug, Clone)]
 pub struct LineParser {
     format: DataFormat,
+    spec: DataSpec,
     csv: Option<CsvColumns>,
 }
 
@@ -204,30 +205,14 @@ impl LineParser {
             }
             _ => None,
         };
-        Ok(Self { format: spec.format, csv })
+        Ok(Self { format: spec.format, spec: spec.clone(), csv })
     }
 
-    /// The named fields a serving request gives for this format: Criteo's columns, or a CSV
-    /// schema's feature columns. libsvm and libffm have none (requests send hashed features).
+    /// The named fields a serving request gives for this format (see [`InputSchema::for_data`]).
     pub fn input_schema(&self) -> InputSchema {
-        match (self.format, &self.csv) {
-            (DataFormat::Criteo, _) => InputSchema::criteo(),
-            (DataFormat::Csv, Some(cols)) => cols
-                .roles
-                .iter()
-                .zip(&cols.names)
-                .zip(&cols.fields)
-                .filter_map(|((role, name), field)| {
-                    let kind = match role {
-                        ColumnRole::Categorical => FieldKind::Categorical,
-                        ColumnRole::Numeric => FieldKind::Numeric,
-                        ColumnRole::Label | ColumnRole::Ignore => return None,
-                    };
-                    Some(InputField { name: name.clone(), field: *field, kind })
-                })
-                .collect::<Vec<_>>()
-                .into(),
-            _ => InputSchema::default(),
+        match (&self.spec.schema, &self.csv) {
+            (Some(schema), Some(cols)) => InputSchema::from_csv(schema, &cols.names),
+            _ => InputSchema::for_data(&self.spec, Vec::new),
         }
     }
 

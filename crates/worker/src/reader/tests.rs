@@ -111,7 +111,7 @@ fn globs_and_gzip_are_read_in_sorted_order() {
 
 #[test]
 fn libffm_and_csv_lines_parse_and_bad_schemas_are_refused() {
-    let ffm = LineParser { format: DataFormat::Libffm, csv: None };
+    let ffm = LineParser::new(&data_spec(DataFormat::Libffm, Vec::new(), None), &[]).unwrap();
     let ex = ffm.parse("1 2:10:1 5:3:0.5").unwrap();
     assert_eq!(ex.features[1], Feature { field: 5, id: feature_id(5, b"3"), value: 0.5 });
     assert!(ffm.parse("1 10:1").unwrap_err().contains("field:index:value"));
@@ -136,6 +136,10 @@ fn libffm_and_csv_lines_parse_and_bad_schemas_are_refused() {
     assert_eq!(examples[0].features[0].id, feature_id(0, b"fr"), "feature columns are numbered 0..");
     assert_eq!(examples[0].features[1].field, 1);
     assert!(bad.first[0].contains(":3: column 4: \"x\" is not a number"), "{:?}", bad.first);
+    // A serving request naming the same columns hashes to the same features.
+    let parser = LineParser::new(&s, &[path.clone()]).unwrap();
+    let named = parser.input_schema().example([("age", "33"), ("country", "fr")], &[]).unwrap();
+    assert_eq!(named.features, examples[0].features);
     let mut missing_col = schema;
     missing_col.ignore.clear();
     let s = data_spec(DataFormat::Csv, vec![path.display().to_string()], Some(missing_col));
