@@ -149,6 +149,19 @@ pub fn plan(files: &[PathBuf], header_lines: u64, test_split: f64, size: ItemSiz
     Ok(ranges)
 }
 
+/// The column names on the first line of a CSV job's first file (empty when unreadable: the
+/// job's own reads report that properly).
+pub fn csv_header(data: &ember_core::job::DataSpec) -> Vec<String> {
+    use std::io::BufRead;
+    let delimiter = data.schema.as_ref().map_or(',', |s| s.delimiter);
+    let Some(first) = expand(&data.paths).ok().and_then(|f| f.into_iter().next()) else { return Vec::new() };
+    let mut line = String::new();
+    match std::fs::File::open(&first).map(std::io::BufReader::new).and_then(|mut r| r.read_line(&mut line)) {
+        Ok(_) => line.trim_end().split(delimiter).map(|c| c.trim().to_string()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,18 +190,5 @@ mod tests {
         std::fs::write(dir.path().join("x.tsv.gz"), b"").unwrap();
         assert!(matches!(expand(&[format!("{}/*.gz", dir.path().display())]), Err(PlanError::Compressed(_))));
         assert!(matches!(expand(&[format!("{}/*.nope", dir.path().display())]), Err(PlanError::NoFiles(_))));
-    }
-}
-
-/// The column names on the first line of a CSV job's first file (empty when unreadable: the
-/// job's own reads report that properly).
-pub fn csv_header(data: &ember_core::job::DataSpec) -> Vec<String> {
-    use std::io::BufRead;
-    let delimiter = data.schema.as_ref().map_or(',', |s| s.delimiter);
-    let Some(first) = expand(&data.paths).ok().and_then(|f| f.into_iter().next()) else { return Vec::new() };
-    let mut line = String::new();
-    match std::fs::File::open(&first).map(std::io::BufReader::new).and_then(|mut r| r.read_line(&mut line)) {
-        Ok(_) => line.trim_end().split(delimiter).map(|c| c.trim().to_string()).collect(),
-        Err(_) => Vec::new(),
     }
 }

@@ -137,7 +137,7 @@ fn libffm_and_csv_lines_parse_and_bad_schemas_are_refused() {
     assert_eq!(examples[0].features[1].field, 1);
     assert!(bad.first[0].contains(":3: column 4: \"x\" is not a number"), "{:?}", bad.first);
     // A serving request naming the same columns hashes to the same features.
-    let parser = LineParser::new(&s, &[path.clone()]).unwrap();
+    let parser = LineParser::new(&s, std::slice::from_ref(&path)).unwrap();
     let named = parser.input_schema().example([("age", "33"), ("country", "fr")], &[]).unwrap();
     assert_eq!(named.features, examples[0].features);
     let mut missing_col = schema;
