@@ -17,15 +17,15 @@ DATA="$ROOT/../shared/data/criteo/train_10k.tsv"
 rm -rf "$OUT" && mkdir -p "$OUT"
 echo "machine: $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+# start runs in a command substitution (a subshell), so pids go through a file.
+cleanup() { [ -f "$OUT/pids" ] && while read -r p; do kill "$p" 2>/dev/null || true; done <"$OUT/pids"; }
 trap cleanup EXIT
 
 # start NAME PREFIX CMD...: runs CMD in the background and echoes what follows PREFIX on its stdout.
 start() {
   local name="$1" prefix="$2"; shift 2
   "$@" >"$OUT/$name.out" 2>"$OUT/$name.log" &
-  PIDS+=($!)
+  echo $! >>"$OUT/pids"
   for _ in $(seq 1 600); do
     local v; v=$(sed -n "s/^$prefix//p" "$OUT/$name.out" | head -1)
     [ -n "$v" ] && { echo "$v"; return 0; }

@@ -201,21 +201,33 @@ pub async fn serve(args: BenchServeArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let mut tasks = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        let due = start + Duration::from_secs_f64(i as f64 / args.qps);
-        tokio::time::sleep_until(due).await;
-        let client = clients[i as usize % clients.len()].clone();
-        let pool = Arc::clone(&pool);
-        let batch = args.batch;
-        tasks.push(tokio::spawn(async move {
-            let first = (i as usize * batch) % pool.len();
-            let samples: Vec<v1::Sample> = (0..batch).map(|j| pool[(first + j) % pool.len()].clone()).collect();
-            let result = client.predict("", samples).await.map(|r| r.version).map_err(|e| e.to_string());
-            let latency_us = due.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-            Outcome { due: due - start, latency_us, result }
-        }));
-    }
+    // Requests are released by a plain thread: its sleeps wake within tens of microseconds,
+    // where tokio's timer wheel rounds every due time up to the next millisecond (which would
+    // count as latency here).
+    let runtime = tokio::runtime::Handle::current();
+    let (qps, batch, start_std) = (args.qps, args.batch, start.into_std());
+    let releaser = std::thread::spawn(move || {
+        let mut tasks = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let due = start_std + Duration::from_secs_f64(i as f64 / qps);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let client = clients[i as usize % clients.len()].clone();
+            let pool = Arc::clone(&pool);
+            tasks.push(runtime.spawn(async move {
+                let first = (i as usize * batch) % pool.len();
+                let samples: Vec<v1::Sample> = (0..batch).map(|j| pool[(first + j) % pool.len()].clone()).collect();
+                let result = client.predict("", samples).await.map(|r| r.version).map_err(|e| e.to_string());
+                let latency_us = due.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                Outcome { due: due - start_std, latency_us, result }
+            }));
+        }
+        tasks
+    });
+    let tasks = tokio::task::spawn_blocking(move || releaser.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("releaser panicked"))?;
     let mut outcomes = Vec::with_capacity(tasks.len());
     for t in tasks {
         outcomes.push(t.await?);

@@ -177,11 +177,8 @@ impl SampleReader {
                     ));
                 }
                 let label = cols[0].parse::<f32>().map_err(|_| format!("label {:?} is not a number", cols[0]))?;
-                for (name, cell) in self.names.iter().zip(&cols[1..]) {
-                    if !cell.is_empty() {
-                        sample.fields.insert(name.clone(), cell.to_string());
-                    }
-                }
+                // Criteo's columns are the model's fields in order: send them by position.
+                sample.row = cols[1..].iter().map(|c| c.to_string()).collect();
                 Ok(Some((sample, label)))
             }
             DataFormat::Csv => {

@@ -57,6 +57,14 @@ pub enum SchemaError {
         /// What is wrong.
         reason: String,
     },
+    /// A positional row with the wrong number of values.
+    #[error("a row has {got} values; the model has {want} fields")]
+    RowLength {
+        /// Values given.
+        got: usize,
+        /// Fields of the model.
+        want: usize,
+    },
     /// A pre-hashed feature with a non-finite value.
     #[error("pre-hashed feature {id} has a non-finite value")]
     NonFinite {
@@ -143,23 +151,18 @@ impl InputSchema {
         &self.fields
     }
 
-    /// The example of one sample: `named` (field name, raw value) pairs, plus `hashed` features
-    /// that the caller hashed itself (appended as given). The label is 0.
-    pub fn example<'a>(
-        &self,
-        named: impl IntoIterator<Item = (&'a str, &'a str)>,
-        hashed: &[Feature],
-    ) -> Result<Example, SchemaError> {
-        let mut cells: Vec<Option<&str>> = vec![None; self.fields.len()];
-        for (name, value) in named {
-            let i = *self.by_name.get(name).ok_or_else(|| SchemaError::UnknownField(name.to_string()))?;
-            if cells[i].replace(value).is_some() {
-                return Err(SchemaError::DuplicateField(name.to_string()));
-            }
+    /// The example of one sample given by position: `row` holds one raw value per field, in
+    /// field order ("" is missing), plus `hashed` features appended as given.
+    pub fn example_from_row(&self, row: &[String], hashed: &[Feature]) -> Result<Example, SchemaError> {
+        if row.len() != self.fields.len() {
+            return Err(SchemaError::RowLength { got: row.len(), want: self.fields.len() });
         }
+        self.hash_cells(row.iter().map(String::as_str), hashed)
+    }
+
+    fn hash_cells<'a>(&self, cells: impl Iterator<Item = &'a str>, hashed: &[Feature]) -> Result<Example, SchemaError> {
         let mut out = Vec::with_capacity(self.fields.len() + hashed.len());
         for (f, cell) in self.fields.iter().zip(cells) {
-            let cell = cell.unwrap_or("");
             let bad = |reason| SchemaError::BadValue { name: f.name.clone(), reason };
             out.push(match f.kind {
                 FieldKind::Categorical => features::categorical(f.field, cell),
@@ -174,6 +177,23 @@ impl InputSchema {
             out.push(*h);
         }
         Ok(Example { label: 0.0, features: out })
+    }
+
+    /// The example of one sample: `named` (field name, raw value) pairs, plus `hashed` features
+    /// that the caller hashed itself (appended as given). The label is 0.
+    pub fn example<'a>(
+        &self,
+        named: impl IntoIterator<Item = (&'a str, &'a str)>,
+        hashed: &[Feature],
+    ) -> Result<Example, SchemaError> {
+        let mut cells: Vec<Option<&str>> = vec![None; self.fields.len()];
+        for (name, value) in named {
+            let i = *self.by_name.get(name).ok_or_else(|| SchemaError::UnknownField(name.to_string()))?;
+            if cells[i].replace(value).is_some() {
+                return Err(SchemaError::DuplicateField(name.to_string()));
+            }
+        }
+        self.hash_cells(cells.into_iter().map(|c| c.unwrap_or("")), hashed)
     }
 }
 
@@ -200,6 +220,17 @@ mod tests {
         assert!(err.contains("I1") && err.contains("not an integer"), "{err}");
         let nan = Feature { field: 0, id: 5, value: f32::NAN };
         assert_eq!(s.example([], &[nan]), Err(SchemaError::NonFinite { id: 5 }));
+    }
+
+    #[test]
+    fn rows_by_position_hash_as_named_fields_do() {
+        let s = InputSchema::criteo();
+        let mut row = vec![String::new(); 39];
+        row[1] = "1000".into();
+        row[15] = "68fd1e64".into();
+        let named = s.example([("C3", "68fd1e64"), ("I2", "1000")], &[]).unwrap();
+        assert_eq!(s.example_from_row(&row, &[]).unwrap(), named);
+        assert_eq!(s.example_from_row(&row[..3], &[]), Err(SchemaError::RowLength { got: 3, want: 39 }));
     }
 
     #[test]

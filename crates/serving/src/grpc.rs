@@ -22,6 +22,7 @@ pub struct ServingService {
 pub fn sample_of(s: v1::Sample) -> SampleIn {
     SampleIn {
         fields: s.fields.into_iter().collect(),
+        row: s.row,
         hashed: s.hashed.into_iter().map(|h| Feature { field: h.field, id: h.id, value: h.value }).collect(),
     }
 }

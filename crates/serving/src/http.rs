@@ -58,7 +58,7 @@ pub fn parse_instances(body: &[u8]) -> Result<Vec<SampleIn>, ServingError> {
                 };
                 fields.push((name.clone(), raw));
             }
-            Ok(SampleIn { fields, hashed: Vec::new() })
+            Ok(SampleIn { fields, ..Default::default() })
         })
         .collect()
 }

@@ -25,6 +25,8 @@ use crate::{ServingConfig, ServingError};
 pub struct SampleIn {
     /// Raw values by field name.
     pub fields: Vec<(String, String)>,
+    /// Or raw values by position, one per field of the model (empty when `fields` is used).
+    pub row: Vec<String>,
     /// Features the caller hashed.
     pub hashed: Vec<Feature>,
 }
@@ -104,10 +106,15 @@ impl Predictor {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                m.manifest
-                    .schema
-                    .example(s.fields.iter().map(|(k, v)| (k.as_str(), v.as_str())), &s.hashed)
-                    .map_err(|e| ServingError::InvalidArgument(format!("sample {i}: {e}")))
+                let schema = &m.manifest.schema;
+                let example = if s.row.is_empty() {
+                    schema.example(s.fields.iter().map(|(k, v)| (k.as_str(), v.as_str())), &s.hashed)
+                } else if s.fields.is_empty() {
+                    schema.example_from_row(&s.row, &s.hashed)
+                } else {
+                    return Err(ServingError::InvalidArgument(format!("sample {i}: give fields or row, not both")));
+                };
+                example.map_err(|e| ServingError::InvalidArgument(format!("sample {i}: {e}")))
             })
             .collect::<Result<Vec<Example>, _>>()?;
         if examples.is_empty() {
@@ -181,7 +188,7 @@ pub fn synthetic_samples(model: &LoadedModel, n: usize, rng: &mut SplitMix64) ->
         .map(|_| {
             if fields.is_empty() {
                 let hashed = (0..8).map(|f| Feature { field: f, id: rng.next_u64(), value: 1.0 }).collect();
-                return SampleIn { fields: Vec::new(), hashed };
+                return SampleIn { hashed, ..Default::default() };
             }
             let fields = fields
                 .iter()
@@ -193,7 +200,7 @@ pub fn synthetic_samples(model: &LoadedModel, n: usize, rng: &mut SplitMix64) ->
                     (f.name.clone(), value)
                 })
                 .collect();
-            SampleIn { fields, hashed: Vec::new() }
+            SampleIn { fields, ..Default::default() }
         })
         .collect()
 }
