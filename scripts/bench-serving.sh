@@ -59,8 +59,9 @@ echo "bench without swaps: $QPS qps x 64 samples for ${SECONDS_EACH}s" >&2
 "$EMBER" bench serve --target "$SERVE" --qps "$QPS" --batch 64 --seconds "$SECONDS_EACH" --data "$DATA" --json \
   >"$OUT/steady.json"
 cat "$OUT/steady.json" >&2
+# Four times as long: a p999 inside swap windows needs a few thousand requests in them.
 echo "bench with a swap every 10 s" >&2
-"$EMBER" bench serve --target "$SERVE" --qps "$QPS" --batch 64 --seconds "$((SECONDS_EACH * 2))" --data "$DATA" \
+"$EMBER" bench serve --target "$SERVE" --qps "$QPS" --batch 64 --seconds "$((SECONDS_EACH * 4))" --data "$DATA" \
   --swap-every 10 --model-dir "$OUT/models" --json >"$OUT/swaps.json"
 cat "$OUT/swaps.json" >&2
 "$EMBER" bench freshness --target "$SERVE" --ps "$PS" --trials 9 --json >"$OUT/freshness.json"
