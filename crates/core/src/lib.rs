@@ -6,7 +6,8 @@
 //!   (table seed, key), so any server, replayed pull or read-only lookup sees the same row.
 //! - [`optim`]: server-side optimizers (SGD, Adagrad, FTRL-Proximal, Adam) applied in place to a
 //!   row's weights and optimizer state.
-//! - [`codec`]: the wire's f32 value encoding (little-endian).
+//! - [`codec`]: the wire's f32 value encoding (little-endian) and the gradient codecs (fp16,
+//!   1-bit with per-chunk scales), each with a residual so quantization error is delayed, not lost.
 //! - [`eval`]: exact AUC and logloss.
 //! - [`job`]: job files (TOML): data, model, optimizers, cluster, training.
 //! - [`table`]: the table spec (name, kind, dim, optimizer, initializer, seed) and its validation.
