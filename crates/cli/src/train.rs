@@ -103,6 +103,10 @@ pub struct Report {
     pub bytes_pushed: u64,
     /// Key and value bytes pulled.
     pub bytes_pulled: u64,
+    /// Sparse gradient bytes pushed, as encoded (`[compression] sparse`).
+    pub sparse_bytes_pushed: u64,
+    /// Dense gradient bytes pushed, as encoded (`[compression] dense`).
+    pub dense_bytes_pushed: u64,
     /// Windows of progressive validation, about one per second.
     pub curve: Vec<CurvePoint>,
     /// The sparse tables at the end of training, summed over ps-servers.
@@ -262,7 +266,8 @@ pub async fn train_on(
     let mut workers = Vec::new();
     for _ in 0..job.cluster.workers {
         let worker_client = PsClient::connect(map.clone()).await?;
-        workers.push(tokio::spawn(train(worker_client, tables.clone(), Arc::clone(&queue), Arc::clone(&progress))));
+        let task = train(worker_client, tables.clone(), Arc::clone(&queue), Arc::clone(&progress), job.compression);
+        workers.push(tokio::spawn(task));
     }
     drop(queue);
     let (stop_tracking, tracking_stopped) = oneshot::channel();
@@ -337,6 +342,8 @@ pub async fn train_on(
         bad_line_samples: bad.first,
         bytes_pushed: total.bytes_pushed,
         bytes_pulled: total.bytes_pulled,
+        sparse_bytes_pushed: total.sparse_bytes_pushed,
+        dense_bytes_pushed: total.dense_bytes_pushed,
         curve,
         tables,
         published,
@@ -398,6 +405,8 @@ fn merge(stats: &[WorkerStats]) -> WorkerStats {
         all.examples += s.examples;
         all.bytes_pulled += s.bytes_pulled;
         all.bytes_pushed += s.bytes_pushed;
+        all.sparse_bytes_pushed += s.sparse_bytes_pushed;
+        all.dense_bytes_pushed += s.dense_bytes_pushed;
         all.progressive_probs.extend_from_slice(&s.progressive_probs);
         all.progressive_labels.extend_from_slice(&s.progressive_labels);
     }

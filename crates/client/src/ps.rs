@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use ember_core::codec::read_f32s_le;
+use ember_core::codec::{self, read_f32s_le, Compression};
 use ember_core::{TableKind, TableSpec};
 use ember_proto::v1::{self, parameter_server_client::ParameterServerClient};
 use futures_util::future::try_join_all;
@@ -343,6 +343,7 @@ impl PsClient {
                 keys: part.keys,
                 gradients,
                 version: clock.of(part.server),
+                encoding: v1::GradientEncoding::F32 as i32,
             };
             let client = &self.servers[part.server];
             let server = part.server;
@@ -363,6 +364,124 @@ impl PsClient {
             result.clock.0[server] = reply.version;
         }
         Ok(result)
+    }
+
+    /// Pushes sparse gradients compressed with `encoding`. Each server's part is encoded on its
+    /// own with error feedback: `residual` (`grads.len()` values, aligned with `grads`) is added
+    /// before encoding and receives what the encoding lost. Returns the push result and the
+    /// gradient bytes sent.
+    pub async fn push_encoded(
+        &self,
+        table: &str,
+        keys: &[u64],
+        grads: &[f32],
+        clock: &Clock,
+        encoding: Compression,
+        residual: &mut [f32],
+    ) -> Result<(PushResult, u64), ClientError> {
+        if keys.is_empty() {
+            return Ok((PushResult { rows_updated: 0, clock: Clock(vec![0; self.servers.len()]) }, 0));
+        }
+        if !grads.len().is_multiple_of(keys.len()) || residual.len() != grads.len() {
+            return Err(ClientError::InvalidArgument(format!(
+                "{} gradient values and {} residuals for {} keys",
+                grads.len(),
+                residual.len(),
+                keys.len()
+            )));
+        }
+        let dim = grads.len() / keys.len();
+        let mut bytes_sent = 0u64;
+        let mut requests = Vec::new();
+        for part in self.split(keys) {
+            let positions: Vec<usize> = if part.positions.is_empty() {
+                (0..keys.len()).collect()
+            } else {
+                part.positions.iter().map(|p| *p as usize).collect()
+            };
+            let mut part_grads = Vec::with_capacity(positions.len() * dim);
+            let mut part_residual = Vec::with_capacity(positions.len() * dim);
+            for p in &positions {
+                part_grads.extend_from_slice(&grads[p * dim..(p + 1) * dim]);
+                part_residual.extend_from_slice(&residual[p * dim..(p + 1) * dim]);
+            }
+            let encoded = codec::encode_with_residual(encoding, &part_grads, &mut part_residual);
+            for (j, p) in positions.iter().enumerate() {
+                residual[p * dim..(p + 1) * dim].copy_from_slice(&part_residual[j * dim..(j + 1) * dim]);
+            }
+            bytes_sent += encoded.len() as u64;
+            let request = v1::PushRequest {
+                table: table.to_string(),
+                keys: part.keys,
+                gradients: Bytes::from(encoded),
+                version: clock.of(part.server),
+                encoding: wire_encoding(encoding) as i32,
+            };
+            requests.push((part.server, request));
+        }
+        let calls = requests.into_iter().map(|(server, request)| {
+            let client = &self.servers[server];
+            async move {
+                let reply = self
+                    .retrying(server, || {
+                        let (mut client, request) = (client.clone(), request.clone());
+                        async move { client.push(request).await }
+                    })
+                    .await?
+                    .into_inner();
+                Ok::<_, ClientError>((server, reply))
+            }
+        });
+        let mut result = PushResult { rows_updated: 0, clock: Clock(vec![0; self.servers.len()]) };
+        for (server, reply) in try_join_all(calls).await? {
+            result.rows_updated += reply.rows_updated;
+            result.clock.0[server] = reply.version;
+        }
+        Ok((result, bytes_sent))
+    }
+
+    /// Applies dense gradients compressed with `encoding`, with one residual per gradient
+    /// (error feedback, as in [`Self::push_encoded`]). Returns each new version and the bytes sent.
+    pub async fn push_dense_encoded(
+        &self,
+        grads: &[(&str, &[f32], u64)],
+        encoding: Compression,
+        residuals: &mut [Vec<f32>],
+    ) -> Result<(Vec<u64>, u64), ClientError> {
+        if residuals.len() != grads.len() || grads.iter().zip(residuals.iter()).any(|(g, r)| g.1.len() != r.len()) {
+            return Err(ClientError::InvalidArgument(
+                "one residual of the gradient's length per dense gradient".into(),
+            ));
+        }
+        let mut bytes_sent = 0u64;
+        let requests: Vec<(usize, v1::PushDenseRequest)> = grads
+            .iter()
+            .zip(residuals.iter_mut())
+            .map(|((name, grad, version), residual)| {
+                let encoded = codec::encode_with_residual(encoding, grad, residual);
+                bytes_sent += encoded.len() as u64;
+                let gradient = v1::DenseGradient {
+                    name: name.to_string(),
+                    gradients: Bytes::from(encoded),
+                    version: *version,
+                    encoding: wire_encoding(encoding) as i32,
+                };
+                (self.map.server_of_name(name), v1::PushDenseRequest { gradients: vec![gradient] })
+            })
+            .collect();
+        let calls = requests.into_iter().map(|(server, request)| {
+            let client = &self.servers[server];
+            async move {
+                let reply = self
+                    .retrying(server, || {
+                        let (mut client, request) = (client.clone(), request.clone());
+                        async move { client.push_dense(request).await }
+                    })
+                    .await?;
+                Ok::<_, ClientError>(reply.into_inner().versions.first().copied().unwrap_or_default())
+            }
+        });
+        Ok((try_join_all(calls).await?, bytes_sent))
     }
 
     /// Deletes rows on their servers; returns how many existed.
@@ -408,7 +527,12 @@ impl PsClient {
         let calls = grads.iter().map(|(name, grad, version)| {
             let server = self.map.server_of_name(name);
             let client = &self.servers[server];
-            let gradient = v1::DenseGradient { name: name.to_string(), gradients: f32s_le(grad), version: *version };
+            let gradient = v1::DenseGradient {
+                name: name.to_string(),
+                gradients: f32s_le(grad),
+                version: *version,
+                encoding: v1::GradientEncoding::F32 as i32,
+            };
             let request = v1::PushDenseRequest { gradients: vec![gradient] };
             async move {
                 let reply = self
@@ -482,5 +606,14 @@ impl PsClient {
             sorted_values.extend_from_slice(&values[i as usize * dim..(i as usize + 1) * dim]);
         }
         Ok((dim, sorted_keys, sorted_values))
+    }
+}
+
+/// The wire enum of a codec.
+fn wire_encoding(encoding: Compression) -> v1::GradientEncoding {
+    match encoding {
+        Compression::None => v1::GradientEncoding::F32,
+        Compression::Fp16 => v1::GradientEncoding::Fp16,
+        Compression::Onebit => v1::GradientEncoding::Onebit,
     }
 }

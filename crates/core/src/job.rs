@@ -39,6 +39,19 @@ pub struct JobSpec {
     /// Model versions published for serving (off unless a model dir is set).
     #[serde(default)]
     pub publish: PublishSpec,
+    /// Gradient compression on the wire (none by default).
+    #[serde(default)]
+    pub compression: CompressionSpec,
+}
+
+/// How workers encode the gradients they push (see [`crate::codec`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompressionSpec {
+    /// DeepFM's dense layers: `none`, `fp16` or `onebit`.
+    pub dense: crate::codec::Compression,
+    /// Sparse rows (linear weights and embeddings).
+    pub sparse: crate::codec::Compression,
 }
 
 /// Where and how often training publishes model versions for serving.

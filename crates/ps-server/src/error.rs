@@ -15,9 +15,10 @@ pub fn status_of(err: &StoreError) -> Status {
     let code = match err {
         StoreError::TableNotFound(_) => Code::NotFound,
         StoreError::WrongKind { .. } | StoreError::SpecConflict { .. } => Code::FailedPrecondition,
-        StoreError::InvalidSpec(_) | StoreError::BadLength { .. } | StoreError::NonFinite { .. } => {
-            Code::InvalidArgument
-        }
+        StoreError::InvalidSpec(_)
+        | StoreError::BadLength { .. }
+        | StoreError::BadEncoding { .. }
+        | StoreError::NonFinite { .. } => Code::InvalidArgument,
         StoreError::BatchTooLarge { .. } => Code::ResourceExhausted,
         StoreError::Tier { .. } => Code::Unavailable,
     };
@@ -39,6 +40,10 @@ mod tests {
             (StoreError::TableNotFound("t".into()), Code::NotFound),
             (StoreError::BatchTooLarge { got: 10, limit: 5 }, Code::ResourceExhausted),
             (StoreError::NonFinite { table: "t".into(), key: 1, value: f32::NAN }, Code::InvalidArgument),
+            (
+                StoreError::BadEncoding { table: "t".into(), reason: "onebit chunk length 0".into() },
+                Code::InvalidArgument,
+            ),
             (StoreError::WrongKind { name: "t".into(), actual: "dense", expected: "sparse" }, Code::FailedPrecondition),
         ];
         for (err, code) in cases {

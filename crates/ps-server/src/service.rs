@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use ember_core::codec::Compression;
 use ember_core::TableSpec;
 use ember_proto::v1::parameter_server_server::ParameterServer;
 use ember_proto::v1::{self, DenseValues};
@@ -114,6 +115,16 @@ pub fn record_table_gauges(stats: &[TableStats]) {
     }
 }
 
+/// The codec a push names; an unknown encoding number is InvalidArgument.
+fn encoding_of(wire: i32) -> Result<Compression, Status> {
+    match v1::GradientEncoding::try_from(wire) {
+        Ok(v1::GradientEncoding::F32) => Ok(Compression::None),
+        Ok(v1::GradientEncoding::Fp16) => Ok(Compression::Fp16),
+        Ok(v1::GradientEncoding::Onebit) => Ok(Compression::Onebit),
+        Err(_) => Err(Status::invalid_argument(format!("unknown gradient encoding {wire}"))),
+    }
+}
+
 #[tonic::async_trait]
 impl ParameterServer for PsService {
     async fn create_table(
@@ -182,12 +193,14 @@ impl ParameterServer for PsService {
         let req = req.into_inner();
         let keys = req.keys.len();
         let (table, gradient_version) = (req.table.clone(), req.version);
-        let result = self.blocking(move |s| s.push(&req.table, &req.keys, &req.gradients)).await.map(|out| {
-            // Versions the table moved on between the pull that computed the gradient and now.
-            let staleness = out.version.saturating_sub(1).saturating_sub(gradient_version);
-            histogram!("ember_ps_push_staleness", "table" => table).record(staleness as f64);
-            v1::PushResponse { rows_updated: out.rows_updated, version: out.version }
-        });
+        let encoding = encoding_of(req.encoding)?;
+        let result =
+            self.blocking(move |s| s.push_encoded(&req.table, &req.keys, encoding, &req.gradients)).await.map(|out| {
+                // Versions the table moved on between the pull that computed the gradient and now.
+                let staleness = out.version.saturating_sub(1).saturating_sub(gradient_version);
+                histogram!("ember_ps_push_staleness", "table" => table).record(staleness as f64);
+                v1::PushResponse { rows_updated: out.rows_updated, version: out.version }
+            });
         observe("push", keys, started, result)
     }
 
@@ -211,10 +224,12 @@ impl ParameterServer for PsService {
     async fn push_dense(&self, req: Request<v1::PushDenseRequest>) -> Result<Response<v1::PushDenseResponse>, Status> {
         let started = Instant::now();
         let grads = req.into_inner().gradients;
+        let encodings = grads.iter().map(|g| encoding_of(g.encoding)).collect::<Result<Vec<_>, Status>>()?;
         let result = self
             .blocking(move |s| {
-                let parts: Vec<(&str, &[u8])> = grads.iter().map(|g| (g.name.as_str(), &g.gradients[..])).collect();
-                s.push_dense_many(&parts)
+                let parts: Vec<(&str, Compression, &[u8])> =
+                    grads.iter().zip(encodings).map(|(g, e)| (g.name.as_str(), e, &g.gradients[..])).collect();
+                s.push_dense_encoded(&parts)
             })
             .await;
         observe("push_dense", 0, started, result.map(|versions| v1::PushDenseResponse { versions }))

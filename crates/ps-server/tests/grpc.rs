@@ -108,7 +108,13 @@ async fn bad_input_is_refused_with_the_right_code_and_changes_nothing() {
     let err = client.push("emb", &[1, 2], &[0.5; 6], &before.clock).await.unwrap_err();
     assert_eq!(err.code(), Some(Code::InvalidArgument));
     assert!(err.to_string().contains("expected 32"), "{err}");
-    let odd = v1::PushRequest { table: "emb".into(), keys: vec![1], gradients: vec![0u8; 15].into(), version: 0 };
+    let odd = v1::PushRequest {
+        table: "emb".into(),
+        keys: vec![1],
+        gradients: vec![0u8; 15].into(),
+        version: 0,
+        encoding: 0,
+    };
     let status = raw_status(raw.push(odd).await);
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("expected 16"), "{}", status.message());

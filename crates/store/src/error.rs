@@ -42,6 +42,14 @@ pub enum StoreError {
         /// The table's dim.
         dim: usize,
     },
+    /// A compressed gradient that does not decode (wrong length, bad scale, zero chunk).
+    #[error("table {table:?}: {reason}")]
+    BadEncoding {
+        /// Table name.
+        table: String,
+        /// What the codec found.
+        reason: String,
+    },
     /// A gradient held NaN or Inf; the push was rejected whole.
     #[error(
         "table {table:?}: gradient for key {key} is not finite ({value}); the push was rejected and no row changed"

@@ -35,6 +35,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use ember_core::codec::{self, Compression};
 use ember_core::{TableKind, TableSpec};
 use parking_lot::RwLock;
 
@@ -348,10 +349,37 @@ impl Store {
 
     /// Applies sparse gradients given as LE f32 bytes.
     pub fn push(&self, name: &str, keys: &[u64], grad_bytes: &[u8]) -> Result<PushOutcome, StoreError> {
+        self.push_encoded(name, keys, Compression::None, grad_bytes)
+    }
+
+    /// Applies sparse gradients sent in `encoding` (see [`ember_core::codec`]); they are decoded
+    /// to f32 before the optimizer sees them, and refused whole if they do not decode.
+    pub fn push_encoded(
+        &self,
+        name: &str,
+        keys: &[u64],
+        encoding: Compression,
+        grad_bytes: &[u8],
+    ) -> Result<PushOutcome, StoreError> {
         self.check_batch(keys.len())?;
         let table = self.sparse(name)?;
-        let grads = self.decode(table.spec(), "gradients", grad_bytes, keys.len())?;
+        let grads = self.decode_gradient(table.spec(), encoding, grad_bytes, keys.len())?;
         table.push(keys, &grads)
+    }
+
+    fn decode_gradient<'a>(
+        &self,
+        spec: &TableSpec,
+        encoding: Compression,
+        bytes: &'a [u8],
+        keys: usize,
+    ) -> Result<Cow<'a, [f32]>, StoreError> {
+        match encoding {
+            Compression::None => self.decode(spec, "gradients", bytes, keys),
+            _ => codec::decode(encoding, bytes, keys * spec.dim as usize)
+                .map(Cow::Owned)
+                .map_err(|e| StoreError::BadEncoding { table: spec.name.clone(), reason: e.to_string() }),
+        }
     }
 
     /// Deletes rows; returns how many existed.
@@ -375,10 +403,16 @@ impl Store {
     /// Applies several dense gradients, all or none: every table and length is checked first.
     /// Returns each table's new version in request order.
     pub fn push_dense_many(&self, grads: &[(&str, &[u8])]) -> Result<Vec<u64>, StoreError> {
+        let encoded: Vec<(&str, Compression, &[u8])> = grads.iter().map(|(n, b)| (*n, Compression::None, *b)).collect();
+        self.push_dense_encoded(&encoded)
+    }
+
+    /// [`Self::push_dense_many`] with each gradient in its own encoding.
+    pub fn push_dense_encoded(&self, grads: &[(&str, Compression, &[u8])]) -> Result<Vec<u64>, StoreError> {
         let mut checked = Vec::with_capacity(grads.len());
-        for (name, bytes) in grads {
+        for (name, encoding, bytes) in grads {
             let table = self.dense(name)?;
-            let values = self.decode(table.spec(), "gradients", bytes, 1)?;
+            let values = self.decode_gradient(table.spec(), *encoding, bytes, 1)?;
             table.validate(&values)?;
             checked.push((table, values));
         }

@@ -183,3 +183,31 @@ fn multi_table_dense_push_is_all_or_nothing() {
     assert_eq!(ok, vec![1, 1]);
     assert_eq!(store.pull_dense("b").unwrap(), (vec![-1.0, -2.0], 1));
 }
+
+#[test]
+fn compressed_gradients_are_decoded_before_the_optimizer_and_malformed_ones_refused() {
+    use ember_core::codec::{encode_with_residual, Compression};
+    let sgd = Optimizer::Sgd { learning_rate: 1.0 };
+    let store = Store::default();
+    store.create_table(TableSpec::sparse("s", 2, sgd).with_initializer(Initializer::Zeros, 0), None).unwrap();
+    store.create_table(TableSpec::dense("d", 3, sgd), None).unwrap();
+    let mut residual = vec![0f32; 4];
+    let bytes = encode_with_residual(Compression::Onebit, &[3.0, -1.0, 1.0, -3.0], &mut residual);
+    store.push_encoded("s", &[7, 8], Compression::Onebit, &bytes).unwrap();
+    // SGD with rate 1 subtracts the decoded gradient: +2 for signs >= 0, -2 for negatives.
+    assert_eq!(store.pull("s", &[7, 8]).unwrap().values, vec![-2.0, 2.0, -2.0, 2.0]);
+    let mut r = vec![0f32; 3];
+    let half = encode_with_residual(Compression::Fp16, &[0.5, -0.25, 1.0], &mut r);
+    store.push_dense_encoded(&[("d", Compression::Fp16, &half)]).unwrap();
+    assert_eq!(store.pull_dense("d").unwrap().0, vec![-0.5, 0.25, -1.0]);
+    let short = &bytes[..bytes.len() - 1];
+    assert!(matches!(
+        store.push_encoded("s", &[7, 8], Compression::Onebit, short),
+        Err(StoreError::BadEncoding { .. })
+    ));
+    assert!(matches!(
+        store.push_dense_encoded(&[("d", Compression::Onebit, &half)]),
+        Err(StoreError::BadEncoding { .. })
+    ));
+    assert_eq!(store.pull("s", &[7]).unwrap().values, vec![-2.0, 2.0], "a refused push changes nothing");
+}

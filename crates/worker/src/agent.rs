@@ -35,6 +35,7 @@ struct JobContext {
     tables: ModelTables,
     parser: LineParser,
     batch_size: usize,
+    compression: ember_core::job::CompressionSpec,
 }
 
 async fn job_context(scheduler: &SchedulerClient, item: &v1::WorkItem) -> Result<JobContext, String> {
@@ -49,7 +50,7 @@ async fn job_context(scheduler: &SchedulerClient, item: &v1::WorkItem) -> Result
     for (spec, initial) in &specs {
         client.create_table(spec, initial.as_deref()).await.map_err(|e| format!("creating {}: {e}", spec.name))?;
     }
-    Ok(JobContext { client, tables, parser, batch_size: spec.training.batch_size })
+    Ok(JobContext { client, tables, parser, batch_size: spec.training.batch_size, compression: spec.compression })
 }
 
 /// How long a worker keeps retrying a ps-server that stopped answering before failing its item.
@@ -86,9 +87,10 @@ async fn run_item(ctx: &JobContext, item: &v1::WorkItem) -> v1::ReportWorkReques
             report.labels = bytemuck::cast_slice(&labels).to_vec().into();
         } else {
             let queue = Arc::new(Mutex::new(rx));
-            let stats = train(ctx.client.clone(), ctx.tables.clone(), queue, Arc::new(Progress::default()))
-                .await
-                .map_err(|e| e.to_string())?;
+            let stats =
+                train(ctx.client.clone(), ctx.tables.clone(), queue, Arc::new(Progress::default()), ctx.compression)
+                    .await
+                    .map_err(|e| e.to_string())?;
             report.rows = stats.examples;
             report.loss_sum = logloss(&stats.progressive_probs, &stats.progressive_labels) * stats.examples as f64;
         }

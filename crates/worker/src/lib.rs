@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`agent`]: the worker process's loop: work items from the scheduler, trained or evaluated.
+//! - [`compress`]: error-feedback residuals for compressed gradient pushes.
 //! - [`reader`]: Criteo TSV, libsvm, libffm and CSV readers over files, globs and gzip, with
 //!   bad-line accounting.
 //! - [`synth`]: synthetic Criteo-format data from a hidden model, with oracle probabilities.
@@ -9,6 +10,7 @@
 //!   validation) and read-only batch prediction.
 
 pub mod agent;
+pub mod compress;
 pub mod reader;
 pub mod synth;
 pub mod train;

@@ -12,11 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ember_client::{ClientError, Clock, PsClient};
+use ember_core::codec::Compression;
+use ember_core::job::CompressionSpec;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 
 pub use ember_model::tables::{Model, ModelTables, TableToCreate};
 
+use crate::compress::Residuals;
 use crate::model::{Grads, IndexedBatch, Layer};
 
 /// Why training stopped.
@@ -76,10 +79,21 @@ pub struct WorkerStats {
     pub bytes_pulled: u64,
     /// Key and gradient bytes sent by pushes.
     pub bytes_pushed: u64,
+    /// Gradient bytes of sparse pushes as sent (after compression).
+    pub sparse_bytes_pushed: u64,
+    /// Gradient bytes of dense pushes as sent (after compression).
+    pub dense_bytes_pushed: u64,
     /// Progressive validation: each example's prediction before it was trained on.
     pub progressive_probs: Vec<f32>,
     /// Labels matching `progressive_probs`.
     pub progressive_labels: Vec<f32>,
+}
+
+impl WorkerStats {
+    fn add_pushed(&mut self, (sparse, dense): PushedBytes) {
+        self.sparse_bytes_pushed += sparse;
+        self.dense_bytes_pushed += dense;
+    }
 }
 
 /// A queue of parsed batches shared by the workers of one process.
@@ -175,6 +189,9 @@ fn compute(model: &Model, batch: &IndexedBatch, rows: &Pulled) -> Result<(Vec<f3
     }
 }
 
+/// Gradient bytes one push sent: (sparse, dense).
+type PushedBytes = (u64, u64);
+
 async fn push_grads(
     client: PsClient,
     tables: ModelTables,
@@ -182,18 +199,40 @@ async fn push_grads(
     grads: Grads,
     dense: Vec<Layer>,
     rows: Pulled,
-) -> Result<(), TrainError> {
-    let w = client.push(&tables.linear, &keys, &grads.w, &rows.clock_w);
+    residuals: Arc<std::sync::Mutex<Residuals>>,
+) -> Result<PushedBytes, TrainError> {
+    let spec = residuals.lock().map(|r| r.spec).unwrap_or_default();
+    // Pushes are serialized (one in flight per worker), so taking the residuals out and putting
+    // them back afterwards cannot race with another push of this worker.
+    let (mut rw, mut rv, mut rd) = match residuals.lock() {
+        Ok(mut r) if !r.is_off() => (r.linear.gather(&keys), r.embedding.gather(&keys), std::mem::take(&mut r.dense)),
+        _ => Default::default(),
+    };
+    let sparse_push = |table: &str, g: &[f32], clock: &Clock, residual: &mut Vec<f32>| {
+        let client = client.clone();
+        let (table, g, clock) = (table.to_string(), g.to_vec(), clock.clone());
+        let mut res = std::mem::take(residual);
+        let keys = keys.clone();
+        async move {
+            if spec.sparse == Compression::None {
+                client.push(&table, &keys, &g, &clock).await.map(|_| ((g.len() * 4) as u64, res))
+            } else {
+                let sent = client.push_encoded(&table, &keys, &g, &clock, spec.sparse, &mut res).await?.1;
+                Ok((sent, res))
+            }
+        }
+    };
+    let w = sparse_push(&tables.linear, &grads.w, &rows.clock_w, &mut rw);
     let v = async {
         match &tables.embedding {
-            Some(emb) => client.push(emb, &keys, &grads.v, &rows.clock_v).await.map(|_| ()),
-            None => Ok(()),
+            Some(emb) => sparse_push(emb, &grads.v, &rows.clock_v, &mut rv).await.map(Some),
+            None => Ok(None),
         }
     };
     let names = tables.dense_names();
     let d = async {
         if dense.is_empty() {
-            return Ok(Vec::new());
+            return Ok((0u64, Vec::new()));
         }
         let parts: Vec<(&str, &[f32], u64)> = dense
             .iter()
@@ -202,27 +241,51 @@ async fn push_grads(
             .zip(&rows.dense_versions)
             .map(|((g, n), v)| (*n, g, *v))
             .collect();
-        client.push_dense(&parts).await
+        if spec.dense == Compression::None {
+            let bytes = parts.iter().map(|p| p.1.len() as u64 * 4).sum();
+            client.push_dense(&parts).await.map(|_| (bytes, Vec::new()))
+        } else {
+            if rd.len() != parts.len() {
+                rd = parts.iter().map(|p| vec![0f32; p.1.len()]).collect();
+            }
+            let sent = client.push_dense_encoded(&parts, spec.dense, &mut rd).await?.1;
+            Ok((sent, std::mem::take(&mut rd)))
+        }
     };
-    tokio::try_join!(w, v, d)?;
-    Ok(())
+    let ((w_bytes, rw), v, (d_bytes, rd)) = tokio::try_join!(w, v, d)?;
+    let v_bytes = v.as_ref().map_or(0, |(b, _)| *b);
+    if let Ok(mut r) = residuals.lock() {
+        if !r.is_off() {
+            if spec.sparse != Compression::None {
+                r.linear.scatter(&keys, &rw);
+                if let Some((_, rv)) = &v {
+                    r.embedding.scatter(&keys, rv);
+                }
+            }
+            r.dense = rd;
+        }
+    }
+    Ok((w_bytes + v_bytes, d_bytes))
 }
 
-/// Trains on batches from `queue` until it closes.
+/// Trains on batches from `queue` until it closes, pushing gradients encoded as `compression`
+/// says.
 pub async fn train(
     client: PsClient,
     tables: ModelTables,
     queue: BatchQueue,
     progress: Arc<Progress>,
+    compression: CompressionSpec,
 ) -> Result<WorkerStats, TrainError> {
     let mut stats = WorkerStats::default();
+    let residuals = Arc::new(std::sync::Mutex::new(Residuals::new(compression, tables.k())));
     let next_batch = || async { queue.lock().await.recv().await };
     let start = |batch: IndexedBatch| {
         let pull = tokio::spawn(pull_rows(client.clone(), tables.clone(), batch.keys.clone(), false));
         (batch, pull)
     };
     let mut pending: Option<(IndexedBatch, JoinHandle<Result<Pulled, TrainError>>)> = next_batch().await.map(start);
-    let mut push_in_flight: Option<JoinHandle<Result<(), TrainError>>> = None;
+    let mut push_in_flight: Option<JoinHandle<Result<PushedBytes, TrainError>>> = None;
     let task_err = |e: tokio::task::JoinError| TrainError::Compute(e.to_string());
     while let Some((batch, pull)) = pending.take() {
         // Start the next batch's pull before computing this one.
@@ -243,12 +306,14 @@ pub async fn train(
         stats.progressive_labels.extend_from_slice(&batch.labels);
         stats.bytes_pushed += payload_bytes(batch.keys.len(), &tables);
         if let Some(previous) = push_in_flight.take() {
-            previous.await.map_err(task_err)??;
+            stats.add_pushed(previous.await.map_err(task_err)??);
         }
-        push_in_flight = Some(tokio::spawn(push_grads(client.clone(), tables.clone(), batch.keys, grads, dense, rows)));
+        let residuals = Arc::clone(&residuals);
+        let push = push_grads(client.clone(), tables.clone(), batch.keys, grads, dense, rows, residuals);
+        push_in_flight = Some(tokio::spawn(push));
     }
     if let Some(last) = push_in_flight {
-        last.await.map_err(task_err)??;
+        stats.add_pushed(last.await.map_err(task_err)??);
     }
     Ok(stats)
 }

@@ -30,8 +30,8 @@ fn onebit_sends_signs_and_two_means_per_chunk() {
 
 #[test]
 fn compressed_sizes_are_what_the_format_says() {
-    // 1000 values: header 4 + 4 chunks x 8 bytes of scales + 32 + 32 + 32 + 29 bytes of signs.
-    assert_eq!(encoded_len(Compression::Onebit, 1000), 4 + 32 + 125);
+    // 1000 values: header 4 + 2 chunks x 8 bytes of scales + 64 + 61 bytes of signs.
+    assert_eq!(encoded_len(Compression::Onebit, 1000), 4 + 16 + 125);
     assert_eq!(encoded_len(Compression::Fp16, 1000), 2000);
     assert_eq!(encoded_len(Compression::None, 1000), 4000);
     assert!(encoded_len(Compression::None, 100_000) / encoded_len(Compression::Onebit, 100_000) >= 25);
@@ -39,21 +39,21 @@ fn compressed_sizes_are_what_the_format_says() {
 
 #[test]
 fn malformed_encodings_are_refused() {
-    let mut r = vec![0f32; 300];
-    let g: Vec<f32> = (0..300).map(|i| i as f32 - 150.0).collect();
+    let mut r = vec![0f32; 600];
+    let g: Vec<f32> = (0..600).map(|i| i as f32 - 300.0).collect();
     let bytes = encode_with_residual(Compression::Onebit, &g, &mut r);
-    assert!(matches!(decode(Compression::Onebit, &bytes[..bytes.len() - 1], 300), Err(CodecError::Length { .. })));
-    // (Sign bits are padded to a byte: 301 values would fit the same bytes; 310 do not.)
-    assert!(matches!(decode(Compression::Onebit, &bytes, 310), Err(CodecError::Length { .. })));
-    assert!(matches!(decode(Compression::Onebit, &bytes[..2], 300), Err(CodecError::Length { .. })));
+    assert!(matches!(decode(Compression::Onebit, &bytes[..bytes.len() - 1], 600), Err(CodecError::Length { .. })));
+    // (Sign bits are padded to a byte: 601 values would fit the same bytes; 610 do not.)
+    assert!(matches!(decode(Compression::Onebit, &bytes, 610), Err(CodecError::Length { .. })));
+    assert!(matches!(decode(Compression::Onebit, &bytes[..2], 600), Err(CodecError::Length { .. })));
     let mut zero_chunk = bytes.clone();
     zero_chunk[..4].copy_from_slice(&0u32.to_le_bytes());
-    assert_eq!(decode(Compression::Onebit, &zero_chunk, 300), Err(CodecError::ZeroChunk));
+    assert_eq!(decode(Compression::Onebit, &zero_chunk, 600), Err(CodecError::ZeroChunk));
     let mut bad_scale = bytes.clone();
     bad_scale[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
-    assert!(matches!(decode(Compression::Onebit, &bad_scale, 300), Err(CodecError::BadScale(..))));
+    assert!(matches!(decode(Compression::Onebit, &bad_scale, 600), Err(CodecError::BadScale(..))));
     bad_scale[4..8].copy_from_slice(&(-1.0f32).to_le_bytes());
-    assert!(matches!(decode(Compression::Onebit, &bad_scale, 300), Err(CodecError::BadScale(..))));
+    assert!(matches!(decode(Compression::Onebit, &bad_scale, 600), Err(CodecError::BadScale(..))));
     assert!(matches!(decode(Compression::Fp16, &[0; 3], 2), Err(CodecError::Length { .. })));
     assert!(matches!(decode(Compression::None, &[0; 7], 2), Err(CodecError::Length { .. })));
 }
