@@ -10,7 +10,9 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const EMBER: &str = env!("CARGO_BIN_EXE_ember");
+mod support;
+
+use support::{ember, EMBER};
 
 struct PsProcess {
     child: Child,
@@ -67,12 +69,6 @@ fn bench(target: &str, op: &str, extra: &[&str]) -> serde_json::Value {
         .expect("run ember bench ps");
     assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("bench prints one JSON object")
-}
-
-fn ember(args: &[&str]) -> String {
-    let out = Command::new(EMBER).args(args).output().expect("run ember");
-    assert!(out.status.success(), "ember {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn export(grpc: &str, path: &std::path::Path) -> String {

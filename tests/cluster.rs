@@ -5,37 +5,13 @@
 // Helpers here are test harness code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const EMBER: &str = env!("CARGO_BIN_EXE_ember");
+mod support;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `ember ARGS` and waits for the stdout line starting with `prefix`; returns the rest.
-fn start(args: &[&str], prefix: &str) -> (Proc, String) {
-    let mut child = Command::new(EMBER).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let value = loop {
-        let line = lines.next().unwrap_or_else(|| panic!("{args:?} exited before printing {prefix:?}")).unwrap();
-        if let Some(rest) = line.strip_prefix(prefix) {
-            break rest.trim().to_string();
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (Proc(child), value)
-}
+use support::{start_one as start, EMBER};
 
 fn criteo() -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/criteo/train_10k.tsv");

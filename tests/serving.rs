@@ -6,49 +6,19 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ember_client::ServingClient;
 use ember_model::ModelDir;
 use ember_proto::v1;
 
-const EMBER: &str = env!("CARGO_BIN_EXE_ember");
+mod support;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `ember ARGS` and returns what follows each of `prefixes` on its stdout.
-fn start(args: &[&str], prefixes: &[&str]) -> (Proc, Vec<String>) {
-    let mut child = Command::new(EMBER).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut found = vec![String::new(); prefixes.len()];
-    while found.iter().any(String::is_empty) {
-        let line = lines.next().unwrap_or_else(|| panic!("{args:?} exited early")).unwrap();
-        for (p, f) in prefixes.iter().zip(&mut found) {
-            if let Some(rest) = line.strip_prefix(p) {
-                *f = rest.trim().to_string();
-            }
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    (Proc(child), found)
-}
-
-fn ember(args: &[&str]) -> String {
-    let out = Command::new(EMBER).args(args).output().unwrap();
-    assert!(out.status.success(), "ember {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
+use support::{ember, start, Proc, EMBER};
 
 /// A ps-server holding a trained DeepFM, its model directory, and the hold-out rows.
 struct Trained {

@@ -21,3 +21,12 @@ pub use ps::{Clock, PsClient, PulledRows, PushResult, RetryPolicy};
 pub use scheduler::{Membership, SchedulerClient};
 pub use serving::ServingClient;
 pub use shard_map::ShardMap;
+
+/// A tonic endpoint for `addr` (`host:port` or a URI), with Nagle off: every client's connect
+/// starts here.
+pub(crate) fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, ClientError> {
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    tonic::transport::Endpoint::from_shared(uri)
+        .map(|e| e.tcp_nodelay(true))
+        .map_err(|source| ClientError::Connect { endpoint: addr.to_string(), source })
+}

@@ -12,7 +12,7 @@ use ember_core::codec::{self, read_f32s_le, Compression};
 use ember_core::{TableKind, TableSpec};
 use ember_proto::v1::{self, parameter_server_client::ParameterServerClient};
 use futures_util::future::try_join_all;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::{ClientError, ShardMap};
 
@@ -104,11 +104,8 @@ impl PsClient {
     pub async fn connect(map: ShardMap) -> Result<Self, ClientError> {
         let mut servers = Vec::with_capacity(map.endpoints().len());
         for endpoint in map.endpoints() {
-            let uri = if endpoint.contains("://") { endpoint.clone() } else { format!("http://{endpoint}") };
             let connect_err = |source| ClientError::Connect { endpoint: endpoint.clone(), source };
-            let channel = Endpoint::from_shared(uri)
-                .map_err(connect_err)?
-                .tcp_nodelay(true)
+            let channel = crate::endpoint(endpoint)?
                 .initial_stream_window_size(4 << 20)
                 .initial_connection_window_size(16 << 20)
                 .connect()
@@ -326,8 +323,7 @@ impl PsClient {
             )));
         }
         let dim = grads.len() / keys.len();
-        let parts = self.split(keys);
-        let calls = parts.into_iter().map(|part| {
+        let requests = self.split(keys).into_iter().map(|part| {
             let gradients = if part.positions.is_empty() {
                 f32s_le(grads)
             } else {
@@ -345,8 +341,15 @@ impl PsClient {
                 version: clock.of(part.server),
                 encoding: v1::GradientEncoding::F32 as i32,
             };
-            let client = &self.servers[part.server];
-            let server = part.server;
+            (part.server, request)
+        });
+        self.send_pushes(requests.collect()).await
+    }
+
+    /// Sends one push per server concurrently (with retries) and merges the replies.
+    async fn send_pushes(&self, requests: Vec<(usize, v1::PushRequest)>) -> Result<PushResult, ClientError> {
+        let calls = requests.into_iter().map(|(server, request)| {
+            let client = &self.servers[server];
             async move {
                 let reply = self
                     .retrying(server, || {
@@ -419,25 +422,7 @@ impl PsClient {
             };
             requests.push((part.server, request));
         }
-        let calls = requests.into_iter().map(|(server, request)| {
-            let client = &self.servers[server];
-            async move {
-                let reply = self
-                    .retrying(server, || {
-                        let (mut client, request) = (client.clone(), request.clone());
-                        async move { client.push(request).await }
-                    })
-                    .await?
-                    .into_inner();
-                Ok::<_, ClientError>((server, reply))
-            }
-        });
-        let mut result = PushResult { rows_updated: 0, clock: Clock(vec![0; self.servers.len()]) };
-        for (server, reply) in try_join_all(calls).await? {
-            result.rows_updated += reply.rows_updated;
-            result.clock.0[server] = reply.version;
-        }
-        Ok((result, bytes_sent))
+        Ok((self.send_pushes(requests).await?, bytes_sent))
     }
 
     /// Applies dense gradients compressed with `encoding`, with one residual per gradient
@@ -454,7 +439,7 @@ impl PsClient {
             ));
         }
         let mut bytes_sent = 0u64;
-        let requests: Vec<(usize, v1::PushDenseRequest)> = grads
+        let requests: Vec<(usize, v1::DenseGradient)> = grads
             .iter()
             .zip(residuals.iter_mut())
             .map(|((name, grad, version), residual)| {
@@ -466,22 +451,10 @@ impl PsClient {
                     version: *version,
                     encoding: wire_encoding(encoding) as i32,
                 };
-                (self.map.server_of_name(name), v1::PushDenseRequest { gradients: vec![gradient] })
+                (self.map.server_of_name(name), gradient)
             })
             .collect();
-        let calls = requests.into_iter().map(|(server, request)| {
-            let client = &self.servers[server];
-            async move {
-                let reply = self
-                    .retrying(server, || {
-                        let (mut client, request) = (client.clone(), request.clone());
-                        async move { client.push_dense(request).await }
-                    })
-                    .await?;
-                Ok::<_, ClientError>(reply.into_inner().versions.first().copied().unwrap_or_default())
-            }
-        });
-        Ok((try_join_all(calls).await?, bytes_sent))
+        Ok((self.send_dense(requests).await?, bytes_sent))
     }
 
     /// Deletes rows on their servers; returns how many existed.
@@ -524,15 +497,26 @@ impl PsClient {
 
     /// Applies dense gradients `(table, gradient, version read)`; returns each new version.
     pub async fn push_dense(&self, grads: &[(&str, &[f32], u64)]) -> Result<Vec<u64>, ClientError> {
-        let calls = grads.iter().map(|(name, grad, version)| {
-            let server = self.map.server_of_name(name);
+        let requests = grads
+            .iter()
+            .map(|(name, grad, version)| {
+                let gradient = v1::DenseGradient {
+                    name: name.to_string(),
+                    gradients: f32s_le(grad),
+                    version: *version,
+                    encoding: v1::GradientEncoding::F32 as i32,
+                };
+                (self.map.server_of_name(name), gradient)
+            })
+            .collect();
+        self.send_dense(requests).await
+    }
+
+    /// Sends each dense gradient to its table's server concurrently (with retries); returns each
+    /// table's new version in order.
+    async fn send_dense(&self, gradients: Vec<(usize, v1::DenseGradient)>) -> Result<Vec<u64>, ClientError> {
+        let calls = gradients.into_iter().map(|(server, gradient)| {
             let client = &self.servers[server];
-            let gradient = v1::DenseGradient {
-                name: name.to_string(),
-                gradients: f32s_le(grad),
-                version: *version,
-                encoding: v1::GradientEncoding::F32 as i32,
-            };
             let request = v1::PushDenseRequest { gradients: vec![gradient] };
             async move {
                 let reply = self

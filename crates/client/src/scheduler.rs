@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ember_proto::v1::{self, scheduler_client};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::{ClientError, ShardMap};
 
@@ -19,10 +19,10 @@ pub struct SchedulerClient {
 impl SchedulerClient {
     /// Connects to the scheduler at `endpoint` (`host:port` or a URI).
     pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
-        let uri = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
-        let connect_err = |source| ClientError::Connect { endpoint: endpoint.to_string(), source };
-        let channel =
-            Endpoint::from_shared(uri).map_err(connect_err)?.tcp_nodelay(true).connect().await.map_err(connect_err)?;
+        let channel = crate::endpoint(endpoint)?
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect { endpoint: endpoint.to_string(), source })?;
         let inner = scheduler_client::SchedulerClient::new(channel).max_encoding_message_size(256 << 20);
         Ok(Self { inner, endpoint: endpoint.to_string() })
     }

@@ -1,7 +1,7 @@
 //! The serving client: predictions and model status from a serving node.
 
 use ember_proto::v1::{self, serving_client};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::ClientError;
 
@@ -15,10 +15,10 @@ pub struct ServingClient {
 impl ServingClient {
     /// Connects to the serving node at `endpoint` (`host:port` or a URI).
     pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
-        let uri = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
-        let connect_err = |source| ClientError::Connect { endpoint: endpoint.to_string(), source };
-        let channel =
-            Endpoint::from_shared(uri).map_err(connect_err)?.tcp_nodelay(true).connect().await.map_err(connect_err)?;
+        let channel = crate::endpoint(endpoint)?
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect { endpoint: endpoint.to_string(), source })?;
         let inner = serving_client::ServingClient::new(channel)
             .max_encoding_message_size(64 << 20)
             .max_decoding_message_size(64 << 20);

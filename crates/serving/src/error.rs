@@ -1,6 +1,5 @@
 //! The serving node's errors and the one place they become gRPC and HTTP status codes.
 
-use ember_client::ClientError;
 use ember_model::RegistryError;
 
 /// Why a request or a model load failed.
@@ -26,12 +25,6 @@ pub enum ServingError {
     /// The forward pass failed, or a new version's warm-up did.
     #[error("compute failed: {0}")]
     Compute(String),
-}
-
-impl From<ClientError> for ServingError {
-    fn from(e: ClientError) -> Self {
-        ServingError::Lookup { table: String::new(), reason: e.to_string() }
-    }
 }
 
 impl ServingError {

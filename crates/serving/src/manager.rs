@@ -100,13 +100,6 @@ impl ModelManager {
         self.kept.lock().iter().map(|m| m.version()).collect()
     }
 
-    /// Versions that failed to load or warm up, with the reason.
-    pub fn failed_versions(&self) -> Vec<(u64, String)> {
-        let mut f: Vec<_> = self.failed.lock().iter().map(|(v, e)| (*v, e.clone())).collect();
-        f.sort_unstable();
-        f
-    }
-
     /// The version the directory wants served, when it is neither current nor known to fail.
     pub(crate) async fn wanted(&self) -> Result<Option<u64>, ServingError> {
         let dir = self.dir.clone();

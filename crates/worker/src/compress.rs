@@ -6,8 +6,6 @@
 //! residuals live in a bounded map per table; once it is full, rows not yet in it push without a
 //! residual (their quantization error is lost) and are counted in `untracked_rows`.
 
-use ember_core::codec::Compression;
-use ember_core::job::CompressionSpec;
 use ember_core::U64Map;
 
 /// Sparse rows with a residual, per table, at most.
@@ -57,8 +55,6 @@ impl RowResiduals {
 /// A worker's residuals.
 #[derive(Debug, Default)]
 pub struct Residuals {
-    /// The codecs.
-    pub spec: CompressionSpec,
     /// Linear weights (dim 1).
     pub linear: RowResiduals,
     /// Embeddings (dim k).
@@ -69,13 +65,8 @@ pub struct Residuals {
 
 impl Residuals {
     /// Empty residuals for a model with embeddings of width `k`.
-    pub fn new(spec: CompressionSpec, k: usize) -> Self {
-        Self { spec, linear: RowResiduals::new(1), embedding: RowResiduals::new(k), dense: Vec::new() }
-    }
-
-    /// True when nothing is compressed.
-    pub fn is_off(&self) -> bool {
-        self.spec.dense == Compression::None && self.spec.sparse == Compression::None
+    pub fn new(k: usize) -> Self {
+        Self { linear: RowResiduals::new(1), embedding: RowResiduals::new(k), dense: Vec::new() }
     }
 }
 

@@ -192,6 +192,26 @@ fn compute(model: &Model, batch: &IndexedBatch, rows: &Pulled) -> Result<(Vec<f3
 /// Gradient bytes one push sent: (sparse, dense).
 type PushedBytes = (u64, u64);
 
+/// Pushes one sparse table's gradients, encoded as `encoding` (with `residual`, ignored for
+/// `None`); returns the gradient bytes sent.
+async fn push_sparse(
+    client: &PsClient,
+    table: &str,
+    keys: &[u64],
+    grads: &[f32],
+    clock: &Clock,
+    encoding: Compression,
+    residual: &mut [f32],
+) -> Result<u64, ClientError> {
+    if encoding == Compression::None {
+        client.push(table, keys, grads, clock).await?;
+        Ok(grads.len() as u64 * 4)
+    } else {
+        Ok(client.push_encoded(table, keys, grads, clock, encoding, residual).await?.1)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn push_grads(
     client: PsClient,
     tables: ModelTables,
@@ -199,41 +219,29 @@ async fn push_grads(
     grads: Grads,
     dense: Vec<Layer>,
     rows: Pulled,
+    compression: CompressionSpec,
     residuals: Arc<std::sync::Mutex<Residuals>>,
 ) -> Result<PushedBytes, TrainError> {
-    let spec = residuals.lock().map(|r| r.spec).unwrap_or_default();
+    let (sparse_codec, dense_codec) = (compression.sparse, compression.dense);
     // Pushes are serialized (one in flight per worker), so taking the residuals out and putting
     // them back afterwards cannot race with another push of this worker.
     let (mut rw, mut rv, mut rd) = match residuals.lock() {
-        Ok(mut r) if !r.is_off() => (r.linear.gather(&keys), r.embedding.gather(&keys), std::mem::take(&mut r.dense)),
-        _ => Default::default(),
-    };
-    let sparse_push = |table: &str, g: &[f32], clock: &Clock, residual: &mut Vec<f32>| {
-        let client = client.clone();
-        let (table, g, clock) = (table.to_string(), g.to_vec(), clock.clone());
-        let mut res = std::mem::take(residual);
-        let keys = keys.clone();
-        async move {
-            if spec.sparse == Compression::None {
-                client.push(&table, &keys, &g, &clock).await.map(|_| ((g.len() * 4) as u64, res))
-            } else {
-                let sent = client.push_encoded(&table, &keys, &g, &clock, spec.sparse, &mut res).await?.1;
-                Ok((sent, res))
-            }
+        Ok(mut r) => {
+            let sparse = sparse_codec != Compression::None;
+            let gather = |rows: &crate::compress::RowResiduals| if sparse { rows.gather(&keys) } else { Vec::new() };
+            (gather(&r.linear), gather(&r.embedding), std::mem::take(&mut r.dense))
         }
+        Err(_) => Default::default(),
     };
-    let w = sparse_push(&tables.linear, &grads.w, &rows.clock_w, &mut rw);
+    let w = push_sparse(&client, &tables.linear, &keys, &grads.w, &rows.clock_w, sparse_codec, &mut rw);
     let v = async {
         match &tables.embedding {
-            Some(emb) => sparse_push(emb, &grads.v, &rows.clock_v, &mut rv).await.map(Some),
-            None => Ok(None),
+            Some(emb) => push_sparse(&client, emb, &keys, &grads.v, &rows.clock_v, sparse_codec, &mut rv).await,
+            None => Ok(0),
         }
     };
     let names = tables.dense_names();
     let d = async {
-        if dense.is_empty() {
-            return Ok((0u64, Vec::new()));
-        }
         let parts: Vec<(&str, &[f32], u64)> = dense
             .iter()
             .flat_map(|l| [&l.w[..], &l.b[..]])
@@ -241,29 +249,27 @@ async fn push_grads(
             .zip(&rows.dense_versions)
             .map(|((g, n), v)| (*n, g, *v))
             .collect();
-        if spec.dense == Compression::None {
-            let bytes = parts.iter().map(|p| p.1.len() as u64 * 4).sum();
-            client.push_dense(&parts).await.map(|_| (bytes, Vec::new()))
+        if parts.is_empty() {
+            Ok(0)
+        } else if dense_codec == Compression::None {
+            client.push_dense(&parts).await?;
+            Ok(parts.iter().map(|p| p.1.len() as u64 * 4).sum())
         } else {
             if rd.len() != parts.len() {
                 rd = parts.iter().map(|p| vec![0f32; p.1.len()]).collect();
             }
-            let sent = client.push_dense_encoded(&parts, spec.dense, &mut rd).await?.1;
-            Ok((sent, std::mem::take(&mut rd)))
+            Ok(client.push_dense_encoded(&parts, dense_codec, &mut rd).await?.1)
         }
     };
-    let ((w_bytes, rw), v, (d_bytes, rd)) = tokio::try_join!(w, v, d)?;
-    let v_bytes = v.as_ref().map_or(0, |(b, _)| *b);
+    let (w_bytes, v_bytes, d_bytes) = tokio::try_join!(w, v, d)?;
     if let Ok(mut r) = residuals.lock() {
-        if !r.is_off() {
-            if spec.sparse != Compression::None {
-                r.linear.scatter(&keys, &rw);
-                if let Some((_, rv)) = &v {
-                    r.embedding.scatter(&keys, rv);
-                }
+        if sparse_codec != Compression::None {
+            r.linear.scatter(&keys, &rw);
+            if tables.embedding.is_some() {
+                r.embedding.scatter(&keys, &rv);
             }
-            r.dense = rd;
         }
+        r.dense = rd;
     }
     Ok((w_bytes + v_bytes, d_bytes))
 }
@@ -278,7 +284,7 @@ pub async fn train(
     compression: CompressionSpec,
 ) -> Result<WorkerStats, TrainError> {
     let mut stats = WorkerStats::default();
-    let residuals = Arc::new(std::sync::Mutex::new(Residuals::new(compression, tables.k())));
+    let residuals = Arc::new(std::sync::Mutex::new(Residuals::new(tables.k())));
     let next_batch = || async { queue.lock().await.recv().await };
     let start = |batch: IndexedBatch| {
         let pull = tokio::spawn(pull_rows(client.clone(), tables.clone(), batch.keys.clone(), false));
@@ -309,7 +315,7 @@ pub async fn train(
             stats.add_pushed(previous.await.map_err(task_err)??);
         }
         let residuals = Arc::clone(&residuals);
-        let push = push_grads(client.clone(), tables.clone(), batch.keys, grads, dense, rows, residuals);
+        let push = push_grads(client.clone(), tables.clone(), batch.keys, grads, dense, rows, compression, residuals);
         push_in_flight = Some(tokio::spawn(push));
     }
     if let Some(last) = push_in_flight {

@@ -1,0 +1,52 @@
+//! Helpers shared by the process tests: start `ember` subcommands and read what they print.
+
+// Each test binary uses a different subset; a failed unwrap is a failed test.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+/// The binary under test.
+pub const EMBER: &str = env!("CARGO_BIN_EXE_ember");
+
+/// A child process killed (and reaped) when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `ember ARGS` and returns what follows each of `prefixes` on its stdout (waiting for
+/// all of them, in any order).
+pub fn start(args: &[&str], prefixes: &[&str]) -> (Proc, Vec<String>) {
+    let mut child = Command::new(EMBER).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut found = vec![String::new(); prefixes.len()];
+    while found.iter().any(String::is_empty) {
+        let line = lines.next().unwrap_or_else(|| panic!("{args:?} exited before printing {prefixes:?}")).unwrap();
+        for (p, f) in prefixes.iter().zip(&mut found) {
+            if let Some(rest) = line.strip_prefix(p) {
+                *f = rest.trim().to_string();
+            }
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (Proc(child), found)
+}
+
+/// [`start`] with one prefix.
+pub fn start_one(args: &[&str], prefix: &str) -> (Proc, String) {
+    let (p, mut found) = start(args, &[prefix]);
+    (p, found.remove(0))
+}
+
+/// Runs `ember ARGS` to completion, asserts it succeeded, returns its stdout.
+pub fn ember(args: &[&str]) -> String {
+    let out = Command::new(EMBER).args(args).output().unwrap();
+    assert!(out.status.success(), "ember {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
