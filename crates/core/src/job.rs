@@ -42,6 +42,9 @@ pub struct JobSpec {
     /// Gradient compression on the wire (none by default).
     #[serde(default)]
     pub compression: CompressionSpec,
+    /// How workers synchronize and servers apply gradients (`async` by default).
+    #[serde(default)]
+    pub sync: crate::sync::SyncSpec,
 }
 
 /// How workers encode the gradients they push (see [`crate::codec`]).
@@ -342,6 +345,7 @@ impl JobSpec {
             (f, Some(_)) if f != DataFormat::Csv => return bad(format!("data.schema is only for csv, not {f:?}")),
             _ => {}
         }
+        self.sync.validate().map_err(JobError::Invalid)?;
         let m = &self.model;
         if m.embedding_dim == 0 || m.embedding_dim > 1024 {
             return bad(format!("model.embedding_dim must be in 1..=1024, got {}", m.embedding_dim));

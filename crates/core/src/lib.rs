@@ -10,6 +10,8 @@
 //!   1-bit with per-chunk scales), each with a residual so quantization error is delayed, not lost.
 //! - [`eval`]: exact AUC and logloss.
 //! - [`job`]: job files (TOML): data, model, optimizers, cluster, training.
+//! - [`sync`]: sync modes (async, staleness, softsync, ssp, sync), the rule a table applies
+//!   gradients by, and the staleness histogram.
 //! - [`table`]: the table spec (name, kind, dim, optimizer, initializer, seed) and its validation.
 
 pub mod codec;
@@ -18,6 +20,7 @@ pub mod hash;
 pub mod init;
 pub mod job;
 pub mod optim;
+pub mod sync;
 pub mod table;
 
 pub use hash::{mix64, slot_of, SplitMix64, U64Hasher, U64Map, Zipf};

@@ -169,24 +169,34 @@ impl Optimizer {
     /// Applies one (finite) gradient to a row. `step` counts this row's updates including this
     /// one.
     pub fn apply(&self, weights: &mut [f32], state: &mut [f32], grad: &[f32], step: u64) {
+        self.apply_scaled(weights, state, grad, step, 1.0);
+    }
+
+    /// [`Self::apply`] with the step scaled by `lr_scale` (staleness-aware updates). SGD, Adagrad
+    /// and Adam scale their learning rate; FTRL, whose per-coordinate rates come from the
+    /// gradients themselves, scales the gradient.
+    pub fn apply_scaled(&self, weights: &mut [f32], state: &mut [f32], grad: &[f32], step: u64, lr_scale: f32) {
         debug_assert_eq!(weights.len(), grad.len());
         debug_assert_eq!(state.len(), self.state_len(weights.len()));
         match *self {
             Optimizer::Sgd { learning_rate } => {
+                let lr = learning_rate * lr_scale;
                 for (w, g) in weights.iter_mut().zip(grad) {
-                    *w -= learning_rate * g;
+                    *w -= lr * g;
                 }
             }
             Optimizer::Adagrad { learning_rate, epsilon, .. } => {
+                let lr = learning_rate * lr_scale;
                 for ((w, acc), g) in weights.iter_mut().zip(state.iter_mut()).zip(grad) {
                     *acc += g * g;
-                    *w -= learning_rate * g / (acc.sqrt() + epsilon);
+                    *w -= lr * g / (acc.sqrt() + epsilon);
                 }
             }
             Optimizer::Ftrl { alpha, beta, l1, l2 } => {
                 let (z, n) = state.split_at_mut(weights.len());
                 let inv_alpha = 1.0 / alpha;
                 for (((w, z), n), &g) in weights.iter_mut().zip(z).zip(n).zip(grad) {
+                    let g = g * lr_scale;
                     let n_new = *n + g * g;
                     let sigma = (n_new.sqrt() - n.sqrt()) * inv_alpha;
                     *z += g - sigma * *w;
@@ -204,7 +214,7 @@ impl Optimizer {
                 let c2 = 1.0 - f64::from(beta2).powi(t);
                 // Fold both corrections into the step size: lr * sqrt(c2) / c1, and scale eps so
                 // the update equals lr * m_hat / (sqrt(v_hat) + eps) exactly.
-                let step_size = (f64::from(learning_rate) * c2.sqrt() / c1) as f32;
+                let step_size = (f64::from(learning_rate) * f64::from(lr_scale) * c2.sqrt() / c1) as f32;
                 let eps = (f64::from(epsilon) * c2.sqrt()) as f32;
                 let (m, v) = state.split_at_mut(weights.len());
                 for (((w, m), v), &g) in weights.iter_mut().zip(m).zip(v).zip(grad) {
@@ -298,6 +308,25 @@ mod tests {
         let mut s = [0.0f32; 2];
         opt.apply(&mut w, &mut s, &[3.0], 1);
         assert!((w[0] + 0.01).abs() < 1e-6, "first Adam step is -lr * sign(g), got {}", w[0]);
+    }
+
+    #[test]
+    fn scaled_steps_scale_the_learning_rate() {
+        let sgd = Optimizer::Sgd { learning_rate: 0.5 };
+        let (mut w, mut s) = ([1.0f32], [0f32; 0]);
+        sgd.apply_scaled(&mut w, &mut s, &[1.0], 1, 0.25);
+        assert_eq!(w[0], 1.0 - 0.125);
+        let adam = Optimizer::Adam { learning_rate: 0.01, beta1: 0.9, beta2: 0.999, epsilon: 1e-8 };
+        let (mut w, mut s) = ([0.0f32], [0f32; 2]);
+        adam.apply_scaled(&mut w, &mut s, &[3.0], 1, 0.5);
+        assert!((w[0] + 0.005).abs() < 1e-6, "half of Adam's first step, got {}", w[0]);
+        // Scale 1 is exactly the unscaled update.
+        let adagrad = Optimizer::Adagrad { learning_rate: 0.1, initial_accumulator: 0.1, epsilon: 1e-7 };
+        let (mut a, mut b) = ([0.5f32], [0.5f32]);
+        let (mut sa, mut sb) = ([0.1f32], [0.1f32]);
+        adagrad.apply(&mut a, &mut sa, &[1.0], 1);
+        adagrad.apply_scaled(&mut b, &mut sb, &[1.0], 1, 1.0);
+        assert_eq!((a, sa), (b, sb));
     }
 
     #[test]

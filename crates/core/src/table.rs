@@ -100,6 +100,9 @@ pub struct TableSpec {
     /// Admission and eviction (sparse tables only).
     #[serde(default)]
     pub policy: FeaturePolicy,
+    /// How pushed gradients are applied (at once by default).
+    #[serde(default)]
+    pub sync: crate::sync::ApplyRule,
 }
 
 /// Why a spec was rejected.
@@ -137,6 +140,7 @@ impl TableSpec {
             initializer: Initializer::Zeros,
             seed: 0,
             policy: FeaturePolicy::default(),
+            sync: crate::sync::ApplyRule::Async,
         }
     }
 
@@ -158,7 +162,13 @@ impl TableSpec {
         self
     }
 
-    /// Checks the name, dim, optimizer, initializer and policy.
+    /// Builder-style apply rule.
+    pub fn with_sync(mut self, sync: crate::sync::ApplyRule) -> Self {
+        self.sync = sync;
+        self
+    }
+
+    /// Checks the name, dim, optimizer, initializer, policy and apply rule.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_name(&self.name)?;
         if self.dim == 0 || self.dim > MAX_DIM {
@@ -168,6 +178,7 @@ impl TableSpec {
         self.optimizer.validate().map_err(param)?;
         self.initializer.validate().map_err(param)?;
         self.policy.validate().map_err(param)?;
+        self.sync.validate().map_err(param)?;
         if self.kind == TableKind::Dense && !self.policy.is_off() {
             return Err(param("admission and eviction apply to sparse tables only".into()));
         }
