@@ -1,6 +1,7 @@
 //! proto <-> domain conversions and the f32 byte encoding.
 
 use bytes::Bytes;
+use ember_core::sync::ApplyRule;
 use ember_core::{DemotePolicy, FeaturePolicy, Initializer, Optimizer, TableKind, TableSpec};
 
 use crate::v1;
@@ -120,8 +121,27 @@ impl From<TableSpec> for v1::TableSpec {
                     DemotePolicy::Lfu => v1::DemotePolicy::Lfu,
                 } as i32,
             }),
+            sync: match s.sync {
+                ApplyRule::Async => None,
+                ApplyRule::Staleness { lambda0 } => {
+                    Some(v1::ApplyRule { kind: v1::ApplyKind::Staleness as i32, lambda0, s: 0 })
+                }
+                ApplyRule::Softsync { s, lambda0 } => {
+                    Some(v1::ApplyRule { kind: v1::ApplyKind::Softsync as i32, lambda0, s })
+                }
+            },
         }
     }
+}
+
+fn apply_rule(rule: Option<v1::ApplyRule>) -> Result<ApplyRule, ConvertError> {
+    let Some(r) = rule else { return Ok(ApplyRule::Async) };
+    Ok(match v1::ApplyKind::try_from(r.kind) {
+        Ok(v1::ApplyKind::Async) => ApplyRule::Async,
+        Ok(v1::ApplyKind::Staleness) => ApplyRule::Staleness { lambda0: r.lambda0 },
+        Ok(v1::ApplyKind::Softsync) => ApplyRule::Softsync { s: r.s, lambda0: r.lambda0 },
+        Err(_) => return Err(ConvertError::UnknownEnum { field: "spec.sync.kind", value: r.kind }),
+    })
 }
 
 impl TryFrom<v1::TableSpec> for TableSpec {
@@ -156,6 +176,7 @@ impl TryFrom<v1::TableSpec> for TableSpec {
                     },
                 },
             },
+            sync: apply_rule(s.sync)?,
         };
         spec.validate()?;
         Ok(spec)
@@ -176,6 +197,12 @@ mod tests {
             FeaturePolicy { min_count: 3, ttl_steps: 10, ttl_seconds: 60, min_l2: 1e-3, demote: DemotePolicy::Lfu };
         let with_policy = spec.clone().with_policy(policy);
         assert_eq!(TableSpec::try_from(v1::TableSpec::from(with_policy.clone())).unwrap(), with_policy);
+        for rule in [ApplyRule::Staleness { lambda0: 2.0 }, ApplyRule::Softsync { s: 4, lambda0: 1.0 }] {
+            let synced = spec.clone().with_sync(rule);
+            assert_eq!(TableSpec::try_from(v1::TableSpec::from(synced.clone())).unwrap(), synced);
+        }
+        let zero_s = v1::TableSpec::from(spec.clone().with_sync(ApplyRule::Softsync { s: 0, lambda0: 1.0 }));
+        assert!(matches!(TableSpec::try_from(zero_s), Err(ConvertError::Spec(_))));
         let too_many = v1::TableSpec::from(spec.clone().with_policy(FeaturePolicy { min_count: 300, ..policy }));
         assert!(matches!(TableSpec::try_from(too_many), Err(ConvertError::Spec(_))));
         let no_opt = v1::TableSpec { optimizer: None, ..wire.clone() };

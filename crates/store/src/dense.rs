@@ -1,12 +1,15 @@
 //! Dense tables: one named f32 vector and its optimizer state behind one lock.
 //!
 //! Dense vectors are small (an MLP's weights), so a whole-vector lock is cheaper than anything
-//! finer. The version counts applied pushes; the optimizer's step is the version.
+//! finer. The version counts applied pushes; the optimizer's step is the version. Pushes follow
+//! the spec's apply rule as sparse tables do (a dense table is one row).
 
+use ember_core::sync::{staleness_weight, ApplyRule};
 use ember_core::TableSpec;
 use parking_lot::Mutex;
 
-use crate::StoreError;
+use crate::softsync::Pending;
+use crate::{PushOutcome, StoreError};
 
 struct DenseState {
     values: Vec<f32>,
@@ -19,6 +22,8 @@ struct DenseState {
 pub struct DenseTable {
     spec: TableSpec,
     inner: Mutex<DenseState>,
+    /// Softsync gradients not yet applied.
+    pending: Pending,
 }
 
 impl std::fmt::Debug for DenseTable {
@@ -56,7 +61,8 @@ impl DenseTable {
         };
         let mut state = vec![0.0; spec.optimizer.state_len(dim)];
         spec.optimizer.init_state(&values, &mut state);
-        Ok(Self { spec, inner: Mutex::new(DenseState { values, state, version: 0, rejected_nonfinite: 0 }) })
+        let inner = Mutex::new(DenseState { values, state, version: 0, rejected_nonfinite: 0 });
+        Ok(Self { spec, inner, pending: Pending::default() })
     }
 
     /// The table's spec.
@@ -89,14 +95,51 @@ impl DenseTable {
         Ok(())
     }
 
-    /// Applies one gradient; returns the new version. NaN/Inf or a wrong length changes nothing.
+    /// Applies one gradient with no gradient version (staleness 0); returns the new version.
+    /// NaN/Inf or a wrong length changes nothing.
     pub fn push(&self, grad: &[f32]) -> Result<u64, StoreError> {
+        self.push_at(grad, None).map(|out| out.version)
+    }
+
+    /// Applies one gradient computed from `gradient_version` by the table's apply rule.
+    pub fn push_at(&self, grad: &[f32], gradient_version: Option<u64>) -> Result<PushOutcome, StoreError> {
         self.validate(grad)?;
+        let staleness = gradient_version.map_or(0, |v| self.inner.lock().version.saturating_sub(v));
+        let version = match self.spec.sync {
+            ApplyRule::Async => self.apply(grad, 1.0),
+            ApplyRule::Staleness { lambda0 } => self.apply(grad, staleness_weight(lambda0, staleness)),
+            ApplyRule::Softsync { s, lambda0 } => {
+                let weight = staleness_weight(lambda0, staleness);
+                match self.pending.add(&[0], grad, grad.len(), weight, s) {
+                    Some(merged) => self.apply(&merged.grads, 1.0),
+                    None => {
+                        let version = self.inner.lock().version;
+                        return Ok(PushOutcome { version, staleness, buffered: true, rows_updated: 0 });
+                    }
+                }
+            }
+        };
+        Ok(PushOutcome { rows_updated: 1, version, staleness, buffered: false })
+    }
+
+    /// Applies the softsync buffer, if any, as the mean of the gradients received; returns
+    /// whether there was one.
+    pub fn flush_pending(&self) -> bool {
+        match self.pending.flush() {
+            Some(merged) => {
+                self.apply(&merged.grads, 1.0);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn apply(&self, grad: &[f32], lr_scale: f32) -> u64 {
         let mut inner = self.inner.lock();
         inner.version += 1;
         let DenseState { values, state, version, .. } = &mut *inner;
-        self.spec.optimizer.apply(values, state, grad, *version);
-        Ok(*version)
+        self.spec.optimizer.apply_scaled(values, state, grad, *version, lr_scale);
+        *version
     }
 
     /// (values, optimizer state, version), copied under the lock (checkpoints).

@@ -23,7 +23,10 @@ mod error;
 mod policy_tests;
 mod record;
 mod shard;
+mod softsync;
 pub mod sparse;
+#[cfg(test)]
+mod sync_tests;
 #[cfg(test)]
 mod tests;
 pub mod tier;
@@ -91,6 +94,19 @@ pub struct Rows {
     pub version: u64,
     /// Lookup only: one flag per key, true where the table had no row.
     pub missing: Vec<bool>,
+}
+
+/// One dense gradient of a [`Store::push_dense_versioned`].
+#[derive(Debug, Clone, Copy)]
+pub struct DensePush<'a> {
+    /// The table.
+    pub name: &'a str,
+    /// How `bytes` are encoded.
+    pub encoding: Compression,
+    /// The gradient.
+    pub bytes: &'a [u8],
+    /// The table version it was computed from (`None`: unknown, staleness 0).
+    pub version: Option<u64>,
 }
 
 /// One table's figures for `Stats`.
@@ -361,10 +377,37 @@ impl Store {
         encoding: Compression,
         grad_bytes: &[u8],
     ) -> Result<PushOutcome, StoreError> {
+        self.push_versioned(name, keys, encoding, grad_bytes, None)
+    }
+
+    /// [`Self::push_encoded`] of gradients computed from the table at `gradient_version`: the
+    /// outcome carries the staleness, and the table's apply rule may scale or buffer them.
+    pub fn push_versioned(
+        &self,
+        name: &str,
+        keys: &[u64],
+        encoding: Compression,
+        grad_bytes: &[u8],
+        gradient_version: Option<u64>,
+    ) -> Result<PushOutcome, StoreError> {
         self.check_batch(keys.len())?;
         let table = self.sparse(name)?;
         let grads = self.decode_gradient(table.spec(), encoding, grad_bytes, keys.len())?;
-        table.push(keys, &grads)
+        table.push_at(keys, &grads, gradient_version)
+    }
+
+    /// Applies every table's softsync buffer (end of training, checkpoints); returns the tables
+    /// that had one.
+    pub fn flush_pending(&self) -> Result<u64, StoreError> {
+        let mut flushed = 0;
+        for table in self.all_tables() {
+            let had = match table {
+                Table::Sparse(t) => t.flush_pending()? > 0,
+                Table::Dense(t) => t.flush_pending(),
+            };
+            flushed += u64::from(had);
+        }
+        Ok(flushed)
     }
 
     fn decode_gradient<'a>(
@@ -409,14 +452,24 @@ impl Store {
 
     /// [`Self::push_dense_many`] with each gradient in its own encoding.
     pub fn push_dense_encoded(&self, grads: &[(&str, Compression, &[u8])]) -> Result<Vec<u64>, StoreError> {
+        let pushes: Vec<DensePush> = grads
+            .iter()
+            .map(|(name, encoding, bytes)| DensePush { name, encoding: *encoding, bytes, version: None })
+            .collect();
+        Ok(self.push_dense_versioned(&pushes)?.into_iter().map(|out| out.version).collect())
+    }
+
+    /// Applies several dense gradients, each computed from its table at its version, all or
+    /// none; one outcome per gradient, in request order.
+    pub fn push_dense_versioned(&self, grads: &[DensePush<'_>]) -> Result<Vec<PushOutcome>, StoreError> {
         let mut checked = Vec::with_capacity(grads.len());
-        for (name, encoding, bytes) in grads {
-            let table = self.dense(name)?;
-            let values = self.decode_gradient(table.spec(), *encoding, bytes, 1)?;
+        for push in grads {
+            let table = self.dense(push.name)?;
+            let values = self.decode_gradient(table.spec(), push.encoding, push.bytes, 1)?;
             table.validate(&values)?;
-            checked.push((table, values));
+            checked.push((table, values, push.version));
         }
-        checked.into_iter().map(|(table, values)| table.push(&values)).collect()
+        checked.into_iter().map(|(table, values, version)| table.push_at(&values, version)).collect()
     }
 
     /// Figures for every table.

@@ -176,8 +176,10 @@ impl Checkpointer {
     pub fn write(&self, store: &Store, kind: CheckpointKind, label: u64) -> Result<CheckpointInfo, CheckpointError> {
         let mut state = self.state.lock();
         let started = Instant::now();
-        // Expired rows are not worth writing (eviction also runs on the server's timer).
+        // Expired rows are not worth writing (eviction also runs on the server's timer), and
+        // softsync gradients still buffered would otherwise be in no checkpoint.
         store.evict()?;
+        store.flush_pending()?;
         let dropped = store.take_dropped_flag();
         let kind = if state.chain.is_empty() || state.force_full || dropped { CheckpointKind::Full } else { kind };
         let id = state.next_id;

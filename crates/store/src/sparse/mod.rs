@@ -7,6 +7,8 @@
 //!   changes nothing.
 //! - Gradients for a key repeated within one push are summed (in request order, so the result is
 //!   deterministic) and applied once; the row's update count grows by one.
+//! - Pushes follow the spec's [`ApplyRule`]: at once, at a staleness-scaled learning rate, or
+//!   buffered (softsync) until s have arrived, then applied as one update of their mean.
 //! - The table version counts applied pushes. A push takes the next version before it applies, and
 //!   each row it touches records that version as its last-update step (and the store clock as
 //!   its last-update time); a new row records the version and time it was created at.
@@ -18,10 +20,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use ember_core::sync::{staleness_weight, ApplyRule};
 use ember_core::{mix64, TableSpec};
 use parking_lot::Mutex;
 
 use crate::shard::{RowMeta, Shard};
+use crate::softsync::Pending;
 use crate::tier::ColdTier;
 use crate::StoreError;
 
@@ -30,12 +34,16 @@ mod tiered;
 pub use tiered::TierStats;
 
 /// Result of a push.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PushOutcome {
-    /// Distinct rows updated.
+    /// Distinct rows updated (by this push, or by the softsync update it completed).
     pub rows_updated: u64,
     /// The table's version after this push.
     pub version: u64,
+    /// Versions the table had moved on between the gradient's pull and its arrival.
+    pub staleness: u64,
+    /// Softsync: the gradient waits in the buffer for the update that completes it.
+    pub buffered: bool,
 }
 
 /// A sparse table.
@@ -57,6 +65,8 @@ pub struct SparseTable {
     /// Where demoted rows go (`None`: everything stays in DRAM).
     cold: Option<Arc<dyn ColdTier>>,
     tier: tiered::TierCounters,
+    /// Softsync gradients not yet applied.
+    pending: Pending,
 }
 
 impl std::fmt::Debug for SparseTable {
@@ -114,6 +124,7 @@ impl SparseTable {
             evicted: AtomicU64::new(0),
             cold: None,
             tier: tiered::TierCounters::default(),
+            pending: Pending::default(),
         }
     }
 
@@ -276,19 +287,55 @@ impl SparseTable {
         }
     }
 
-    /// Applies one (summed) gradient to the row at `pos`.
-    fn apply_at(&self, shard: &mut Shard, pos: usize, grad: &[f32], version: u64, now: u64) {
+    /// Applies one (summed) gradient to the row at `pos`, the step scaled by `lr_scale`.
+    fn apply_at(&self, shard: &mut Shard, pos: usize, grad: &[f32], version: u64, now: u64, lr_scale: f32) {
         let (row, meta) = shard.row_mut(pos, self.stride);
         meta.updates += 1;
         meta.last_step = version;
         meta.last_time = now;
         let (weights, state) = row.split_at_mut(self.dim);
-        self.spec.optimizer.apply(weights, state, grad, meta.updates);
+        self.spec.optimizer.apply_scaled(weights, state, grad, meta.updates, lr_scale);
     }
 
-    /// Applies `grads` (`keys.len() * dim`, request order) with the table's optimizer, creating
-    /// missing rows first. Rejects the whole push, changing nothing, if any value is NaN or Inf.
+    /// A push with no gradient version (staleness 0); see [`Self::push_at`].
     pub fn push(&self, keys: &[u64], grads: &[f32]) -> Result<PushOutcome, StoreError> {
+        self.push_at(keys, grads, None)
+    }
+
+    /// Applies `grads` (`keys.len() * dim`, request order), computed from the table at
+    /// `gradient_version`, by the table's apply rule, creating missing rows first. Rejects the
+    /// whole push, changing nothing, if any value is NaN or Inf.
+    pub fn push_at(
+        &self,
+        keys: &[u64],
+        grads: &[f32],
+        gradient_version: Option<u64>,
+    ) -> Result<PushOutcome, StoreError> {
+        self.check_gradients(keys, grads)?;
+        let staleness = gradient_version.map_or(0, |v| self.version().saturating_sub(v));
+        let outcome = match self.spec.sync {
+            ApplyRule::Async => self.apply_push(keys, grads, 1.0)?,
+            ApplyRule::Staleness { lambda0 } => self.apply_push(keys, grads, staleness_weight(lambda0, staleness))?,
+            ApplyRule::Softsync { s, lambda0 } => {
+                match self.pending.add(keys, grads, self.dim, staleness_weight(lambda0, staleness), s) {
+                    Some(merged) => self.apply_push(&merged.keys, &merged.grads, 1.0)?,
+                    None => PushOutcome { version: self.version(), buffered: true, ..PushOutcome::default() },
+                }
+            }
+        };
+        Ok(PushOutcome { staleness, ..outcome })
+    }
+
+    /// Applies the softsync buffer, if any, as the mean of the gradients received; returns the
+    /// rows updated.
+    pub fn flush_pending(&self) -> Result<u64, StoreError> {
+        match self.pending.flush() {
+            Some(merged) => Ok(self.apply_push(&merged.keys, &merged.grads, 1.0)?.rows_updated),
+            None => Ok(0),
+        }
+    }
+
+    fn check_gradients(&self, keys: &[u64], grads: &[f32]) -> Result<(), StoreError> {
         let dim = self.dim;
         if grads.len() != keys.len() * dim {
             return Err(StoreError::BadLength {
@@ -303,6 +350,12 @@ impl SparseTable {
             self.rejected_nonfinite.fetch_add(1, Ordering::Relaxed);
             return Err(StoreError::NonFinite { table: self.spec.name.clone(), key: keys[i / dim], value: grads[i] });
         }
+        Ok(())
+    }
+
+    /// Applies checked gradients now, as one version.
+    fn apply_push(&self, keys: &[u64], grads: &[f32], lr_scale: f32) -> Result<PushOutcome, StoreError> {
+        let dim = self.dim;
         let mut g = self.group(keys);
         // Sort each shard's part by key so duplicates are adjacent; stable, so they stay in
         // request order and their sum is deterministic.
@@ -354,7 +407,7 @@ impl SparseTable {
                     }
                     None => shard.insert_with(key, self.stride, version, now, |row| self.init_row(key, row)),
                 };
-                self.apply_at(&mut shard, pos, grad, version, now);
+                self.apply_at(&mut shard, pos, grad, version, now, lr_scale);
                 rows_updated += 1;
                 run = end;
             }
@@ -362,7 +415,8 @@ impl SparseTable {
         if let Some(cold) = &self.cold {
             self.tier.count_hot_hits(keys.len() - cold_keys.len());
             if !cold_keys.is_empty() {
-                let (updated, not_admitted) = self.push_cold(cold.as_ref(), cold_keys, cold_grads, version, epochs)?;
+                let (updated, not_admitted) =
+                    self.push_cold(cold.as_ref(), cold_keys, cold_grads, (version, lr_scale), epochs)?;
                 rows_updated += updated;
                 dropped += not_admitted;
             }
@@ -371,7 +425,7 @@ impl SparseTable {
         if dropped > 0 {
             self.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
-        Ok(PushOutcome { rows_updated, version })
+        Ok(PushOutcome { rows_updated, version, ..PushOutcome::default() })
     }
 
     /// Deletes the rows of `keys` from both tiers; returns how many existed.

@@ -165,13 +165,13 @@ impl SparseTable {
 
     /// Resolves a push's hot misses (`keys`, with their summed gradients back to back) against
     /// the cold tier: promote and apply, or create (or drop, under admission) and apply.
-    /// Returns (rows updated, rows dropped).
+    /// `step` is the push's (version, learning-rate scale). Returns (rows updated, rows dropped).
     pub(super) fn push_cold(
         &self,
         cold: &dyn ColdTier,
         mut keys: Vec<u64>,
         mut grads: Vec<f32>,
-        version: u64,
+        (version, lr_scale): (u64, f32),
         mut epochs: Vec<u64>,
     ) -> Result<(u64, u64), StoreError> {
         let (dim, stride, now) = (self.dim, self.stride, self.now());
@@ -208,7 +208,7 @@ impl SparseTable {
                     } else {
                         shard.insert_with(key, stride, version, now, |row| self.init_row(key, row))
                     };
-                    self.apply_at(&mut shard, pos, grad, version, now);
+                    self.apply_at(&mut shard, pos, grad, version, now, lr_scale);
                     updated += 1;
                 }
             }
