@@ -49,6 +49,17 @@ pub struct PushResult {
     pub rows_updated: u64,
     /// Each server's table version after the push (0 for servers not involved).
     pub clock: Clock,
+    /// The staleness each server involved measured for its part.
+    pub staleness: Vec<u64>,
+}
+
+/// One dense gradient's fate: the table's version after it, and its staleness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DensePushed {
+    /// The table's version after the push.
+    pub version: u64,
+    /// Versions the table moved on between the gradient's pull and its arrival.
+    pub staleness: u64,
 }
 
 /// The keys of a batch that one server owns, and where they sit in the batch.
@@ -313,7 +324,11 @@ impl PsClient {
         clock: &Clock,
     ) -> Result<PushResult, ClientError> {
         if keys.is_empty() {
-            return Ok(PushResult { rows_updated: 0, clock: Clock(vec![0; self.servers.len()]) });
+            return Ok(PushResult {
+                rows_updated: 0,
+                clock: Clock(vec![0; self.servers.len()]),
+                staleness: Vec::new(),
+            });
         }
         if !grads.len().is_multiple_of(keys.len()) {
             return Err(ClientError::InvalidArgument(format!(
@@ -361,10 +376,12 @@ impl PsClient {
                 Ok::<_, ClientError>((server, reply))
             }
         });
-        let mut result = PushResult { rows_updated: 0, clock: Clock(vec![0; self.servers.len()]) };
+        let mut result =
+            PushResult { rows_updated: 0, clock: Clock(vec![0; self.servers.len()]), staleness: Vec::new() };
         for (server, reply) in try_join_all(calls).await? {
             result.rows_updated += reply.rows_updated;
             result.clock.0[server] = reply.version;
+            result.staleness.push(reply.staleness);
         }
         Ok(result)
     }
@@ -383,7 +400,10 @@ impl PsClient {
         residual: &mut [f32],
     ) -> Result<(PushResult, u64), ClientError> {
         if keys.is_empty() {
-            return Ok((PushResult { rows_updated: 0, clock: Clock(vec![0; self.servers.len()]) }, 0));
+            return Ok((
+                PushResult { rows_updated: 0, clock: Clock(vec![0; self.servers.len()]), staleness: Vec::new() },
+                0,
+            ));
         }
         if !grads.len().is_multiple_of(keys.len()) || residual.len() != grads.len() {
             return Err(ClientError::InvalidArgument(format!(
@@ -432,7 +452,7 @@ impl PsClient {
         grads: &[(&str, &[f32], u64)],
         encoding: Compression,
         residuals: &mut [Vec<f32>],
-    ) -> Result<(Vec<u64>, u64), ClientError> {
+    ) -> Result<(Vec<DensePushed>, u64), ClientError> {
         if residuals.len() != grads.len() || grads.iter().zip(residuals.iter()).any(|(g, r)| g.1.len() != r.len()) {
             return Err(ClientError::InvalidArgument(
                 "one residual of the gradient's length per dense gradient".into(),
@@ -496,7 +516,7 @@ impl PsClient {
     }
 
     /// Applies dense gradients `(table, gradient, version read)`; returns each new version.
-    pub async fn push_dense(&self, grads: &[(&str, &[f32], u64)]) -> Result<Vec<u64>, ClientError> {
+    pub async fn push_dense(&self, grads: &[(&str, &[f32], u64)]) -> Result<Vec<DensePushed>, ClientError> {
         let requests = grads
             .iter()
             .map(|(name, grad, version)| {
@@ -513,8 +533,8 @@ impl PsClient {
     }
 
     /// Sends each dense gradient to its table's server concurrently (with retries); returns each
-    /// table's new version in order.
-    async fn send_dense(&self, gradients: Vec<(usize, v1::DenseGradient)>) -> Result<Vec<u64>, ClientError> {
+    /// table's new version and the gradient's staleness, in order.
+    async fn send_dense(&self, gradients: Vec<(usize, v1::DenseGradient)>) -> Result<Vec<DensePushed>, ClientError> {
         let calls = gradients.into_iter().map(|(server, gradient)| {
             let client = &self.servers[server];
             let request = v1::PushDenseRequest { gradients: vec![gradient] };
@@ -525,7 +545,12 @@ impl PsClient {
                         async move { client.push_dense(request).await }
                     })
                     .await?;
-                Ok::<_, ClientError>(reply.into_inner().versions.first().copied().unwrap_or_default())
+                let reply = reply.into_inner();
+                let (version, staleness) = (reply.versions.first(), reply.staleness.first());
+                Ok::<_, ClientError>(DensePushed {
+                    version: version.copied().unwrap_or_default(),
+                    staleness: staleness.copied().unwrap_or_default(),
+                })
             }
         });
         try_join_all(calls).await
@@ -538,6 +563,36 @@ impl PsClient {
             async move { client.stats(v1::StatsRequest {}).await.map(|r| r.into_inner()).map_err(self.rpc_err(server)) }
         });
         try_join_all(calls).await
+    }
+
+    /// Applies every server's softsync buffers (end of training); returns the tables that had
+    /// gradients buffered.
+    pub async fn flush_pending(&self) -> Result<u64, ClientError> {
+        let calls = self.servers.iter().enumerate().map(|(server, client)| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .flush_pending(v1::FlushPendingRequest {})
+                    .await
+                    .map(|r| r.into_inner().tables)
+                    .map_err(self.rpc_err(server))
+            }
+        });
+        Ok(try_join_all(calls).await?.into_iter().sum())
+    }
+
+    /// Reports a worker's SSP clock to the server keeping `request.group`'s clocks (the owner of
+    /// the group's name) and returns its answer, waiting there if `wait_for` asks to.
+    pub async fn worker_clock(&self, request: v1::WorkerClockRequest) -> Result<v1::WorkerClockResponse, ClientError> {
+        let server = self.map.server_of_name(&request.group);
+        let client = &self.servers[server];
+        let reply = self
+            .retrying(server, || {
+                let (mut client, request) = (client.clone(), request.clone());
+                async move { client.worker_clock(request).await }
+            })
+            .await?;
+        Ok(reply.into_inner())
     }
 
     /// Checkpoints every server (concurrently); one reply per server, in shard-map order.

@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`service`]: the `ember.v1.ParameterServer` handlers: decode, call the store off the async
 //!   runtime, map the error, record metrics. No logic of their own.
+//! - [`clocks`]: SSP clocks of workers' groups, for the `WorkerClock` rpc.
 //! - [`error`]: the one place store and conversion errors become gRPC status codes.
 //! - [`serve`]: runs the service plus `grpc.health.v1` on a listener until a shutdown future
 //!   resolves, then drains in-flight requests.
@@ -17,6 +18,7 @@
 //! `ember_ps_tier{table,what}` (hot and cold rows, hits, promotions, demotions),
 //! `ember_ps_hot_bytes`, `ember_ps_dram_budget_bytes`.
 
+pub mod clocks;
 pub mod error;
 pub mod service;
 

@@ -11,11 +11,12 @@ use ember_core::TableSpec;
 use ember_proto::v1::parameter_server_server::ParameterServer;
 use ember_proto::v1::{self, DenseValues};
 use ember_proto::{f32s_to_bytes, ConvertError};
-use ember_store::{CheckpointKind, Checkpointer, Store, StoreError, TableStats};
+use ember_store::{CheckpointKind, Checkpointer, DensePush, Store, StoreError, TableStats};
 use metrics::{counter, gauge, histogram};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
+use crate::clocks::ClockBoard;
 use crate::error::{status_of, status_of_convert};
 
 /// The service over one store.
@@ -23,7 +24,11 @@ use crate::error::{status_of, status_of_convert};
 pub struct PsService {
     store: Arc<Store>,
     checkpoints: Option<Arc<Checkpointer>>,
+    clocks: Arc<ClockBoard>,
 }
+
+/// Longest a `WorkerClock` call waits before answering (the worker asks again).
+const MAX_CLOCK_WAIT_MS: u32 = 10_000;
 
 /// Rows per `Export` message: 16k rows of dim 16 is 1 MiB of values.
 const EXPORT_CHUNK_ROWS: usize = 16_384;
@@ -31,7 +36,7 @@ const EXPORT_CHUNK_ROWS: usize = 16_384;
 impl PsService {
     /// A service answering from `store`, without checkpoints.
     pub fn new(store: Arc<Store>) -> Self {
-        Self { store, checkpoints: None }
+        Self { store, checkpoints: None, clocks: Arc::default() }
     }
 
     /// Lets `Checkpoint` write through `checkpoints`.
@@ -194,12 +199,19 @@ impl ParameterServer for PsService {
         let keys = req.keys.len();
         let (table, gradient_version) = (req.table.clone(), req.version);
         let encoding = encoding_of(req.encoding)?;
-        let result =
-            self.blocking(move |s| s.push_encoded(&req.table, &req.keys, encoding, &req.gradients)).await.map(|out| {
-                // Versions the table moved on between the pull that computed the gradient and now.
-                let staleness = out.version.saturating_sub(1).saturating_sub(gradient_version);
-                histogram!("ember_ps_push_staleness", "table" => table).record(staleness as f64);
-                v1::PushResponse { rows_updated: out.rows_updated, version: out.version }
+        let result = self
+            .blocking(move |s| {
+                s.push_versioned(&req.table, &req.keys, encoding, &req.gradients, Some(gradient_version))
+            })
+            .await
+            .map(|out| {
+                histogram!("ember_ps_push_staleness", "table" => table).record(out.staleness as f64);
+                v1::PushResponse {
+                    rows_updated: out.rows_updated,
+                    version: out.version,
+                    staleness: out.staleness,
+                    buffered: out.buffered,
+                }
             });
         observe("push", keys, started, result)
     }
@@ -227,12 +239,56 @@ impl ParameterServer for PsService {
         let encodings = grads.iter().map(|g| encoding_of(g.encoding)).collect::<Result<Vec<_>, Status>>()?;
         let result = self
             .blocking(move |s| {
-                let parts: Vec<(&str, Compression, &[u8])> =
-                    grads.iter().zip(encodings).map(|(g, e)| (g.name.as_str(), e, &g.gradients[..])).collect();
-                s.push_dense_encoded(&parts)
+                let parts: Vec<DensePush> = grads
+                    .iter()
+                    .zip(encodings)
+                    .map(|(g, encoding)| DensePush {
+                        name: &g.name,
+                        encoding,
+                        bytes: &g.gradients,
+                        version: Some(g.version),
+                    })
+                    .collect();
+                let outcomes = s.push_dense_versioned(&parts)?;
+                for (part, out) in parts.iter().zip(&outcomes) {
+                    histogram!("ember_ps_push_staleness", "table" => part.name.to_string())
+                        .record(out.staleness as f64);
+                }
+                Ok(outcomes)
             })
-            .await;
-        observe("push_dense", 0, started, result.map(|versions| v1::PushDenseResponse { versions }))
+            .await
+            .map(|outcomes| v1::PushDenseResponse {
+                versions: outcomes.iter().map(|o| o.version).collect(),
+                staleness: outcomes.iter().map(|o| o.staleness).collect(),
+            });
+        observe("push_dense", 0, started, result)
+    }
+
+    async fn flush_pending(
+        &self,
+        _req: Request<v1::FlushPendingRequest>,
+    ) -> Result<Response<v1::FlushPendingResponse>, Status> {
+        let started = Instant::now();
+        let result = self.blocking(|s| s.flush_pending()).await;
+        observe("flush_pending", 0, started, result.map(|tables| v1::FlushPendingResponse { tables }))
+    }
+
+    async fn worker_clock(
+        &self,
+        req: Request<v1::WorkerClockRequest>,
+    ) -> Result<Response<v1::WorkerClockResponse>, Status> {
+        let req = req.into_inner();
+        let view = self
+            .clocks
+            .update(&req.group, &req.worker, req.clock, req.leave, Instant::now())
+            .map_err(|e| Status::invalid_argument(e.0))?;
+        let view = if req.wait_for > 0 && view.min_clock < req.wait_for {
+            let timeout = std::time::Duration::from_millis(u64::from(req.wait_ms.min(MAX_CLOCK_WAIT_MS)));
+            self.clocks.wait(&req.group, req.wait_for, timeout).await
+        } else {
+            view
+        };
+        Ok(Response::new(v1::WorkerClockResponse { min_clock: view.min_clock, workers: view.workers }))
     }
 
     async fn delete_keys(

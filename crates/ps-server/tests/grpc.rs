@@ -77,14 +77,58 @@ async fn every_rpc_round_trips() {
 
     let dense = TableSpec::dense("mlp.w0", 3, Optimizer::Sgd { learning_rate: 1.0 });
     client.create_table(&dense, Some(&[1.0, 2.0, 3.0])).await.unwrap();
-    let versions = client.push_dense(&[("mlp.w0", &[0.5, 0.5, 0.5], 0)]).await.unwrap();
-    assert_eq!(versions, vec![1]);
+    let pushed = client.push_dense(&[("mlp.w0", &[0.5, 0.5, 0.5], 0)]).await.unwrap();
+    assert_eq!(pushed, vec![ember_client::DensePushed { version: 1, staleness: 0 }]);
     assert_eq!(client.pull_dense(&["mlp.w0"]).await.unwrap(), vec![(vec![0.5, 1.5, 2.5], 1)]);
 
     let names: Vec<String> = client.list_tables().await.unwrap().into_iter().map(|t| t.name).collect();
     assert_eq!(names, vec!["emb", "mlp.w0"]);
     client.drop_table("mlp.w0").await.unwrap();
     assert_eq!(client.drop_table("mlp.w0").await.unwrap_err().code(), Some(Code::NotFound));
+}
+
+/// Softsync over the wire: pushes report their staleness and whether they were buffered; the
+/// s-th push applies the mean; FlushPending applies a partial buffer.
+#[tokio::test]
+async fn softsync_tables_buffer_until_s_pushes_and_flush_applies_the_rest() {
+    use ember_core::sync::ApplyRule;
+    let server = start(1024).await;
+    let client = PsClient::connect_one(&server.addr).await.unwrap();
+    let sgd = Optimizer::Sgd { learning_rate: 1.0 };
+    let spec = TableSpec::sparse("soft", 1, sgd).with_sync(ApplyRule::Softsync { s: 2, lambda0: 1.0 });
+    client.create_table(&spec, None).await.unwrap();
+    let clock = client.pull("soft", &[7]).await.unwrap().clock;
+    let first = client.push("soft", &[7], &[4.0], &clock).await.unwrap();
+    assert_eq!(first.clock.0, vec![0], "buffered: the version has not moved");
+    assert_eq!(client.lookup("soft", &[7]).await.unwrap().values, vec![0.0]);
+    client.push("soft", &[7], &[2.0], &clock).await.unwrap();
+    assert_eq!(client.lookup("soft", &[7]).await.unwrap().values, vec![-3.0]);
+    // Now at version 1; a gradient from version 0 is one version stale.
+    let stale = client.push("soft", &[7], &[2.0], &clock).await.unwrap();
+    assert_eq!(stale.staleness, vec![1]);
+    assert_eq!(client.flush_pending().await.unwrap(), 1);
+    assert_eq!(client.lookup("soft", &[7]).await.unwrap().values, vec![-5.0]);
+}
+
+#[tokio::test]
+async fn worker_clocks_answer_the_group_minimum_and_refuse_bad_groups() {
+    let server = start(1024).await;
+    let client = PsClient::connect_one(&server.addr).await.unwrap();
+    let report = |worker: &str, clock, wait_for| v1::WorkerClockRequest {
+        group: "job-1".into(),
+        worker: worker.into(),
+        clock,
+        leave: false,
+        wait_for,
+        wait_ms: 50,
+    };
+    assert_eq!(client.worker_clock(report("a", 4, 0)).await.unwrap().min_clock, 4);
+    assert_eq!(client.worker_clock(report("b", 1, 0)).await.unwrap().workers, 2);
+    // a waits for b to reach 3; b does not within 50 ms, so the answer is b's clock.
+    assert_eq!(client.worker_clock(report("a", 4, 3)).await.unwrap().min_clock, 1);
+    let mut raw = ParameterServerClient::connect(format!("http://{}", server.addr)).await.unwrap();
+    let bad = v1::WorkerClockRequest { group: "no spaces".into(), ..report("a", 1, 0) };
+    assert_eq!(raw_status(raw.worker_clock(bad).await).code(), Code::InvalidArgument);
 }
 
 fn raw_status<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> tonic::Status {
