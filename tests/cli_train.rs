@@ -114,6 +114,35 @@ fn onebit_compressed_gradients_shrink_pushes_and_still_learn() {
     assert!(auc > 0.65, "onebit DeepFM test AUC {auc}");
 }
 
+/// Every sync mode end to end on 2 workers and 2 ps-servers: all rows are trained (softsync's
+/// last buffered gradients are flushed, SSP workers leave their group when done, so no run
+/// hangs), the model learns, and the report carries the servers' staleness. Under `sync` the
+/// workers step in lockstep, so every gradient is fresh; under `async` the pull of the next batch
+/// runs before the previous push lands, so gradients are stale by construction.
+#[test]
+fn every_sync_mode_trains_and_reports_staleness() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = gen_data(dir.path(), 10_000);
+    for mode in ["async", "staleness", "softsync", "ssp", "sync"] {
+        let spec = format!("{}\n[sync]\nmode = \"{mode}\"\nbound = 1\n", job("fm", &data, 2, 2));
+        let r = train(dir.path(), &spec).unwrap();
+        assert_eq!(r["sync"], mode);
+        assert_eq!(r["rows_trained"].as_u64(), Some(9_000), "{mode}: {r}");
+        let auc = r["test_auc"].as_f64().unwrap();
+        assert!(auc > 0.65, "{mode}: test AUC {auc}");
+        let staleness = &r["staleness"];
+        assert!(staleness["pushes"].as_u64().unwrap() > 0, "{mode}: {staleness}");
+        match mode {
+            "sync" => assert_eq!(staleness["max"].as_u64(), Some(0), "lockstep: {staleness}"),
+            "async" => assert!(staleness["mean"].as_f64().unwrap() >= 1.0, "pull-ahead: {staleness}"),
+            _ => {}
+        }
+    }
+    let bad = format!("{}\n[sync]\nmode = \"softsync\"\nlambda0 = 0\n", job("fm", &data, 1, 1));
+    let err = train(dir.path(), &bad).unwrap_err();
+    assert!(err.contains("lambda0"), "{err}");
+}
+
 /// Feature admission end to end: with `features.min_count = 3` most of the long tail of keys is
 /// never stored (the generator's categorical values are Zipf-distributed), the model still
 /// learns, and the report shows what admission filtered.

@@ -17,6 +17,7 @@ mod serve_cmds;
 mod store_cmds;
 mod train;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[cfg(feature = "mimalloc")]
@@ -63,6 +64,41 @@ enum Command {
     /// Manage a model directory's versions.
     #[command(subcommand)]
     Model(serve_cmds::ModelCommand),
+    /// Plot several training reports' progressive AUC against examples seen, in one PNG.
+    Plot(PlotArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PlotArgs {
+    /// The PNG to write.
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// The plot's title.
+    #[arg(long, default_value = "progressive AUC")]
+    title: String,
+    /// Runs as NAME=REPORT.json (reports of `ember train`).
+    #[arg(required = true)]
+    runs: Vec<String>,
+}
+
+fn plot_reports(args: PlotArgs) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct WithCurve {
+        curve: Vec<plot::CurvePoint>,
+    }
+    let mut runs = Vec::new();
+    for run in &args.runs {
+        let (name, path) = run.split_once('=').ok_or_else(|| anyhow::anyhow!("{run:?} is not NAME=REPORT.json"))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        let report: WithCurve =
+            serde_json::from_str(&text).with_context(|| format!("{path} is not a training report"))?;
+        runs.push((name.to_string(), report.curve));
+    }
+    if !plot::compare_auc(&runs, &args.title, &args.out)? {
+        eprintln!("no TrueType font found: {} has no text", args.out.display());
+    }
+    println!("{}", args.out.display());
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +146,7 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(args) => serve_cmds::serve(args).await,
             Command::Predict(args) => serve_cmds::predict(args).await,
             Command::Model(cmd) => serve_cmds::model(cmd),
+            Command::Plot(args) => plot_reports(args),
         }
     })
 }

@@ -9,10 +9,10 @@ use std::sync::OnceLock;
 
 use anyhow::Context;
 use plotters::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One point of the training curves: a window of progressive validation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CurvePoint {
     /// Examples trained so far.
     pub examples: u64,
@@ -86,6 +86,57 @@ pub fn training_curves(points: &[CurvePoint], title: &str, path: &Path) -> anyho
     Ok(with_text)
 }
 
+/// Draws several runs' window AUC against examples seen, one coloured line per run, named in a
+/// legend. Returns false if no font was found.
+pub fn compare_auc(runs: &[(String, Vec<CurvePoint>)], title: &str, path: &Path) -> anyhow::Result<bool> {
+    let with_text = font_available();
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).context("drawing")?;
+    let all = runs.iter().flat_map(|(_, points)| points.iter());
+    let max_x = all.clone().map(|p| p.examples).max().unwrap_or(1).max(1) as f64;
+    let ys: Vec<f64> = all.map(|p| p.window_auc).filter(|v| v.is_finite()).collect();
+    let (lo, hi) = ys.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    let (lo, hi) = if ys.is_empty() { (0.0, 1.0) } else { (lo - 0.01, hi + 0.01) };
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(15).x_label_area_size(35).y_label_area_size(55);
+    if with_text {
+        builder.caption(title, ("sans-serif", 18));
+    }
+    let mut chart = builder.build_cartesian_2d(0f64..max_x, lo..hi).context("chart")?;
+    let mut mesh = chart.configure_mesh();
+    if with_text {
+        mesh.x_desc("examples seen")
+            .y_desc("progressive AUC (window)")
+            .label_style(("sans-serif", 13))
+            .x_label_formatter(&|x| format!("{:.0}k", x / 1000.0));
+    } else {
+        mesh.disable_x_axis().disable_y_axis();
+    }
+    mesh.draw().context("mesh")?;
+    for (i, (name, points)) in runs.iter().enumerate() {
+        let colour = Palette99::pick(i).to_rgba();
+        let line = points.iter().filter(|p| p.window_auc.is_finite()).map(|p| (p.examples as f64, p.window_auc));
+        let series = chart.draw_series(LineSeries::new(line, colour.stroke_width(2))).context("series")?;
+        if with_text {
+            series
+                .label(name.as_str())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2)));
+        }
+    }
+    if with_text {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()
+            .context("legend")?;
+    }
+    root.present().with_context(|| format!("writing {}", path.display()))?;
+    Ok(with_text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +158,9 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
         assert!(bytes.len() > 5_000, "a real image, {} bytes", bytes.len());
+        let runs = vec![("a".to_string(), points.clone()), ("b".to_string(), points[5..].to_vec())];
+        let compared = dir.path().join("compared.png");
+        compare_auc(&runs, "test", &compared).unwrap();
+        assert_eq!(&std::fs::read(&compared).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
     }
 }

@@ -16,12 +16,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ember_client::{PsClient, ShardMap};
 use ember_core::eval::{auc, logloss};
+use ember_core::sync::{ApplyRule, StalenessHistogram};
 use ember_core::JobSpec;
 use ember_model::publish::Publisher;
 use ember_model::ModelDir;
 use ember_worker::model::IndexedBatch;
 use ember_worker::reader::{count_rows, expand_paths, read_rows, LineParser};
-use ember_worker::train::{predict, train, ModelTables, Progress, WorkerStats};
+use ember_worker::ssp::SspClock;
+use ember_worker::train::{predict, train, ModelTables, Progress, TrainOptions, WorkerStats};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -113,6 +115,45 @@ pub struct Report {
     pub tables: Vec<TableReport>,
     /// Model versions published during and at the end of the run.
     pub published: Vec<u64>,
+    /// `sync.mode`.
+    pub sync: String,
+    /// Staleness of the pushes, as the servers measured it.
+    pub staleness: StalenessReport,
+    /// Seconds workers spent waiting on their SSP clocks, summed over workers.
+    pub clock_wait_seconds: f64,
+}
+
+/// Staleness figures of a run: versions a table moved on between a gradient's pull and its
+/// arrival, over every push (each server's part of a sparse push, each dense table).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StalenessReport {
+    /// Pushes counted.
+    pub pushes: u64,
+    /// Mean staleness.
+    pub mean: f64,
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Largest.
+    pub max: u64,
+    /// `histogram[t]` pushes had staleness t, up to the largest seen (the last bucket of a
+    /// histogram cut at 256 counts everything above).
+    pub histogram: Vec<u64>,
+}
+
+impl From<&StalenessHistogram> for StalenessReport {
+    fn from(h: &StalenessHistogram) -> Self {
+        let last = h.counts.iter().rposition(|c| *c > 0).map_or(0, |i| i + 1);
+        Self {
+            pushes: h.total(),
+            mean: h.mean(),
+            p50: h.quantile(0.5),
+            p99: h.quantile(0.99),
+            max: h.max,
+            histogram: h.counts[..last].to_vec(),
+        }
+    }
 }
 
 /// A finished run: its report and the hold-out predictions behind its test figures.
@@ -263,11 +304,32 @@ pub async fn train_on(
     let queue = Arc::new(Mutex::new(rx));
     let progress = Arc::new(Progress::default());
     let train_started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..job.cluster.workers {
+    // Every worker joins the SSP group before any starts, so none runs ahead of one not yet
+    // counted. The group is this process's: runs on shared ps-servers do not mix clocks.
+    let group = format!("train.{}", std::process::id());
+    let mut options = Vec::new();
+    for i in 0..job.cluster.workers {
         let worker_client = PsClient::connect(map.clone()).await?;
-        let task = train(worker_client, tables.clone(), Arc::clone(&queue), Arc::clone(&progress), job.compression);
-        workers.push(tokio::spawn(task));
+        let ssp = match job.sync.clock_bound() {
+            Some(bound) => {
+                Some(Arc::new(SspClock::join(worker_client.clone(), &group, &format!("w{i}"), bound).await?))
+            }
+            None => None,
+        };
+        options.push((worker_client, TrainOptions { compression: job.compression, ssp }));
+    }
+    let mut workers = Vec::new();
+    for (worker_client, options) in options {
+        let (tables, queue, progress) = (tables.clone(), Arc::clone(&queue), Arc::clone(&progress));
+        workers.push(tokio::spawn(async move {
+            let ssp = options.ssp.clone();
+            let result = train(worker_client, tables, queue, progress, options).await;
+            // A finished worker must not hold the others back.
+            if let Some(clock) = ssp {
+                clock.leave().await?;
+            }
+            result
+        }));
     }
     drop(queue);
     let (stop_tracking, tracking_stopped) = oneshot::channel();
@@ -284,6 +346,9 @@ pub async fn train_on(
     let mut stats = Vec::new();
     for w in workers {
         stats.push(w.await.context("worker task")?.context("worker")?);
+    }
+    if matches!(job.sync.apply_rule(job.cluster.workers), ApplyRule::Softsync { .. }) {
+        client.flush_pending().await.context("applying the last softsync gradients")?;
     }
     let _ = stop_tracking.send(());
     let curve = tracker.await.context("progress task")?;
@@ -347,6 +412,9 @@ pub async fn train_on(
         curve,
         tables,
         published,
+        sync: format!("{:?}", job.sync.mode).to_lowercase(),
+        staleness: StalenessReport::from(&total.staleness),
+        clock_wait_seconds: total.clock_wait_seconds,
     };
     Ok(TrainRun { report, test_probs: probs })
 }
@@ -409,6 +477,8 @@ fn merge(stats: &[WorkerStats]) -> WorkerStats {
         all.dense_bytes_pushed += s.dense_bytes_pushed;
         all.progressive_probs.extend_from_slice(&s.progressive_probs);
         all.progressive_labels.extend_from_slice(&s.progressive_labels);
+        all.staleness.merge(&s.staleness);
+        all.clock_wait_seconds += s.clock_wait_seconds;
     }
     all
 }

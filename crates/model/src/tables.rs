@@ -42,14 +42,17 @@ impl ModelTables {
     /// The tables of `job`'s model, with their specs, named under `prefix`.
     pub fn for_job(job: &JobSpec, prefix: &str) -> (Self, Vec<TableToCreate>) {
         let seed = job.training.seed;
+        let rule = job.sync.apply_rule(job.cluster.workers);
         let linear = TableSpec::sparse(format!("{prefix}.w"), 1, job.optimizer.sparse)
             .with_initializer(Initializer::Zeros, seed)
-            .with_policy(job.features);
+            .with_policy(job.features)
+            .with_sync(rule);
         let k = job.model.embedding_dim;
         let init = Initializer::Normal { mean: 0.0, stddev: job.model.init_stddev };
         let emb = TableSpec::sparse(format!("{prefix}.v"), k, job.optimizer.embedding)
             .with_initializer(init, seed)
-            .with_policy(job.features);
+            .with_policy(job.features)
+            .with_sync(rule);
         let mut tables = Self {
             linear: linear.name.clone(),
             embedding: None,
@@ -74,8 +77,11 @@ impl ModelTables {
                 specs.push((emb, None));
                 for (i, layer) in deepfm.init_dense(seed).into_iter().enumerate() {
                     let (wn, bn) = (format!("{prefix}.mlp{i}.w"), format!("{prefix}.mlp{i}.b"));
-                    specs.push((TableSpec::dense(&wn, layer.w.len() as u32, job.optimizer.dense), Some(layer.w)));
-                    specs.push((TableSpec::dense(&bn, layer.b.len() as u32, job.optimizer.dense), Some(layer.b)));
+                    let dense = |name: &str, len: usize| {
+                        TableSpec::dense(name, len as u32, job.optimizer.dense).with_sync(rule)
+                    };
+                    specs.push((dense(&wn, layer.w.len()), Some(layer.w)));
+                    specs.push((dense(&bn, layer.b.len()), Some(layer.b)));
                     tables.dense.push((wn, bn));
                 }
                 tables.model = Model::DeepFm(deepfm);

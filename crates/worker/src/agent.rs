@@ -5,10 +5,15 @@
 //! job's exact test AUC over all items. Per job the agent keeps the parsed job file, a client over
 //! the scheduler's shard map, and the tables (created idempotently on first use). Scheduler and
 //! ps-server errors are retried with backoff rather than ending the worker.
+//!
+//! Under `ssp` and `sync` the worker keeps one SSP clock per job across its items, in the group
+//! named by the job id; it leaves the group (and flushes softsync buffers) when it gets a test
+//! item or no work, so the workers still training never wait for one that has none.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +25,8 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::model::IndexedBatch;
 use crate::reader::{expand_paths, read_range, BadLines, LineParser};
-use crate::train::{predict, train, ModelTables, Progress};
+use crate::ssp::SspClock;
+use crate::train::{predict, train, ModelTables, Progress, TrainOptions};
 
 /// Why the worker stopped.
 #[derive(Debug, thiserror::Error)]
@@ -35,10 +41,32 @@ struct JobContext {
     tables: ModelTables,
     parser: LineParser,
     batch_size: usize,
-    compression: ember_core::job::CompressionSpec,
+    options: TrainOptions,
+    softsync: bool,
+    /// This worker has left the job's SSP group (and flushed) since its last train item.
+    finished: AtomicBool,
 }
 
-async fn job_context(scheduler: &SchedulerClient, item: &v1::WorkItem) -> Result<JobContext, String> {
+impl JobContext {
+    /// Leaves the SSP group and applies softsync buffers, once per stretch of training.
+    async fn finish_training(&self) {
+        if self.finished.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(clock) = &self.options.ssp {
+            if let Err(e) = clock.leave().await {
+                tracing::warn!(%e, "leaving the SSP group failed; its lease will expire");
+            }
+        }
+        if self.softsync {
+            if let Err(e) = self.client.flush_pending().await {
+                tracing::warn!(%e, "flushing softsync buffers failed");
+            }
+        }
+    }
+}
+
+async fn job_context(scheduler: &SchedulerClient, item: &v1::WorkItem, member: &str) -> Result<JobContext, String> {
     let spec = JobSpec::from_toml(&item.job_toml).map_err(|e| e.to_string())?;
     let files = expand_paths(&spec.data.paths).map_err(|e| e.to_string())?;
     let parser = LineParser::new(&spec.data, &files).map_err(|e| e.to_string())?;
@@ -50,7 +78,24 @@ async fn job_context(scheduler: &SchedulerClient, item: &v1::WorkItem) -> Result
     for (spec, initial) in &specs {
         client.create_table(spec, initial.as_deref()).await.map_err(|e| format!("creating {}: {e}", spec.name))?;
     }
-    Ok(JobContext { client, tables, parser, batch_size: spec.training.batch_size, compression: spec.compression })
+    let ssp = match spec.sync.clock_bound() {
+        Some(bound) => Some(Arc::new(
+            SspClock::join(client.clone(), &item.job_id, member, bound)
+                .await
+                .map_err(|e| format!("joining the SSP group: {e}"))?,
+        )),
+        None => None,
+    };
+    let softsync = matches!(spec.sync.apply_rule(spec.cluster.workers), ember_core::sync::ApplyRule::Softsync { .. });
+    Ok(JobContext {
+        client,
+        tables,
+        parser,
+        batch_size: spec.training.batch_size,
+        options: TrainOptions { compression: spec.compression, ssp },
+        softsync,
+        finished: AtomicBool::new(false),
+    })
 }
 
 /// How long a worker keeps retrying a ps-server that stopped answering before failing its item.
@@ -77,6 +122,7 @@ async fn run_item(ctx: &JobContext, item: &v1::WorkItem) -> v1::ReportWorkReques
     let (mut rx, reader) = spawn_reader(ctx, item);
     let outcome: Result<(), String> = async {
         if item.phase == v1::WorkPhase::Test as i32 {
+            ctx.finish_training().await;
             let (mut probs, mut labels) = (Vec::new(), Vec::new());
             while let Some(batch) = rx.recv().await {
                 labels.extend_from_slice(&batch.labels);
@@ -87,10 +133,11 @@ async fn run_item(ctx: &JobContext, item: &v1::WorkItem) -> v1::ReportWorkReques
             report.labels = bytemuck::cast_slice(&labels).to_vec().into();
         } else {
             let queue = Arc::new(Mutex::new(rx));
-            let stats =
-                train(ctx.client.clone(), ctx.tables.clone(), queue, Arc::new(Progress::default()), ctx.compression)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            ctx.finished.store(false, Ordering::Release);
+            let progress = Arc::new(Progress::default());
+            let stats = train(ctx.client.clone(), ctx.tables.clone(), queue, progress, ctx.options.clone())
+                .await
+                .map_err(|e| e.to_string())?;
             report.rows = stats.examples;
             report.loss_sum = logloss(&stats.progressive_probs, &stats.progressive_labels) * stats.examples as f64;
         }
@@ -131,6 +178,10 @@ pub async fn run_worker(
         let item = match next {
             Ok(Some(item)) => item,
             Ok(None) => {
+                // No work for now: stop holding SSP groups back.
+                for ctx in jobs.values() {
+                    ctx.finish_training().await;
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
@@ -144,7 +195,7 @@ pub async fn run_worker(
         backoff = Duration::from_millis(100);
         let ctx = match jobs.get(&item.job_id) {
             Some(ctx) => Arc::clone(ctx),
-            None => match job_context(&scheduler, &item).await {
+            None => match job_context(&scheduler, &item, &member).await {
                 Ok(ctx) => Arc::clone(jobs.entry(item.job_id.clone()).or_insert(Arc::new(ctx))),
                 Err(e) => {
                     let report = v1::ReportWorkRequest {

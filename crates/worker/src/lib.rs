@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`agent`]: the worker process's loop: work items from the scheduler, trained or evaluated.
 //! - [`compress`]: error-feedback residuals for compressed gradient pushes.
+//! - [`ssp`]: a worker's SSP clock (waits only when it is more than the bound ahead).
 //! - [`reader`]: Criteo TSV, libsvm, libffm and CSV readers over files, globs and gzip, with
 //!   bad-line accounting.
 //! - [`synth`]: synthetic Criteo-format data from a hidden model, with oracle probabilities.
@@ -12,6 +13,7 @@
 pub mod agent;
 pub mod compress;
 pub mod reader;
+pub mod ssp;
 pub mod synth;
 pub mod train;
 

@@ -5,6 +5,10 @@
 //! one push in flight (the next push waits for the previous, which bounds memory and staleness).
 //! Each batch is predicted before it is trained on (progressive validation).
 //!
+//! Under SSP (and `sync`) a worker has an [`SspClock`]: it pulls a batch's rows only after its
+//! previous push has landed and the clock allows the step, so there is no pull-ahead and the
+//! bound holds exactly. Every push's staleness, as the servers measured it, goes into the stats.
+//!
 //! The tables are [`ModelTables`]'s. Dense parameters are pulled with every batch and their
 //! gradients pushed with its sparse ones.
 
@@ -14,6 +18,7 @@ use std::sync::Arc;
 use ember_client::{ClientError, Clock, PsClient};
 use ember_core::codec::Compression;
 use ember_core::job::CompressionSpec;
+use ember_core::sync::StalenessHistogram;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 
@@ -21,6 +26,7 @@ pub use ember_model::tables::{Model, ModelTables, TableToCreate};
 
 use crate::compress::Residuals;
 use crate::model::{Grads, IndexedBatch, Layer};
+use crate::ssp::SspClock;
 
 /// Why training stopped.
 #[derive(Debug, thiserror::Error)]
@@ -87,13 +93,30 @@ pub struct WorkerStats {
     pub progressive_probs: Vec<f32>,
     /// Labels matching `progressive_probs`.
     pub progressive_labels: Vec<f32>,
+    /// Staleness of every push (per server part and per dense table), as the servers measured.
+    pub staleness: StalenessHistogram,
+    /// Seconds this worker spent in its SSP clock after its steps (waiting for slower workers,
+    /// or, at bound 0, for the clock server's answer).
+    pub clock_wait_seconds: f64,
 }
 
 impl WorkerStats {
-    fn add_pushed(&mut self, (sparse, dense): PushedBytes) {
-        self.sparse_bytes_pushed += sparse;
-        self.dense_bytes_pushed += dense;
+    fn add_pushed(&mut self, pushed: Pushed) {
+        self.sparse_bytes_pushed += pushed.sparse_bytes;
+        self.dense_bytes_pushed += pushed.dense_bytes;
+        for tau in pushed.staleness {
+            self.staleness.record(tau);
+        }
     }
+}
+
+/// How a worker trains besides the model: gradient codecs and, under SSP, its clock.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Codecs of sparse and dense gradients.
+    pub compression: CompressionSpec,
+    /// The worker's SSP clock (`ssp` and `sync` modes).
+    pub ssp: Option<Arc<SspClock>>,
 }
 
 /// A queue of parsed batches shared by the workers of one process.
@@ -189,11 +212,16 @@ fn compute(model: &Model, batch: &IndexedBatch, rows: &Pulled) -> Result<(Vec<f3
     }
 }
 
-/// Gradient bytes one push sent: (sparse, dense).
-type PushedBytes = (u64, u64);
+/// What one batch's push sent, and the staleness the servers measured.
+#[derive(Debug, Default)]
+struct Pushed {
+    sparse_bytes: u64,
+    dense_bytes: u64,
+    staleness: Vec<u64>,
+}
 
 /// Pushes one sparse table's gradients, encoded as `encoding` (with `residual`, ignored for
-/// `None`); returns the gradient bytes sent.
+/// `None`); returns the gradient bytes sent and each server part's staleness.
 async fn push_sparse(
     client: &PsClient,
     table: &str,
@@ -202,12 +230,13 @@ async fn push_sparse(
     clock: &Clock,
     encoding: Compression,
     residual: &mut [f32],
-) -> Result<u64, ClientError> {
+) -> Result<(u64, Vec<u64>), ClientError> {
     if encoding == Compression::None {
-        client.push(table, keys, grads, clock).await?;
-        Ok(grads.len() as u64 * 4)
+        let result = client.push(table, keys, grads, clock).await?;
+        Ok((grads.len() as u64 * 4, result.staleness))
     } else {
-        Ok(client.push_encoded(table, keys, grads, clock, encoding, residual).await?.1)
+        let (result, bytes) = client.push_encoded(table, keys, grads, clock, encoding, residual).await?;
+        Ok((bytes, result.staleness))
     }
 }
 
@@ -221,7 +250,7 @@ async fn push_grads(
     rows: Pulled,
     compression: CompressionSpec,
     residuals: Arc<std::sync::Mutex<Residuals>>,
-) -> Result<PushedBytes, TrainError> {
+) -> Result<Pushed, TrainError> {
     let (sparse_codec, dense_codec) = (compression.sparse, compression.dense);
     // Pushes are serialized (one in flight per worker), so taking the residuals out and putting
     // them back afterwards cannot race with another push of this worker.
@@ -237,7 +266,7 @@ async fn push_grads(
     let v = async {
         match &tables.embedding {
             Some(emb) => push_sparse(&client, emb, &keys, &grads.v, &rows.clock_v, sparse_codec, &mut rv).await,
-            None => Ok(0),
+            None => Ok((0, Vec::new())),
         }
     };
     let names = tables.dense_names();
@@ -249,19 +278,21 @@ async fn push_grads(
             .zip(&rows.dense_versions)
             .map(|((g, n), v)| (*n, g, *v))
             .collect();
+        let staleness = |pushed: Vec<ember_client::DensePushed>| pushed.iter().map(|p| p.staleness).collect();
         if parts.is_empty() {
-            Ok(0)
+            Ok((0, Vec::new()))
         } else if dense_codec == Compression::None {
-            client.push_dense(&parts).await?;
-            Ok(parts.iter().map(|p| p.1.len() as u64 * 4).sum())
+            let pushed = client.push_dense(&parts).await?;
+            Ok((parts.iter().map(|p| p.1.len() as u64 * 4).sum(), staleness(pushed)))
         } else {
             if rd.len() != parts.len() {
                 rd = parts.iter().map(|p| vec![0f32; p.1.len()]).collect();
             }
-            Ok(client.push_dense_encoded(&parts, dense_codec, &mut rd).await?.1)
+            let (pushed, bytes) = client.push_dense_encoded(&parts, dense_codec, &mut rd).await?;
+            Ok((bytes, staleness(pushed)))
         }
     };
-    let (w_bytes, v_bytes, d_bytes) = tokio::try_join!(w, v, d)?;
+    let ((w_bytes, w_tau), (v_bytes, v_tau), (d_bytes, d_tau)) = tokio::try_join!(w, v, d)?;
     if let Ok(mut r) = residuals.lock() {
         if sparse_codec != Compression::None {
             r.linear.scatter(&keys, &rw);
@@ -271,18 +302,20 @@ async fn push_grads(
         }
         r.dense = rd;
     }
-    Ok((w_bytes + v_bytes, d_bytes))
+    let staleness = [w_tau, v_tau, d_tau].concat();
+    Ok(Pushed { sparse_bytes: w_bytes + v_bytes, dense_bytes: d_bytes, staleness })
 }
 
-/// Trains on batches from `queue` until it closes, pushing gradients encoded as `compression`
-/// says.
+/// Trains on batches from `queue` until it closes, pushing gradients encoded as `options` says
+/// and, with an SSP clock, stepping in bounded lockstep with the other workers.
 pub async fn train(
     client: PsClient,
     tables: ModelTables,
     queue: BatchQueue,
     progress: Arc<Progress>,
-    compression: CompressionSpec,
+    options: TrainOptions,
 ) -> Result<WorkerStats, TrainError> {
+    let TrainOptions { compression, ssp } = options;
     let mut stats = WorkerStats::default();
     let residuals = Arc::new(std::sync::Mutex::new(Residuals::new(tables.k())));
     let next_batch = || async { queue.lock().await.recv().await };
@@ -291,11 +324,14 @@ pub async fn train(
         (batch, pull)
     };
     let mut pending: Option<(IndexedBatch, JoinHandle<Result<Pulled, TrainError>>)> = next_batch().await.map(start);
-    let mut push_in_flight: Option<JoinHandle<Result<PushedBytes, TrainError>>> = None;
+    let mut push_in_flight: Option<JoinHandle<Result<Pushed, TrainError>>> = None;
     let task_err = |e: tokio::task::JoinError| TrainError::Compute(e.to_string());
     while let Some((batch, pull)) = pending.take() {
-        // Start the next batch's pull before computing this one.
-        pending = next_batch().await.map(start);
+        // Start the next batch's pull before computing this one (not under SSP: the next pull
+        // must see this step's push and wait for the clock).
+        if ssp.is_none() {
+            pending = next_batch().await.map(start);
+        }
         let rows = pull.await.map_err(task_err)??;
         stats.bytes_pulled += payload_bytes(batch.keys.len(), &tables);
         let model = tables.model.clone();
@@ -316,7 +352,16 @@ pub async fn train(
         }
         let residuals = Arc::clone(&residuals);
         let push = push_grads(client.clone(), tables.clone(), batch.keys, grads, dense, rows, compression, residuals);
-        push_in_flight = Some(tokio::spawn(push));
+        match &ssp {
+            None => push_in_flight = Some(tokio::spawn(push)),
+            Some(clock) => {
+                stats.add_pushed(push.await?);
+                let waited = std::time::Instant::now();
+                clock.step_done().await?;
+                stats.clock_wait_seconds += waited.elapsed().as_secs_f64();
+                pending = next_batch().await.map(start);
+            }
+        }
     }
     if let Some(last) = push_in_flight {
         stats.add_pushed(last.await.map_err(task_err)??);
