@@ -108,6 +108,18 @@ fn scheduler_ps_and_workers_as_processes_train_a_job() {
     assert!(auc > 0.70, "test AUC {auc}: {done}");
     assert!(done["progressive_logloss"].as_f64().unwrap() < 0.6, "{done}");
 
+    // The same job in `sync` mode: the two worker processes step in lockstep through an SSP clock
+    // on a ps-server and the servers average their gradients (softsync, s = 2). Workers leave the
+    // group between items and when the work runs out, so the job finishes and trains every row.
+    let without_publish = &job[..job.find("[publish]").unwrap()];
+    let synced = format!("{without_publish}[cluster]\nworkers = 2\n[sync]\nmode = \"sync\"\n");
+    let id = submit(dir.path(), &addr, &synced);
+    let done = wait_done(&addr, &id, Instant::now() + Duration::from_secs(120));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["rows_trained"].as_u64(), Some(9_000), "{done}");
+    let auc = done["test_auc"].as_f64().unwrap();
+    assert!(auc > 0.70, "sync-mode test AUC {auc}: {done}");
+
     // A job whose data is missing is refused at submit with the reason.
     let out = Command::new(EMBER)
         .args(["submit", "--scheduler", &addr])

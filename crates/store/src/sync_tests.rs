@@ -35,13 +35,27 @@ fn staleness_scales_each_step_by_lambda0_over_tau() {
     let out = push(&store, 1, [1.0, -1.0], 0);
     assert_eq!((out.staleness, out.version, out.buffered), (0, 1, false));
     assert_eq!(row(&store, 1), vec![-2.0, 2.0]);
-    // Move the table to version 5 with other keys, then push a gradient read at version 1.
+    // Move the table to version 5 with another key.
     for _ in 0..4 {
         push(&store, 9, [0.0, 0.0], 5);
     }
-    let out = push(&store, 1, [1.0, 1.0], 1);
-    assert_eq!(out.staleness, 4);
-    assert_eq!(row(&store, 1), vec![-2.5, 1.5], "weight 2 / 4 = 0.5");
+    // Key 1 was updated (at version 1) after this gradient's pull at version 0: tau 5, weight 0.4.
+    let out = push(&store, 1, [1.0, 1.0], 0);
+    assert_eq!(out.staleness, 5);
+    assert_eq!(row(&store, 1), vec![-2.4, 1.6]);
+    // Key 2 has not moved since the pull at version 1, however far the table has: full step.
+    let out = push(&store, 2, [1.0, 1.0], 1);
+    assert_eq!(out.staleness, 5);
+    assert_eq!(row(&store, 2), vec![-2.0, -2.0]);
+    // The dense table is one row: a stale gradient is always scaled (tau 0 here, then 1).
+    let dense = |version| {
+        let bytes = le(&[1.0, 1.0]);
+        let pushes = [DensePush { name: "d", encoding: Compression::None, bytes: &bytes, version: Some(version) }];
+        store.push_dense_versioned(&pushes).unwrap()[0]
+    };
+    dense(0);
+    assert_eq!(dense(0).staleness, 1);
+    assert_eq!(store.pull_dense("d").unwrap().0, vec![-4.0, -4.0], "2 + 2 / max(1, 1)");
     // A gradient version ahead of the table (a restarted server) counts as fresh, not negative.
     assert_eq!(push(&store, 1, [0.0, 0.0], 1000).staleness, 0);
 }
@@ -55,20 +69,20 @@ fn softsync_applies_the_weighted_mean_of_every_s_pushes() {
     assert_eq!(row(&store, 1), vec![0.0, 0.0], "nothing applied before the s-th push");
     push(&store, 2, [0.0, 6.0], 0);
     // Third push: tau 0 still (the version has not moved); completes the update.
-    let third = push(&store, 1, [3.0, 3.0], 0);
+    let third = push(&store, 1, [1.0, 3.0], 0);
     assert_eq!((third.buffered, third.version, third.rows_updated), (false, 1, 2));
-    assert_eq!(row(&store, 1), vec![-2.0, -1.0], "(3 + 3) / 3 and 3 / 3");
-    assert_eq!(row(&store, 2), vec![0.0, -2.0]);
+    assert_eq!(row(&store, 1), vec![-2.0, -1.5], "key 1 in two pushes: (3 + 1) / 2, 3 / 2");
+    assert_eq!(row(&store, 2), vec![0.0, -6.0], "key 2 in one push: as sent");
     // Next round: a gradient two versions stale is weighted 1/2 in the mean.
-    push(&store, 1, [0.0, 0.0], 1);
-    push(&store, 1, [0.0, 0.0], 1);
-    push(&store, 1, [3.0, 3.0], 1); // version is 1 -> fresh
-    assert_eq!(row(&store, 1), vec![-3.0, -2.0]);
+    for _ in 0..3 {
+        push(&store, 1, [0.0, 0.0], 1); // version 1 -> fresh
+    }
+    assert_eq!(row(&store, 1), vec![-2.0, -1.5]);
     push(&store, 1, [6.0, 6.0], 0); // tau 2 -> weight 1/2
     push(&store, 1, [0.0, 0.0], 2);
     let out = push(&store, 1, [0.0, 0.0], 2);
     assert_eq!(out.version, 3);
-    assert_eq!(row(&store, 1), vec![-4.0, -3.0], "6 * 1/2 / 3 = 1");
+    assert_eq!(row(&store, 1), vec![-3.0, -2.5], "6 * 1/2 / 3 = 1");
 }
 
 #[test]

@@ -27,9 +27,11 @@ pub struct SspClock {
 }
 
 impl SspClock {
-    /// Joins `group` as `worker` at clock 0, so the others wait for this worker from now on.
+    /// Joins `group` as `worker`, so the others wait for this worker from now on. A worker
+    /// joining a group already under way starts at the slowest member's clock (not at 0, which
+    /// would hold everyone back until it caught up).
     pub async fn join(client: PsClient, group: &str, worker: &str, bound: u32) -> Result<Self, ClientError> {
-        let clock = Self {
+        let mut clock = Self {
             client,
             group: group.to_string(),
             worker: worker.to_string(),
@@ -37,7 +39,11 @@ impl SspClock {
             clock: AtomicU64::new(0),
             known_min: Arc::new(AtomicU64::new(0)),
         };
-        let reply = clock.client.worker_clock(clock.request(0, false, 0)).await?;
+        // Leaving a group one is not in changes nothing and reads the others' minimum.
+        let others = clock.client.worker_clock(clock.request(0, true, 0)).await?;
+        let start = if others.workers == 0 { 0 } else { others.min_clock };
+        clock.clock = AtomicU64::new(start);
+        let reply = clock.client.worker_clock(clock.request(start, false, 0)).await?;
         clock.known_min.store(reply.min_clock, Ordering::Release);
         Ok(clock)
     }

@@ -97,7 +97,12 @@ fn full_plus_incrementals_with_deletes_restore_the_live_store() {
     assert_eq!(chain.last().unwrap().label, 14);
     assert_eq!(contents(&copy), contents(&store));
     assert_eq!(copy.sparse("emb").unwrap().version(), store.sparse("emb").unwrap().version());
-    // Optimizer state came back too: the same gradients give the same rows.
+    // Optimizer state came back too: the same gradients give the same rows. (Each store's clock
+    // was read when it was made; pin both, or a second ticking between the two makes the pushes'
+    // last-update times differ.)
+    let now = 1_800_000_000;
+    store.set_now(now);
+    copy.set_now(now);
     let keys: Vec<u64> = (0..500).collect();
     let g: Vec<f32> = (0..500 * 4).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
     for s in [&store, &copy] {

@@ -8,7 +8,8 @@
 //! - Gradients for a key repeated within one push are summed (in request order, so the result is
 //!   deterministic) and applied once; the row's update count grows by one.
 //! - Pushes follow the spec's [`ApplyRule`]: at once, at a staleness-scaled learning rate, or
-//!   buffered (softsync) until s have arrived, then applied as one update of their mean.
+//!   buffered (softsync) until s have arrived, then applied as one update of their mean. The
+//!   staleness scale applies to rows updated since the gradient's pull; untouched rows are fresh.
 //! - The table version counts applied pushes. A push takes the next version before it applies, and
 //!   each row it touches records that version as its last-update step (and the store clock as
 //!   its last-update time); a new row records the version and time it was created at.
@@ -44,6 +45,32 @@ pub struct PushOutcome {
     pub staleness: u64,
     /// Softsync: the gradient waits in the buffer for the update that completes it.
     pub buffered: bool,
+}
+
+/// The learning-rate scale of one push. A row updated after the pull its gradient came from
+/// (`last_step > since`) gets `stale`; a row nobody touched since is as fresh as it can be and
+/// gets `fresh`. The table version is a coarse clock: most rows of a large table do not move
+/// between a worker's pull and its push, and scaling them down would only slow learning.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepScale {
+    stale: f32,
+    fresh: f32,
+    since: u64,
+}
+
+impl StepScale {
+    /// The same scale for every row.
+    fn uniform(scale: f32) -> Self {
+        Self { stale: scale, fresh: scale, since: u64::MAX }
+    }
+
+    fn of(&self, last_step: u64) -> f32 {
+        if last_step > self.since {
+            self.stale
+        } else {
+            self.fresh
+        }
+    }
 }
 
 /// A sparse table.
@@ -287,9 +314,11 @@ impl SparseTable {
         }
     }
 
-    /// Applies one (summed) gradient to the row at `pos`, the step scaled by `lr_scale`.
-    fn apply_at(&self, shard: &mut Shard, pos: usize, grad: &[f32], version: u64, now: u64, lr_scale: f32) {
+    /// Applies one (summed) gradient to the row at `pos`, the step scaled by `scale`.
+    fn apply_at(&self, shard: &mut Shard, pos: usize, grad: &[f32], version: u64, now: u64, scale: StepScale) {
         let (row, meta) = shard.row_mut(pos, self.stride);
+        // A row never updated still holds its initializer's value, which is what any pull read.
+        let lr_scale = if meta.updates == 0 { scale.fresh } else { scale.of(meta.last_step) };
         meta.updates += 1;
         meta.last_step = version;
         meta.last_time = now;
@@ -314,11 +343,21 @@ impl SparseTable {
         self.check_gradients(keys, grads)?;
         let staleness = gradient_version.map_or(0, |v| self.version().saturating_sub(v));
         let outcome = match self.spec.sync {
-            ApplyRule::Async => self.apply_push(keys, grads, 1.0)?,
-            ApplyRule::Staleness { lambda0 } => self.apply_push(keys, grads, staleness_weight(lambda0, staleness))?,
+            ApplyRule::Async => self.apply_push(keys, grads, StepScale::uniform(1.0))?,
+            ApplyRule::Staleness { lambda0 } => {
+                let scale = match gradient_version {
+                    Some(since) => StepScale {
+                        stale: staleness_weight(lambda0, staleness),
+                        fresh: staleness_weight(lambda0, 0),
+                        since,
+                    },
+                    None => StepScale::uniform(staleness_weight(lambda0, 0)),
+                };
+                self.apply_push(keys, grads, scale)?
+            }
             ApplyRule::Softsync { s, lambda0 } => {
                 match self.pending.add(keys, grads, self.dim, staleness_weight(lambda0, staleness), s) {
-                    Some(merged) => self.apply_push(&merged.keys, &merged.grads, 1.0)?,
+                    Some(merged) => self.apply_push(&merged.keys, &merged.grads, StepScale::uniform(1.0))?,
                     None => PushOutcome { version: self.version(), buffered: true, ..PushOutcome::default() },
                 }
             }
@@ -330,7 +369,7 @@ impl SparseTable {
     /// rows updated.
     pub fn flush_pending(&self) -> Result<u64, StoreError> {
         match self.pending.flush() {
-            Some(merged) => Ok(self.apply_push(&merged.keys, &merged.grads, 1.0)?.rows_updated),
+            Some(merged) => Ok(self.apply_push(&merged.keys, &merged.grads, StepScale::uniform(1.0))?.rows_updated),
             None => Ok(0),
         }
     }
@@ -354,7 +393,7 @@ impl SparseTable {
     }
 
     /// Applies checked gradients now, as one version.
-    fn apply_push(&self, keys: &[u64], grads: &[f32], lr_scale: f32) -> Result<PushOutcome, StoreError> {
+    fn apply_push(&self, keys: &[u64], grads: &[f32], scale: StepScale) -> Result<PushOutcome, StoreError> {
         let dim = self.dim;
         let mut g = self.group(keys);
         // Sort each shard's part by key so duplicates are adjacent; stable, so they stay in
@@ -407,7 +446,7 @@ impl SparseTable {
                     }
                     None => shard.insert_with(key, self.stride, version, now, |row| self.init_row(key, row)),
                 };
-                self.apply_at(&mut shard, pos, grad, version, now, lr_scale);
+                self.apply_at(&mut shard, pos, grad, version, now, scale);
                 rows_updated += 1;
                 run = end;
             }
@@ -416,7 +455,7 @@ impl SparseTable {
             self.tier.count_hot_hits(keys.len() - cold_keys.len());
             if !cold_keys.is_empty() {
                 let (updated, not_admitted) =
-                    self.push_cold(cold.as_ref(), cold_keys, cold_grads, (version, lr_scale), epochs)?;
+                    self.push_cold(cold.as_ref(), cold_keys, cold_grads, (version, scale), epochs)?;
                 rows_updated += updated;
                 dropped += not_admitted;
             }

@@ -171,7 +171,7 @@ impl SparseTable {
         cold: &dyn ColdTier,
         mut keys: Vec<u64>,
         mut grads: Vec<f32>,
-        (version, lr_scale): (u64, f32),
+        (version, scale): (u64, super::StepScale),
         mut epochs: Vec<u64>,
     ) -> Result<(u64, u64), StoreError> {
         let (dim, stride, now) = (self.dim, self.stride, self.now());
@@ -208,7 +208,7 @@ impl SparseTable {
                     } else {
                         shard.insert_with(key, stride, version, now, |row| self.init_row(key, row))
                     };
-                    self.apply_at(&mut shard, pos, grad, version, now, lr_scale);
+                    self.apply_at(&mut shard, pos, grad, version, now, scale);
                     updated += 1;
                 }
             }
