@@ -110,6 +110,12 @@ fn onebit_compressed_gradients_shrink_pushes_and_still_learn() {
     let dense_ratio = bytes(&plain, "dense_bytes_pushed") / bytes(&packed, "dense_bytes_pushed");
     assert!(dense_ratio >= 25.0, "dense bytes {} vs {}", plain["dense_bytes_pushed"], packed["dense_bytes_pushed"]);
     assert!(bytes(&plain, "sparse_bytes_pushed") / bytes(&packed, "sparse_bytes_pushed") > 4.0);
+    // Per table: the tables add up to the totals, and the first MLP layer alone shrinks 25x.
+    let table = |r: &serde_json::Value, t: &str| r["bytes_pushed_by_table"][t].as_u64().unwrap() as f64;
+    let tables = packed["bytes_pushed_by_table"].as_object().unwrap();
+    let sum: u64 = tables.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(sum as f64, bytes(&packed, "dense_bytes_pushed") + bytes(&packed, "sparse_bytes_pushed"), "{tables:?}");
+    assert!(table(&plain, "job.mlp0.w") / table(&packed, "job.mlp0.w") >= 25.0, "{tables:?}");
     let auc = packed["test_auc"].as_f64().unwrap();
     assert!(auc > 0.65, "onebit DeepFM test AUC {auc}");
 }

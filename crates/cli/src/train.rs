@@ -109,6 +109,8 @@ pub struct Report {
     pub sparse_bytes_pushed: u64,
     /// Dense gradient bytes pushed, as encoded (`[compression] dense`).
     pub dense_bytes_pushed: u64,
+    /// Gradient bytes pushed per table, as encoded.
+    pub bytes_pushed_by_table: std::collections::BTreeMap<String, u64>,
     /// Windows of progressive validation, about one per second.
     pub curve: Vec<CurvePoint>,
     /// The sparse tables at the end of training, summed over ps-servers.
@@ -409,6 +411,7 @@ pub async fn train_on(
         bytes_pulled: total.bytes_pulled,
         sparse_bytes_pushed: total.sparse_bytes_pushed,
         dense_bytes_pushed: total.dense_bytes_pushed,
+        bytes_pushed_by_table: total.bytes_pushed_by_table.clone(),
         curve,
         tables,
         published,
@@ -479,6 +482,9 @@ fn merge(stats: &[WorkerStats]) -> WorkerStats {
         all.progressive_labels.extend_from_slice(&s.progressive_labels);
         all.staleness.merge(&s.staleness);
         all.clock_wait_seconds += s.clock_wait_seconds;
+        for (table, bytes) in &s.bytes_pushed_by_table {
+            *all.bytes_pushed_by_table.entry(table.clone()).or_default() += bytes;
+        }
     }
     all
 }

@@ -89,6 +89,8 @@ pub struct WorkerStats {
     pub sparse_bytes_pushed: u64,
     /// Gradient bytes of dense pushes as sent (after compression).
     pub dense_bytes_pushed: u64,
+    /// Gradient bytes as sent, per table.
+    pub bytes_pushed_by_table: std::collections::BTreeMap<String, u64>,
     /// Progressive validation: each example's prediction before it was trained on.
     pub progressive_probs: Vec<f32>,
     /// Labels matching `progressive_probs`.
@@ -104,6 +106,9 @@ impl WorkerStats {
     fn add_pushed(&mut self, pushed: Pushed) {
         self.sparse_bytes_pushed += pushed.sparse_bytes;
         self.dense_bytes_pushed += pushed.dense_bytes;
+        for (table, bytes) in pushed.by_table {
+            *self.bytes_pushed_by_table.entry(table).or_default() += bytes;
+        }
         for tau in pushed.staleness {
             self.staleness.record(tau);
         }
@@ -218,6 +223,7 @@ struct Pushed {
     sparse_bytes: u64,
     dense_bytes: u64,
     staleness: Vec<u64>,
+    by_table: Vec<(String, u64)>,
 }
 
 /// Pushes one sparse table's gradients, encoded as `encoding` (with `residual`, ignored for
@@ -303,7 +309,15 @@ async fn push_grads(
         r.dense = rd;
     }
     let staleness = [w_tau, v_tau, d_tau].concat();
-    Ok(Pushed { sparse_bytes: w_bytes + v_bytes, dense_bytes: d_bytes, staleness })
+    let mut by_table = vec![(tables.linear.clone(), w_bytes)];
+    if let Some(emb) = &tables.embedding {
+        by_table.push((emb.clone(), v_bytes));
+    }
+    let dense_parts = dense.iter().flat_map(|l| [l.w.len(), l.b.len()]);
+    for (name, len) in names.iter().zip(dense_parts) {
+        by_table.push((name.to_string(), ember_core::codec::encoded_len(dense_codec, len) as u64));
+    }
+    Ok(Pushed { sparse_bytes: w_bytes + v_bytes, dense_bytes: d_bytes, staleness, by_table })
 }
 
 /// Trains on batches from `queue` until it closes, pushing gradients encoded as `options` says
