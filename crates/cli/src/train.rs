@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ember_client::{PsClient, ShardMap};
 use ember_core::eval::{auc, logloss};
-use ember_core::sync::{ApplyRule, StalenessHistogram};
+use ember_core::sync::StalenessHistogram;
 use ember_core::JobSpec;
 use ember_model::publish::Publisher;
 use ember_model::ModelDir;
@@ -349,7 +349,7 @@ pub async fn train_on(
     for w in workers {
         stats.push(w.await.context("worker task")?.context("worker")?);
     }
-    if matches!(job.sync.apply_rule(job.cluster.workers), ApplyRule::Softsync { .. }) {
+    if job.sync.buffers() {
         client.flush_pending().await.context("applying the last softsync gradients")?;
     }
     let _ = stop_tracking.send(());

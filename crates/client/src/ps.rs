@@ -43,7 +43,7 @@ pub struct PulledRows {
 }
 
 /// The outcome of a push.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PushResult {
     /// Distinct rows updated over all servers.
     pub rows_updated: u64,
@@ -324,11 +324,7 @@ impl PsClient {
         clock: &Clock,
     ) -> Result<PushResult, ClientError> {
         if keys.is_empty() {
-            return Ok(PushResult {
-                rows_updated: 0,
-                clock: Clock(vec![0; self.servers.len()]),
-                staleness: Vec::new(),
-            });
+            return Ok(self.no_push());
         }
         if !grads.len().is_multiple_of(keys.len()) {
             return Err(ClientError::InvalidArgument(format!(
@@ -376,8 +372,7 @@ impl PsClient {
                 Ok::<_, ClientError>((server, reply))
             }
         });
-        let mut result =
-            PushResult { rows_updated: 0, clock: Clock(vec![0; self.servers.len()]), staleness: Vec::new() };
+        let mut result = self.no_push();
         for (server, reply) in try_join_all(calls).await? {
             result.rows_updated += reply.rows_updated;
             result.clock.0[server] = reply.version;
@@ -386,10 +381,16 @@ impl PsClient {
         Ok(result)
     }
 
+    /// The result of pushing nothing.
+    fn no_push(&self) -> PushResult {
+        PushResult { rows_updated: 0, clock: Clock(vec![0; self.servers.len()]), staleness: Vec::new() }
+    }
+
     /// Pushes sparse gradients compressed with `encoding`. Each server's part is encoded on its
     /// own with error feedback: `residual` (`grads.len()` values, aligned with `grads`) is added
-    /// before encoding and receives what the encoding lost. Returns the push result and the
-    /// gradient bytes sent.
+    /// before encoding and receives what the encoding lost. `Compression::None` is a plain
+    /// [`Self::push`] and ignores `residual` (which may be empty). Returns the push result and
+    /// the gradient bytes sent.
     pub async fn push_encoded(
         &self,
         table: &str,
@@ -399,11 +400,12 @@ impl PsClient {
         encoding: Compression,
         residual: &mut [f32],
     ) -> Result<(PushResult, u64), ClientError> {
+        if encoding == Compression::None {
+            let result = self.push(table, keys, grads, clock).await?;
+            return Ok((result, codec::encoded_len(encoding, grads.len()) as u64));
+        }
         if keys.is_empty() {
-            return Ok((
-                PushResult { rows_updated: 0, clock: Clock(vec![0; self.servers.len()]), staleness: Vec::new() },
-                0,
-            ));
+            return Ok((self.no_push(), 0));
         }
         if !grads.len().is_multiple_of(keys.len()) || residual.len() != grads.len() {
             return Err(ClientError::InvalidArgument(format!(
@@ -446,13 +448,18 @@ impl PsClient {
     }
 
     /// Applies dense gradients compressed with `encoding`, with one residual per gradient
-    /// (error feedback, as in [`Self::push_encoded`]). Returns each new version and the bytes sent.
+    /// (error feedback, as in [`Self::push_encoded`]; `Compression::None` is a plain
+    /// [`Self::push_dense`] and ignores `residuals`). Returns each new version and the bytes sent.
     pub async fn push_dense_encoded(
         &self,
         grads: &[(&str, &[f32], u64)],
         encoding: Compression,
         residuals: &mut [Vec<f32>],
     ) -> Result<(Vec<DensePushed>, u64), ClientError> {
+        if encoding == Compression::None {
+            let bytes = grads.iter().map(|g| codec::encoded_len(encoding, g.1.len()) as u64).sum();
+            return Ok((self.push_dense(grads).await?, bytes));
+        }
         if residuals.len() != grads.len() || grads.iter().zip(residuals.iter()).any(|(g, r)| g.1.len() != r.len()) {
             return Err(ClientError::InvalidArgument(
                 "one residual of the gradient's length per dense gradient".into(),

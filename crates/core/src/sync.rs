@@ -77,6 +77,11 @@ impl SyncSpec {
         }
     }
 
+    /// True when the servers buffer gradients (softsync, sync), so training must end with a flush.
+    pub fn buffers(&self) -> bool {
+        matches!(self.mode, SyncMode::Softsync | SyncMode::Sync)
+    }
+
     /// The clock bound workers keep, if the mode has one.
     pub fn clock_bound(&self) -> Option<u32> {
         match self.mode {
@@ -151,9 +156,7 @@ impl StalenessHistogram {
 
     /// Counts one push.
     pub fn record(&mut self, tau: u64) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; Self::EXACT + 1];
-        }
+        self.allocate();
         self.counts[(tau as usize).min(Self::EXACT)] += 1;
         self.sum += tau;
         self.max = self.max.max(tau);
@@ -161,14 +164,19 @@ impl StalenessHistogram {
 
     /// Adds another histogram's counts.
     pub fn merge(&mut self, other: &StalenessHistogram) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; Self::EXACT + 1];
-        }
+        self.allocate();
         for (a, b) in self.counts.iter_mut().zip(&other.counts) {
             *a += b;
         }
         self.sum += other.sum;
         self.max = self.max.max(other.max);
+    }
+
+    /// The buckets are allocated on first use, so an unused histogram costs nothing.
+    fn allocate(&mut self) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; Self::EXACT + 1];
+        }
     }
 
     /// Pushes counted.
@@ -215,6 +223,10 @@ mod tests {
         assert_eq!(spec(SyncMode::Sync).apply_rule(3), ApplyRule::Softsync { s: 3, lambda0: 1.0 });
         assert_eq!(spec(SyncMode::Sync).clock_bound(), Some(0));
         assert_eq!(spec(SyncMode::Staleness).clock_bound(), None);
+        for mode in [SyncMode::Async, SyncMode::Staleness, SyncMode::Softsync, SyncMode::Ssp, SyncMode::Sync] {
+            let buffered = matches!(spec(mode).apply_rule(4), ApplyRule::Softsync { .. });
+            assert_eq!(spec(mode).buffers(), buffered, "{mode:?}");
+        }
         assert!(SyncSpec { lambda0: 0.0, ..SyncSpec::default() }.validate().is_err());
         assert!(ApplyRule::Softsync { s: 0, lambda0: 1.0 }.validate().is_err());
     }

@@ -104,22 +104,20 @@ impl DenseTable {
     /// Applies one gradient computed from `gradient_version` by the table's apply rule.
     pub fn push_at(&self, grad: &[f32], gradient_version: Option<u64>) -> Result<PushOutcome, StoreError> {
         self.validate(grad)?;
-        let staleness = gradient_version.map_or(0, |v| self.inner.lock().version.saturating_sub(v));
-        let version = match self.spec.sync {
-            ApplyRule::Async => self.apply(grad, 1.0),
-            ApplyRule::Staleness { lambda0 } => self.apply(grad, staleness_weight(lambda0, staleness)),
-            ApplyRule::Softsync { s, lambda0 } => {
-                let weight = staleness_weight(lambda0, staleness);
-                match self.pending.add(&[0], grad, grad.len(), weight, s) {
-                    Some(merged) => self.apply(&merged.grads, 1.0),
-                    None => {
-                        let version = self.inner.lock().version;
-                        return Ok(PushOutcome { version, staleness, buffered: true, rows_updated: 0 });
-                    }
-                }
+        let staleness_at = |version: u64| gradient_version.map_or(0, |v| version.saturating_sub(v));
+        let (s, lambda0) = match self.spec.sync {
+            ApplyRule::Async => return Ok(self.apply(grad, staleness_at, |_| 1.0)),
+            ApplyRule::Staleness { lambda0 } => {
+                return Ok(self.apply(grad, staleness_at, |tau| staleness_weight(lambda0, tau)))
             }
+            ApplyRule::Softsync { s, lambda0 } => (s, lambda0),
         };
-        Ok(PushOutcome { rows_updated: 1, version, staleness, buffered: false })
+        let version = self.inner.lock().version;
+        let staleness = staleness_at(version);
+        match self.pending.add(&[0], grad, grad.len(), staleness_weight(lambda0, staleness), s) {
+            Some(merged) => Ok(PushOutcome { staleness, ..self.apply(&merged.grads, |_| 0, |_| 1.0) }),
+            None => Ok(PushOutcome { version, staleness, buffered: true, rows_updated: 0 }),
+        }
     }
 
     /// Applies the softsync buffer, if any, as the mean of the gradients received; returns
@@ -127,19 +125,27 @@ impl DenseTable {
     pub fn flush_pending(&self) -> bool {
         match self.pending.flush() {
             Some(merged) => {
-                self.apply(&merged.grads, 1.0);
+                self.apply(&merged.grads, |_| 0, |_| 1.0);
                 true
             }
             None => false,
         }
     }
 
-    fn apply(&self, grad: &[f32], lr_scale: f32) -> u64 {
+    /// Applies `grad` as the next version, under one lock: `staleness_at` turns the version it
+    /// arrives at into its staleness, and `lr_scale` that staleness into the step's scale.
+    fn apply(
+        &self,
+        grad: &[f32],
+        staleness_at: impl FnOnce(u64) -> u64,
+        lr_scale: impl FnOnce(u64) -> f32,
+    ) -> PushOutcome {
         let mut inner = self.inner.lock();
+        let staleness = staleness_at(inner.version);
         inner.version += 1;
         let DenseState { values, state, version, .. } = &mut *inner;
-        self.spec.optimizer.apply_scaled(values, state, grad, *version, lr_scale);
-        *version
+        self.spec.optimizer.apply_scaled(values, state, grad, *version, lr_scale(staleness));
+        PushOutcome { rows_updated: 1, version: *version, staleness, buffered: false }
     }
 
     /// (values, optimizer state, version), copied under the lock (checkpoints).

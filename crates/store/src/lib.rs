@@ -363,25 +363,15 @@ impl Store {
         Ok(Rows { dim: table.spec().dim, values, version, missing })
     }
 
-    /// Applies sparse gradients given as LE f32 bytes.
+    /// Applies sparse gradients given as LE f32 bytes, with no gradient version (staleness 0).
     pub fn push(&self, name: &str, keys: &[u64], grad_bytes: &[u8]) -> Result<PushOutcome, StoreError> {
-        self.push_encoded(name, keys, Compression::None, grad_bytes)
+        self.push_versioned(name, keys, Compression::None, grad_bytes, None)
     }
 
-    /// Applies sparse gradients sent in `encoding` (see [`ember_core::codec`]); they are decoded
-    /// to f32 before the optimizer sees them, and refused whole if they do not decode.
-    pub fn push_encoded(
-        &self,
-        name: &str,
-        keys: &[u64],
-        encoding: Compression,
-        grad_bytes: &[u8],
-    ) -> Result<PushOutcome, StoreError> {
-        self.push_versioned(name, keys, encoding, grad_bytes, None)
-    }
-
-    /// [`Self::push_encoded`] of gradients computed from the table at `gradient_version`: the
-    /// outcome carries the staleness, and the table's apply rule may scale or buffer them.
+    /// Applies sparse gradients sent in `encoding` (see [`ember_core::codec`]), computed from the
+    /// table at `gradient_version`. They are decoded to f32 before the optimizer sees them and
+    /// refused whole if they do not decode; the outcome carries the staleness, and the table's
+    /// apply rule may scale or buffer them.
     pub fn push_versioned(
         &self,
         name: &str,
@@ -443,18 +433,12 @@ impl Store {
         table.push(&grads)
     }
 
-    /// Applies several dense gradients, all or none: every table and length is checked first.
-    /// Returns each table's new version in request order.
+    /// Applies several dense gradients given as LE f32 bytes, all or none: every table and length
+    /// is checked first. Returns each table's new version in request order.
     pub fn push_dense_many(&self, grads: &[(&str, &[u8])]) -> Result<Vec<u64>, StoreError> {
-        let encoded: Vec<(&str, Compression, &[u8])> = grads.iter().map(|(n, b)| (*n, Compression::None, *b)).collect();
-        self.push_dense_encoded(&encoded)
-    }
-
-    /// [`Self::push_dense_many`] with each gradient in its own encoding.
-    pub fn push_dense_encoded(&self, grads: &[(&str, Compression, &[u8])]) -> Result<Vec<u64>, StoreError> {
         let pushes: Vec<DensePush> = grads
             .iter()
-            .map(|(name, encoding, bytes)| DensePush { name, encoding: *encoding, bytes, version: None })
+            .map(|(name, bytes)| DensePush { name, encoding: Compression::None, bytes, version: None })
             .collect();
         Ok(self.push_dense_versioned(&pushes)?.into_iter().map(|out| out.version).collect())
     }

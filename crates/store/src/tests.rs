@@ -193,20 +193,21 @@ fn compressed_gradients_are_decoded_before_the_optimizer_and_malformed_ones_refu
     store.create_table(TableSpec::dense("d", 3, sgd), None).unwrap();
     let mut residual = vec![0f32; 4];
     let bytes = encode_with_residual(Compression::Onebit, &[3.0, -1.0, 1.0, -3.0], &mut residual);
-    store.push_encoded("s", &[7, 8], Compression::Onebit, &bytes).unwrap();
+    store.push_versioned("s", &[7, 8], Compression::Onebit, &bytes, None).unwrap();
     // SGD with rate 1 subtracts the decoded gradient: +2 for signs >= 0, -2 for negatives.
     assert_eq!(store.pull("s", &[7, 8]).unwrap().values, vec![-2.0, 2.0, -2.0, 2.0]);
     let mut r = vec![0f32; 3];
     let half = encode_with_residual(Compression::Fp16, &[0.5, -0.25, 1.0], &mut r);
-    store.push_dense_encoded(&[("d", Compression::Fp16, &half)]).unwrap();
+    let dense = |encoding, bytes| [crate::DensePush { name: "d", encoding, bytes, version: None }];
+    store.push_dense_versioned(&dense(Compression::Fp16, &half)).unwrap();
     assert_eq!(store.pull_dense("d").unwrap().0, vec![-0.5, 0.25, -1.0]);
     let short = &bytes[..bytes.len() - 1];
     assert!(matches!(
-        store.push_encoded("s", &[7, 8], Compression::Onebit, short),
+        store.push_versioned("s", &[7, 8], Compression::Onebit, short, None),
         Err(StoreError::BadEncoding { .. })
     ));
     assert!(matches!(
-        store.push_dense_encoded(&[("d", Compression::Onebit, &half)]),
+        store.push_dense_versioned(&dense(Compression::Onebit, &half)),
         Err(StoreError::BadEncoding { .. })
     ));
     assert_eq!(store.pull("s", &[7]).unwrap().values, vec![-2.0, 2.0], "a refused push changes nothing");

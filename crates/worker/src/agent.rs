@@ -86,7 +86,7 @@ async fn job_context(scheduler: &SchedulerClient, item: &v1::WorkItem, member: &
         )),
         None => None,
     };
-    let softsync = matches!(spec.sync.apply_rule(spec.cluster.workers), ember_core::sync::ApplyRule::Softsync { .. });
+    let softsync = spec.sync.buffers();
     Ok(JobContext {
         client,
         tables,

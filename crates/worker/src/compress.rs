@@ -4,7 +4,7 @@
 //! what the codec could not send this time is added to the next gradient of the same parameter,
 //! so compression delays information and never drops it (see `ember_core::codec`). Sparse
 //! residuals live in a bounded map per table; once it is full, rows not yet in it push without a
-//! residual (their quantization error is lost) and are counted in `untracked_rows`.
+//! residual (their quantization error is lost).
 
 use ember_core::U64Map;
 
@@ -16,8 +16,6 @@ pub const MAX_RESIDUAL_ROWS: usize = 1 << 20;
 pub struct RowResiduals {
     dim: usize,
     rows: U64Map<Box<[f32]>>,
-    /// Rows pushed without a residual because the map was full.
-    pub untracked_rows: u64,
 }
 
 impl RowResiduals {
@@ -40,13 +38,13 @@ impl RowResiduals {
     pub fn scatter(&mut self, keys: &[u64], values: &[f32]) {
         for (i, k) in keys.iter().enumerate() {
             let v = &values[i * self.dim..(i + 1) * self.dim];
-            let full = self.rows.len() >= MAX_RESIDUAL_ROWS;
+            let room = self.rows.len() < MAX_RESIDUAL_ROWS;
             match self.rows.get_mut(k) {
                 Some(r) => r.copy_from_slice(v),
-                None if !full => {
+                None if room => {
                     self.rows.insert(*k, v.into());
                 }
-                None => self.untracked_rows += 1,
+                None => {}
             }
         }
     }
@@ -81,6 +79,5 @@ mod tests {
         assert_eq!(r.gather(&[7, 9, 5]), vec![1.0, 2.0, 0.0, 0.0, 0.5, -0.5]);
         r.scatter(&[5], &[0.0, 0.25]);
         assert_eq!(r.gather(&[5]), vec![0.0, 0.25]);
-        assert_eq!(r.untracked_rows, 0);
     }
 }

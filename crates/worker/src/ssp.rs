@@ -48,11 +48,6 @@ impl SspClock {
         Ok(clock)
     }
 
-    /// The bound.
-    pub fn bound(&self) -> u32 {
-        self.bound as u32
-    }
-
     fn request(&self, clock: u64, leave: bool, wait_for: u64) -> v1::WorkerClockRequest {
         v1::WorkerClockRequest {
             group: self.group.clone(),
@@ -64,9 +59,8 @@ impl SspClock {
         }
     }
 
-    /// Marks one more step finished; returns once this worker may start the next one, with how
-    /// many times it asked the server (0 when the minimum it knew was within the bound).
-    pub async fn step_done(&self) -> Result<u32, ClientError> {
+    /// Marks one more step finished; returns once this worker may start the next one.
+    pub async fn step_done(&self) -> Result<(), ClientError> {
         let clock = self.clock.fetch_add(1, Ordering::AcqRel) + 1;
         let needed = clock.saturating_sub(self.bound);
         if self.known_min.load(Ordering::Acquire) >= needed {
@@ -80,15 +74,13 @@ impl SspClock {
                     Err(e) => tracing::warn!(%e, "reporting the SSP clock failed"),
                 }
             });
-            return Ok(0);
+            return Ok(());
         }
-        let mut waits = 0;
         loop {
-            waits += 1;
             let reply = self.client.worker_clock(self.request(clock, false, needed)).await?;
             self.known_min.fetch_max(reply.min_clock, Ordering::AcqRel);
             if reply.min_clock >= needed {
-                return Ok(waits);
+                return Ok(());
             }
         }
     }

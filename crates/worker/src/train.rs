@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ember_client::{ClientError, Clock, PsClient};
+use ember_client::{ClientError, Clock, PsClient, PushResult};
 use ember_core::codec::Compression;
 use ember_core::job::CompressionSpec;
 use ember_core::sync::StalenessHistogram;
@@ -226,26 +226,6 @@ struct Pushed {
     by_table: Vec<(String, u64)>,
 }
 
-/// Pushes one sparse table's gradients, encoded as `encoding` (with `residual`, ignored for
-/// `None`); returns the gradient bytes sent and each server part's staleness.
-async fn push_sparse(
-    client: &PsClient,
-    table: &str,
-    keys: &[u64],
-    grads: &[f32],
-    clock: &Clock,
-    encoding: Compression,
-    residual: &mut [f32],
-) -> Result<(u64, Vec<u64>), ClientError> {
-    if encoding == Compression::None {
-        let result = client.push(table, keys, grads, clock).await?;
-        Ok((grads.len() as u64 * 4, result.staleness))
-    } else {
-        let (result, bytes) = client.push_encoded(table, keys, grads, clock, encoding, residual).await?;
-        Ok((bytes, result.staleness))
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn push_grads(
     client: PsClient,
@@ -268,11 +248,11 @@ async fn push_grads(
         }
         Err(_) => Default::default(),
     };
-    let w = push_sparse(&client, &tables.linear, &keys, &grads.w, &rows.clock_w, sparse_codec, &mut rw);
+    let w = client.push_encoded(&tables.linear, &keys, &grads.w, &rows.clock_w, sparse_codec, &mut rw);
     let v = async {
         match &tables.embedding {
-            Some(emb) => push_sparse(&client, emb, &keys, &grads.v, &rows.clock_v, sparse_codec, &mut rv).await,
-            None => Ok((0, Vec::new())),
+            Some(emb) => client.push_encoded(emb, &keys, &grads.v, &rows.clock_v, sparse_codec, &mut rv).await,
+            None => Ok((PushResult::default(), 0)),
         }
     };
     let names = tables.dense_names();
@@ -284,21 +264,15 @@ async fn push_grads(
             .zip(&rows.dense_versions)
             .map(|((g, n), v)| (*n, g, *v))
             .collect();
-        let staleness = |pushed: Vec<ember_client::DensePushed>| pushed.iter().map(|p| p.staleness).collect();
         if parts.is_empty() {
-            Ok((0, Vec::new()))
-        } else if dense_codec == Compression::None {
-            let pushed = client.push_dense(&parts).await?;
-            Ok((parts.iter().map(|p| p.1.len() as u64 * 4).sum(), staleness(pushed)))
-        } else {
-            if rd.len() != parts.len() {
-                rd = parts.iter().map(|p| vec![0f32; p.1.len()]).collect();
-            }
-            let (pushed, bytes) = client.push_dense_encoded(&parts, dense_codec, &mut rd).await?;
-            Ok((bytes, staleness(pushed)))
+            return Ok((Vec::new(), 0));
         }
+        if dense_codec != Compression::None && rd.len() != parts.len() {
+            rd = parts.iter().map(|p| vec![0f32; p.1.len()]).collect();
+        }
+        client.push_dense_encoded(&parts, dense_codec, &mut rd).await
     };
-    let ((w_bytes, w_tau), (v_bytes, v_tau), (d_bytes, d_tau)) = tokio::try_join!(w, v, d)?;
+    let ((w, w_bytes), (v, v_bytes), (d, d_bytes)) = tokio::try_join!(w, v, d)?;
     if let Ok(mut r) = residuals.lock() {
         if sparse_codec != Compression::None {
             r.linear.scatter(&keys, &rw);
@@ -308,7 +282,7 @@ async fn push_grads(
         }
         r.dense = rd;
     }
-    let staleness = [w_tau, v_tau, d_tau].concat();
+    let staleness = w.staleness.into_iter().chain(v.staleness).chain(d.iter().map(|p| p.staleness)).collect();
     let mut by_table = vec![(tables.linear.clone(), w_bytes)];
     if let Some(emb) = &tables.embedding {
         by_table.push((emb.clone(), v_bytes));
