@@ -318,7 +318,10 @@ pub async fn train_on(
             }
             None => None,
         };
-        options.push((worker_client, TrainOptions { compression: job.compression, ssp }));
+        options.push((
+            worker_client,
+            TrainOptions { compression: job.compression, ssp, pull_ahead: job.sync.pull_ahead() },
+        ));
     }
     let mut workers = Vec::new();
     for (worker_client, options) in options {

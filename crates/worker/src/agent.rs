@@ -92,7 +92,7 @@ async fn job_context(scheduler: &SchedulerClient, item: &v1::WorkItem, member: &
         tables,
         parser,
         batch_size: spec.training.batch_size,
-        options: TrainOptions { compression: spec.compression, ssp },
+        options: TrainOptions { compression: spec.compression, ssp, pull_ahead: spec.sync.pull_ahead() },
         softsync,
         finished: AtomicBool::new(false),
     })

@@ -1,13 +1,15 @@
 //! One worker's training loop and batch prediction, against ps-servers through `PsClient`.
 //!
-//! Pipeline: batches arrive already parsed (a reader thread parses ahead); the rows of batch t+1
-//! are pulled while batch t computes; a batch's gradients are pushed without waiting, with at most
-//! one push in flight (the next push waits for the previous, which bounds memory and staleness).
-//! Each batch is predicted before it is trained on (progressive validation).
+//! Pipeline: batches arrive already parsed (a reader thread parses ahead). With pull-ahead
+//! (`async` only) the rows of batch t+1 are pulled while batch t computes, and a batch's
+//! gradients are pushed without waiting, with at most one push in flight (the next push waits for
+//! the previous, which bounds memory and staleness). Each batch is predicted before it is trained
+//! on (progressive validation).
 //!
-//! Under SSP (and `sync`) a worker has an [`SspClock`]: it pulls a batch's rows only after its
-//! previous push has landed and the clock allows the step, so there is no pull-ahead and the
-//! bound holds exactly. Every push's staleness, as the servers measured it, goes into the stats.
+//! Without pull-ahead (every other mode) a worker pulls a batch's rows only after its
+//! previous push has landed, so it never computes on parameters older than its own last step; a
+//! worker with an [`SspClock`] also waits for the clock to allow the step, so the bound holds
+//! exactly. Every push's staleness, as the servers measured it, goes into the stats.
 //!
 //! The tables are [`ModelTables`]'s. Dense parameters are pulled with every batch and their
 //! gradients pushed with its sparse ones.
@@ -122,6 +124,11 @@ pub struct TrainOptions {
     pub compression: CompressionSpec,
     /// The worker's SSP clock (`ssp` and `sync` modes).
     pub ssp: Option<Arc<SspClock>>,
+    /// Pull the next batch's rows while this one computes ([`SyncSpec::pull_ahead`]); ignored
+    /// under an SSP clock, whose bound must hold exactly.
+    ///
+    /// [`SyncSpec::pull_ahead`]: ember_core::sync::SyncSpec::pull_ahead
+    pub pull_ahead: bool,
 }
 
 /// A queue of parsed batches shared by the workers of one process.
@@ -303,7 +310,8 @@ pub async fn train(
     progress: Arc<Progress>,
     options: TrainOptions,
 ) -> Result<WorkerStats, TrainError> {
-    let TrainOptions { compression, ssp } = options;
+    let TrainOptions { compression, ssp, pull_ahead } = options;
+    let pull_ahead = pull_ahead && ssp.is_none();
     let mut stats = WorkerStats::default();
     let residuals = Arc::new(std::sync::Mutex::new(Residuals::new(tables.k())));
     let next_batch = || async { queue.lock().await.recv().await };
@@ -315,9 +323,9 @@ pub async fn train(
     let mut push_in_flight: Option<JoinHandle<Result<Pushed, TrainError>>> = None;
     let task_err = |e: tokio::task::JoinError| TrainError::Compute(e.to_string());
     while let Some((batch, pull)) = pending.take() {
-        // Start the next batch's pull before computing this one (not under SSP: the next pull
-        // must see this step's push and wait for the clock).
-        if ssp.is_none() {
+        // Start the next batch's pull before computing this one; otherwise the next pull must see
+        // this step's push (and, under SSP, wait for the clock).
+        if pull_ahead {
             pending = next_batch().await.map(start);
         }
         let rows = pull.await.map_err(task_err)??;
@@ -340,15 +348,16 @@ pub async fn train(
         }
         let residuals = Arc::clone(&residuals);
         let push = push_grads(client.clone(), tables.clone(), batch.keys, grads, dense, rows, compression, residuals);
-        match &ssp {
-            None => push_in_flight = Some(tokio::spawn(push)),
-            Some(clock) => {
-                stats.add_pushed(push.await?);
+        if pull_ahead {
+            push_in_flight = Some(tokio::spawn(push));
+        } else {
+            stats.add_pushed(push.await?);
+            if let Some(clock) = &ssp {
                 let waited = std::time::Instant::now();
                 clock.step_done().await?;
                 stats.clock_wait_seconds += waited.elapsed().as_secs_f64();
-                pending = next_batch().await.map(start);
             }
+            pending = next_batch().await.map(start);
         }
     }
     if let Some(last) = push_in_flight {
