@@ -39,6 +39,9 @@ pub struct Shard {
     /// Parallel to `meta`: read or written since the last demotion round looked at this shard
     /// (the CLOCK approximation of LRU: such rows get a second chance before demotion).
     referenced: Vec<bool>,
+    /// Parallel to `meta`: the row differs from its cold-tier record, or has none. A row promoted
+    /// and only read since is clean, and demoting it needs no write.
+    dirty: Vec<bool>,
     /// Keys removed since then.
     deleted: U64Map<()>,
     /// Admission counts, when the table's policy admits by count.
@@ -102,6 +105,7 @@ impl Shard {
         self.meta.push(RowMeta { key, updates: 0, last_step: step, last_time: time });
         self.changed.push(true);
         self.referenced.push(true);
+        self.dirty.push(true);
         self.index.insert(key, pos as u32);
         self.deleted.remove(&key);
         pos
@@ -121,6 +125,7 @@ impl Shard {
         };
         self.data[pos * stride..(pos + 1) * stride].copy_from_slice(values);
         self.meta[pos] = meta;
+        self.dirty[pos] = true;
     }
 
     /// The `stride` values of the row at `pos`.
@@ -134,6 +139,7 @@ impl Shard {
     pub fn row_mut(&mut self, pos: usize, stride: usize) -> (&mut [f32], &mut RowMeta) {
         self.changed[pos] = true;
         self.referenced[pos] = true;
+        self.dirty[pos] = true;
         (&mut self.data[pos * stride..(pos + 1) * stride], &mut self.meta[pos])
     }
 
@@ -151,6 +157,11 @@ impl Shard {
     /// Starts a new CLOCK period: every row must be touched again to count as recent.
     pub fn clear_referenced(&mut self) {
         self.referenced.fill(false);
+    }
+
+    /// Whether the row at `pos` must be written to the cold tier before it leaves DRAM.
+    pub fn is_dirty(&self, pos: usize) -> bool {
+        self.dirty[pos]
     }
 
     /// Metadata of the row at `pos`.
@@ -185,13 +196,14 @@ impl Shard {
         self.take_out(key, stride)
     }
 
-    /// Puts a row read from the cold tier back in the hot tier; a change pending since it was
-    /// demoted comes back with it. Returns its position.
+    /// Puts a row read from the cold tier back in the hot tier, clean (equal to its record); a
+    /// change pending since it was demoted comes back with it. Returns its position.
     pub fn promote(&mut self, meta: RowMeta, values: &[f32]) -> usize {
         let stride = values.len();
         let pos = self.insert_with(meta.key, stride, meta.last_step, meta.last_time, |row| row.copy_from_slice(values));
         self.meta[pos] = meta;
         self.changed[pos] = self.changed_cold.remove(&meta.key).is_some();
+        self.dirty[pos] = false;
         pos
     }
 
@@ -207,6 +219,7 @@ impl Shard {
             self.meta.shrink_to(keep);
             self.changed.shrink_to(keep);
             self.referenced.shrink_to(keep);
+            self.dirty.shrink_to(keep);
             self.index.shrink_to(keep);
         }
     }
@@ -231,11 +244,13 @@ impl Shard {
             self.meta[pos] = self.meta[last];
             self.changed[pos] = self.changed[last];
             self.referenced[pos] = self.referenced[last];
+            self.dirty[pos] = self.dirty[last];
             self.index.insert(self.meta[pos].key, pos as u32);
         }
         self.meta.pop();
         self.changed.pop();
         self.referenced.pop();
+        self.dirty.pop();
         self.data.truncate(last * stride);
         true
     }
@@ -286,7 +301,7 @@ impl Shard {
     /// control byte each).
     pub fn heap_bytes(&self) -> usize {
         self.data.capacity() * 4
-            + self.meta.capacity() * (std::mem::size_of::<RowMeta>() + 2)
+            + self.meta.capacity() * (std::mem::size_of::<RowMeta>() + 3)
             + self.index.capacity() * (8 + 4 + 1)
             + self.deleted.capacity() * (8 + 1)
             + self.sketch.as_ref().map_or(0, |s| s.heap_bytes())

@@ -198,3 +198,60 @@ fn rows_are_never_lost_while_demotions_race_pushes() {
     let stats = store.sparse("t").unwrap().stats().tier;
     assert!(stats.demoted > 0 && stats.promoted > 0, "{stats:?}");
 }
+
+/// A cold tier that counts the records written to it.
+#[derive(Debug, Default)]
+struct CountingCold {
+    inner: MemCold,
+    puts: std::sync::atomic::AtomicU64,
+}
+
+impl ColdTier for CountingCold {
+    fn open_table(&self, table: &str) -> Result<(), crate::TierError> {
+        self.inner.open_table(table)
+    }
+    fn drop_table(&self, table: &str) -> Result<(), crate::TierError> {
+        self.inner.drop_table(table)
+    }
+    fn get_many(&self, table: &str, keys: &[u64]) -> Result<Vec<Option<Vec<u8>>>, crate::TierError> {
+        self.inner.get_many(table, keys)
+    }
+    fn write(&self, table: &str, puts: &[(u64, Vec<u8>)], deletes: &[u64]) -> Result<(), crate::TierError> {
+        self.puts.fetch_add(puts.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.inner.write(table, puts, deletes)
+    }
+    fn scan(&self, table: &str, f: &mut dyn FnMut(u64, &[u8])) -> Result<(), crate::TierError> {
+        self.inner.scan(table, f)
+    }
+    fn count(&self, table: &str) -> Result<u64, crate::TierError> {
+        self.inner.count(table)
+    }
+}
+
+#[test]
+fn demoting_a_row_only_read_since_its_promotion_writes_nothing() {
+    let cold = Arc::new(CountingCold::default());
+    let store = tiered(Arc::clone(&cold) as Arc<dyn ColdTier>, DemotePolicy::Lru);
+    let table = store.sparse("t").unwrap();
+    let written = || cold.puts.load(std::sync::atomic::Ordering::Relaxed);
+    let keys: Vec<u64> = (0..50).collect();
+    let created = store.pull("t", &keys).unwrap().values;
+    assert_eq!(table.demote(1.0).unwrap(), 50);
+    assert_eq!(written(), 50, "new rows have no record yet");
+    // Promoted by a pull, then demoted again: the records on disk are still the rows.
+    assert_eq!(store.pull("t", &keys).unwrap().values, created);
+    assert_eq!(table.demote(1.0).unwrap(), 50);
+    assert_eq!(written(), 50, "clean rows leave DRAM without a write");
+    // A push dirties the rows it updates; only those are written at the next demotion.
+    store.pull("t", &keys).unwrap();
+    store.push("t", &keys[..5], &le(&[0.5; 5 * DIM])).unwrap();
+    assert_eq!(table.demote(1.0).unwrap(), 50);
+    assert_eq!(written(), 55);
+    let after = store.lookup("t", &keys).unwrap().values;
+    assert_eq!(after[5 * DIM..], created[5 * DIM..], "untouched rows as created");
+    assert_ne!(after[..5 * DIM], created[..5 * DIM], "pushed rows carry their update");
+    let reference = plain(DemotePolicy::Lru);
+    reference.pull("t", &keys).unwrap();
+    reference.push("t", &keys[..5], &le(&[0.5; 5 * DIM])).unwrap();
+    assert_eq!(after, reference.lookup("t", &keys).unwrap().values);
+}

@@ -74,10 +74,11 @@ impl SparseTable {
         StoreError::Tier { table: self.spec.name.clone(), reason: e.0 }
     }
 
-    /// Bytes one hot row costs: values and optimizer state, metadata, its change flag, and an
-    /// index slot (key, position, control byte, at hashbrown's 7/8 load).
+    /// Bytes one hot row costs: values and optimizer state, metadata, its three flags (changed,
+    /// referenced, dirty), and an index slot (key, position, control byte, at hashbrown's 7/8
+    /// load).
     pub fn row_bytes(&self) -> u64 {
-        (self.stride * 4 + std::mem::size_of::<RowMeta>() + 1 + 15) as u64
+        (self.stride * 4 + std::mem::size_of::<RowMeta>() + 3 + 15) as u64
     }
 
     /// Rows in DRAM.
@@ -222,13 +223,16 @@ impl SparseTable {
 
     /// Moves about `fraction` of every shard's rows to the cold tier: those updated least
     /// recently (LRU) or least often (LFU), by the table's policy. Returns the rows moved.
+    ///
+    /// A clean victim (promoted and only read since) leaves DRAM at once: its record is already
+    /// in the cold tier. Only dirty victims are written, outside the shard lock.
     pub fn demote(&self, fraction: f64) -> Result<u64, StoreError> {
         let Some(cold) = &self.cold else { return Ok(0) };
         let _gate = self.tier.gate.lock();
         let stride = self.stride;
         let mut moved = 0;
         for (s, shard) in self.shards.iter().enumerate() {
-            // Pick victims and copy them out under the lock.
+            // Pick victims under the lock: drop the clean ones, copy the dirty ones out.
             let victims: Vec<(u64, RowMeta, Vec<u8>)> = {
                 let mut shard = shard.lock();
                 let n = (shard.len() as f64 * fraction).ceil() as usize;
@@ -250,14 +254,30 @@ impl SparseTable {
                 shard.clear_referenced();
                 let n = n.min(order.len());
                 order.select_nth_unstable(n - 1);
-                order[..n]
+                let mut clean = Vec::new();
+                let dirty = order[..n]
                     .iter()
-                    .map(|(_, _, pos)| {
+                    .filter_map(|(_, _, pos)| {
                         let meta = *shard.meta(*pos);
-                        (meta.key, meta, encode_row(&meta, shard.row(*pos, stride)))
+                        if !shard.is_dirty(*pos) {
+                            clean.push(meta.key);
+                            return None;
+                        }
+                        Some((meta.key, meta, encode_row(&meta, shard.row(*pos, stride))))
                     })
-                    .collect()
+                    .collect();
+                // Positions move as rows leave, so clean rows go by key once all are chosen.
+                let dropped: u64 = clean.iter().map(|key| u64::from(shard.demote(*key, stride))).sum();
+                if dropped > 0 {
+                    self.tier.epochs[s].fetch_add(1, Ordering::AcqRel);
+                    moved += dropped;
+                }
+                dirty
             };
+            if victims.is_empty() {
+                shard.lock().shrink_if_sparse(stride);
+                continue;
+            }
             let puts: Vec<(u64, Vec<u8>)> = victims.iter().map(|(k, _, r)| (*k, r.clone())).collect();
             cold.write(&self.spec.name, &puts, &[]).map_err(|e| self.tier_err(e))?;
             // Drop from DRAM only rows nobody touched while they were being written.
