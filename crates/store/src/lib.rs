@@ -118,6 +118,10 @@ pub struct TableStats {
     pub counters: SparseStats,
 }
 
+/// How far past its DRAM budget a tiered store's hot tier may grow before requests that add rows
+/// wait for demotion (see `Store::relieve_pressure`).
+pub const HOT_HARD_LIMIT: f64 = 1.25;
+
 /// All tables of one server.
 #[derive(Debug)]
 pub struct Store {
@@ -360,7 +364,23 @@ impl Store {
         let mut values = vec![0f32; keys.len() * table.dim()];
         let mut missing = if create { Vec::new() } else { vec![false; keys.len()] };
         let version = table.read(keys, &mut values, create, (!create).then_some(missing.as_mut_slice()))?;
+        if create {
+            self.relieve_pressure()?;
+        }
         Ok(Rows { dim: table.spec().dim, values, version, missing })
+    }
+
+    /// The hard limit of a tiered store: when rows are created or promoted faster than the
+    /// background demotion moves them out (a bulk load, or the cold tier stalling its writes),
+    /// the requests that grow the hot tier past `budget * HOT_HARD_LIMIT` demote before they
+    /// return. This bounds the hot tier's peak, and with it the memory the allocator keeps
+    /// afterwards, at the price of those requests' latency.
+    fn relieve_pressure(&self) -> Result<(), StoreError> {
+        let Some((_, budget)) = &self.tiering else { return Ok(()) };
+        if self.hot_bytes() as f64 > *budget as f64 * HOT_HARD_LIMIT {
+            self.enforce_budget()?;
+        }
+        Ok(())
     }
 
     /// Applies sparse gradients given as LE f32 bytes, with no gradient version (staleness 0).
@@ -383,7 +403,9 @@ impl Store {
         self.check_batch(keys.len())?;
         let table = self.sparse(name)?;
         let grads = self.decode_gradient(table.spec(), encoding, grad_bytes, keys.len())?;
-        table.push_at(keys, &grads, gradient_version)
+        let outcome = table.push_at(keys, &grads, gradient_version)?;
+        self.relieve_pressure()?;
+        Ok(outcome)
     }
 
     /// Applies every table's softsync buffer (end of training, checkpoints); returns the tables

@@ -100,6 +100,9 @@ impl Shard {
         init: impl FnOnce(&mut [f32]),
     ) -> usize {
         let pos = self.meta.len();
+        if self.meta.len() == self.meta.capacity() {
+            self.grow(stride);
+        }
         self.data.resize(self.data.len() + stride, 0.0);
         init(&mut self.data[pos * stride..]);
         self.meta.push(RowMeta { key, updates: 0, last_step: step, last_time: time });
@@ -207,14 +210,26 @@ impl Shard {
         pos
     }
 
+    /// Grows the arena and its parallel vectors by an eighth (at least 64 rows), not by doubling:
+    /// a tiered table's rows are bounded by bytes, and a doubled arena would hold up to twice
+    /// what the budget counts. Still geometric, so appends stay amortized O(1).
+    fn grow(&mut self, stride: usize) {
+        let more = (self.meta.len() / 8).max(64);
+        self.data.reserve_exact(more * stride);
+        self.meta.reserve_exact(more);
+        self.changed.reserve_exact(more);
+        self.referenced.reserve_exact(more);
+        self.dirty.reserve_exact(more);
+    }
+
     /// Gives memory back after demotions emptied much of the shard: the arena, metadata and
     /// index keep their peak capacity otherwise, and the DRAM budget would bound nothing real.
-    /// Only when capacity is over twice the rows, so a shard hovering near its size does not
+    /// Only when capacity is over 1.5 times the rows, so a shard hovering near its size does not
     /// reallocate every round.
     pub fn shrink_if_sparse(&mut self, stride: usize) {
         let len = self.meta.len();
-        if self.meta.capacity() > 2 * len + 64 {
-            let keep = len + len / 4;
+        if self.meta.capacity() > len + len / 2 + 64 {
+            let keep = len + len / 8;
             self.data.shrink_to(keep * stride);
             self.meta.shrink_to(keep);
             self.changed.shrink_to(keep);

@@ -231,7 +231,9 @@ impl ColdTier for CountingCold {
 #[test]
 fn demoting_a_row_only_read_since_its_promotion_writes_nothing() {
     let cold = Arc::new(CountingCold::default());
-    let store = tiered(Arc::clone(&cold) as Arc<dyn ColdTier>, DemotePolicy::Lru);
+    // A budget the test never reaches: only its own demotions move rows.
+    let store = Store::tiered(config(), Arc::clone(&cold) as Arc<dyn ColdTier>, 1 << 30);
+    store.create_table(spec(DemotePolicy::Lru), None).unwrap();
     let table = store.sparse("t").unwrap();
     let written = || cold.puts.load(std::sync::atomic::Ordering::Relaxed);
     let keys: Vec<u64> = (0..50).collect();
@@ -254,4 +256,28 @@ fn demoting_a_row_only_read_since_its_promotion_writes_nothing() {
     reference.pull("t", &keys).unwrap();
     reference.push("t", &keys[..5], &le(&[0.5; 5 * DIM])).unwrap();
     assert_eq!(after, reference.lookup("t", &keys).unwrap().values);
+}
+
+#[test]
+fn requests_that_outrun_demotion_demote_before_they_return() {
+    // No background demotion at all (as when it stalls): the hot tier still never passes the
+    // hard limit by more than the last request's own rows.
+    let budget = 20 * 80;
+    let store = Store::tiered(config(), Arc::new(MemCold::default()), budget);
+    store.create_table(spec(DemotePolicy::Lru), None).unwrap();
+    let row = store.sparse("t").unwrap().row_bytes();
+    let batch = 10u64;
+    for start in (0..KEYS).step_by(batch as usize) {
+        let keys: Vec<u64> = (start..start + batch).collect();
+        if start % 20 == 0 {
+            store.pull("t", &keys).unwrap();
+        } else {
+            store.push("t", &keys, &le(&vec![0.1; keys.len() * DIM])).unwrap();
+        }
+        let hot = store.hot_bytes();
+        assert!(hot as f64 <= budget as f64 * crate::HOT_HARD_LIMIT + (batch * row) as f64, "{hot} bytes hot");
+    }
+    let stats = store.sparse("t").unwrap().stats().tier;
+    assert!(stats.demoted >= KEYS - budget / row, "{stats:?}");
+    assert_eq!(store.lookup("t", &(0..KEYS).collect::<Vec<u64>>()).unwrap().missing, vec![false; KEYS as usize]);
 }

@@ -17,7 +17,7 @@ use super::{ColdTier, TierError};
 type Db = DBWithThreadMode<MultiThreaded>;
 
 /// Block cache shared by every table of the server.
-const BLOCK_CACHE_BYTES: usize = 64 << 20;
+const BLOCK_CACHE_BYTES: usize = 16 << 20;
 
 /// A RocksDB cold tier.
 pub struct RocksCold {
@@ -50,8 +50,12 @@ impl RocksCold {
         let mut cf_options = Options::default();
         let mut table = BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
-        table.set_cache_index_and_filter_blocks(true);
-        // One cache for every table's blocks, counted outside the DRAM budget (see docs).
+        // Filters and indexes stay in the table readers (~2.5 bytes per cold key), not in the
+        // block cache: there they were evicted by data blocks and every MultiGet re-read and
+        // re-checksummed them (Zipf pulls 1.2M -> 1.8M keys/s, docs/benchmarks.md).
+        table.set_cache_index_and_filter_blocks(false);
+        // Cold reads are point lookups spread over the whole tier, so they skip the block cache
+        // (`fill_cache(false)`); it only serves iterators (checkpoints, export).
         table.set_block_cache(&Cache::new_lru_cache(BLOCK_CACHE_BYTES));
         cf_options.set_block_based_table_factory(&table);
         // Rows are float records: lz4 saved little and cost a decompression per cold read.
@@ -59,6 +63,12 @@ impl RocksCold {
         // Memtables are DRAM outside the budget too: keep them small.
         cf_options.set_write_buffer_size(16 << 20);
         cf_options.set_max_write_buffer_number(2);
+        // Demotion writes in bursts. With leveled compaction and the default L0 triggers the
+        // burst after a bulk load stalled writes at 8-16 MB/s while the hot tier kept growing;
+        // universal compaction rewrites less, and the higher triggers let L0 absorb a burst.
+        cf_options.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
+        cf_options.set_level_zero_slowdown_writes_trigger(40);
+        cf_options.set_level_zero_stop_writes_trigger(64);
         let existing = Db::list_cf(&db_options, path).unwrap_or_default();
         let db = Db::open_cf(&db_options, path, existing.iter()).map_err(err)?;
         for name in existing.iter().filter(|n| n.starts_with("t.")) {
@@ -93,7 +103,9 @@ impl ColdTier for RocksCold {
         let mut order: Vec<u32> = (0..keys.len() as u32).collect();
         order.sort_unstable_by_key(|i| keys[*i as usize]);
         let encoded: Vec<[u8; 8]> = order.iter().map(|i| keys[*i as usize].to_be_bytes()).collect();
-        let results = self.db.batched_multi_get_cf(&cf, encoded.iter(), true);
+        let mut read = rocksdb::ReadOptions::default();
+        read.fill_cache(false);
+        let results = self.db.batched_multi_get_cf_opt(&cf, encoded.iter(), true, &read);
         let mut out = vec![None; keys.len()];
         for (i, result) in order.iter().zip(results) {
             out[*i as usize] = result.map_err(err)?.map(|slice| slice.to_vec());
