@@ -153,6 +153,26 @@ fn every_sync_mode_trains_and_reports_staleness() {
     assert!(err.contains("lambda0"), "{err}");
 }
 
+/// `sync` is one synchronous step per round: 2 workers at batch 128 apply the sum of their two
+/// gradients, the gradient of the round's 256 examples, so they train the same model as 1 worker
+/// at batch 256 (up to float summation order). A lost, duplicated or stale push, or a mean in
+/// place of the sum, would show as a different test AUC and logloss.
+#[test]
+fn sync_with_two_workers_trains_what_one_worker_at_twice_the_batch_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = gen_data(dir.path(), 10_000);
+    let sync = |workers: u32, batch: u32| {
+        let spec = job("deepfm", &data, 2, workers).replace("batch_size = 256", &format!("batch_size = {batch}"));
+        train(dir.path(), &format!("{spec}\n[sync]\nmode = \"sync\"\n")).unwrap()
+    };
+    let (one, two) = (sync(1, 256), sync(2, 128));
+    for key in ["test_auc", "test_logloss"] {
+        let (a, b) = (one[key].as_f64().unwrap(), two[key].as_f64().unwrap());
+        assert!((a - b).abs() < 2e-4, "{key}: 1 x 256 {a}, 2 x 128 {b}");
+    }
+    assert_eq!(two["staleness"]["max"].as_u64(), Some(0), "{}", two["staleness"]);
+}
+
 /// Feature admission end to end: with `features.min_count = 3` most of the long tail of keys is
 /// never stored (the generator's categorical values are Zipf-distributed), the model still
 /// learns, and the report shows what admission filtered.

@@ -8,8 +8,8 @@
 //!
 //! The modes split between the two sides. The server applies by [`ApplyRule`] (`async`: as it
 //! comes; `staleness`: learning rate times lambda0 / max(1, tau); `softsync`: the mean of s
-//! staleness-weighted gradients). Workers bound their drift by clocks (`ssp`: at most `bound`
-//! steps ahead of the slowest; `sync`: bound 0 and softsync over all workers). Only `async`
+//! staleness-weighted gradients; `sync`: the sum of one gradient per worker). Workers bound
+//! their drift by clocks (`ssp`: at most `bound` steps ahead of the slowest; `sync`: bound 0). Only `async`
 //! workers pull ahead (fetch the next batch's rows before the last push has landed).
 
 use serde::{Deserialize, Serialize};
@@ -28,7 +28,8 @@ pub enum SyncMode {
     /// Stale synchronous parallel: a worker waits when it is more than `bound` steps ahead of the
     /// slowest; the server applies as gradients arrive.
     Ssp,
-    /// Every worker each step: softsync over all workers with bound 0.
+    /// Every worker each step: bound 0, and each step applies the sum of all workers' gradients,
+    /// one step over all their examples (a worker's gradient is of its batch's summed loss).
     Sync,
 }
 
@@ -74,7 +75,7 @@ impl SyncSpec {
             SyncMode::Async | SyncMode::Ssp => ApplyRule::Async,
             SyncMode::Staleness => ApplyRule::Staleness { lambda0: self.lambda0 },
             SyncMode::Softsync => ApplyRule::Softsync { s, lambda0: self.lambda0 },
-            SyncMode::Sync => ApplyRule::Softsync { s: workers.max(1), lambda0: self.lambda0 },
+            SyncMode::Sync => ApplyRule::Sync { s: workers.max(1) },
         }
     }
 
@@ -122,6 +123,13 @@ pub enum ApplyRule {
         /// The weight's numerator.
         lambda0: f32,
     },
+    /// Gradients are buffered; every `s`-th applies their sum: workers in lockstep each push the
+    /// gradient of their batch's summed loss, so the sum is the gradient of one step over all
+    /// their examples, and `w` workers at batch `b` train as one worker at batch `w * b`.
+    Sync {
+        /// Gradients per update (the workers).
+        s: u32,
+    },
 }
 
 impl ApplyRule {
@@ -131,17 +139,23 @@ impl ApplyRule {
             ApplyRule::Async => return Ok(()),
             ApplyRule::Staleness { lambda0 } => lambda0,
             ApplyRule::Softsync { s, lambda0 } => {
-                if s == 0 || s > MAX_SOFTSYNC {
-                    return Err(format!("softsync s must be in 1..={MAX_SOFTSYNC}, got {s}"));
-                }
+                check_s(s)?;
                 lambda0
             }
+            ApplyRule::Sync { s } => return check_s(s),
         };
         if !(lambda.is_finite() && lambda > 0.0) {
             return Err(format!("lambda0 must be finite and > 0, got {lambda}"));
         }
         Ok(())
     }
+}
+
+fn check_s(s: u32) -> Result<(), String> {
+    if s == 0 || s > MAX_SOFTSYNC {
+        return Err(format!("softsync s must be in 1..={MAX_SOFTSYNC}, got {s}"));
+    }
+    Ok(())
 }
 
 /// lambda0 / max(1, tau): the factor a gradient `tau` versions stale is weighted by.
@@ -230,16 +244,18 @@ mod tests {
         assert_eq!(spec(SyncMode::Softsync).apply_rule(4), ApplyRule::Softsync { s: 4, lambda0: 1.0 });
         let s2 = SyncSpec { s: 2, ..spec(SyncMode::Softsync) };
         assert_eq!(s2.apply_rule(4), ApplyRule::Softsync { s: 2, lambda0: 1.0 });
-        assert_eq!(spec(SyncMode::Sync).apply_rule(3), ApplyRule::Softsync { s: 3, lambda0: 1.0 });
+        assert_eq!(spec(SyncMode::Sync).apply_rule(3), ApplyRule::Sync { s: 3 });
         assert_eq!(spec(SyncMode::Sync).clock_bound(), Some(0));
         assert_eq!(spec(SyncMode::Staleness).clock_bound(), None);
         for mode in [SyncMode::Async, SyncMode::Staleness, SyncMode::Softsync, SyncMode::Ssp, SyncMode::Sync] {
-            let buffered = matches!(spec(mode).apply_rule(4), ApplyRule::Softsync { .. });
+            let buffered = matches!(spec(mode).apply_rule(4), ApplyRule::Softsync { .. } | ApplyRule::Sync { .. });
             assert_eq!(spec(mode).buffers(), buffered, "{mode:?}");
             assert_eq!(spec(mode).pull_ahead(), mode == SyncMode::Async, "{mode:?}");
         }
         assert!(SyncSpec { lambda0: 0.0, ..SyncSpec::default() }.validate().is_err());
         assert!(ApplyRule::Softsync { s: 0, lambda0: 1.0 }.validate().is_err());
+        assert!(ApplyRule::Sync { s: 0 }.validate().is_err());
+        assert!(ApplyRule::Sync { s: 4 }.validate().is_ok());
     }
 
     #[test]

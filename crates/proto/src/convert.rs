@@ -129,6 +129,7 @@ impl From<TableSpec> for v1::TableSpec {
                 ApplyRule::Softsync { s, lambda0 } => {
                     Some(v1::ApplyRule { kind: v1::ApplyKind::Softsync as i32, lambda0, s })
                 }
+                ApplyRule::Sync { s } => Some(v1::ApplyRule { kind: v1::ApplyKind::Sync as i32, lambda0: 1.0, s }),
             },
         }
     }
@@ -140,6 +141,7 @@ fn apply_rule(rule: Option<v1::ApplyRule>) -> Result<ApplyRule, ConvertError> {
         Ok(v1::ApplyKind::Async) => ApplyRule::Async,
         Ok(v1::ApplyKind::Staleness) => ApplyRule::Staleness { lambda0: r.lambda0 },
         Ok(v1::ApplyKind::Softsync) => ApplyRule::Softsync { s: r.s, lambda0: r.lambda0 },
+        Ok(v1::ApplyKind::Sync) => ApplyRule::Sync { s: r.s },
         Err(_) => return Err(ConvertError::UnknownEnum { field: "spec.sync.kind", value: r.kind }),
     })
 }
@@ -197,7 +199,12 @@ mod tests {
             FeaturePolicy { min_count: 3, ttl_steps: 10, ttl_seconds: 60, min_l2: 1e-3, demote: DemotePolicy::Lfu };
         let with_policy = spec.clone().with_policy(policy);
         assert_eq!(TableSpec::try_from(v1::TableSpec::from(with_policy.clone())).unwrap(), with_policy);
-        for rule in [ApplyRule::Staleness { lambda0: 2.0 }, ApplyRule::Softsync { s: 4, lambda0: 1.0 }] {
+        let rules = [
+            ApplyRule::Staleness { lambda0: 2.0 },
+            ApplyRule::Softsync { s: 4, lambda0: 1.0 },
+            ApplyRule::Sync { s: 3 },
+        ];
+        for rule in rules {
             let synced = spec.clone().with_sync(rule);
             assert_eq!(TableSpec::try_from(v1::TableSpec::from(synced.clone())).unwrap(), synced);
         }

@@ -62,7 +62,7 @@ impl DenseTable {
         let mut state = vec![0.0; spec.optimizer.state_len(dim)];
         spec.optimizer.init_state(&values, &mut state);
         let inner = Mutex::new(DenseState { values, state, version: 0, rejected_nonfinite: 0 });
-        Ok(Self { spec, inner, pending: Pending::default() })
+        Ok(Self { pending: Pending::for_rule(spec.sync), spec, inner })
     }
 
     /// The table's spec.
@@ -110,18 +110,20 @@ impl DenseTable {
             ApplyRule::Staleness { lambda0 } => {
                 return Ok(self.apply(grad, staleness_at, |tau| staleness_weight(lambda0, tau)))
             }
-            ApplyRule::Softsync { s, lambda0 } => (s, lambda0),
+            ApplyRule::Softsync { s, lambda0 } => (s, Some(lambda0)),
+            ApplyRule::Sync { s } => (s, None),
         };
         let version = self.inner.lock().version;
         let staleness = staleness_at(version);
-        match self.pending.add(&[0], grad, grad.len(), staleness_weight(lambda0, staleness), s) {
+        let weight = lambda0.map_or(1.0, |l| staleness_weight(l, staleness));
+        match self.pending.add(&[0], grad, grad.len(), weight, s) {
             Some(merged) => Ok(PushOutcome { staleness, ..self.apply(&merged.grads, |_| 0, |_| 1.0) }),
             None => Ok(PushOutcome { version, staleness, buffered: true, rows_updated: 0 }),
         }
     }
 
-    /// Applies the softsync buffer, if any, as the mean of the gradients received; returns
-    /// whether there was one.
+    /// Applies the softsync buffer, if any, as the mean (`sync`: the sum) of the gradients
+    /// received; returns whether there was one.
     pub fn flush_pending(&self) -> bool {
         match self.pending.flush() {
             Some(merged) => {

@@ -1,8 +1,9 @@
 //! The softsync buffer: gradients a table holds until `s` of them have arrived.
 //!
 //! Each push adds `weight * gradient` per key (a dense table is key 0); when the `s`-th push
-//! arrives the buffer is taken whole and each key's sum divided by the number of pushes that
-//! carried it, so the table applies each row the mean of its weighted gradients. Dividing by `s`
+//! arrives the buffer is taken whole. Under `softsync` each key's sum is divided by the number of
+//! pushes that carried it, so the table applies each row the mean of its weighted gradients;
+//! under `sync` the sum itself is applied (see [`ember_core::sync::ApplyRule::Sync`]). Dividing by `s`
 //! instead (a missing key as a zero gradient, as in one synchronous step over all the pushes'
 //! examples) shrinks the steps of rare keys s-fold; on DeepFM with 4 workers the per-key mean
 //! scored 0.7849 against 0.7812-0.7829 (docs/benchmarks.md). The buffer's lock is held only to
@@ -15,6 +16,8 @@ use parking_lot::Mutex;
 #[derive(Debug, Default)]
 pub struct Pending {
     inner: Mutex<Buffer>,
+    /// Apply the sum of the buffered gradients, not their per-key mean.
+    sum: bool,
 }
 
 #[derive(Debug, Default)]
@@ -40,6 +43,11 @@ pub struct Merged {
 }
 
 impl Pending {
+    /// The buffer a table with `rule` keeps (empty and unused for unbuffered rules).
+    pub fn for_rule(rule: ember_core::sync::ApplyRule) -> Self {
+        Self { sum: matches!(rule, ember_core::sync::ApplyRule::Sync { .. }), ..Self::default() }
+    }
+
     /// Adds one push (`grads` is `keys.len() * dim`, finite) weighted by `weight`; returns the
     /// merged buffer when this push is the `s`-th.
     pub fn add(&self, keys: &[u64], grads: &[f32], dim: usize, weight: f32, s: u32) -> Option<Merged> {
@@ -64,13 +72,13 @@ impl Pending {
             }
         }
         b.pushes += 1;
-        (b.pushes >= s).then(|| Self::take_locked(b))
+        (b.pushes >= s).then(|| Self::take_locked(b, self.sum))
     }
 
     /// Takes whatever is buffered (end of training, checkpoints); `None` if nothing is.
     pub fn flush(&self) -> Option<Merged> {
         let mut b = self.inner.lock();
-        (b.pushes > 0).then(|| Self::take_locked(&mut b))
+        (b.pushes > 0).then(|| Self::take_locked(&mut b, self.sum))
     }
 
     /// Pushes buffered now.
@@ -79,9 +87,12 @@ impl Pending {
         self.inner.lock().pushes
     }
 
-    fn take_locked(b: &mut Buffer) -> Merged {
+    fn take_locked(b: &mut Buffer, sum: bool) -> Merged {
         let taken = std::mem::take(b);
         let mut grads = taken.sums;
+        if sum {
+            return Merged { keys: taken.keys, grads, pushes: taken.pushes };
+        }
         let dim = (grads.len() / taken.keys.len().max(1)).max(1);
         for (row, (carried, _)) in grads.chunks_mut(dim).zip(&taken.carried) {
             let scale = 1.0 / *carried as f32;

@@ -117,3 +117,22 @@ fn a_rejected_gradient_is_not_buffered() {
     push(&store, 1, [2.0, 2.0], 0);
     assert_eq!(row(&store, 1), vec![-2.0, -2.0]);
 }
+
+#[test]
+fn sync_applies_the_sum_of_every_s_pushes_to_sparse_and_dense_tables() {
+    // Workers in lockstep push the gradients of their batches' summed loss: the update is their
+    // sum, the gradient of one batch holding all their examples.
+    let store = store_with(ApplyRule::Sync { s: 2 });
+    assert!(push(&store, 1, [3.0, 0.0], 0).buffered);
+    let second = push(&store, 1, [1.0, 2.0], 0);
+    assert_eq!((second.buffered, second.version), (false, 1));
+    assert_eq!(row(&store, 1), vec![-4.0, -2.0], "3 + 1, 0 + 2 (SGD, rate 1)");
+    let dense = |grad: [f32; 2]| {
+        let bytes = le(&grad);
+        let pushes = [DensePush { name: "d", encoding: Compression::None, bytes: &bytes, version: Some(0) }];
+        store.push_dense_versioned(&pushes).unwrap()[0]
+    };
+    dense([2.0, 2.0]);
+    assert_eq!(dense([4.0, 0.0]).version, 1);
+    assert_eq!(store.pull_dense("d").unwrap().0, vec![-6.0, -2.0]);
+}

@@ -136,6 +136,7 @@ impl SparseTable {
             .map(|_| Mutex::new(if admission { Shard::with_admission() } else { Shard::default() }))
             .collect();
         Self {
+            pending: Pending::for_rule(spec.sync),
             spec,
             dim,
             stride,
@@ -151,7 +152,6 @@ impl SparseTable {
             evicted: AtomicU64::new(0),
             cold: None,
             tier: tiered::TierCounters::default(),
-            pending: Pending::default(),
         }
     }
 
@@ -356,17 +356,23 @@ impl SparseTable {
                 self.apply_push(keys, grads, scale)?
             }
             ApplyRule::Softsync { s, lambda0 } => {
-                match self.pending.add(keys, grads, self.dim, staleness_weight(lambda0, staleness), s) {
-                    Some(merged) => self.apply_push(&merged.keys, &merged.grads, StepScale::uniform(1.0))?,
-                    None => PushOutcome { version: self.version(), buffered: true, ..PushOutcome::default() },
-                }
+                self.buffer_push(keys, grads, staleness_weight(lambda0, staleness), s)?
             }
+            ApplyRule::Sync { s } => self.buffer_push(keys, grads, 1.0, s)?,
         };
         Ok(PushOutcome { staleness, ..outcome })
     }
 
-    /// Applies the softsync buffer, if any, as the mean of the gradients received; returns the
-    /// rows updated.
+    /// Buffers a push weighted by `weight`; the `s`-th applies the buffer as one update.
+    fn buffer_push(&self, keys: &[u64], grads: &[f32], weight: f32, s: u32) -> Result<PushOutcome, StoreError> {
+        match self.pending.add(keys, grads, self.dim, weight, s) {
+            Some(merged) => self.apply_push(&merged.keys, &merged.grads, StepScale::uniform(1.0)),
+            None => Ok(PushOutcome { version: self.version(), buffered: true, ..PushOutcome::default() }),
+        }
+    }
+
+    /// Applies the softsync buffer, if any, as the mean (`sync`: the sum) of the gradients
+    /// received; returns the rows updated.
     pub fn flush_pending(&self) -> Result<u64, StoreError> {
         match self.pending.flush() {
             Some(merged) => Ok(self.apply_push(&merged.keys, &merged.grads, StepScale::uniform(1.0))?.rows_updated),
