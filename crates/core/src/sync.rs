@@ -9,8 +9,8 @@
 //! The modes split between the two sides. The server applies by [`ApplyRule`] (`async`: as it
 //! comes; `staleness`: learning rate times lambda0 / max(1, tau); `softsync`: the mean of s
 //! staleness-weighted gradients; `sync`: the sum of one gradient per worker). Workers bound
-//! their drift by clocks (`ssp`: at most `bound` steps ahead of the slowest; `sync`: bound 0). Only `async`
-//! workers pull ahead (fetch the next batch's rows before the last push has landed).
+//! their drift by clocks (`ssp`: at most `bound` steps ahead of the slowest; `sync`: bound 0).
+//! Only `async` workers pull ahead (fetch the next batch's rows before the last push has landed).
 
 use serde::{Deserialize, Serialize};
 
@@ -139,10 +139,10 @@ impl ApplyRule {
             ApplyRule::Async => return Ok(()),
             ApplyRule::Staleness { lambda0 } => lambda0,
             ApplyRule::Softsync { s, lambda0 } => {
-                check_s(s)?;
+                check_s("softsync", s)?;
                 lambda0
             }
-            ApplyRule::Sync { s } => return check_s(s),
+            ApplyRule::Sync { s } => return check_s("sync", s),
         };
         if !(lambda.is_finite() && lambda > 0.0) {
             return Err(format!("lambda0 must be finite and > 0, got {lambda}"));
@@ -151,9 +151,10 @@ impl ApplyRule {
     }
 }
 
-fn check_s(s: u32) -> Result<(), String> {
+/// `s` counts gradients per applied step; `rule` names the rule in the error.
+fn check_s(rule: &str, s: u32) -> Result<(), String> {
     if s == 0 || s > MAX_SOFTSYNC {
-        return Err(format!("softsync s must be in 1..={MAX_SOFTSYNC}, got {s}"));
+        return Err(format!("{rule} s must be in 1..={MAX_SOFTSYNC}, got {s}"));
     }
     Ok(())
 }

@@ -3,8 +3,8 @@
 //! Each push adds `weight * gradient` per key (a dense table is key 0); when the `s`-th push
 //! arrives the buffer is taken whole. Under `softsync` each key's sum is divided by the number of
 //! pushes that carried it, so the table applies each row the mean of its weighted gradients;
-//! under `sync` the sum itself is applied (see [`ember_core::sync::ApplyRule::Sync`]). Dividing by `s`
-//! instead (a missing key as a zero gradient, as in one synchronous step over all the pushes'
+//! under `sync` the sum itself is applied (see [`ember_core::sync::ApplyRule::Sync`]). Dividing
+//! by `s` instead (a missing key as a zero gradient, as in one synchronous step over all the pushes'
 //! examples) shrinks the steps of rare keys s-fold; on DeepFM with 4 workers the per-key mean
 //! scored 0.7849 against 0.7812-0.7829 (docs/benchmarks.md). The buffer's lock is held only to
 //! add or take, never while a table's rows are updated.
@@ -31,14 +31,15 @@ struct Buffer {
     pushes: u32,
 }
 
-/// A buffer taken for applying: distinct keys and their mean gradients (`keys.len() * dim`).
+/// A buffer taken for applying: distinct keys and their merged gradients (`keys.len() * dim`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Merged {
     /// Distinct keys, in first-pushed order.
     pub keys: Vec<u64>,
-    /// Each key's mean gradient over the pushes that carried it.
+    /// Each key's gradient merged over the pushes that carried it: their mean, or under
+    /// `sync` their sum.
     pub grads: Vec<f32>,
-    /// How many pushes the mean is over.
+    /// How many pushes were merged.
     pub pushes: u32,
 }
 

@@ -232,8 +232,9 @@ impl SparseTable {
         let stride = self.stride;
         let mut moved = 0;
         for (s, shard) in self.shards.iter().enumerate() {
-            // Pick victims under the lock: drop the clean ones, copy the dirty ones out.
-            let victims: Vec<(u64, RowMeta, Vec<u8>)> = {
+            // Pick victims under the lock: drop the clean ones, copy the dirty ones out as
+            // (key, meta when copied) and their encoded records.
+            let (dirty, puts) = {
                 let mut shard = shard.lock();
                 let n = (shard.len() as f64 * fraction).ceil() as usize;
                 if n == 0 {
@@ -254,44 +255,41 @@ impl SparseTable {
                 shard.clear_referenced();
                 let n = n.min(order.len());
                 order.select_nth_unstable(n - 1);
-                let mut clean = Vec::new();
-                let dirty = order[..n]
-                    .iter()
-                    .filter_map(|(_, _, pos)| {
-                        let meta = *shard.meta(*pos);
-                        if !shard.is_dirty(*pos) {
-                            clean.push(meta.key);
-                            return None;
-                        }
-                        Some((meta.key, meta, encode_row(&meta, shard.row(*pos, stride))))
-                    })
-                    .collect();
+                let (mut clean, mut dirty, mut puts) = (Vec::new(), Vec::new(), Vec::new());
+                for &(_, _, pos) in &order[..n] {
+                    let meta = *shard.meta(pos);
+                    if shard.is_dirty(pos) {
+                        dirty.push((meta.key, meta));
+                        puts.push((meta.key, encode_row(&meta, shard.row(pos, stride))));
+                    } else {
+                        clean.push(meta.key);
+                    }
+                }
                 // Positions move as rows leave, so clean rows go by key once all are chosen.
                 let dropped: u64 = clean.iter().map(|key| u64::from(shard.demote(*key, stride))).sum();
                 if dropped > 0 {
                     self.tier.epochs[s].fetch_add(1, Ordering::AcqRel);
                     moved += dropped;
                 }
-                dirty
+                if dirty.is_empty() {
+                    shard.shrink_if_sparse(stride);
+                    continue;
+                }
+                (dirty, puts)
             };
-            if victims.is_empty() {
-                shard.lock().shrink_if_sparse(stride);
-                continue;
-            }
-            let puts: Vec<(u64, Vec<u8>)> = victims.iter().map(|(k, _, r)| (*k, r.clone())).collect();
             cold.write(&self.spec.name, &puts, &[]).map_err(|e| self.tier_err(e))?;
             // Drop from DRAM only rows nobody touched while they were being written.
             let mut shard = shard.lock();
             let mut removed = 0;
-            for (key, meta, _) in &victims {
+            for (key, meta) in &dirty {
                 if shard.find(*key).is_some_and(|pos| shard.meta(pos) == meta) {
                     removed += u64::from(shard.demote(*key, stride));
                 }
             }
             if removed > 0 {
                 self.tier.epochs[s].fetch_add(1, Ordering::AcqRel);
-                shard.shrink_if_sparse(stride);
             }
+            shard.shrink_if_sparse(stride);
             moved += removed;
         }
         self.tier.demoted.fetch_add(moved, Ordering::Relaxed);
