@@ -417,6 +417,8 @@ impl SparseTable {
         let (mut cold_keys, mut cold_grads) = (Vec::new(), Vec::new());
         for (s, part) in g.parts() {
             let mut shard = self.shards[s].lock();
+            // Rows only get appended below, so positions found now stay valid under the lock.
+            let found = shard.locate(part.iter().map(|&i| keys[i as usize]), self.stride);
             let mut run = 0;
             while run < part.len() {
                 let key = keys[part[run] as usize];
@@ -437,7 +439,7 @@ impl SparseTable {
                     }
                     &scratch
                 };
-                let pos = match shard.find(key) {
+                let pos = match found[run] {
                     Some(pos) => pos,
                     None if self.cold.is_some() => {
                         cold_keys.push(key);
