@@ -113,19 +113,6 @@ enum BenchCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // candle's CPU pool spin-waits at a barrier after every op: on a worker that shares its cores
-    // with ps-servers and readers, a one-thread pool trained DeepFM 1.6x faster (docs/benchmarks.md).
-    // Set before any thread exists, so no other thread can be reading the environment.
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
-    // candle's matmul takes its thread count from RAYON_NUM_THREADS, not CANDLE_NUM_THREADS, and
-    // with more than one hands gemm to rayon, whose idle workers spin in sched_yield (11% of a
-    // serving node's samples in perf). One thread: DeepFM 200k trained 3-6% faster, and serving
-    // latency fell (docs/serving.md).
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        std::env::set_var("RAYON_NUM_THREADS", "1");
-    }
     observability::init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {

@@ -1,5 +1,5 @@
 //! Model step cost on the real shapes: a batch of 512 Criteo-like examples (39 fields, k = 8),
-//! forward + backward, for FM and DeepFM (MLP 312 -> 256 -> 128 -> 1 on candle). Criterion
+//! forward + backward, for FM and DeepFM (MLP 312 -> 256 -> 128 -> 1). Criterion
 //! reports examples/s (elements).
 
 #![allow(missing_docs, clippy::unwrap_used)]

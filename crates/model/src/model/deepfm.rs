@@ -1,16 +1,16 @@
 //! DeepFM (Guo et al. 2017): an FM over the sparse rows plus an MLP over the concatenated field
-//! embeddings, sharing the embeddings. The MLP runs on candle with autograd.
+//! embeddings, sharing the embeddings. The MLP's passes are in [`super::mlp`].
 //!
 //! logit = FM(x) + MLP([e_1, ..., e_F]), e_f = sum over field f's features of v_i x_i.
 //!
-//! The MLP's backward pass is candle's: it differentiates sum_b(out_b * dlogit_b), whose gradient
-//! is exactly d loss / d params by the chain rule, so the loss itself stays in plain Rust and is
-//! shared with LR/FM. Features whose field is >= `fields` take part in the FM but not the MLP.
+//! The MLP's backward pass differentiates sum_b(out_b * dlogit_b), whose gradient is exactly
+//! d loss / d params by the chain rule, so the loss itself stays in plain Rust and is shared with
+//! LR/FM. Features whose field is >= `fields` take part in the FM but not the MLP.
 
-use candle_core::{Device, Tensor, Var};
 use ember_core::eval::sigmoid;
 use ember_core::SplitMix64;
 
+use super::mlp::MlpPass;
 use super::{FmModel, Grads, IndexedBatch};
 
 /// One dense layer's parameters: `w` is `inputs x outputs` row-major, `b` has `outputs` values.
@@ -40,40 +40,6 @@ pub struct DeepFmGrads {
     pub sparse: Grads,
     /// Per layer, same shapes as the parameters.
     pub dense: Vec<Layer>,
-}
-
-fn candle_err(e: candle_core::Error) -> String {
-    format!("dense compute failed: {e}")
-}
-
-/// An MLP forward pass with its graph: the output and the variables to differentiate.
-struct MlpPass {
-    out: Tensor,
-    x: Var,
-    params: Vec<(Var, Var)>,
-}
-
-impl MlpPass {
-    fn logits(&self) -> Result<Vec<f32>, String> {
-        self.out.to_vec1::<f32>().map_err(candle_err)
-    }
-
-    /// Gradients of sum_b(out_b * dlogit_b): (d input, d layers).
-    fn backward(self, dlogit: &[f32]) -> Result<(Vec<f32>, Vec<Layer>), String> {
-        let d = Tensor::from_slice(dlogit, dlogit.len(), self.out.device()).map_err(candle_err)?;
-        let grads = self.out.mul(&d).and_then(|t| t.sum_all()).and_then(|t| t.backward()).map_err(candle_err)?;
-        let flat = |t: &Tensor| -> Result<Vec<f32>, String> {
-            let g = grads.get(t).ok_or("missing gradient")?;
-            g.flatten_all().and_then(|g| g.to_vec1::<f32>()).map_err(candle_err)
-        };
-        let dx = flat(self.x.as_tensor())?;
-        let layers = self
-            .params
-            .iter()
-            .map(|(w, b)| Ok(Layer { w: flat(w.as_tensor())?, b: flat(b.as_tensor())? }))
-            .collect::<Result<_, String>>()?;
-        Ok((dx, layers))
-    }
 }
 
 impl DeepFm {
@@ -126,27 +92,15 @@ impl DeepFm {
         x
     }
 
-    /// Runs the MLP forward, keeping the graph for a backward pass.
-    fn mlp_forward(&self, batch_len: usize, x: Vec<f32>, dense: &[Layer]) -> Result<MlpPass, String> {
-        let dev = Device::Cpu;
-        let width = self.fields * self.k;
-        let x = Var::from_tensor(&Tensor::from_vec(x, (batch_len, width), &dev).map_err(candle_err)?)
-            .map_err(candle_err)?;
-        let mut params = Vec::with_capacity(dense.len());
-        for ((inputs, outputs), layer) in self.layer_shapes().iter().zip(dense) {
-            let w = Tensor::from_slice(&layer.w, (*inputs, *outputs), &dev).and_then(|t| Var::from_tensor(&t));
-            let b = Tensor::from_slice(&layer.b, *outputs, &dev).and_then(|t| Var::from_tensor(&t));
-            params.push((w.map_err(candle_err)?, b.map_err(candle_err)?));
+    /// Runs the MLP forward, keeping its activations for a backward pass.
+    fn mlp_forward(&self, batch: &IndexedBatch, v: &[f32], dense: &[Layer]) -> Result<MlpPass, String> {
+        let shapes = self.layer_shapes();
+        let fits = dense.len() == shapes.len()
+            && shapes.iter().zip(dense).all(|((i, o), l)| l.w.len() == i * o && l.b.len() == *o);
+        if !fits {
+            return Err(format!("dense layers do not match the model's shapes {shapes:?}"));
         }
-        let mut h: Tensor = x.as_tensor().clone();
-        for (i, (w, b)) in params.iter().enumerate() {
-            h = h.matmul(w.as_tensor()).and_then(|t| t.broadcast_add(b.as_tensor())).map_err(candle_err)?;
-            if i + 1 < params.len() {
-                h = h.relu().map_err(candle_err)?;
-            }
-        }
-        let out = h.flatten_all().map_err(candle_err)?;
-        Ok(MlpPass { out, x, params })
+        Ok(MlpPass::forward(&shapes, dense, batch.len(), self.field_inputs(batch, v)))
     }
 
     /// Forward and backward: probabilities and the gradient of the summed logloss.
@@ -161,11 +115,10 @@ impl DeepFm {
         let mut sums = vec![0f32; self.k * batch.len()];
         let fm_logits: Vec<f32> =
             (0..batch.len()).map(|i| fm.logit(batch, i, w, v, &mut sums[i * self.k..(i + 1) * self.k])).collect();
-        let pass = self.mlp_forward(batch.len(), self.field_inputs(batch, v), dense)?;
-        let mlp_logits = pass.logits()?;
-        let probs: Vec<f32> = fm_logits.iter().zip(&mlp_logits).map(|(a, b)| sigmoid(a + b)).collect();
+        let pass = self.mlp_forward(batch, v, dense)?;
+        let probs: Vec<f32> = fm_logits.iter().zip(pass.logits()).map(|(a, b)| sigmoid(a + b)).collect();
         let dlogit: Vec<f32> = probs.iter().zip(&batch.labels).map(|(p, y)| p - y).collect();
-        let (dx, dense_grads) = pass.backward(&dlogit)?;
+        let (dx, dense_grads) = pass.backward(&self.layer_shapes(), dense, &dlogit);
         let mut sparse = Grads { w: vec![0.0; batch.keys.len()], v: vec![0.0; batch.keys.len() * self.k] };
         let (k, width) = (self.k, self.fields * self.k);
         for i in 0..batch.len() {
@@ -185,7 +138,8 @@ impl DeepFm {
     pub fn predict(&self, batch: &IndexedBatch, w: &[f32], v: &[f32], dense: &[Layer]) -> Result<Vec<f32>, String> {
         let fm = self.fm();
         let mut sums = vec![0f32; self.k];
-        let mlp_logits = self.mlp_forward(batch.len(), self.field_inputs(batch, v), dense)?.logits()?;
+        let pass = self.mlp_forward(batch, v, dense)?;
+        let mlp_logits = pass.logits();
         Ok((0..batch.len()).map(|i| sigmoid(fm.logit(batch, i, w, v, &mut sums) + mlp_logits[i])).collect())
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod deepfm;
 pub mod fm;
+mod mlp;
 
 use ember_core::U64Map;
 
