@@ -133,12 +133,9 @@ impl MlpPass {
             let mut g_in = vec![0f32; rows * inputs];
             matmul(&mut g_in, g_view, View::new(&layers[l].w, inputs, outputs).t(), false);
             if l > 0 {
-                // The input was a ReLU output: no gradient where it was clamped.
-                g_in.iter_mut().zip(&self.acts[l]).for_each(|(d, a)| {
-                    if *a <= 0.0 {
-                        *d = 0.0;
-                    }
-                });
+                // The input was a ReLU output: no gradient where it was clamped. A select, not a
+                // branch, so the loop vectorizes (the branchy form was 2.7% of a job's CPU).
+                g_in.iter_mut().zip(&self.acts[l]).for_each(|(d, a)| *d = if *a > 0.0 { *d } else { 0.0 });
             }
             grads.push(Layer { w: dw, b: db });
             g = g_in;
