@@ -28,6 +28,12 @@ pub struct RowMeta {
     pub last_time: u64,
 }
 
+/// Demotion rounds between two halvings of the heat counts. Under a steady stream of
+/// promotions a round runs every fraction of a second; halving at every round forgot a row's
+/// reads before they could tell warm rows from ones read once (docs/benchmarks.md: Zipf 1.1
+/// pulls 88% hot when halving every round, 91% every 4, 93% every 16).
+const COOL_EVERY: u32 = 16;
+
 /// Rows of one shard.
 #[derive(Debug, Default)]
 pub struct Shard {
@@ -36,9 +42,12 @@ pub struct Shard {
     meta: Vec<RowMeta>,
     /// Parallel to `meta`: changed since the last checkpoint took this shard's changes.
     changed: Vec<bool>,
-    /// Parallel to `meta`: read or written since the last demotion round looked at this shard
-    /// (the CLOCK approximation of LRU: such rows get a second chance before demotion).
-    referenced: Vec<bool>,
+    /// Parallel to `meta`: reads and writes of the row, saturating, halved every `COOL_EVERY`
+    /// demotion rounds that look at this shard: a frequency count that forgets. Demotion takes the
+    /// coldest rows first, so rows pulled often stay in DRAM even if never updated.
+    heat: Vec<u8>,
+    /// Demotion rounds that looked at this shard.
+    rounds: u32,
     /// Parallel to `meta`: the row differs from its cold-tier record, or has none. A row promoted
     /// and only read since is clean, and demoting it needs no write.
     dirty: Vec<bool>,
@@ -122,7 +131,7 @@ impl Shard {
         init(&mut self.data[pos * stride..]);
         self.meta.push(RowMeta { key, updates: 0, last_step: step, last_time: time });
         self.changed.push(true);
-        self.referenced.push(true);
+        self.heat.push(1);
         self.dirty.push(true);
         self.index.insert(key, pos as u32);
         self.deleted.remove(&key);
@@ -156,25 +165,29 @@ impl Shard {
     #[inline]
     pub fn row_mut(&mut self, pos: usize, stride: usize) -> (&mut [f32], &mut RowMeta) {
         self.changed[pos] = true;
-        self.referenced[pos] = true;
+        self.heat[pos] = self.heat[pos].saturating_add(1);
         self.dirty[pos] = true;
         (&mut self.data[pos * stride..(pos + 1) * stride], &mut self.meta[pos])
     }
 
-    /// Marks the row at `pos` as recently read.
+    /// Counts a read of the row at `pos`.
     #[inline]
     pub fn touch(&mut self, pos: usize) {
-        self.referenced[pos] = true;
+        self.heat[pos] = self.heat[pos].saturating_add(1);
     }
 
-    /// Whether the row at `pos` was read or written since the last [`Shard::clear_referenced`].
-    pub fn is_referenced(&self, pos: usize) -> bool {
-        self.referenced[pos]
+    /// How often the row at `pos` was read or written lately (see [`Shard::cool`]).
+    pub fn heat(&self, pos: usize) -> u8 {
+        self.heat[pos]
     }
 
-    /// Starts a new CLOCK period: every row must be touched again to count as recent.
-    pub fn clear_referenced(&mut self) {
-        self.referenced.fill(false);
+    /// Called once per demotion round: every `COOL_EVERY` rounds, halves every row's heat, so
+    /// old reads count half as much as new ones.
+    pub fn cool(&mut self) {
+        self.rounds = self.rounds.wrapping_add(1);
+        if self.rounds.is_multiple_of(COOL_EVERY) {
+            self.heat.iter_mut().for_each(|h| *h >>= 1);
+        }
     }
 
     /// Whether the row at `pos` must be written to the cold tier before it leaves DRAM.
@@ -233,7 +246,7 @@ impl Shard {
         self.data.reserve_exact(more * stride);
         self.meta.reserve_exact(more);
         self.changed.reserve_exact(more);
-        self.referenced.reserve_exact(more);
+        self.heat.reserve_exact(more);
         self.dirty.reserve_exact(more);
     }
 
@@ -248,7 +261,7 @@ impl Shard {
             self.data.shrink_to(keep * stride);
             self.meta.shrink_to(keep);
             self.changed.shrink_to(keep);
-            self.referenced.shrink_to(keep);
+            self.heat.shrink_to(keep);
             self.dirty.shrink_to(keep);
             self.index.shrink_to(keep);
         }
@@ -273,13 +286,13 @@ impl Shard {
             self.data.copy_within(last * stride..(last + 1) * stride, pos * stride);
             self.meta[pos] = self.meta[last];
             self.changed[pos] = self.changed[last];
-            self.referenced[pos] = self.referenced[last];
+            self.heat[pos] = self.heat[last];
             self.dirty[pos] = self.dirty[last];
             self.index.insert(self.meta[pos].key, pos as u32);
         }
         self.meta.pop();
         self.changed.pop();
-        self.referenced.pop();
+        self.heat.pop();
         self.dirty.pop();
         self.data.truncate(last * stride);
         true

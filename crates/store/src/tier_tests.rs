@@ -281,3 +281,26 @@ fn requests_that_outrun_demotion_demote_before_they_return() {
     assert!(stats.demoted >= KEYS - budget / row, "{stats:?}");
     assert_eq!(store.lookup("t", &(0..KEYS).collect::<Vec<u64>>()).unwrap().missing, vec![false; KEYS as usize]);
 }
+
+#[test]
+fn rows_pulled_often_stay_in_dram_over_rows_read_once() {
+    // A budget the test never reaches: only its own demotions move rows.
+    let store = Store::tiered(config(), Arc::new(MemCold::default()), 1 << 30);
+    store.create_table(spec(DemotePolicy::Lru), None).unwrap();
+    let table = store.sparse("t").unwrap();
+    let all: Vec<u64> = (0..100).collect();
+    let often: Vec<u64> = (0..10).collect();
+    store.pull("t", &all).unwrap();
+    for _ in 0..4 {
+        store.pull("t", &often).unwrap();
+    }
+    // Every row was created in the same round at the same version: only the read counts tell
+    // the often-pulled rows apart (a one-bit "read since the last round" flag does not).
+    assert!(table.demote(0.5).unwrap() >= 50);
+    let promoted = table.stats().tier.promoted;
+    store.pull("t", &often).unwrap();
+    assert_eq!(table.stats().tier.promoted, promoted, "an often-pulled row was demoted");
+    let others: Vec<u64> = (10..100).collect();
+    store.pull("t", &others).unwrap();
+    assert!(table.stats().tier.promoted >= promoted + 45, "half the rows read once were demoted");
+}

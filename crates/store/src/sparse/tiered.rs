@@ -74,8 +74,8 @@ impl SparseTable {
         StoreError::Tier { table: self.spec.name.clone(), reason: e.0 }
     }
 
-    /// Bytes one hot row costs: values and optimizer state, metadata, its three flags (changed,
-    /// referenced, dirty), and an index slot (key, position, control byte, at hashbrown's 7/8
+    /// Bytes one hot row costs: values and optimizer state, metadata, its three bytes of flags
+    /// (changed, heat, dirty), and an index slot (key, position, control byte, at hashbrown's 7/8
     /// load).
     pub fn row_bytes(&self) -> u64 {
         (self.stride * 4 + std::mem::size_of::<RowMeta>() + 3 + 15) as u64
@@ -240,19 +240,19 @@ impl SparseTable {
                 if n == 0 {
                     continue;
                 }
-                // Rows not touched since the last round go first (CLOCK); among them, the least
-                // recently (LRU) or least often (LFU) updated.
-                let mut order: Vec<(bool, u64, usize)> = shard
+                // The coldest rows go first (fewest recent reads and writes, `Shard::cool`);
+                // among equally cold ones, the least recently (LRU) or least often (LFU) updated.
+                let mut order: Vec<(u8, u64, usize)> = shard
                     .rows()
                     .map(|(pos, m)| {
                         let metric = match self.spec.policy.demote {
                             DemotePolicy::Lru => m.last_step,
                             DemotePolicy::Lfu => m.updates,
                         };
-                        (shard.is_referenced(pos), metric, pos)
+                        (shard.heat(pos), metric, pos)
                     })
                     .collect();
-                shard.clear_referenced();
+                shard.cool();
                 let n = n.min(order.len());
                 order.select_nth_unstable(n - 1);
                 let (mut clean, mut dirty, mut puts) = (Vec::new(), Vec::new(), Vec::new());
