@@ -212,3 +212,30 @@ fn compressed_gradients_are_decoded_before_the_optimizer_and_malformed_ones_refu
     ));
     assert_eq!(store.pull("s", &[7]).unwrap().values, vec![-2.0, 2.0], "a refused push changes nothing");
 }
+
+#[test]
+fn pulls_return_each_keys_own_row_at_every_width() {
+    // The widths the models use (1: linear weights, 8 and 16: embeddings) and an odd one.
+    for dim in [1u32, 3, 8, 16] {
+        let spec = TableSpec::sparse("t", dim, Optimizer::Sgd { learning_rate: 1.0 })
+            .with_initializer(Initializer::Normal { mean: 0.0, stddev: 0.1 }, 7);
+        let store = store_with(spec);
+        let keys: Vec<u64> = (0..50).map(|k| k * 7919).collect();
+        store.pull("t", &keys).unwrap();
+        // Give every row a value that names its key and lane.
+        let grads: Vec<f32> =
+            keys.iter().flat_map(|k| (0..dim).map(move |j| -((k / 7919) as f32 * 100.0 + j as f32))).collect();
+        let created = store.pull("t", &keys).unwrap().values;
+        store.push("t", &keys, &le_bytes(&grads)).unwrap();
+        // Pulled in another order, with a duplicate: each slot holds its own key's row.
+        let order: Vec<u64> = keys.iter().rev().copied().chain([keys[3]]).collect();
+        let pulled = store.pull("t", &order).unwrap().values;
+        for (slot, key) in order.iter().enumerate() {
+            let i = keys.iter().position(|k| k == key).unwrap();
+            for j in 0..dim as usize {
+                let expected = created[i * dim as usize + j] + (i as f32 * 100.0 + j as f32);
+                assert_eq!(pulled[slot * dim as usize + j], expected, "dim {dim}, key {key}, lane {j}");
+            }
+        }
+    }
+}
