@@ -26,7 +26,10 @@ start_ps() {
   local name="$1"; shift
   "$EMBER" ps --listen 127.0.0.1:0 --data-dir "$OUT/$name" --checkpoint-every 0 "$@" >"$OUT/$name.out" 2>"$OUT/$name.log" &
   PS_PID=$!
-  for _ in $(seq 1 600); do
+  # Up to 10 min: a restart restores its checkpoints before it listens, and 50M tiered rows
+  # took longer than a minute.
+  for _ in $(seq 1 6000); do
+    kill -0 "$PS_PID" 2>/dev/null || break
     ADDR=$(sed -n 's/^ember ps listening on //p' "$OUT/$name.out")
     [ -n "$ADDR" ] && return 0
     sleep 0.1
