@@ -116,7 +116,8 @@ enum BenchCommand {
 /// A training loop allocates and frees the same megabyte-sized buffers every batch
 /// (activations, gRPC messages, gemm's packing). Under glibc's defaults blocks above the mmap
 /// threshold are unmapped on free and the heap top is trimmed, so each batch touches fresh
-/// pages again: ~110k page faults per 200k-row DeepFM job, 7% of its CPU. Only processes that
+/// pages again: 106k page faults per 200k-row DeepFM job, 74k with this (`perf stat`,
+/// docs/benchmarks.md). Only processes that
 /// train call this; a standalone ps-server keeps the defaults, because its RSS is measured
 /// against a DRAM budget (docs/benchmarks.md).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -165,12 +165,12 @@ impl Shard {
     #[inline]
     pub fn row_mut(&mut self, pos: usize, stride: usize) -> (&mut [f32], &mut RowMeta) {
         self.changed[pos] = true;
-        self.heat[pos] = self.heat[pos].saturating_add(1);
+        self.touch(pos);
         self.dirty[pos] = true;
         (&mut self.data[pos * stride..(pos + 1) * stride], &mut self.meta[pos])
     }
 
-    /// Counts a read of the row at `pos`.
+    /// Counts a read or write of the row at `pos`.
     #[inline]
     pub fn touch(&mut self, pos: usize) {
         self.heat[pos] = self.heat[pos].saturating_add(1);

@@ -221,11 +221,10 @@ fn pulls_return_each_keys_own_row_at_every_width() {
             .with_initializer(Initializer::Normal { mean: 0.0, stddev: 0.1 }, 7);
         let store = store_with(spec);
         let keys: Vec<u64> = (0..50).map(|k| k * 7919).collect();
-        store.pull("t", &keys).unwrap();
+        let created = store.pull("t", &keys).unwrap().values;
         // Give every row a value that names its key and lane.
         let grads: Vec<f32> =
             keys.iter().flat_map(|k| (0..dim).map(move |j| -((k / 7919) as f32 * 100.0 + j as f32))).collect();
-        let created = store.pull("t", &keys).unwrap().values;
         store.push("t", &keys, &le_bytes(&grads)).unwrap();
         // Pulled in another order, with a duplicate: each slot holds its own key's row.
         let order: Vec<u64> = keys.iter().rev().copied().chain([keys[3]]).collect();

@@ -74,8 +74,8 @@ impl SparseTable {
         StoreError::Tier { table: self.spec.name.clone(), reason: e.0 }
     }
 
-    /// Bytes one hot row costs: values and optimizer state, metadata, its three bytes of flags
-    /// (changed, heat, dirty), and an index slot (key, position, control byte, at hashbrown's 7/8
+    /// Bytes one hot row costs: values and optimizer state, metadata, three bytes of per-row
+    /// state (changed, heat, dirty), and an index slot (key, position, control byte, at hashbrown's 7/8
     /// load).
     pub fn row_bytes(&self) -> u64 {
         (self.stride * 4 + std::mem::size_of::<RowMeta>() + 3 + 15) as u64
