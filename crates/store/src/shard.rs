@@ -302,10 +302,15 @@ impl Shard {
     /// if `all` or else only changed ones, and returns how many; then
     /// forgets the changes. Deleted keys are returned (only when not `all`: a full checkpoint has
     /// no history to delete from).
-    pub fn take_changes(&mut self, stride: usize, all: bool, out: &mut Vec<u8>) -> (u64, Vec<u64>) {
+    ///
+    /// `skip_clean` (a full checkpoint of a tiered table, which writes the whole cold tier too)
+    /// leaves out clean rows: each equals its cold record, metadata included, so writing it again
+    /// only made the file bigger (10-18% more records in the bench) and the restore slower.
+    pub fn take_changes(&mut self, stride: usize, all: bool, skip_clean: bool, out: &mut Vec<u8>) -> (u64, Vec<u64>) {
         let mut rows = 0;
         for (pos, changed) in self.changed.iter_mut().enumerate() {
-            if all || *changed {
+            let write = if all { !skip_clean || self.dirty[pos] } else { *changed };
+            if write {
                 encode_keyed_row_into(out, &self.meta[pos], &self.data[pos * stride..(pos + 1) * stride]);
                 rows += 1;
             }

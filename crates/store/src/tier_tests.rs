@@ -259,6 +259,31 @@ fn demoting_a_row_only_read_since_its_promotion_writes_nothing() {
 }
 
 #[test]
+fn a_full_checkpoint_writes_a_row_in_both_tiers_once() {
+    let cold: Arc<dyn ColdTier> = Arc::new(MemCold::default());
+    // A budget the test never reaches: only its own demotions move rows.
+    let store = Store::tiered(config(), Arc::clone(&cold), 1 << 30);
+    store.create_table(spec(DemotePolicy::Lru), None).unwrap();
+    let table = store.sparse("t").unwrap();
+    let keys: Vec<u64> = (0..50).collect();
+    store.pull("t", &keys).unwrap();
+    assert_eq!(table.demote(1.0).unwrap(), 50);
+    // Back in DRAM with their records still on disk: 40 clean, 10 dirtied by a push.
+    store.pull("t", &keys).unwrap();
+    store.push("t", &keys[..10], &le(&[0.5; 10 * DIM])).unwrap();
+    store.pull("t", &(50..60).collect::<Vec<u64>>()).unwrap(); // new rows: DRAM only
+    let dir = tempfile::tempdir().unwrap();
+    let info = Checkpointer::open(dir.path()).unwrap().write(&store, CheckpointKind::Full, 0).unwrap();
+    // 50 cold records, the 10 dirty rows again (their newer values win on restore), 10 new rows;
+    // the 40 clean rows are their cold records and are not written twice.
+    assert_eq!(info.rows, 70);
+    let restored = Store::tiered(config(), Arc::new(MemCold::default()), 1 << 30);
+    Checkpointer::open(dir.path()).unwrap().restore(&restored).unwrap();
+    let all: Vec<u64> = (0..60).collect();
+    assert_eq!(restored.lookup("t", &all).unwrap(), store.lookup("t", &all).unwrap());
+}
+
+#[test]
 fn requests_that_outrun_demotion_demote_before_they_return() {
     // No background demotion at all (as when it stalls): the hot tier still never passes the
     // hard limit by more than the last request's own rows.

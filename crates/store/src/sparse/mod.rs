@@ -580,9 +580,11 @@ impl SparseTable {
 
     /// Appends shard `s`'s rows (all, or those changed since the last call) to `out` as checkpoint
     /// records and forgets its changes; returns (rows written, keys deleted since the last call).
-    /// Holds the shard's lock only while copying.
+    /// Holds the shard's lock only while copying. In a tiered table "all" leaves out clean rows:
+    /// the caller writes the cold tier's records ([`Self::scan_cold`]) under the tier gate, and a
+    /// clean row is its record.
     pub fn take_shard_changes(&self, s: usize, all: bool, out: &mut Vec<u8>) -> (u64, Vec<u64>) {
-        self.shards[s].lock().take_changes(self.stride, all, out)
+        self.shards[s].lock().take_changes(self.stride, all, self.cold.is_some(), out)
     }
 
     /// Forgets which rows changed and which keys were deleted (after a restore).
@@ -615,10 +617,13 @@ impl SparseTable {
         }
     }
 
-    /// The key and weights of every row of shard `s`, under its lock: `f` must be quick.
+    /// The key and weights of every row of shard `s`, under its lock: `f` must be quick. In a
+    /// tiered table clean rows are left out: the caller reads the cold tier's records
+    /// ([`Self::scan_cold`]) under the tier gate, and a clean row is its record.
     pub fn scan_shard(&self, s: usize, mut f: impl FnMut(u64, &[f32])) {
         let shard = self.shards[s].lock();
-        for pos in 0..shard.len() {
+        let tiered = self.cold.is_some();
+        for pos in (0..shard.len()).filter(|pos| !tiered || shard.is_dirty(*pos)) {
             f(shard.meta(pos).key, &shard.row(pos, self.stride)[..self.dim]);
         }
     }
