@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The DRAM/SSD tier measured against the same server kept all in DRAM, in one run:
-# pull throughput at several hot-hit rates, RSS against the budget, checkpoint write and restore
-# times and sizes (full vs incremental).
+# pull throughput at several hot-hit rates, RSS against the budget, every row read back and
+# checked (after the pulls: still its initial values; after a kill and restart: the same rows as
+# at the last checkpoint), checkpoint write and restore times and sizes (full vs incremental).
 #
 # Usage: scripts/bench-tiers.sh [KEYS=50000000] [BUDGET=1GiB] [SECONDS=10] [OUT=/tmp/ember-tiers]
 # Needs ~KEYS x 200 bytes of free disk under OUT (the cold tier plus a full checkpoint).
@@ -57,27 +58,46 @@ pulls() {
   bench "$tag-uniform" --op pull --dist uniform --no-preload
 }
 
+# verify [flags...]: reads every key back (read-only) and prints the JSON report; with
+# --expect-initial it fails the script if any row is missing or changed.
+verify() {
+  "$EMBER" bench ps --target "$ADDR" --keys "$KEYS" --dim 16 --batch 4096 --concurrency 4 --op verify --json "$@"
+}
+
 checkpoints() {
   local tag="$1" name="$2" flags=("${@:3}")
-  local full incr
+  local full incr before after
   full=$("$EMBER" checkpoint --ps "$ADDR" --full --json)
   RUN_SECONDS=2 bench "$tag-push-zipf1.1" --op push --dist zipf --zipf-s 1.1 --no-preload >/dev/null
   incr=$("$EMBER" checkpoint --ps "$ADDR" --json)
+  # Nothing writes between the incremental checkpoint and the kill, so the restored rows must
+  # equal these, bit for bit (same digest, none missing).
+  before=$(verify)
   kill -9 "$PS_PID"; wait "$PS_PID" 2>/dev/null || true
   local started restored_ms
   started=$(date +%s%N)
   start_ps "$name" "${flags[@]}"
   restored_ms=$(( ($(date +%s%N) - started) / 1000000 ))
-  echo "{\"run\":\"$tag-checkpoints\",\"full\":$full,\"incremental\":$incr,\"restart_to_listening_ms\":$restored_ms,\"rss_after_restore_mb\":$(rss_mb)}"
+  after=$(verify)
+  echo "{\"run\":\"$tag-checkpoints\",\"full\":$full,\"incremental\":$incr,\"restart_to_listening_ms\":$restored_ms,\"rss_after_restore_mb\":$(rss_mb),\"verify_before_kill\":$before,\"verify_after_restore\":$after}"
+  python3 - "$before" "$after" <<'PY'
+import json, sys
+b, a = (json.loads(x) for x in sys.argv[1:])
+if a["rows_missing"] or b["rows_missing"] or a["digest"] != b["digest"]:
+    sys.exit(f"restored rows differ: before kill {b}, after restore {a}")
+PY
   kill -9 "$PS_PID"; wait "$PS_PID" 2>/dev/null || true
   PS_PID=""
 }
 
 start_ps tiered --dram-budget "$BUDGET"
 pulls tiered
+# Pulls only read: every row, wherever the tiers moved it, must still hold its initial values.
+echo "{\"run\":\"tiered-verify\",\"rss_mb\":$(rss_mb),\"verify\":$(verify --expect-initial)}"
 checkpoints tiered tiered --dram-budget "$BUDGET"
 
 start_ps dram
 pulls dram
+echo "{\"run\":\"dram-verify\",\"verify\":$(verify --expect-initial)}"
 checkpoints dram dram
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

@@ -184,13 +184,21 @@ fn a_ps_with_a_dram_budget_serves_and_checkpoints_rows_beyond_it() {
     // rows; lookups do not promote, so during a lookup run it must come back under the budget.
     let settled = (0..20).any(|_| bench(&ps.grpc, "lookup", &[])["hot_rows"].as_u64().unwrap() < 12_000);
     assert!(settled, "the hot tier never came back under its budget");
+    // Pulls and lookups moved rows between the tiers; every row must still hold exactly its
+    // initial values (`--expect-initial` fails the command otherwise).
+    let verified = bench(&ps.grpc, "verify", &["--expect-initial"]);
+    assert_eq!((verified["rows_checked"].as_u64(), verified["rows_missing"].as_u64()), (Some(20_000), Some(0)));
+    assert_eq!(verified["rows_changed"], 0, "{verified}");
     let pushed = bench(&ps.grpc, "push", &["--dist", "zipf"]);
     assert_eq!(pushed["errors"], 0, "{pushed}");
     let before = export(&ps.grpc, &dir.path().join("a.tsv"));
     assert_eq!(before.lines().count(), 20_000, "every row, hot or cold, is exported once");
+    let digest = bench(&ps.grpc, "verify", &[])["digest"].clone();
     ember(&["checkpoint", "--ps", &ps.grpc, "--full"]);
     drop(ps); // SIGKILL
 
     let ps = start_ps(&data_dir, &flags);
     assert_eq!(export(&ps.grpc, &dir.path().join("b.tsv")), before, "restored over both tiers");
+    let restored = bench(&ps.grpc, "verify", &[]);
+    assert_eq!((restored["digest"].clone(), restored["rows_missing"].as_u64()), (digest, Some(0)), "{restored}");
 }

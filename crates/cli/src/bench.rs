@@ -22,6 +22,8 @@ pub enum Op {
     Lookup,
     /// Sparse gradient pushes.
     Push,
+    /// No load: read every key of the key space once and check it (see `bench_verify`).
+    Verify,
 }
 
 /// How batch keys are drawn from the key space.
@@ -108,7 +110,15 @@ pub struct BenchPsArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// `--op verify`: fail unless every row exists and still holds its initial values.
+    #[arg(long)]
+    pub expect_initial: bool,
 }
+
+/// The bench table's initializer and seed: `--op verify` recomputes every row's initial values.
+pub(crate) const BENCH_INIT: Initializer = Initializer::Uniform { low: -0.01, high: 0.01 };
+/// See [`BENCH_INIT`].
+pub(crate) const BENCH_SEED: u64 = 42;
 
 /// What a run measured.
 #[derive(Debug, Clone, Serialize)]
@@ -195,7 +205,7 @@ impl KeyGen {
     }
 }
 
-async fn connect_all(args: &BenchPsArgs) -> anyhow::Result<Vec<PsClient>> {
+pub(crate) async fn connect_all(args: &BenchPsArgs) -> anyhow::Result<Vec<PsClient>> {
     let map = ShardMap::round_robin(args.target.clone(), 1024).context("--target needs at least one address")?;
     let mut clients = Vec::new();
     for _ in 0..args.connections.max(1) {
@@ -246,9 +256,10 @@ pub(crate) fn percentile(sorted: &[u32], q: f64) -> f64 {
 /// Runs one benchmark and returns its report.
 pub async fn measure(args: &BenchPsArgs) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(args.batch > 0 && args.keys > 0 && args.dim > 0, "--batch, --keys and --dim must be > 0");
+    anyhow::ensure!(args.op != Op::Verify, "--op verify is not a load run (bench_verify::run)");
     let clients = connect_all(args).await?;
     let spec = TableSpec::sparse(args.table.clone(), args.dim, args.optimizer.build())
-        .with_initializer(Initializer::Uniform { low: -0.01, high: 0.01 }, 42);
+        .with_initializer(BENCH_INIT, BENCH_SEED);
     clients[0].create_table(&spec, None).await.context("creating the bench table")?;
     let preload_started = Instant::now();
     if !args.no_preload {
@@ -278,6 +289,7 @@ pub async fn measure(args: &BenchPsArgs) -> anyhow::Result<BenchReport> {
                     Op::Pull => client.pull(&args.table, &keys).await.map(|_| ()),
                     Op::Lookup => client.lookup(&args.table, &keys).await.map(|_| ()),
                     Op::Push => client.push(&args.table, &keys, &grads, &clock).await.map(|_| ()),
+                    Op::Verify => Ok(()), // refused at the top of `measure`
                 };
                 match result {
                     Ok(()) => tally.latencies_us.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32),
@@ -356,6 +368,9 @@ pub fn summary(r: &BenchReport) -> String {
 
 /// `ember bench ps`.
 pub async fn run(args: BenchPsArgs) -> anyhow::Result<()> {
+    if args.op == Op::Verify {
+        return crate::bench_verify::run(&args).await;
+    }
     let report = measure(&args).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_serve;
+mod bench_verify;
 mod cluster;
 mod cluster_cmds;
 mod demo;
