@@ -8,7 +8,8 @@
 //! Change tracking for incremental checkpoints: every row created or updated is flagged changed,
 //! every removed key is remembered as deleted, until a checkpoint takes the changes. A key both
 //! deleted and re-created since then is only changed (its new row is what the next checkpoint
-//! must hold).
+//! must hold). A changed row that leaves DRAM takes its flag along as a mark in the cold tier
+//! (`sparse/tiered.rs`), so no per-key state here grows with the cold tier.
 
 use ember_core::U64Map;
 
@@ -55,9 +56,6 @@ pub struct Shard {
     deleted: U64Map<()>,
     /// Admission counts, when the table's policy admits by count.
     sketch: Option<Box<CountMin>>,
-    /// Keys whose rows changed since the last checkpoint and were then demoted to the cold tier:
-    /// the next incremental checkpoint reads them from there.
-    changed_cold: U64Map<()>,
 }
 
 impl Shard {
@@ -202,7 +200,6 @@ impl Shard {
 
     /// Removes `key`'s row, remembering the deletion for the next checkpoint; true if it existed.
     pub fn remove(&mut self, key: u64, stride: usize) -> bool {
-        self.changed_cold.remove(&key);
         let removed = self.take_out(key, stride);
         if removed {
             self.deleted.insert(key, ());
@@ -212,30 +209,32 @@ impl Shard {
 
     /// Records `key` as deleted for the next checkpoint (a delete that found only a cold copy).
     pub fn note_deleted(&mut self, key: u64) {
-        self.changed_cold.remove(&key);
         self.deleted.insert(key, ());
     }
 
     /// Moves `key`'s row out of the hot tier (its record is already in the cold tier): not a
-    /// deletion; a pending change follows the row to `changed_cold`.
-    pub fn demote(&mut self, key: u64, stride: usize) -> bool {
-        if let Some(pos) = self.find(key) {
-            if self.changed[pos] {
-                self.changed_cold.insert(key, ());
-            }
-        }
-        self.take_out(key, stride)
+    /// deletion. `Some(changed)` if the row was here, `changed` telling whether it had changes no
+    /// checkpoint holds yet (the caller marks those in the cold tier).
+    pub fn demote(&mut self, key: u64, stride: usize) -> Option<bool> {
+        let changed = self.changed[self.find(key)?];
+        self.take_out(key, stride).then_some(changed)
     }
 
-    /// Puts a row read from the cold tier back in the hot tier, clean (equal to its record); a
-    /// change pending since it was demoted comes back with it. Returns its position.
+    /// Puts a row read from the cold tier back in the hot tier, clean (equal to its record) and
+    /// not flagged changed: if it left DRAM with changes, its key is still marked in the cold
+    /// tier, and the next checkpoint writes it from there or from here. Returns its position.
     pub fn promote(&mut self, meta: RowMeta, values: &[f32]) -> usize {
         let stride = values.len();
         let pos = self.insert_with(meta.key, stride, meta.last_step, meta.last_time, |row| row.copy_from_slice(values));
         self.meta[pos] = meta;
-        self.changed[pos] = self.changed_cold.remove(&meta.key).is_some();
+        self.changed[pos] = false;
         self.dirty[pos] = false;
         pos
+    }
+
+    /// Whether the row at `pos` changed since the last checkpoint took this shard's changes.
+    pub fn is_changed(&self, pos: usize) -> bool {
+        self.changed[pos]
     }
 
     /// Grows the arena and its parallel vectors by an eighth (at least 64 rows), not by doubling:
@@ -265,11 +264,6 @@ impl Shard {
             self.dirty.shrink_to(keep);
             self.index.shrink_to(keep);
         }
-    }
-
-    /// Takes the keys changed while cold since the last call (incremental checkpoints).
-    pub fn take_changed_cold(&mut self) -> Vec<u64> {
-        std::mem::take(&mut self.changed_cold).into_keys().collect()
     }
 
     /// Metadata of every row with its position, for choosing demotion victims.
@@ -318,10 +312,6 @@ impl Shard {
         }
         let deleted = std::mem::take(&mut self.deleted);
         let deleted = if all { Vec::new() } else { deleted.into_keys().collect() };
-        if all {
-            // A full checkpoint reads the whole cold tier anyway.
-            self.changed_cold = U64Map::default();
-        }
         (rows, deleted)
     }
 
@@ -342,7 +332,6 @@ impl Shard {
     pub fn forget_changes(&mut self) {
         self.changed.fill(false);
         self.deleted = U64Map::default();
-        self.changed_cold = U64Map::default();
     }
 
     /// Approximate heap bytes: arena capacity, metadata, and index slots (key, position and a

@@ -226,6 +226,15 @@ impl ColdTier for CountingCold {
     fn count(&self, table: &str) -> Result<u64, crate::TierError> {
         self.inner.count(table)
     }
+    fn mark_changed(&self, table: &str, keys: &[u64]) -> Result<(), crate::TierError> {
+        self.inner.mark_changed(table, keys)
+    }
+    fn changed_keys(&self, table: &str, after: Option<u64>, limit: usize) -> Result<Vec<u64>, crate::TierError> {
+        self.inner.changed_keys(table, after, limit)
+    }
+    fn clear_changed(&self, table: &str) -> Result<(), crate::TierError> {
+        self.inner.clear_changed(table)
+    }
 }
 
 #[test]
@@ -280,6 +289,36 @@ fn a_full_checkpoint_writes_a_row_in_both_tiers_once() {
     let restored = Store::tiered(config(), Arc::new(MemCold::default()), 1 << 30);
     Checkpointer::open(dir.path()).unwrap().restore(&restored).unwrap();
     let all: Vec<u64> = (0..60).collect();
+    assert_eq!(restored.lookup("t", &all).unwrap(), store.lookup("t", &all).unwrap());
+}
+
+#[test]
+fn an_incremental_holds_rows_that_changed_and_left_dram_and_no_others() {
+    let cold = Arc::new(CountingCold::default());
+    // A budget the test never reaches: only its own demotions move rows.
+    let store = Store::tiered(config(), Arc::clone(&cold) as Arc<dyn ColdTier>, 1 << 30);
+    store.create_table(spec(DemotePolicy::Lru), None).unwrap();
+    let table = store.sparse("t").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = Checkpointer::open(dir.path()).unwrap();
+    store.pull("t", &(0..40).collect::<Vec<u64>>()).unwrap();
+    checkpoints.write(&store, CheckpointKind::Full, 0).unwrap();
+    // Changed, then demoted: 0..10 stay cold, 10..20 come back by a pull (clean, unchanged since),
+    // 20..25 are deleted while cold. 30..40 are demoted unchanged.
+    store.push("t", &(0..25).collect::<Vec<u64>>(), &le(&[0.25; 25 * DIM])).unwrap();
+    assert_eq!(table.demote(1.0).unwrap(), 40);
+    let marked = cold.changed_keys("t", None, 100).unwrap();
+    assert_eq!(marked, (0..25).collect::<Vec<u64>>(), "only rows with changes are marked");
+    store.pull("t", &(10..20).collect::<Vec<u64>>()).unwrap();
+    store.delete_keys("t", &(20..25).collect::<Vec<u64>>()).unwrap();
+    let info = checkpoints.write(&store, CheckpointKind::Incremental, 1).unwrap();
+    assert_eq!((info.rows, info.deleted), (20, 5), "{info:?}");
+    assert!(cold.changed_keys("t", None, 100).unwrap().is_empty(), "the checkpoint took the marks");
+    assert_eq!(checkpoints.write(&store, CheckpointKind::Incremental, 2).unwrap().rows, 0);
+
+    let restored = Store::tiered(config(), Arc::new(MemCold::default()), 1 << 30);
+    Checkpointer::open(dir.path()).unwrap().restore(&restored).unwrap();
+    let all: Vec<u64> = (0..40).collect();
     assert_eq!(restored.lookup("t", &all).unwrap(), store.lookup("t", &all).unwrap());
 }
 

@@ -317,7 +317,7 @@ impl Checkpointer {
         }
         for table in store.all_tables() {
             if let Table::Sparse(t) = table {
-                t.forget_changes();
+                t.forget_changes()?;
             }
         }
         store.take_dropped_flag();
@@ -358,10 +358,9 @@ fn write_file(
                     };
                     if all {
                         t.scan_cold(&mut sink)?;
+                        t.clear_cold_changes()?;
                     } else {
-                        for s in 0..t.shard_count() {
-                            t.take_cold_changes(s, &mut sink)?;
-                        }
+                        t.take_cold_changes(&mut sink)?;
                     }
                     if let Some(e) = failed {
                         return Err(CheckpointError::Io { path: path.to_path_buf(), source: e });

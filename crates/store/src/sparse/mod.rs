@@ -587,11 +587,12 @@ impl SparseTable {
         self.shards[s].lock().take_changes(self.stride, all, self.cold.is_some(), out)
     }
 
-    /// Forgets which rows changed and which keys were deleted (after a restore).
-    pub fn forget_changes(&self) {
+    /// Forgets which rows changed and which keys were deleted (after a restore), in both tiers.
+    pub fn forget_changes(&self) -> Result<(), StoreError> {
         for shard in self.shards.iter() {
             shard.lock().forget_changes();
         }
+        self.clear_cold_changes()
     }
 
     /// Puts a restored row (metadata and `stride` values) in place.

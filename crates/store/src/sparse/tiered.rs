@@ -20,6 +20,9 @@ use super::{AdmissionCounts, SparseTable};
 use crate::tier::{decode_row, encode_row, ColdTier, TierError};
 use crate::{RowMeta, StoreError};
 
+/// Change marks read per page by an incremental checkpoint (bounds its memory).
+const COLD_CHANGES_PAGE: usize = 4096;
+
 /// Counters and coordination of a tiered table.
 #[derive(Debug, Default)]
 pub(super) struct TierCounters {
@@ -231,6 +234,7 @@ impl SparseTable {
         let _gate = self.tier.gate.lock();
         let stride = self.stride;
         let mut moved = 0;
+        let mut changed_keys = Vec::new();
         for (s, shard) in self.shards.iter().enumerate() {
             // Pick victims under the lock: drop the clean ones, copy the dirty ones out as
             // (key, meta when copied) and their encoded records.
@@ -266,7 +270,16 @@ impl SparseTable {
                     }
                 }
                 // Positions move as rows leave, so clean rows go by key once all are chosen.
-                let dropped: u64 = clean.iter().map(|key| u64::from(shard.demote(*key, stride))).sum();
+                // (A clean row can still be changed: promoted with its mark, it stays marked.)
+                let mut dropped = 0;
+                for key in &clean {
+                    if let Some(changed) = shard.demote(*key, stride) {
+                        dropped += 1;
+                        if changed {
+                            changed_keys.push(*key);
+                        }
+                    }
+                }
                 if dropped > 0 {
                     self.tier.epochs[s].fetch_add(1, Ordering::AcqRel);
                     moved += dropped;
@@ -283,7 +296,12 @@ impl SparseTable {
             let mut removed = 0;
             for (key, meta) in &dirty {
                 if shard.find(*key).is_some_and(|pos| shard.meta(pos) == meta) {
-                    removed += u64::from(shard.demote(*key, stride));
+                    if let Some(changed) = shard.demote(*key, stride) {
+                        removed += 1;
+                        if changed {
+                            changed_keys.push(*key);
+                        }
+                    }
                 }
             }
             if removed > 0 {
@@ -291,6 +309,10 @@ impl SparseTable {
             }
             shard.shrink_if_sparse(stride);
             moved += removed;
+        }
+        // Under the gate still, so no checkpoint runs between the rows leaving and their marks.
+        if !changed_keys.is_empty() {
+            cold.mark_changed(&self.spec.name, &changed_keys).map_err(|e| self.tier_err(e))?;
         }
         self.tier.demoted.fetch_add(moved, Ordering::Relaxed);
         Ok(moved)
@@ -313,27 +335,48 @@ impl SparseTable {
         }
     }
 
-    /// Checkpoint support: the rows of shard `s` that changed while cold since the last call,
-    /// read back from the cold tier. Keys no longer cold are in DRAM (promoted, and flagged
-    /// changed by the promotion) or deleted (recorded as such).
-    pub fn take_cold_changes(&self, s: usize, f: &mut dyn FnMut(RowMeta, &[f32])) -> Result<(), StoreError> {
+    /// Checkpoint support (the caller holds the tier gate): visits the rows whose keys were
+    /// marked changed when they left DRAM, then forgets the marks. A marked key back in DRAM is
+    /// visited from there unless it changed again (then the checkpoint's DRAM pass writes it);
+    /// a marked key in neither tier was deleted (and recorded as such).
+    pub fn take_cold_changes(&self, f: &mut dyn FnMut(RowMeta, &[f32])) -> Result<(), StoreError> {
         let Some(cold) = &self.cold else { return Ok(()) };
-        let keys = self.shards[s].lock().take_changed_cold();
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let records = cold.get_many(&self.spec.name, &keys).map_err(|e| self.tier_err(e))?;
+        let name = &self.spec.name;
         let mut values = vec![0f32; self.stride];
-        let shard = self.shards[s].lock();
-        for (key, record) in keys.iter().zip(&records) {
-            if shard.find(*key).is_some() {
-                continue; // promoted meanwhile: its DRAM row is flagged changed
-            }
-            if let Some(meta) = record.as_ref().and_then(|r| decode_row(*key, r, &mut values)) {
-                f(meta, &values);
+        let mut after = None;
+        loop {
+            let keys = cold.changed_keys(name, after, COLD_CHANGES_PAGE).map_err(|e| self.tier_err(e))?;
+            let Some(&last) = keys.last() else { break };
+            after = Some(last);
+            let records = cold.get_many(name, &keys).map_err(|e| self.tier_err(e))?;
+            for (key, record) in keys.iter().zip(&records) {
+                let hot = {
+                    let shard = self.shards[self.shard_of(*key)].lock();
+                    shard.find(*key).map(|pos| {
+                        let row = (!shard.is_changed(pos)).then(|| shard.row(pos, self.stride).to_vec());
+                        (*shard.meta(pos), row)
+                    })
+                };
+                match hot {
+                    Some((meta, Some(row))) => f(meta, &row),
+                    Some((_, None)) => {}
+                    None => {
+                        if let Some(meta) = record.as_ref().and_then(|r| decode_row(*key, r, &mut values)) {
+                            f(meta, &values);
+                        }
+                    }
+                }
             }
         }
-        Ok(())
+        self.clear_cold_changes()
+    }
+
+    /// Forgets the change marks (a full checkpoint writes every row; a restore starts clean).
+    pub fn clear_cold_changes(&self) -> Result<(), StoreError> {
+        match &self.cold {
+            Some(cold) => cold.clear_changed(&self.spec.name).map_err(|e| self.tier_err(e)),
+            None => Ok(()),
+        }
     }
 
     /// The gate a checkpoint holds while it reads both tiers of this table.

@@ -14,7 +14,7 @@
 #[cfg(feature = "rocksdb")]
 mod rocks;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use parking_lot::Mutex;
 
@@ -41,16 +41,32 @@ pub trait ColdTier: Send + Sync + std::fmt::Debug {
     fn scan(&self, table: &str, f: &mut dyn FnMut(u64, &[u8])) -> Result<(), TierError>;
     /// Records in a table (may be an estimate for large tables).
     fn count(&self, table: &str) -> Result<u64, TierError>;
+    /// Marks `keys` changed since the last checkpoint: their rows left DRAM with changes no
+    /// checkpoint holds yet. The marks live here rather than in DRAM so that their memory does not
+    /// grow with the cold tier (a bulk load without checkpoints marks every row it demotes).
+    fn mark_changed(&self, table: &str, keys: &[u64]) -> Result<(), TierError>;
+    /// Up to `limit` marked keys greater than `after` (all when `None`), in key order: a page, so
+    /// the caller can read their records between pages.
+    fn changed_keys(&self, table: &str, after: Option<u64>, limit: usize) -> Result<Vec<u64>, TierError>;
+    /// Forgets every mark of a table.
+    fn clear_changed(&self, table: &str) -> Result<(), TierError>;
 }
 
 /// An in-memory cold tier: the tiering logic's test double, and a reference for backends.
 #[derive(Debug, Default)]
 pub struct MemCold {
-    tables: Mutex<HashMap<String, BTreeMap<u64, Vec<u8>>>>,
+    tables: Mutex<HashMap<String, MemTable>>,
+}
+
+/// One table of a [`MemCold`]: records, and the keys marked changed.
+#[derive(Debug, Default)]
+struct MemTable {
+    records: BTreeMap<u64, Vec<u8>>,
+    changed: BTreeSet<u64>,
 }
 
 impl MemCold {
-    fn with_table<T>(&self, table: &str, f: impl FnOnce(&mut BTreeMap<u64, Vec<u8>>) -> T) -> Result<T, TierError> {
+    fn with_table<T>(&self, table: &str, f: impl FnOnce(&mut MemTable) -> T) -> Result<T, TierError> {
         let mut tables = self.tables.lock();
         let t = tables.get_mut(table).ok_or_else(|| TierError(format!("no table {table:?}")))?;
         Ok(f(t))
@@ -69,25 +85,39 @@ impl ColdTier for MemCold {
     }
 
     fn get_many(&self, table: &str, keys: &[u64]) -> Result<Vec<Option<Vec<u8>>>, TierError> {
-        self.with_table(table, |t| keys.iter().map(|k| t.get(k).cloned()).collect())
+        self.with_table(table, |t| keys.iter().map(|k| t.records.get(k).cloned()).collect())
     }
 
     fn write(&self, table: &str, puts: &[(u64, Vec<u8>)], deletes: &[u64]) -> Result<(), TierError> {
         self.with_table(table, |t| {
             for (k, v) in puts {
-                t.insert(*k, v.clone());
+                t.records.insert(*k, v.clone());
             }
             for k in deletes {
-                t.remove(k);
+                t.records.remove(k);
             }
         })
     }
 
     fn scan(&self, table: &str, f: &mut dyn FnMut(u64, &[u8])) -> Result<(), TierError> {
-        self.with_table(table, |t| t.iter().for_each(|(k, v)| f(*k, v)))
+        self.with_table(table, |t| t.records.iter().for_each(|(k, v)| f(*k, v)))
     }
 
     fn count(&self, table: &str) -> Result<u64, TierError> {
-        self.with_table(table, |t| t.len() as u64)
+        self.with_table(table, |t| t.records.len() as u64)
+    }
+
+    fn mark_changed(&self, table: &str, keys: &[u64]) -> Result<(), TierError> {
+        self.with_table(table, |t| t.changed.extend(keys))
+    }
+
+    fn changed_keys(&self, table: &str, after: Option<u64>, limit: usize) -> Result<Vec<u64>, TierError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = after.map_or(Unbounded, Excluded);
+        self.with_table(table, |t| t.changed.range((from, Unbounded)).take(limit).copied().collect())
+    }
+
+    fn clear_changed(&self, table: &str) -> Result<(), TierError> {
+        self.with_table(table, |t| t.changed.clear())
     }
 }

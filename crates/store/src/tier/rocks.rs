@@ -23,6 +23,9 @@ const BLOCK_CACHE_BYTES: usize = 16 << 20;
 pub struct RocksCold {
     db: Db,
     cf_options: Options,
+    /// Options of the change-mark column families: only iterated, never read by key, so no
+    /// bloom filter (its ~1.25 bytes per key would be DRAM again).
+    marks_options: Options,
 }
 
 impl std::fmt::Debug for RocksCold {
@@ -37,6 +40,11 @@ fn err(e: rocksdb::Error) -> TierError {
 
 fn cf_name(table: &str) -> String {
     format!("t.{table}")
+}
+
+/// The column family of a table's change marks (keys only).
+fn marks_name(table: &str) -> String {
+    format!("c.{table}")
 }
 
 impl RocksCold {
@@ -69,16 +77,32 @@ impl RocksCold {
         cf_options.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
         cf_options.set_level_zero_slowdown_writes_trigger(40);
         cf_options.set_level_zero_stop_writes_trigger(64);
+        let mut marks_options = Options::default();
+        marks_options.set_compression_type(DBCompressionType::None);
+        marks_options.set_write_buffer_size(4 << 20);
+        marks_options.set_max_write_buffer_number(2);
+        marks_options.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
         let existing = Db::list_cf(&db_options, path).unwrap_or_default();
         let db = Db::open_cf(&db_options, path, existing.iter()).map_err(err)?;
-        for name in existing.iter().filter(|n| n.starts_with("t.")) {
+        for name in existing.iter().filter(|n| n.starts_with("t.") || n.starts_with("c.")) {
             db.drop_cf(name).map_err(err)?;
         }
-        Ok(Self { db, cf_options })
+        Ok(Self { db, cf_options, marks_options })
     }
 
     fn cf(&self, table: &str) -> Result<std::sync::Arc<rocksdb::BoundColumnFamily<'_>>, TierError> {
         self.db.cf_handle(&cf_name(table)).ok_or_else(|| TierError(format!("no column family for table {table:?}")))
+    }
+
+    fn marks_cf(&self, table: &str) -> Result<std::sync::Arc<rocksdb::BoundColumnFamily<'_>>, TierError> {
+        self.db.cf_handle(&marks_name(table)).ok_or_else(|| TierError(format!("no change marks for table {table:?}")))
+    }
+
+    fn drop_if_present(&self, name: &str) -> Result<(), TierError> {
+        if self.db.cf_handle(name).is_some() {
+            self.db.drop_cf(name).map_err(err)?;
+        }
+        Ok(())
     }
 }
 
@@ -87,14 +111,15 @@ impl ColdTier for RocksCold {
         if self.db.cf_handle(&cf_name(table)).is_none() {
             self.db.create_cf(cf_name(table), &self.cf_options).map_err(err)?;
         }
+        if self.db.cf_handle(&marks_name(table)).is_none() {
+            self.db.create_cf(marks_name(table), &self.marks_options).map_err(err)?;
+        }
         Ok(())
     }
 
     fn drop_table(&self, table: &str) -> Result<(), TierError> {
-        if self.db.cf_handle(&cf_name(table)).is_some() {
-            self.db.drop_cf(&cf_name(table)).map_err(err)?;
-        }
-        Ok(())
+        self.drop_if_present(&cf_name(table))?;
+        self.drop_if_present(&marks_name(table))
     }
 
     fn get_many(&self, table: &str, keys: &[u64]) -> Result<Vec<Option<Vec<u8>>>, TierError> {
@@ -142,6 +167,45 @@ impl ColdTier for RocksCold {
         let cf = self.cf(table)?;
         Ok(self.db.property_int_value_cf(&cf, "rocksdb.estimate-num-keys").map_err(err)?.unwrap_or(0))
     }
+
+    fn mark_changed(&self, table: &str, keys: &[u64]) -> Result<(), TierError> {
+        let cf = self.marks_cf(table)?;
+        let mut batch = WriteBatch::default();
+        for k in keys {
+            batch.put_cf(&cf, k.to_be_bytes(), []);
+        }
+        let mut options = WriteOptions::default();
+        options.disable_wal(true);
+        self.db.write_opt(batch, &options).map_err(err)
+    }
+
+    fn changed_keys(&self, table: &str, after: Option<u64>, limit: usize) -> Result<Vec<u64>, TierError> {
+        let cf = self.marks_cf(table)?;
+        let start = match after {
+            None => 0u64,
+            Some(u64::MAX) => return Ok(Vec::new()),
+            Some(k) => k + 1,
+        }
+        .to_be_bytes();
+        let mut keys = Vec::new();
+        for item in self.db.iterator_cf(&cf, rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward)) {
+            if keys.len() >= limit {
+                break;
+            }
+            let (key, _) = item.map_err(err)?;
+            let key: [u8; 8] =
+                key.as_ref().try_into().map_err(|_| TierError(format!("bad change mark of {} bytes", key.len())))?;
+            keys.push(u64::from_be_bytes(key));
+        }
+        Ok(keys)
+    }
+
+    fn clear_changed(&self, table: &str) -> Result<(), TierError> {
+        // Dropping the column family deletes its files at once; range deletes would leave
+        // tombstones that the next scan of the marks has to step over.
+        self.drop_if_present(&marks_name(table))?;
+        self.db.create_cf(marks_name(table), &self.marks_options).map_err(err)
+    }
 }
 
 #[cfg(test)]
@@ -169,5 +233,28 @@ mod tests {
         let reopened = RocksCold::open_empty(dir.path()).unwrap();
         reopened.open_table("a").unwrap();
         assert_eq!(reopened.get_many("a", &[5]).unwrap(), vec![None]);
+    }
+
+    #[test]
+    fn change_marks_page_in_key_order_clear_and_do_not_show_as_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let cold = RocksCold::open_empty(dir.path()).unwrap();
+        cold.open_table("a").unwrap();
+        cold.write("a", &[(3, vec![1])], &[]).unwrap();
+        cold.mark_changed("a", &[u64::MAX, 9, 3, 1 << 40]).unwrap();
+        cold.mark_changed("a", &[9]).unwrap();
+        assert_eq!(cold.changed_keys("a", None, 2).unwrap(), vec![3, 9]);
+        assert_eq!(cold.changed_keys("a", Some(9), 10).unwrap(), vec![1 << 40, u64::MAX]);
+        assert_eq!(cold.changed_keys("a", Some(u64::MAX), 10).unwrap(), Vec::<u64>::new());
+        let mut records = Vec::new();
+        cold.scan("a", &mut |k, _| records.push(k)).unwrap();
+        assert_eq!(records, vec![3], "marks are not records");
+        cold.clear_changed("a").unwrap();
+        assert_eq!(cold.changed_keys("a", None, 10).unwrap(), Vec::<u64>::new());
+        assert_eq!(cold.get_many("a", &[3]).unwrap(), vec![Some(vec![1])], "clearing marks keeps records");
+        cold.mark_changed("a", &[4]).unwrap();
+        cold.drop_table("a").unwrap();
+        cold.open_table("a").unwrap();
+        assert_eq!(cold.changed_keys("a", None, 10).unwrap(), Vec::<u64>::new(), "a dropped table's marks go too");
     }
 }
