@@ -137,6 +137,12 @@ pub struct Store {
     tiering: Option<(Arc<dyn ColdTier>, u64)>,
 }
 
+/// The share of every table's hot rows to demote to bring `hot` bytes down to 90% of `budget`.
+fn demotion_fraction(hot: u64, budget: u64) -> f64 {
+    let target = budget as f64 * 0.9;
+    ((hot as f64 - target) / hot as f64).clamp(0.0, 1.0)
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -200,8 +206,7 @@ impl Store {
         if hot <= *budget {
             return Ok(0);
         }
-        let target = *budget as f64 * 0.9;
-        let fraction = ((hot as f64 - target) / hot as f64).clamp(0.0, 1.0);
+        let fraction = demotion_fraction(hot, *budget);
         let mut demoted = 0;
         for table in self.all_tables() {
             if let Table::Sparse(t) = table {
@@ -375,10 +380,21 @@ impl Store {
     /// the requests that grow the hot tier past `budget * HOT_HARD_LIMIT` demote before they
     /// return. This bounds the hot tier's peak, and with it the memory the allocator keeps
     /// afterwards, at the price of those requests' latency.
+    ///
+    /// While a checkpoint or export holds a table's tier gate, these requests do not wait for it:
+    /// they only drop clean rows ([`SparseTable::demote_without_waiting`]), so a pull-heavy load
+    /// stays near the limit and a push-heavy one may pass it until the checkpoint ends.
     fn relieve_pressure(&self) -> Result<(), StoreError> {
         let Some((_, budget)) = &self.tiering else { return Ok(()) };
-        if self.hot_bytes() as f64 > *budget as f64 * HOT_HARD_LIMIT {
-            self.enforce_budget()?;
+        let hot = self.hot_bytes();
+        if hot as f64 <= *budget as f64 * HOT_HARD_LIMIT {
+            return Ok(());
+        }
+        let fraction = demotion_fraction(hot, *budget);
+        for table in self.all_tables() {
+            if let Table::Sparse(t) = table {
+                t.demote_without_waiting(fraction)?;
+            }
         }
         Ok(())
     }

@@ -347,6 +347,48 @@ fn requests_that_outrun_demotion_demote_before_they_return() {
 }
 
 #[test]
+fn requests_under_pressure_drop_clean_rows_instead_of_waiting_for_a_checkpoint() {
+    let budget = 20 * 80;
+    let store = Arc::new(Store::tiered(config(), Arc::new(MemCold::default()), budget));
+    store.create_table(spec(DemotePolicy::Lru), None).unwrap();
+    let reference = plain(DemotePolicy::Lru);
+    let table = store.sparse("t").unwrap();
+    let row = table.row_bytes() as f64;
+    let limit = budget as f64 * crate::HOT_HARD_LIMIT;
+    let keys: Vec<u64> = (0..KEYS).collect();
+    assert_eq!(store.pull("t", &keys).unwrap(), reference.pull("t", &keys).unwrap());
+
+    // A checkpoint's hold on the gate. Requests run on another thread: before, they waited for
+    // the gate, so this test would hang there (the channel would time out after a minute).
+    let gate = table.tier_gate();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = Arc::clone(&store);
+    std::thread::spawn(move || {
+        for start in (0..KEYS).step_by(10) {
+            // Promotions: clean rows, which the requests themselves drop again.
+            let pulled = worker.pull("t", &(start..start + 10).collect::<Vec<u64>>()).unwrap();
+            tx.send((pulled.values, worker.hot_bytes())).unwrap();
+        }
+    });
+    for start in (0..KEYS).step_by(10) {
+        let (values, hot) = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("a pull waited for the gate");
+        assert_eq!(values, reference.lookup("t", &(start..start + 10).collect::<Vec<u64>>()).unwrap().values);
+        assert!(hot as f64 <= limit + 10.0 * row, "{hot} bytes hot while a checkpoint reads");
+    }
+    // New rows are dirty: with the gate held nothing may write them out, so the hot tier passes
+    // the limit until the checkpoint ends, and the requests still return.
+    let fresh: Vec<u64> = (KEYS..3 * KEYS).collect();
+    store.pull("t", &fresh).unwrap();
+    assert!(store.hot_bytes() as f64 > limit);
+    drop(gate);
+    store.enforce_budget().unwrap();
+    assert!(store.hot_bytes() <= budget);
+    reference.pull("t", &fresh).unwrap();
+    let all: Vec<u64> = (0..3 * KEYS).collect();
+    assert_eq!(store.lookup("t", &all).unwrap(), reference.lookup("t", &all).unwrap());
+}
+
+#[test]
 fn rows_pulled_often_stay_in_dram_over_rows_read_once() {
     // A budget the test never reaches: only its own demotions move rows.
     let store = Store::tiered(config(), Arc::new(MemCold::default()), 1 << 30);

@@ -29,6 +29,12 @@ pub(super) struct TierCounters {
     /// Held by a demotion round and by a checkpoint's pass over the table, so no row moves
     /// between tiers while a checkpoint reads both.
     pub gate: Mutex<()>,
+    /// Set while the gate is held through [`SparseTable::tier_gate`] (a checkpoint, export,
+    /// eviction or delete), not by a demotion round: requests under memory pressure then drop
+    /// clean rows instead of waiting.
+    reading: std::sync::atomic::AtomicBool,
+    /// One request at a time does those clean-only rounds; the others go on.
+    relief: Mutex<()>,
     /// Per shard: demotions out of it, bumped under its lock.
     epochs: Box<[AtomicU64]>,
     hot_hits: AtomicU64,
@@ -232,6 +238,33 @@ impl SparseTable {
     pub fn demote(&self, fraction: f64) -> Result<u64, StoreError> {
         let Some(cold) = &self.cold else { return Ok(0) };
         let _gate = self.tier.gate.lock();
+        self.demote_gated(cold.as_ref(), fraction, true)
+    }
+
+    /// [`Self::demote`] for a request under memory pressure, which must not wait for a checkpoint
+    /// or export holding the tier gate (at 50M rows a full checkpoint holds it for ~13 s): with
+    /// the gate taken it only drops clean, unchanged victims from DRAM. That is safe while both
+    /// tiers are being read: such a row's cold record was there before the reader started and
+    /// is what the reader keeps (a full checkpoint and an export skip clean DRAM rows; an
+    /// incremental one writes only changed rows or marked keys, whose record is read first).
+    ///
+    /// A demotion round holding the gate is waited for, as before: it is what frees memory.
+    pub fn demote_without_waiting(&self, fraction: f64) -> Result<u64, StoreError> {
+        let Some(cold) = &self.cold else { return Ok(0) };
+        loop {
+            if let Some(_gate) = self.tier.gate.try_lock_for(std::time::Duration::from_millis(5)) {
+                return self.demote_gated(cold.as_ref(), fraction, true);
+            }
+            if self.tier.reading.load(Ordering::Acquire) {
+                let Some(_relief) = self.tier.relief.try_lock() else { return Ok(0) };
+                return self.demote_gated(cold.as_ref(), fraction, false);
+            }
+        }
+    }
+
+    /// The demotion round; the caller holds the gate if `write` (dirty victims are written to
+    /// the cold tier), else only clean, unchanged victims are chosen and nothing is written.
+    fn demote_gated(&self, cold: &dyn ColdTier, fraction: f64, write: bool) -> Result<u64, StoreError> {
         let stride = self.stride;
         let mut moved = 0;
         let mut changed_keys = Vec::new();
@@ -248,6 +281,7 @@ impl SparseTable {
                 // among equally cold ones, the least recently (LRU) or least often (LFU) updated.
                 let mut order: Vec<(u8, u64, usize)> = shard
                     .rows()
+                    .filter(|(pos, _)| write || !(shard.is_dirty(*pos) || shard.is_changed(*pos)))
                     .map(|(pos, m)| {
                         let metric = match self.spec.policy.demote {
                             DemotePolicy::Lru => m.last_step,
@@ -256,8 +290,15 @@ impl SparseTable {
                         (shard.heat(pos), metric, pos)
                     })
                     .collect();
-                shard.cool();
+                if write {
+                    // Rounds that only drop clean rows (under a checkpoint) can come many per
+                    // second; cooling in them would forget reads within one checkpoint.
+                    shard.cool();
+                }
                 let n = n.min(order.len());
+                if n == 0 {
+                    continue;
+                }
                 order.select_nth_unstable(n - 1);
                 let (mut clean, mut dirty, mut puts) = (Vec::new(), Vec::new(), Vec::new());
                 for &(_, _, pos) in &order[..n] {
@@ -270,7 +311,8 @@ impl SparseTable {
                     }
                 }
                 // Positions move as rows leave, so clean rows go by key once all are chosen.
-                // (A clean row can still be changed: promoted with its mark, it stays marked.)
+                // (Promotion clears the changed flag, so a clean row is not expected to carry
+                // one; if it does, it is marked like any changed row.)
                 let mut dropped = 0;
                 for key in &clean {
                     if let Some(changed) = shard.demote(*key, stride) {
@@ -379,8 +421,26 @@ impl SparseTable {
         }
     }
 
-    /// The gate a checkpoint holds while it reads both tiers of this table.
-    pub fn tier_gate(&self) -> parking_lot::MutexGuard<'_, ()> {
-        self.tier.gate.lock()
+    /// The gate a checkpoint (or export, eviction, delete) holds while it reads both tiers of
+    /// this table: no demotion round runs meanwhile, only clean-only drops by requests under
+    /// pressure ([`Self::demote_without_waiting`]).
+    pub fn tier_gate(&self) -> TierReadGuard<'_> {
+        let guard = self.tier.gate.lock();
+        self.tier.reading.store(true, Ordering::Release);
+        TierReadGuard { _guard: guard, reading: &self.tier.reading }
+    }
+}
+
+/// The tier gate held by a reader of both tiers; see [`SparseTable::tier_gate`].
+pub struct TierReadGuard<'a> {
+    _guard: parking_lot::MutexGuard<'a, ()>,
+    reading: &'a std::sync::atomic::AtomicBool,
+}
+
+impl Drop for TierReadGuard<'_> {
+    fn drop(&mut self) {
+        // Cleared before the gate is released (fields drop after this), so a request never sees
+        // the flag of a reader that is gone.
+        self.reading.store(false, Ordering::Release);
     }
 }
