@@ -64,6 +64,19 @@ verify() {
   "$EMBER" bench ps --target "$ADDR" --keys "$KEYS" --dim 16 --batch 4096 --concurrency 4 --op verify --json "$@"
 }
 
+# during_checkpoint TAG: Zipf 1.1 pulls for 3 x SECONDS with a full checkpoint taken 2 s in, so
+# the latency percentiles show whether the checkpoint pauses the pulls.
+during_checkpoint() {
+  local tag="$1" out="$OUT/$1-during.json" ck bench_pid
+  "$EMBER" bench ps --target "$ADDR" --keys "$KEYS" --dim 16 --batch 4096 --concurrency 4 \
+    --seconds "$((SECONDS_EACH * 3))" --json --op pull --dist zipf --zipf-s 1.1 --no-preload >"$out" &
+  bench_pid=$!
+  sleep 2
+  ck=$("$EMBER" checkpoint --ps "$ADDR" --full --json)
+  wait "$bench_pid"
+  echo "{\"run\":\"$tag-zipf1.1-during-full-checkpoint\",\"rss_mb\":$(rss_mb),\"checkpoint\":$ck,\"bench\":$(cat "$out")}"
+}
+
 checkpoints() {
   local tag="$1" name="$2" flags=("${@:3}")
   local full incr before after
@@ -94,10 +107,12 @@ start_ps tiered --dram-budget "$BUDGET"
 pulls tiered
 # Pulls only read: every row, wherever the tiers moved it, must still hold its initial values.
 echo "{\"run\":\"tiered-verify\",\"rss_mb\":$(rss_mb),\"verify\":$(verify --expect-initial)}"
+during_checkpoint tiered
 checkpoints tiered tiered --dram-budget "$BUDGET"
 
 start_ps dram
 pulls dram
 echo "{\"run\":\"dram-verify\",\"verify\":$(verify --expect-initial)}"
+during_checkpoint dram
 checkpoints dram dram
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
