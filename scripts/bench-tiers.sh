@@ -5,7 +5,7 @@
 # at the last checkpoint), checkpoint write and restore times and sizes (full vs incremental).
 #
 # Usage: scripts/bench-tiers.sh [KEYS=50000000] [BUDGET=1GiB] [SECONDS=10] [OUT=/tmp/ember-tiers]
-# Needs ~KEYS x 200 bytes of free disk under OUT (the cold tier plus a full checkpoint).
+# Needs ~KEYS x 500 bytes of free disk under OUT (the cold tier and two full checkpoints).
 # Malloc settings in the environment (MALLOC_ARENA_MAX, MALLOC_TRIM_THRESHOLD_) reach both servers.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -109,6 +109,7 @@ pulls tiered
 echo "{\"run\":\"tiered-verify\",\"rss_mb\":$(rss_mb),\"verify\":$(verify --expect-initial)}"
 during_checkpoint tiered
 checkpoints tiered tiered --dram-budget "$BUDGET"
+rm -rf "${OUT:?}/tiered" # ~3 x 8 GB at 50M keys: the all-DRAM server's checkpoints need the room
 
 start_ps dram
 pulls dram

@@ -255,11 +255,24 @@ impl SparseTable {
             if let Some(_gate) = self.tier.gate.try_lock_for(std::time::Duration::from_millis(5)) {
                 return self.demote_gated(cold.as_ref(), fraction, true);
             }
-            if self.tier.reading.load(Ordering::Acquire) {
-                let Some(_relief) = self.tier.relief.try_lock() else { return Ok(0) };
-                return self.demote_gated(cold.as_ref(), fraction, false);
+            if self.is_being_read() {
+                return self.drop_clean_rows(fraction);
             }
         }
+    }
+
+    /// Whether a checkpoint, export, eviction or delete holds the tier gate.
+    pub fn is_being_read(&self) -> bool {
+        self.tier.reading.load(Ordering::Acquire)
+    }
+
+    /// The part of a demotion that needs no gate: drops about `fraction` of every shard's rows,
+    /// chosen among its clean, unchanged ones (see [`Self::demote_without_waiting`]). One caller
+    /// at a time; others return at once.
+    pub fn drop_clean_rows(&self, fraction: f64) -> Result<u64, StoreError> {
+        let Some(cold) = &self.cold else { return Ok(0) };
+        let Some(_relief) = self.tier.relief.try_lock() else { return Ok(0) };
+        self.demote_gated(cold.as_ref(), fraction, false)
     }
 
     /// The demotion round; the caller holds the gate if `write` (dirty victims are written to
