@@ -9,7 +9,9 @@
 //! - an order-independent digest of all (key, row) pairs, so two servers, or one server before a
 //!   kill and after its restart, can be compared without exporting the rows.
 //!
-//! With `--expect-initial` any missing or changed row fails the command.
+//! With `--expect-initial` any missing or changed row fails the command. Lookups return a row's
+//! weights only, so neither check covers optimizer state or row metadata (the store's checkpoint
+//! round-trip tests do).
 
 use std::time::Instant;
 

@@ -119,7 +119,7 @@ pub struct TableStats {
 }
 
 /// How far past its DRAM budget a tiered store's hot tier may grow before requests that add rows
-/// wait for demotion (see `Store::relieve_pressure`).
+/// demote before they return (see `Store::relieve_pressure`).
 pub const HOT_HARD_LIMIT: f64 = 1.25;
 
 /// All tables of one server.
@@ -220,7 +220,9 @@ impl Store {
         let mut demoted = 0;
         for table in self.all_tables() {
             if let Table::Sparse(t) = table {
-                demoted += t.demote(fraction)?;
+                // Not `demote`: holding the round while a checkpoint of one table holds its gate
+                // would stop every other table's demotion too.
+                demoted += t.demote_without_waiting(fraction)?;
             }
         }
         Ok(demoted)
@@ -391,9 +393,10 @@ impl Store {
     /// return. This bounds the hot tier's peak, and with it the memory the allocator keeps
     /// afterwards, at the price of those requests' latency.
     ///
-    /// While a checkpoint or export holds a table's tier gate, these requests do not wait for it:
-    /// they only drop clean rows ([`SparseTable::demote_without_waiting`]), so a pull-heavy load
-    /// stays near the limit and a push-heavy one may pass it until the checkpoint ends.
+    /// While a checkpoint or export holds a table's tier gate, these requests do not wait for it
+    /// (beyond 5 ms slices): they drop clean rows ([`SparseTable::drop_clean_rows`]), so a
+    /// pull-heavy load stays near the limit and a push-heavy one may pass it until the
+    /// checkpoint ends.
     fn relieve_pressure(&self) -> Result<(), StoreError> {
         let Some((_, budget)) = &self.tiering else { return Ok(()) };
         let limit = *budget as f64 * HOT_HARD_LIMIT;
@@ -415,12 +418,12 @@ impl Store {
                 }
                 return Ok(());
             }
-            // The round under way may be waiting for a checkpoint's gate: drop clean rows of the
-            // tables being read meanwhile, rather than wait for the checkpoint.
-            let read: Vec<_> = sparse().filter(|t| t.is_being_read()).collect();
-            if !read.is_empty() {
+            // While a checkpoint or export reads a table, a round may take a while (its gated
+            // tables give only clean rows): drop clean rows of every table meanwhile (safe at any
+            // time) rather than wait. Otherwise wait for the round; it is what frees memory.
+            if sparse().any(|t| t.is_being_read()) {
                 if let Some(fraction) = fraction() {
-                    for t in read {
+                    for t in sparse() {
                         t.drop_clean_rows(fraction)?;
                     }
                 }

@@ -212,12 +212,10 @@ impl Shard {
         self.deleted.insert(key, ());
     }
 
-    /// Moves `key`'s row out of the hot tier (its record is already in the cold tier): not a
-    /// deletion. `Some(changed)` if the row was here, `changed` telling whether it had changes no
-    /// checkpoint holds yet (the caller marks those in the cold tier).
-    pub fn demote(&mut self, key: u64, stride: usize) -> Option<bool> {
-        let changed = self.changed[self.find(key)?];
-        self.take_out(key, stride).then_some(changed)
+    /// Moves `key`'s row out of the hot tier (its record, and its change mark if it has changes no
+    /// checkpoint holds, are already in the cold tier): not a deletion. True if it was here.
+    pub fn demote(&mut self, key: u64, stride: usize) -> bool {
+        self.take_out(key, stride)
     }
 
     /// Puts a row read from the cold tier back in the hot tier, clean (equal to its record) and

@@ -237,6 +237,113 @@ impl ColdTier for CountingCold {
     }
 }
 
+/// A cold tier that runs a hook once, right after a read: a way to put another request between
+/// a request's cold read and its promotion.
+#[derive(Default)]
+struct HookCold {
+    inner: MemCold,
+    hook: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Record writes that succeed before the next ones fail (`None`: all succeed).
+    writes_left: parking_lot::Mutex<Option<usize>>,
+}
+
+impl std::fmt::Debug for HookCold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HookCold")
+    }
+}
+
+impl ColdTier for HookCold {
+    fn open_table(&self, table: &str) -> Result<(), crate::TierError> {
+        self.inner.open_table(table)
+    }
+    fn drop_table(&self, table: &str) -> Result<(), crate::TierError> {
+        self.inner.drop_table(table)
+    }
+    fn get_many(&self, table: &str, keys: &[u64]) -> Result<Vec<Option<Vec<u8>>>, crate::TierError> {
+        let records = self.inner.get_many(table, keys);
+        let hook = self.hook.lock().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+        records
+    }
+    fn write(&self, table: &str, puts: &[(u64, Vec<u8>)], deletes: &[u64]) -> Result<(), crate::TierError> {
+        if let Some(left) = self.writes_left.lock().as_mut() {
+            if *left == 0 {
+                return Err(crate::TierError("disk full (test)".into()));
+            }
+            *left -= 1;
+        }
+        self.inner.write(table, puts, deletes)
+    }
+    fn scan(&self, table: &str, f: &mut dyn FnMut(u64, &[u8])) -> Result<(), crate::TierError> {
+        self.inner.scan(table, f)
+    }
+    fn count(&self, table: &str) -> Result<u64, crate::TierError> {
+        self.inner.count(table)
+    }
+    fn mark_changed(&self, table: &str, keys: &[u64]) -> Result<(), crate::TierError> {
+        self.inner.mark_changed(table, keys)
+    }
+    fn changed_keys(&self, table: &str, after: Option<u64>, limit: usize) -> Result<Vec<u64>, crate::TierError> {
+        self.inner.changed_keys(table, after, limit)
+    }
+    fn clear_changed(&self, table: &str) -> Result<(), crate::TierError> {
+        self.inner.clear_changed(table)
+    }
+}
+
+#[test]
+fn a_demotion_that_fails_halfway_leaves_no_changed_row_unmarked() {
+    let cold = Arc::new(HookCold::default());
+    // A budget the test never reaches: only its own demotions move rows.
+    let store = Store::tiered(config(), Arc::clone(&cold) as Arc<dyn ColdTier>, 1 << 30);
+    store.create_table(spec(DemotePolicy::Lru), None).unwrap();
+    let table = store.sparse("t").unwrap();
+    let keys: Vec<u64> = (0..KEYS).collect();
+    store.pull("t", &keys).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = Checkpointer::open(dir.path()).unwrap();
+    checkpoints.write(&store, CheckpointKind::Full, 0).unwrap();
+    store.push("t", &keys, &le(&vec![0.5; keys.len() * DIM])).unwrap();
+    // The first shard's rows are written and leave DRAM; the second shard's write fails.
+    *cold.writes_left.lock() = Some(1);
+    assert!(table.demote(1.0).is_err());
+    assert!(table.hot_rows() < KEYS, "part of the round happened");
+    *cold.writes_left.lock() = None;
+    checkpoints.write(&store, CheckpointKind::Incremental, 1).unwrap();
+    let restored = Store::tiered(config(), Arc::new(MemCold::default()), 1 << 30);
+    Checkpointer::open(dir.path()).unwrap().restore(&restored).unwrap();
+    assert_eq!(restored.lookup("t", &keys).unwrap(), store.lookup("t", &keys).unwrap());
+}
+
+#[test]
+fn a_row_deleted_between_a_pulls_cold_read_and_its_promotion_stays_deleted() {
+    let cold = Arc::new(HookCold::default());
+    // A budget the test never reaches: only its own demotions move rows.
+    let store = Arc::new(Store::tiered(config(), Arc::clone(&cold) as Arc<dyn ColdTier>, 1 << 30));
+    store.create_table(spec(DemotePolicy::Lru), None).unwrap();
+    let reference = plain(DemotePolicy::Lru);
+    let table = store.sparse("t").unwrap();
+    store.pull("t", &[7]).unwrap();
+    store.push("t", &[7], &le(&[0.5; DIM])).unwrap();
+    assert_eq!(table.demote(1.0).unwrap(), 1);
+    // The pull reads key 7's record; before it promotes it, a delete removes the row.
+    let deleter = Arc::downgrade(&store);
+    *cold.hook.lock() = Some(Box::new(move || {
+        deleter.upgrade().unwrap().delete_keys("t", &[7]).unwrap();
+    }));
+    let pulled = store.pull("t", &[7]).unwrap().values;
+    assert_eq!(pulled, reference.pull("t", &[7]).unwrap().values, "a fresh row, not the deleted one");
+    // And a full checkpoint holds the row the store serves.
+    let dir = tempfile::tempdir().unwrap();
+    Checkpointer::open(dir.path()).unwrap().write(&store, CheckpointKind::Full, 0).unwrap();
+    let restored = Store::tiered(config(), Arc::new(MemCold::default()), 1 << 30);
+    Checkpointer::open(dir.path()).unwrap().restore(&restored).unwrap();
+    assert_eq!(restored.lookup("t", &[7]).unwrap(), store.lookup("t", &[7]).unwrap());
+}
+
 #[test]
 fn demoting_a_row_only_read_since_its_promotion_writes_nothing() {
     let cold = Arc::new(CountingCold::default());

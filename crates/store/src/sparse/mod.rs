@@ -484,6 +484,9 @@ impl SparseTable {
                 let found = cold.get_many(&self.spec.name, keys).map_err(|e| self.tier_err(e))?;
                 let gone: Vec<u64> = keys.iter().zip(&found).filter(|(_, r)| r.is_some()).map(|(k, _)| *k).collect();
                 cold.write(&self.spec.name, &[], &gone).map_err(|e| self.tier_err(e))?;
+                // A pull that read one of these records before the write re-reads instead of
+                // promoting it (it would come back, clean and with no record).
+                self.tier.bump_epochs();
                 found.iter().map(Option::is_some).collect()
             }
             None => Vec::new(),
@@ -537,16 +540,27 @@ impl SparseTable {
                 }
             })?;
             let evicted_hot: ember_core::U64Map<()> = gone.iter().map(|k| (*k, ())).collect();
-            for key in doomed.into_iter().filter(|k| !evicted_hot.contains_key(k)) {
+            doomed.retain(|k| !evicted_hot.contains_key(k));
+            // The expired records and the disk copies of evicted DRAM rows (which would otherwise
+            // come back) go first; the epoch bump then makes a pull that read one of them before
+            // this re-read the cold tier instead of promoting it.
+            let on_disk: Vec<u64> = gone.iter().chain(&doomed).copied().collect();
+            cold.write(&self.spec.name, &[], &on_disk).map_err(|e| self.tier_err(e))?;
+            self.tier.bump_epochs();
+            for key in doomed {
                 let mut shard = self.shards[self.shard_of(key)].lock();
-                if shard.find(key).is_none() {
-                    shard.note_deleted(key);
-                    gone.push(key);
-                    evicted += 1;
+                match shard.find(key) {
+                    None => shard.note_deleted(key),
+                    // Promoted since the scan, from the record just deleted, and not updated:
+                    // expired by the same rule (and clean rows must have a record).
+                    Some(pos) if !shard.is_dirty(pos) => {
+                        shard.remove(key, self.stride);
+                    }
+                    Some(_) => continue, // updated since: live again, and dirty
                 }
+                gone.push(key);
+                evicted += 1;
             }
-            // Also the disk copies of evicted DRAM rows, which would otherwise come back.
-            cold.write(&self.spec.name, &[], &gone).map_err(|e| self.tier_err(e))?;
         }
         self.evicted.fetch_add(evicted, Ordering::Relaxed);
         Ok(evicted)

@@ -26,8 +26,9 @@ const COLD_CHANGES_PAGE: usize = 4096;
 /// Counters and coordination of a tiered table.
 #[derive(Debug, Default)]
 pub(super) struct TierCounters {
-    /// Held by a demotion round and by a checkpoint's pass over the table, so no row moves
-    /// between tiers while a checkpoint reads both.
+    /// Held by a demotion round and by a checkpoint's pass over the table, so no row is written
+    /// out of DRAM while a checkpoint reads both tiers. Rows still move without it: promotions,
+    /// and clean rows dropped by [`SparseTable::drop_clean_rows`] (each equals its record).
     pub gate: Mutex<()>,
     /// Set while the gate is held through [`SparseTable::tier_gate`] (a checkpoint, export,
     /// eviction or delete), not by a demotion round: requests under memory pressure then drop
@@ -51,6 +52,14 @@ impl TierCounters {
     /// Every shard's demotion epoch (taken before reading the cold tier).
     pub fn epochs(&self) -> Vec<u64> {
         self.epochs.iter().map(|e| e.load(Ordering::Acquire)).collect()
+    }
+
+    /// Marks every shard as moved: records were deleted from the cold tier, so cold reads taken
+    /// before must be redone.
+    pub fn bump_epochs(&self) {
+        for e in self.epochs.iter() {
+            e.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     fn moved(&self, shard: usize, seen: &[u64]) -> bool {
@@ -241,9 +250,10 @@ impl SparseTable {
         self.demote_gated(cold.as_ref(), fraction, true)
     }
 
-    /// [`Self::demote`] for a request under memory pressure, which must not wait for a checkpoint
-    /// or export holding the tier gate (at 50M rows a full checkpoint holds it for ~13 s): with
-    /// the gate taken it only drops clean, unchanged victims from DRAM. That is safe while both
+    /// [`Self::demote`] for the store's demotion rounds (background and requests under memory
+    /// pressure), which must not wait for a checkpoint or export holding the tier gate (at 50M
+    /// rows a full checkpoint holds it for ~13 s): while one does, it only drops clean, unchanged
+    /// victims from DRAM. That is safe while both
     /// tiers are being read: such a row's cold record was there before the reader started and
     /// is what the reader keeps (a full checkpoint and an export skip clean DRAM rows; an
     /// incremental one writes only changed rows or marked keys, whose record is read first).
@@ -251,12 +261,15 @@ impl SparseTable {
     /// A demotion round holding the gate is waited for, as before: it is what frees memory.
     pub fn demote_without_waiting(&self, fraction: f64) -> Result<u64, StoreError> {
         let Some(cold) = &self.cold else { return Ok(0) };
+        if let Some(_gate) = self.tier.gate.try_lock() {
+            return self.demote_gated(cold.as_ref(), fraction, true);
+        }
         loop {
-            if let Some(_gate) = self.tier.gate.try_lock_for(std::time::Duration::from_millis(5)) {
-                return self.demote_gated(cold.as_ref(), fraction, true);
-            }
             if self.is_being_read() {
                 return self.drop_clean_rows(fraction);
+            }
+            if let Some(_gate) = self.tier.gate.try_lock_for(std::time::Duration::from_millis(5)) {
+                return self.demote_gated(cold.as_ref(), fraction, true);
             }
         }
     }
@@ -280,11 +293,10 @@ impl SparseTable {
     fn demote_gated(&self, cold: &dyn ColdTier, fraction: f64, write: bool) -> Result<u64, StoreError> {
         let stride = self.stride;
         let mut moved = 0;
-        let mut changed_keys = Vec::new();
         for (s, shard) in self.shards.iter().enumerate() {
-            // Pick victims under the lock: drop the clean ones, copy the dirty ones out as
-            // (key, meta when copied) and their encoded records.
-            let (dirty, puts) = {
+            // Pick victims under the lock: drop the clean ones, copy the others out as
+            // (key, meta when copied, changed) and their encoded records.
+            let (written, puts) = {
                 let mut shard = shard.lock();
                 let n = (shard.len() as f64 * fraction).ceil() as usize;
                 if n == 0 {
@@ -313,50 +325,44 @@ impl SparseTable {
                     continue;
                 }
                 order.select_nth_unstable(n - 1);
-                let (mut clean, mut dirty, mut puts) = (Vec::new(), Vec::new(), Vec::new());
+                let (mut clean, mut written, mut puts) = (Vec::new(), Vec::new(), Vec::new());
                 for &(_, _, pos) in &order[..n] {
                     let meta = *shard.meta(pos);
-                    if shard.is_dirty(pos) {
-                        dirty.push((meta.key, meta));
+                    // A changed row goes the written way even if clean (promotion clears the flag,
+                    // so none is expected): its mark must be on disk before it leaves.
+                    if shard.is_dirty(pos) || shard.is_changed(pos) {
+                        written.push((meta.key, meta, shard.is_changed(pos)));
                         puts.push((meta.key, encode_row(&meta, shard.row(pos, stride))));
                     } else {
                         clean.push(meta.key);
                     }
                 }
                 // Positions move as rows leave, so clean rows go by key once all are chosen.
-                // (Promotion clears the changed flag, so a clean row is not expected to carry
-                // one; if it does, it is marked like any changed row.)
-                let mut dropped = 0;
-                for key in &clean {
-                    if let Some(changed) = shard.demote(*key, stride) {
-                        dropped += 1;
-                        if changed {
-                            changed_keys.push(*key);
-                        }
-                    }
-                }
+                let dropped = clean.iter().filter(|key| shard.demote(**key, stride)).count() as u64;
                 if dropped > 0 {
                     self.tier.epochs[s].fetch_add(1, Ordering::AcqRel);
                     moved += dropped;
                 }
-                if dirty.is_empty() {
+                if written.is_empty() {
                     shard.shrink_if_sparse(stride);
                     continue;
                 }
-                (dirty, puts)
+                (written, puts)
             };
             cold.write(&self.spec.name, &puts, &[]).map_err(|e| self.tier_err(e))?;
+            // Marks before any of these rows leaves DRAM, so a failure here or later in the round
+            // leaves no changed row outside DRAM unmarked. A mark for a row that then stays
+            // (touched meanwhile) only makes the next incremental look at it.
+            let marks: Vec<u64> = written.iter().filter(|w| w.2).map(|w| w.0).collect();
+            if !marks.is_empty() {
+                cold.mark_changed(&self.spec.name, &marks).map_err(|e| self.tier_err(e))?;
+            }
             // Drop from DRAM only rows nobody touched while they were being written.
             let mut shard = shard.lock();
             let mut removed = 0;
-            for (key, meta) in &dirty {
-                if shard.find(*key).is_some_and(|pos| shard.meta(pos) == meta) {
-                    if let Some(changed) = shard.demote(*key, stride) {
-                        removed += 1;
-                        if changed {
-                            changed_keys.push(*key);
-                        }
-                    }
+            for (key, meta, _) in &written {
+                if shard.find(*key).is_some_and(|pos| shard.meta(pos) == meta) && shard.demote(*key, stride) {
+                    removed += 1;
                 }
             }
             if removed > 0 {
@@ -364,10 +370,6 @@ impl SparseTable {
             }
             shard.shrink_if_sparse(stride);
             moved += removed;
-        }
-        // Under the gate still, so no checkpoint runs between the rows leaving and their marks.
-        if !changed_keys.is_empty() {
-            cold.mark_changed(&self.spec.name, &changed_keys).map_err(|e| self.tier_err(e))?;
         }
         self.tier.demoted.fetch_add(moved, Ordering::Relaxed);
         Ok(moved)
