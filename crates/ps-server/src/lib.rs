@@ -16,7 +16,8 @@
 //! `ember_ps_checkpoint_seconds{kind}`, `ember_ps_checkpoint_bytes{kind}`,
 //! `ember_ps_feature_policy_rows{table,what}` (admitted, filtered, dropped, evicted),
 //! `ember_ps_tier{table,what}` (hot and cold rows, hits, promotions, demotions),
-//! `ember_ps_hot_bytes`, `ember_ps_dram_budget_bytes`.
+//! `ember_ps_hot_bytes`, `ember_ps_dram_budget_bytes`, `ember_ps_cold_tier_memory_bytes{what}`
+//! (RocksDB's index and filter blocks and write buffers: DRAM outside the budget).
 
 pub mod clocks;
 pub mod error;
@@ -108,6 +109,7 @@ fn spawn_budget_keeper(store: Arc<Store>) -> (Arc<std::sync::atomic::AtomicBool>
             if let Some(budget) = store.dram_budget() {
                 metrics::gauge!("ember_ps_dram_budget_bytes").set(budget as f64);
             }
+            let mut last_memory_report = std::time::Instant::now();
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
                 match store.enforce_budget() {
                     Ok(0) => std::thread::sleep(Duration::from_millis(20)),
@@ -118,6 +120,15 @@ fn spawn_budget_keeper(store: Arc<Store>) -> (Arc<std::sync::atomic::AtomicBool>
                     }
                 }
                 metrics::gauge!("ember_ps_hot_bytes").set(store.hot_bytes() as f64);
+                if last_memory_report.elapsed() >= Duration::from_secs(1) {
+                    last_memory_report = std::time::Instant::now();
+                    if let Ok((readers, memtables)) = store.cold_tier_memory() {
+                        metrics::gauge!("ember_ps_cold_tier_memory_bytes", "what" => "table_readers")
+                            .set(readers as f64);
+                        metrics::gauge!("ember_ps_cold_tier_memory_bytes", "what" => "write_buffers")
+                            .set(memtables as f64);
+                    }
+                }
             }
         })
         .expect("spawning a thread at server start");

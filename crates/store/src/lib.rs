@@ -228,6 +228,22 @@ impl Store {
         Ok(demoted)
     }
 
+    /// DRAM the cold tier holds outside the budget, summed over tables: (index and filter
+    /// blocks, write buffers) in bytes; zeros if the store is not tiered.
+    pub fn cold_tier_memory(&self) -> Result<(u64, u64), StoreError> {
+        let Some((cold, _)) = &self.tiering else { return Ok((0, 0)) };
+        let mut sum = (0, 0);
+        for table in self.all_tables() {
+            if let Table::Sparse(t) = table {
+                let (readers, memtables) = cold
+                    .memory_bytes(&t.spec().name)
+                    .map_err(|e| StoreError::Tier { table: t.spec().name.clone(), reason: e.0 })?;
+                sum = (sum.0 + readers, sum.1 + memtables);
+            }
+        }
+        Ok(sum)
+    }
+
     /// Sets the clock row TTLs read (unix seconds). Servers call it with the wall clock; tests
     /// move it by hand.
     pub fn set_now(&self, unix_seconds: u64) {

@@ -50,6 +50,11 @@ pub trait ColdTier: Send + Sync + std::fmt::Debug {
     fn changed_keys(&self, table: &str, after: Option<u64>, limit: usize) -> Result<Vec<u64>, TierError>;
     /// Forgets every mark of a table.
     fn clear_changed(&self, table: &str) -> Result<(), TierError>;
+    /// DRAM the backend holds for a table outside the hot tier's budget: (index and filter
+    /// blocks of its files, write buffers), in bytes. Zero for backends that cannot tell.
+    fn memory_bytes(&self, _table: &str) -> Result<(u64, u64), TierError> {
+        Ok((0, 0))
+    }
 }
 
 /// An in-memory cold tier: the tiering logic's test double, and a reference for backends.

@@ -200,6 +200,16 @@ impl ColdTier for RocksCold {
         Ok(keys)
     }
 
+    fn memory_bytes(&self, table: &str) -> Result<(u64, u64), TierError> {
+        let (mut readers, mut memtables) = (0, 0);
+        for cf in [self.cf(table)?, self.marks_cf(table)?] {
+            let int = |name: &str| self.db.property_int_value_cf(&cf, name).map(|v| v.unwrap_or(0)).map_err(err);
+            readers += int("rocksdb.estimate-table-readers-mem")?;
+            memtables += int("rocksdb.cur-size-all-mem-tables")?;
+        }
+        Ok((readers, memtables))
+    }
+
     fn clear_changed(&self, table: &str) -> Result<(), TierError> {
         // Dropping the column family deletes its files at once; range deletes would leave
         // tombstones that the next scan of the marks has to step over.
@@ -256,5 +266,20 @@ mod tests {
         cold.drop_table("a").unwrap();
         cold.open_table("a").unwrap();
         assert_eq!(cold.changed_keys("a", None, 10).unwrap(), Vec::<u64>::new(), "a dropped table's marks go too");
+    }
+
+    #[test]
+    fn memory_counts_write_buffers_and_then_table_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let cold = RocksCold::open_empty(dir.path()).unwrap();
+        cold.open_table("a").unwrap();
+        let puts: Vec<(u64, Vec<u8>)> = (0..20_000u64).map(|k| (k, vec![7; 100])).collect();
+        cold.write("a", &puts, &[]).unwrap();
+        let (_, memtables) = cold.memory_bytes("a").unwrap();
+        assert!(memtables > 2_000_000, "{memtables} bytes of write buffers for 2 MB of records");
+        cold.db.flush_cf(&cold.cf("a").unwrap()).unwrap();
+        let (readers, _) = cold.memory_bytes("a").unwrap();
+        assert!(readers > 0, "a flushed file has an index and a filter in memory");
+        assert!(cold.memory_bytes("b").is_err(), "unknown table");
     }
 }
