@@ -199,61 +199,25 @@ fn rows_are_never_lost_while_demotions_race_pushes() {
     assert!(stats.demoted > 0 && stats.promoted > 0, "{stats:?}");
 }
 
-/// A cold tier that counts the records written to it.
-#[derive(Debug, Default)]
-struct CountingCold {
+/// A cold tier for tests: an in-memory one that counts the records written to it, can run a
+/// hook once right after a read (a way to put another request between a request's cold read and
+/// its promotion), and can fail writes.
+#[derive(Default)]
+struct TestCold {
     inner: MemCold,
     puts: std::sync::atomic::AtomicU64,
-}
-
-impl ColdTier for CountingCold {
-    fn open_table(&self, table: &str) -> Result<(), crate::TierError> {
-        self.inner.open_table(table)
-    }
-    fn drop_table(&self, table: &str) -> Result<(), crate::TierError> {
-        self.inner.drop_table(table)
-    }
-    fn get_many(&self, table: &str, keys: &[u64]) -> Result<Vec<Option<Vec<u8>>>, crate::TierError> {
-        self.inner.get_many(table, keys)
-    }
-    fn write(&self, table: &str, puts: &[(u64, Vec<u8>)], deletes: &[u64]) -> Result<(), crate::TierError> {
-        self.puts.fetch_add(puts.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.inner.write(table, puts, deletes)
-    }
-    fn scan(&self, table: &str, f: &mut dyn FnMut(u64, &[u8])) -> Result<(), crate::TierError> {
-        self.inner.scan(table, f)
-    }
-    fn count(&self, table: &str) -> Result<u64, crate::TierError> {
-        self.inner.count(table)
-    }
-    fn mark_changed(&self, table: &str, keys: &[u64]) -> Result<(), crate::TierError> {
-        self.inner.mark_changed(table, keys)
-    }
-    fn changed_keys(&self, table: &str, after: Option<u64>, limit: usize) -> Result<Vec<u64>, crate::TierError> {
-        self.inner.changed_keys(table, after, limit)
-    }
-    fn clear_changed(&self, table: &str) -> Result<(), crate::TierError> {
-        self.inner.clear_changed(table)
-    }
-}
-
-/// A cold tier that runs a hook once, right after a read: a way to put another request between
-/// a request's cold read and its promotion.
-#[derive(Default)]
-struct HookCold {
-    inner: MemCold,
     hook: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
     /// Record writes that succeed before the next ones fail (`None`: all succeed).
     writes_left: parking_lot::Mutex<Option<usize>>,
 }
 
-impl std::fmt::Debug for HookCold {
+impl std::fmt::Debug for TestCold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HookCold")
+        f.write_str("TestCold")
     }
 }
 
-impl ColdTier for HookCold {
+impl ColdTier for TestCold {
     fn open_table(&self, table: &str) -> Result<(), crate::TierError> {
         self.inner.open_table(table)
     }
@@ -275,6 +239,7 @@ impl ColdTier for HookCold {
             }
             *left -= 1;
         }
+        self.puts.fetch_add(puts.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.inner.write(table, puts, deletes)
     }
     fn scan(&self, table: &str, f: &mut dyn FnMut(u64, &[u8])) -> Result<(), crate::TierError> {
@@ -296,7 +261,7 @@ impl ColdTier for HookCold {
 
 #[test]
 fn a_demotion_that_fails_halfway_leaves_no_changed_row_unmarked() {
-    let cold = Arc::new(HookCold::default());
+    let cold = Arc::new(TestCold::default());
     // A budget the test never reaches: only its own demotions move rows.
     let store = Store::tiered(config(), Arc::clone(&cold) as Arc<dyn ColdTier>, 1 << 30);
     store.create_table(spec(DemotePolicy::Lru), None).unwrap();
@@ -320,7 +285,7 @@ fn a_demotion_that_fails_halfway_leaves_no_changed_row_unmarked() {
 
 #[test]
 fn a_row_deleted_between_a_pulls_cold_read_and_its_promotion_stays_deleted() {
-    let cold = Arc::new(HookCold::default());
+    let cold = Arc::new(TestCold::default());
     // A budget the test never reaches: only its own demotions move rows.
     let store = Arc::new(Store::tiered(config(), Arc::clone(&cold) as Arc<dyn ColdTier>, 1 << 30));
     store.create_table(spec(DemotePolicy::Lru), None).unwrap();
@@ -346,7 +311,7 @@ fn a_row_deleted_between_a_pulls_cold_read_and_its_promotion_stays_deleted() {
 
 #[test]
 fn demoting_a_row_only_read_since_its_promotion_writes_nothing() {
-    let cold = Arc::new(CountingCold::default());
+    let cold = Arc::new(TestCold::default());
     // A budget the test never reaches: only its own demotions move rows.
     let store = Store::tiered(config(), Arc::clone(&cold) as Arc<dyn ColdTier>, 1 << 30);
     store.create_table(spec(DemotePolicy::Lru), None).unwrap();
@@ -401,7 +366,7 @@ fn a_full_checkpoint_writes_a_row_in_both_tiers_once() {
 
 #[test]
 fn an_incremental_holds_rows_that_changed_and_left_dram_and_no_others() {
-    let cold = Arc::new(CountingCold::default());
+    let cold = Arc::new(TestCold::default());
     // A budget the test never reaches: only its own demotions move rows.
     let store = Store::tiered(config(), Arc::clone(&cold) as Arc<dyn ColdTier>, 1 << 30);
     store.create_table(spec(DemotePolicy::Lru), None).unwrap();

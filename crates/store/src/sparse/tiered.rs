@@ -261,9 +261,6 @@ impl SparseTable {
     /// A demotion round holding the gate is waited for, as before: it is what frees memory.
     pub fn demote_without_waiting(&self, fraction: f64) -> Result<u64, StoreError> {
         let Some(cold) = &self.cold else { return Ok(0) };
-        if let Some(_gate) = self.tier.gate.try_lock() {
-            return self.demote_gated(cold.as_ref(), fraction, true);
-        }
         loop {
             if self.is_being_read() {
                 return self.drop_clean_rows(fraction);
