@@ -33,6 +33,7 @@ demo:
 ## bench: criterion micro-benchmarks (store pull/push rows/s; model step and parsing examples/s)
 bench:
 	$(CARGO) bench -p ember-store --bench store
+	$(CARGO) bench -p ember-store --bench cold_tier
 	$(CARGO) bench -p ember-worker --bench model
 
 ## bench-ps: ember ps and ember bench ps as separate processes, side by side with Redis
