@@ -16,6 +16,7 @@
 compile_error!("ember-store reads and writes little-endian f32 in place; big-endian targets are not supported");
 
 mod admission;
+mod arena;
 pub mod checkpoint;
 pub mod dense;
 mod error;

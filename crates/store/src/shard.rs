@@ -1,6 +1,6 @@
 //! One internal shard of a sparse table: a key index over a dense row arena.
 //!
-//! Rows live back to back in one `Vec<f32>` (`stride` = dim weights + optimizer state), with
+//! Rows live back to back in one cache-line-aligned arena of floats (`stride` = dim weights + optimizer state), with
 //! their metadata in a parallel `Vec<RowMeta>`; the index maps key -> position. Deleting a row
 //! moves the last row into its place, so the arena has no holes and a scan (stats, checkpoints)
 //! touches only live rows. Nothing here locks: the table holds each shard behind its own mutex.
@@ -14,6 +14,7 @@
 use ember_core::U64Map;
 
 use crate::admission::CountMin;
+use crate::arena::Arena;
 use crate::record::encode_keyed_row_into;
 
 /// Per-row metadata kept beside the values.
@@ -39,7 +40,7 @@ const COOL_EVERY: u32 = 16;
 #[derive(Debug, Default)]
 pub struct Shard {
     index: U64Map<u32>,
-    data: Vec<f32>,
+    data: Arena,
     meta: Vec<RowMeta>,
     /// Parallel to `meta`: changed since the last checkpoint took this shard's changes.
     changed: Vec<bool>,
@@ -71,16 +72,17 @@ impl Shard {
     }
 
     /// The positions of `keys` (`None` when absent), then a pass that loads each found row's
-    /// metadata and first value. Each loop's iterations are independent, so the CPU overlaps
-    /// their cache misses; looked up one at a time between row updates, every miss stalls
+    /// metadata and its first and last value (a row of 32 floats, dim 16 with Adagrad, is two
+    /// cache lines: weights, then optimizer state). Each loop's iterations are independent, so
+    /// the CPU overlaps their cache misses; looked up one at a time between row updates, every miss stalls
     /// (the index probe and the metadata load were 80% of a push's time under perf; a pull's
     /// short loop body overlaps them already, and measured no faster this way).
     pub fn locate(&self, keys: impl Iterator<Item = u64>, stride: usize) -> Vec<Option<usize>> {
         let found: Vec<Option<usize>> = keys.map(|key| self.find(key)).collect();
-        let touched = found
-            .iter()
-            .flatten()
-            .fold(0u64, |acc, &pos| acc ^ self.meta[pos].updates ^ u64::from(self.data[pos * stride].to_bits()));
+        let touched = found.iter().flatten().fold(0u64, |acc, &pos| {
+            let row = self.row(pos, stride);
+            acc ^ self.meta[pos].updates ^ u64::from(row[0].to_bits() ^ row[stride - 1].to_bits())
+        });
         std::hint::black_box(touched);
         found
     }
@@ -125,7 +127,7 @@ impl Shard {
         if self.meta.len() == self.meta.capacity() {
             self.grow(stride);
         }
-        self.data.resize(self.data.len() + stride, 0.0);
+        self.data.resize(self.data.len() + stride);
         init(&mut self.data[pos * stride..]);
         self.meta.push(RowMeta { key, updates: 0, last_step: step, last_time: time });
         self.changed.push(true);
