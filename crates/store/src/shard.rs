@@ -334,20 +334,47 @@ impl Shard {
         self.deleted = U64Map::default();
     }
 
-    /// Approximate heap bytes: arena capacity, metadata, and index slots (key, position and a
-    /// control byte each).
+    /// Heap bytes as allocated: arena, metadata and per-row flags at their capacity, and the
+    /// hash indexes at their table size ([`hash_table_bytes`]).
     pub fn heap_bytes(&self) -> usize {
         self.data.capacity() * 4
             + self.meta.capacity() * (std::mem::size_of::<RowMeta>() + 3)
-            + self.index.capacity() * (8 + 4 + 1)
-            + self.deleted.capacity() * (8 + 1)
+            + hash_table_bytes(self.index.capacity(), std::mem::size_of::<(u64, u32)>())
+            + hash_table_bytes(self.deleted.capacity(), std::mem::size_of::<u64>())
             + self.sketch.as_ref().map_or(0, |s| s.heap_bytes())
     }
+}
+
+/// Bytes of a std (hashbrown) hash table that reports `capacity`: a power-of-two bucket count
+/// of which at most 7/8 are usable, each bucket an entry of `entry_bytes` (a `(u64, u32)` pads to
+/// 16) plus a control byte, and one 16-byte control group more. Counting `capacity * 13` for the
+/// index, as this did before, missed a third of it.
+fn hash_table_bytes(capacity: usize, entry_bytes: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets =
+        if capacity < 8 { (capacity + 1).next_power_of_two() } else { (capacity * 8 / 7).next_power_of_two() };
+    buckets * (entry_bytes + 1) + 16
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hash_table_bytes_follow_the_bucket_count_the_capacity_implies() {
+        assert_eq!(hash_table_bytes(0, 16), 0);
+        assert_eq!(hash_table_bytes(3, 16), 4 * 17 + 16);
+        assert_eq!(hash_table_bytes(7, 16), 8 * 17 + 16);
+        assert_eq!(hash_table_bytes(14, 16), 16 * 17 + 16);
+        assert_eq!(hash_table_bytes(896, 16), 1024 * 17 + 16);
+        let mut map: U64Map<u32> = U64Map::default();
+        map.extend((0..1000).map(|k| (k, 0)));
+        // std reports 7/8 of a power of two for tables of 8 buckets and more.
+        let buckets = hash_table_bytes(map.capacity(), 16) / 17;
+        assert!(buckets.is_power_of_two() && buckets * 7 / 8 == map.capacity(), "{} -> {buckets}", map.capacity());
+    }
 
     #[test]
     fn remove_moves_the_last_row_and_keeps_the_index_right() {

@@ -93,10 +93,11 @@ impl SparseTable {
     }
 
     /// Bytes one hot row costs: values and optimizer state, metadata, three bytes of per-row
-    /// state (changed, heat, dirty), and an index slot (key, position, control byte, at hashbrown's 7/8
-    /// load).
+    /// state (changed, heat, dirty), and an index slot: a `(u64, u32)` entry padded to 16 bytes
+    /// and a control byte, at the table's fullest load of 7/8 (20 bytes; this counted 15, the
+    /// entry unpadded).
     pub fn row_bytes(&self) -> u64 {
-        (self.stride * 4 + std::mem::size_of::<RowMeta>() + 3 + 15) as u64
+        (self.stride * 4 + std::mem::size_of::<RowMeta>() + 3 + 20) as u64
     }
 
     /// Rows in DRAM.
