@@ -1,9 +1,10 @@
 //! One internal shard of a sparse table: a key index over a dense row arena.
 //!
-//! Rows live back to back in one cache-line-aligned arena of floats (`stride` = dim weights + optimizer state), with
-//! their metadata in a parallel `Vec<RowMeta>`; the index maps key -> position. Deleting a row
-//! moves the last row into its place, so the arena has no holes and a scan (stats, checkpoints)
-//! touches only live rows. Nothing here locks: the table holds each shard behind its own mutex.
+//! Rows live back to back in one cache-line-aligned arena of floats (`stride` = dim weights +
+//! optimizer state), with their metadata in a parallel `Vec<RowMeta>`; the index maps key ->
+//! position. Deleting a row moves the last row into its place, so the arena has no holes and a
+//! scan (stats, checkpoints) touches only live rows. Nothing here locks: the table holds each
+//! shard behind its own mutex.
 //!
 //! Change tracking for incremental checkpoints: every row created or updated is flagged changed,
 //! every removed key is remembered as deleted, until a checkpoint takes the changes. A key both
@@ -74,9 +75,9 @@ impl Shard {
     /// The positions of `keys` (`None` when absent), then a pass that loads each found row's
     /// metadata and its first and last value (a row of 32 floats, dim 16 with Adagrad, is two
     /// cache lines: weights, then optimizer state). Each loop's iterations are independent, so
-    /// the CPU overlaps their cache misses; looked up one at a time between row updates, every miss stalls
-    /// (the index probe and the metadata load were 80% of a push's time under perf; a pull's
-    /// short loop body overlaps them already, and measured no faster this way).
+    /// the CPU overlaps their cache misses; looked up one at a time between row updates, every
+    /// miss stalls (the index probe and the metadata load were 80% of a push's time under perf;
+    /// a pull's short loop body overlaps them already, and measured no faster this way).
     pub fn locate(&self, keys: impl Iterator<Item = u64>, stride: usize) -> Vec<Option<usize>> {
         let found: Vec<Option<usize>> = keys.map(|key| self.find(key)).collect();
         let touched = found.iter().flatten().fold(0u64, |acc, &pos| {
