@@ -123,6 +123,10 @@ pub struct TableStats {
 /// demote before they return (see `Store::relieve_pressure`).
 pub const HOT_HARD_LIMIT: f64 = 1.25;
 
+/// A demotion round, or a request's wait for the hot tier to shrink, this long is logged (a
+/// bulk load's rounds take ~0.5 s each at 12M keys / 256 MiB; the stalls this is for took seconds).
+const SLOW_PRESSURE_LOG: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// All tables of one server.
 #[derive(Debug)]
 pub struct Store {
@@ -212,6 +216,7 @@ impl Store {
         if self.hot_bytes() <= *budget {
             return Ok(0);
         }
+        let started = std::time::Instant::now();
         let _round = self.demotion_round.lock();
         let hot = self.hot_bytes();
         if hot <= *budget {
@@ -225,6 +230,16 @@ impl Store {
                 // would stop every other table's demotion too.
                 demoted += t.demote_without_waiting(fraction)?;
             }
+        }
+        if started.elapsed() >= SLOW_PRESSURE_LOG {
+            tracing::warn!(
+                seconds = started.elapsed().as_secs_f64(),
+                demoted,
+                hot_bytes_before = hot,
+                hot_bytes_after = self.hot_bytes(),
+                budget = *budget,
+                "slow demotion round"
+            );
         }
         Ok(demoted)
     }
@@ -415,6 +430,21 @@ impl Store {
     /// pull-heavy load stays near the limit and a push-heavy one may pass it until the
     /// checkpoint ends.
     fn relieve_pressure(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let result = self.relieve_pressure_inner();
+        // The multi-second pull stalls seen after 50M-row bulk loads (docs/benchmarks.md) were
+        // never traced; a request held here that long says so in the log.
+        if started.elapsed() >= SLOW_PRESSURE_LOG {
+            tracing::warn!(
+                seconds = started.elapsed().as_secs_f64(),
+                hot_bytes = self.hot_bytes(),
+                "a request waited for the hot tier to shrink"
+            );
+        }
+        result
+    }
+
+    fn relieve_pressure_inner(&self) -> Result<(), StoreError> {
         let Some((_, budget)) = &self.tiering else { return Ok(()) };
         let limit = *budget as f64 * HOT_HARD_LIMIT;
         // The hot bytes once more, after any wait: `None` if the pressure is gone.
