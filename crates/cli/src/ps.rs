@@ -52,6 +52,13 @@ pub struct PsArgs {
     shard_bits: u32,
 }
 
+impl PsArgs {
+    /// Whether the server has a DRAM budget (and so a cold tier).
+    pub fn is_tiered(&self) -> bool {
+        self.dram_budget.is_some()
+    }
+}
+
 /// Runs a ps-server until SIGINT/SIGTERM.
 pub async fn run(args: PsArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
