@@ -39,10 +39,12 @@ impl Arena {
             return self.truncate(len);
         }
         let old = self.len;
+        // New lines come zeroed; only the tail of the last old line may hold floats of rows
+        // truncated away.
+        let old_tail_end = (lines_for(old) * LINE_FLOATS).min(len);
         self.lines.resize(lines_for(len), Line::zeroed());
         self.len = len;
-        // The tail of the last old line may hold floats of rows truncated away.
-        self[old..].fill(0.0);
+        self[old..old_tail_end].fill(0.0);
     }
 
     /// Drops every float past `len`.

@@ -34,6 +34,20 @@ fn tiered(cold: Arc<dyn ColdTier>, demote: DemotePolicy) -> Store {
     store
 }
 
+/// A store over `cold` with a budget the tests never reach: only their own demotions move rows.
+fn unpressed(cold: Arc<dyn ColdTier>) -> Store {
+    let store = Store::tiered(config(), cold, 1 << 30);
+    store.create_table(spec(DemotePolicy::Lru), None).unwrap();
+    store
+}
+
+/// Restores the checkpoints in `dir` into a fresh store and checks it serves `keys` as `store` does.
+fn assert_restores_as(dir: &std::path::Path, store: &Store, keys: &[u64]) {
+    let restored = Store::tiered(config(), Arc::new(MemCold::default()), 1 << 30);
+    Checkpointer::open(dir).unwrap().restore(&restored).unwrap();
+    assert_eq!(restored.lookup("t", keys).unwrap(), store.lookup("t", keys).unwrap());
+}
+
 fn plain(demote: DemotePolicy) -> Store {
     let store = Store::new(config());
     store.create_table(spec(demote), None).unwrap();
@@ -262,9 +276,7 @@ impl ColdTier for TestCold {
 #[test]
 fn a_demotion_that_fails_halfway_leaves_no_changed_row_unmarked() {
     let cold = Arc::new(TestCold::default());
-    // A budget the test never reaches: only its own demotions move rows.
-    let store = Store::tiered(config(), Arc::clone(&cold) as Arc<dyn ColdTier>, 1 << 30);
-    store.create_table(spec(DemotePolicy::Lru), None).unwrap();
+    let store = unpressed(Arc::clone(&cold) as Arc<dyn ColdTier>);
     let table = store.sparse("t").unwrap();
     let keys: Vec<u64> = (0..KEYS).collect();
     store.pull("t", &keys).unwrap();
@@ -278,17 +290,13 @@ fn a_demotion_that_fails_halfway_leaves_no_changed_row_unmarked() {
     assert!(table.hot_rows() < KEYS, "part of the round happened");
     *cold.writes_left.lock() = None;
     checkpoints.write(&store, CheckpointKind::Incremental, 1).unwrap();
-    let restored = Store::tiered(config(), Arc::new(MemCold::default()), 1 << 30);
-    Checkpointer::open(dir.path()).unwrap().restore(&restored).unwrap();
-    assert_eq!(restored.lookup("t", &keys).unwrap(), store.lookup("t", &keys).unwrap());
+    assert_restores_as(dir.path(), &store, &keys);
 }
 
 #[test]
 fn a_row_deleted_between_a_pulls_cold_read_and_its_promotion_stays_deleted() {
     let cold = Arc::new(TestCold::default());
-    // A budget the test never reaches: only its own demotions move rows.
-    let store = Arc::new(Store::tiered(config(), Arc::clone(&cold) as Arc<dyn ColdTier>, 1 << 30));
-    store.create_table(spec(DemotePolicy::Lru), None).unwrap();
+    let store = Arc::new(unpressed(Arc::clone(&cold) as Arc<dyn ColdTier>));
     let reference = plain(DemotePolicy::Lru);
     let table = store.sparse("t").unwrap();
     store.pull("t", &[7]).unwrap();
@@ -304,17 +312,13 @@ fn a_row_deleted_between_a_pulls_cold_read_and_its_promotion_stays_deleted() {
     // And a full checkpoint holds the row the store serves.
     let dir = tempfile::tempdir().unwrap();
     Checkpointer::open(dir.path()).unwrap().write(&store, CheckpointKind::Full, 0).unwrap();
-    let restored = Store::tiered(config(), Arc::new(MemCold::default()), 1 << 30);
-    Checkpointer::open(dir.path()).unwrap().restore(&restored).unwrap();
-    assert_eq!(restored.lookup("t", &[7]).unwrap(), store.lookup("t", &[7]).unwrap());
+    assert_restores_as(dir.path(), &store, &[7]);
 }
 
 #[test]
 fn demoting_a_row_only_read_since_its_promotion_writes_nothing() {
     let cold = Arc::new(TestCold::default());
-    // A budget the test never reaches: only its own demotions move rows.
-    let store = Store::tiered(config(), Arc::clone(&cold) as Arc<dyn ColdTier>, 1 << 30);
-    store.create_table(spec(DemotePolicy::Lru), None).unwrap();
+    let store = unpressed(Arc::clone(&cold) as Arc<dyn ColdTier>);
     let table = store.sparse("t").unwrap();
     let written = || cold.puts.load(std::sync::atomic::Ordering::Relaxed);
     let keys: Vec<u64> = (0..50).collect();
@@ -341,10 +345,7 @@ fn demoting_a_row_only_read_since_its_promotion_writes_nothing() {
 
 #[test]
 fn a_full_checkpoint_writes_a_row_in_both_tiers_once() {
-    let cold: Arc<dyn ColdTier> = Arc::new(MemCold::default());
-    // A budget the test never reaches: only its own demotions move rows.
-    let store = Store::tiered(config(), Arc::clone(&cold), 1 << 30);
-    store.create_table(spec(DemotePolicy::Lru), None).unwrap();
+    let store = unpressed(Arc::new(MemCold::default()));
     let table = store.sparse("t").unwrap();
     let keys: Vec<u64> = (0..50).collect();
     store.pull("t", &keys).unwrap();
@@ -358,18 +359,14 @@ fn a_full_checkpoint_writes_a_row_in_both_tiers_once() {
     // 50 cold records, the 10 dirty rows again (their newer values win on restore), 10 new rows;
     // the 40 clean rows are their cold records and are not written twice.
     assert_eq!(info.rows, 70);
-    let restored = Store::tiered(config(), Arc::new(MemCold::default()), 1 << 30);
-    Checkpointer::open(dir.path()).unwrap().restore(&restored).unwrap();
     let all: Vec<u64> = (0..60).collect();
-    assert_eq!(restored.lookup("t", &all).unwrap(), store.lookup("t", &all).unwrap());
+    assert_restores_as(dir.path(), &store, &all);
 }
 
 #[test]
 fn an_incremental_holds_rows_that_changed_and_left_dram_and_no_others() {
     let cold = Arc::new(TestCold::default());
-    // A budget the test never reaches: only its own demotions move rows.
-    let store = Store::tiered(config(), Arc::clone(&cold) as Arc<dyn ColdTier>, 1 << 30);
-    store.create_table(spec(DemotePolicy::Lru), None).unwrap();
+    let store = unpressed(Arc::clone(&cold) as Arc<dyn ColdTier>);
     let table = store.sparse("t").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let checkpoints = Checkpointer::open(dir.path()).unwrap();
@@ -388,10 +385,8 @@ fn an_incremental_holds_rows_that_changed_and_left_dram_and_no_others() {
     assert!(cold.changed_keys("t", None, 100).unwrap().is_empty(), "the checkpoint took the marks");
     assert_eq!(checkpoints.write(&store, CheckpointKind::Incremental, 2).unwrap().rows, 0);
 
-    let restored = Store::tiered(config(), Arc::new(MemCold::default()), 1 << 30);
-    Checkpointer::open(dir.path()).unwrap().restore(&restored).unwrap();
     let all: Vec<u64> = (0..40).collect();
-    assert_eq!(restored.lookup("t", &all).unwrap(), store.lookup("t", &all).unwrap());
+    assert_restores_as(dir.path(), &store, &all);
 }
 
 #[test]
@@ -462,9 +457,7 @@ fn requests_under_pressure_drop_clean_rows_instead_of_waiting_for_a_checkpoint()
 
 #[test]
 fn rows_pulled_often_stay_in_dram_over_rows_read_once() {
-    // A budget the test never reaches: only its own demotions move rows.
-    let store = Store::tiered(config(), Arc::new(MemCold::default()), 1 << 30);
-    store.create_table(spec(DemotePolicy::Lru), None).unwrap();
+    let store = unpressed(Arc::new(MemCold::default()));
     let table = store.sparse("t").unwrap();
     let all: Vec<u64> = (0..100).collect();
     let often: Vec<u64> = (0..10).collect();
