@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The DRAM/SSD tier measured against the same server kept all in DRAM, in one run:
-# pull throughput at several hot-hit rates, RSS against the budget, every row read back and
+# pull throughput at several hot-hit rates (Zipf keys, and a hot set of KEYS/50 keys mixed with
+# uniform ones at 100%, 90% and 50%), measured once right after the bulk load and again after the
+# cold tier's compactions have drained, RSS against the budget, every row read back and
 # checked (after the pulls: still its initial values; after a kill and restart: the same rows as
 # at the last checkpoint), checkpoint write and restore times and sizes (full vs incremental).
 #
 # Usage: scripts/bench-tiers.sh [KEYS=50000000] [BUDGET=1GiB] [SECONDS=10] [OUT=/tmp/ember-tiers]
 # Needs ~KEYS x 500 bytes of free disk under OUT (the cold tier and two full checkpoints).
 # Malloc settings in the environment (MALLOC_ARENA_MAX, MALLOC_TRIM_THRESHOLD_) reach both servers.
+# Stdout: one JSON object per step (also in OUT/results.jsonl); stderr ends with a tiered vs
+# all-DRAM table.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 KEYS="${1:-50000000}"
@@ -16,23 +20,27 @@ OUT="${4:-/tmp/ember-tiers}"
 EMBER="${EMBER:-$ROOT/target/release/ember}"
 [ -x "$EMBER" ] || (cd "$ROOT" && cargo build --release -p ember-cli)
 rm -rf "$OUT" && mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+HOT_KEYS=$((KEYS / 50))
 echo "machine: $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 PS_PID=""
 cleanup() { [ -n "$PS_PID" ] && kill -9 "$PS_PID" 2>/dev/null || true; }
 trap cleanup EXIT
 
-# start_ps NAME [ps flags...]: starts a ps-server, sets PS_PID and ADDR.
+# start_ps NAME [ps flags...]: starts a ps-server, sets PS_PID, ADDR and METRICS.
 start_ps() {
   local name="$1"; shift
-  "$EMBER" ps --listen 127.0.0.1:0 --data-dir "$OUT/$name" --checkpoint-every 0 "$@" >"$OUT/$name.out" 2>"$OUT/$name.log" &
+  "$EMBER" ps --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$OUT/$name" --checkpoint-every 0 "$@" \
+    >"$OUT/$name.out" 2>"$OUT/$name.log" &
   PS_PID=$!
   # Up to 10 min: a restart restores its checkpoints before it listens, and 50M tiered rows
   # took longer than a minute.
   for _ in $(seq 1 6000); do
     kill -0 "$PS_PID" 2>/dev/null || break
     ADDR=$(sed -n 's/^ember ps listening on //p' "$OUT/$name.out")
-    [ -n "$ADDR" ] && return 0
+    METRICS=$(sed -n 's/^ember ps metrics on //p' "$OUT/$name.out")
+    [ -n "$ADDR" ] && [ -n "$METRICS" ] && return 0
     sleep 0.1
   done
   echo "ps $name did not start" >&2; exit 1
@@ -45,15 +53,50 @@ bench() { # bench LABEL [bench flags...]   (RUN_SECONDS overrides the run length
   local json
   json=$("$EMBER" bench ps --target "$ADDR" --keys "$KEYS" --dim 16 --batch 4096 --concurrency 4 \
     --seconds "${RUN_SECONDS:-$SECONDS_EACH}" --json "$@")
-  echo "{\"run\":\"$label\",\"rss_mb\":$(rss_mb),\"bench\":$json}"
+  emit "{\"run\":\"$label\",\"rss_mb\":$(rss_mb),\"bench\":$json}"
 }
 
-# pulls: the same three key distributions on each server; zipf 1.1 is mostly hot, zipf 0.9
-# less so, uniform mostly cold on a tiered server whose budget holds a small part of the keys.
+emit() { echo "$1" | tee -a "$RESULTS"; }
+
+# backlog_busy: true while the server's cold tier has flushes or compactions running
+# (`ember_ps_cold_tier_backlog`; an all-DRAM server reports none).
+backlog_busy() {
+  python3 - "$METRICS" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
+owed = sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+           if l.startswith('ember_ps_cold_tier_backlog{what="running"}'))
+sys.exit(0 if owed > 0 else 1)
+PY
+}
+
+# settle TAG: waits (up to 10 min) until the cold tier has been idle for 3 polls in a row.
+# A bulk load leaves RocksDB minutes of compaction on 2 cores, and cold reads are slower until
+# it is done, so the runs after this one measure the server as it serves once loaded.
+settle() {
+  local started idle=0
+  started=$(date +%s)
+  while [ "$idle" -lt 3 ] && [ $(( $(date +%s) - started )) -lt 600 ]; do
+    if backlog_busy; then idle=0; else idle=$((idle + 1)); fi
+    sleep 1
+  done
+  emit "{\"run\":\"$1-settle\",\"seconds\":$(( $(date +%s) - started )),\"idle\":$([ "$idle" -ge 3 ] && echo true || echo false)}"
+}
+
+# pulls: the same key distributions on each server. Zipf 1.1 is mostly hot, zipf 0.9 less so,
+# uniform mostly cold on a tiered server whose budget holds a small part of the keys. The hot set
+# (KEYS/50 keys, a fraction of the budget) is all hot once read, so its share sets the hit rate:
+# 100%, about 90% and about 50% (plus the uniform draws that happen to be hot).
 pulls() {
   local tag="$1"
   bench "$tag-preload+zipf1.1" --op pull --dist zipf --zipf-s 1.1
+  bench "$tag-zipf1.1-unsettled" --op pull --dist zipf --zipf-s 1.1 --no-preload
+  settle "$tag"
   bench "$tag-zipf1.1" --op pull --dist zipf --zipf-s 1.1 --no-preload
+  RUN_SECONDS=3 bench "$tag-hot-set-warm-up" --op pull --dist hot-set --hot-keys "$HOT_KEYS" --hot-share 1 --no-preload >/dev/null
+  for share in 1 0.9 0.5; do
+    bench "$tag-hot-set-$share" --op pull --dist hot-set --hot-keys "$HOT_KEYS" --hot-share "$share" --no-preload
+  done
   bench "$tag-zipf0.9" --op pull --dist zipf --zipf-s 0.9 --no-preload
   bench "$tag-uniform" --op pull --dist uniform --no-preload
 }
@@ -74,7 +117,7 @@ during_checkpoint() {
   sleep 2
   ck=$("$EMBER" checkpoint --ps "$ADDR" --full --json)
   wait "$bench_pid"
-  echo "{\"run\":\"$tag-zipf1.1-during-full-checkpoint\",\"rss_mb\":$(rss_mb),\"checkpoint\":$ck,\"bench\":$(cat "$out")}"
+  emit "{\"run\":\"$tag-zipf1.1-during-full-checkpoint\",\"rss_mb\":$(rss_mb),\"checkpoint\":$ck,\"bench\":$(cat "$out")}"
 }
 
 checkpoints() {
@@ -92,7 +135,7 @@ checkpoints() {
   start_ps "$name" "${flags[@]}"
   restored_ms=$(( ($(date +%s%N) - started) / 1000000 ))
   after=$(verify)
-  echo "{\"run\":\"$tag-checkpoints\",\"full\":$full,\"incremental\":$incr,\"restart_to_listening_ms\":$restored_ms,\"rss_after_restore_mb\":$(rss_mb),\"verify_before_kill\":$before,\"verify_after_restore\":$after}"
+  emit "{\"run\":\"$tag-checkpoints\",\"full\":$full,\"incremental\":$incr,\"restart_to_listening_ms\":$restored_ms,\"rss_after_restore_mb\":$(rss_mb),\"verify_before_kill\":$before,\"verify_after_restore\":$after}"
   python3 - "$before" "$after" <<'PY'
 import json, sys
 b, a = (json.loads(x) for x in sys.argv[1:])
@@ -106,14 +149,33 @@ PY
 start_ps tiered --dram-budget "$BUDGET"
 pulls tiered
 # Pulls only read: every row, wherever the tiers moved it, must still hold its initial values.
-echo "{\"run\":\"tiered-verify\",\"rss_mb\":$(rss_mb),\"verify\":$(verify --expect-initial)}"
+emit "{\"run\":\"tiered-verify\",\"rss_mb\":$(rss_mb),\"verify\":$(verify --expect-initial)}"
 during_checkpoint tiered
 checkpoints tiered tiered --dram-budget "$BUDGET"
 rm -rf "${OUT:?}/tiered" # ~3 x 8 GB at 50M keys: the all-DRAM server's checkpoints need the room
 
 start_ps dram
 pulls dram
-echo "{\"run\":\"dram-verify\",\"verify\":$(verify --expect-initial)}"
+emit "{\"run\":\"dram-verify\",\"verify\":$(verify --expect-initial)}"
 during_checkpoint dram
 checkpoints dram dram
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+python3 - "$RESULTS" >&2 <<'PY'
+import json, sys
+runs = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if "bench" in r:
+        server, _, what = r["run"].partition("-")
+        runs.setdefault(what, {})[server] = r
+print(f"{'pulls':36} {'tiered keys/s':>14} {'hot %':>6} {'all-DRAM keys/s':>16} {'ratio':>6} {'tiered RSS MB':>14}")
+for what, pair in runs.items():
+    t, d = pair.get("tiered"), pair.get("dram")
+    if not t or not d:
+        continue
+    tb, db = t["bench"], d["bench"]
+    hits = tb["hot_hits"] + tb["cold_hits"]
+    hot = 100 * tb["hot_hits"] / hits if hits else 0
+    print(f"{what:36} {tb['keys_per_sec']:>14,.0f} {hot:>6.1f} {db['keys_per_sec']:>16,.0f} "
+          f"{tb['keys_per_sec'] / db['keys_per_sec']:>6.2f} {t['rss_mb']:>14}")
+PY

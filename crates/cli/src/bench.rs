@@ -2,8 +2,10 @@
 //!
 //! It creates its table if missing, preloads `--keys` rows (so pulls measure reads, not row
 //! creation), then runs `--concurrency` tasks, each sending one batch at a time for `--seconds`,
-//! and prints keys/s and batch-latency percentiles. Keys are drawn uniformly or from a Zipf
-//! distribution over the preloaded key space. Latency is per batch, measured at the client.
+//! and prints keys/s and batch-latency percentiles. Keys are drawn uniformly, from a Zipf
+//! distribution, or from a hot set mixed with uniform keys, over the preloaded key space. The
+//! hot set fixes the share of keys a tiered server can serve from DRAM (a set that fits the budget
+//! is all hot once read), which Zipf's long tail does not. Latency is per batch, at the client.
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,9 @@ pub enum Dist {
     Uniform,
     /// Rank-frequency power law with exponent `--zipf-s` (hot keys are the low ids).
     Zipf,
+    /// A share `--hot-share` of keys drawn uniformly from the `--hot-keys` lowest ids, the rest
+    /// uniformly from the whole key space.
+    HotSet,
 }
 
 /// The optimizer of the bench table (what a push applies).
@@ -95,6 +100,12 @@ pub struct BenchPsArgs {
     /// Zipf exponent.
     #[arg(long, default_value_t = 1.1)]
     pub zipf_s: f64,
+    /// `--dist hot-set`: size of the hot set (the lowest ids).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub hot_keys: u64,
+    /// `--dist hot-set`: share of keys drawn from the hot set, in [0, 1].
+    #[arg(long, default_value_t = 0.9)]
+    pub hot_share: f64,
     /// Table to use (created if missing).
     #[arg(long, default_value = "bench")]
     pub table: String,
@@ -184,23 +195,40 @@ async fn tier_counts(client: &PsClient, table: &str) -> anyhow::Result<[u64; 4]>
     Ok(sums)
 }
 
+/// How a [`KeyGen`] draws.
+enum Draw {
+    Uniform,
+    Zipf(Zipf),
+    /// (hot-set size, share drawn from it)
+    HotSet(u64, f64),
+}
+
 /// Draws keys in `[0, n)`.
 struct KeyGen {
     rng: SplitMix64,
     n: u64,
-    zipf: Option<Zipf>,
+    draw: Draw,
 }
 
 impl KeyGen {
-    fn new(seed: u64, n: u64, dist: Dist, s: f64) -> Self {
-        let zipf = (dist == Dist::Zipf).then(|| Zipf::new(n, s));
-        Self { rng: SplitMix64::new(seed), n: n.max(1), zipf }
+    fn new(seed: u64, n: u64, args: &BenchPsArgs) -> Self {
+        let n = n.max(1);
+        let draw = match args.dist {
+            Dist::Uniform => Draw::Uniform,
+            Dist::Zipf => Draw::Zipf(Zipf::new(n, args.zipf_s)),
+            Dist::HotSet => Draw::HotSet(args.hot_keys.clamp(1, n), args.hot_share),
+        };
+        Self { rng: SplitMix64::new(seed), n, draw }
     }
 
     fn next(&mut self) -> u64 {
-        match &self.zipf {
-            None => self.rng.below(self.n),
-            Some(zipf) => zipf.draw(&mut self.rng),
+        match &self.draw {
+            Draw::Uniform => self.rng.below(self.n),
+            Draw::Zipf(zipf) => zipf.draw(&mut self.rng),
+            Draw::HotSet(hot, share) => {
+                let from_hot = self.rng.next_f64() < *share;
+                self.rng.below(if from_hot { *hot } else { self.n })
+            }
         }
     }
 }
@@ -257,6 +285,7 @@ pub(crate) fn percentile(sorted: &[u32], q: f64) -> f64 {
 pub async fn measure(args: &BenchPsArgs) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(args.batch > 0 && args.keys > 0 && args.dim > 0, "--batch, --keys and --dim must be > 0");
     anyhow::ensure!(args.op != Op::Verify, "--op verify is not a load run (bench_verify::run)");
+    anyhow::ensure!((0.0..=1.0).contains(&args.hot_share), "--hot-share must be in [0, 1]");
     let clients = connect_all(args).await?;
     let spec = TableSpec::sparse(args.table.clone(), args.dim, args.optimizer.build())
         .with_initializer(BENCH_INIT, BENCH_SEED);
@@ -275,7 +304,7 @@ pub async fn measure(args: &BenchPsArgs) -> anyhow::Result<BenchReport> {
         let client = clients[task % clients.len()].clone();
         let args = args.clone();
         tasks.spawn(async move {
-            let mut keygen = KeyGen::new(args.seed.wrapping_add(task as u64), args.keys, args.dist, args.zipf_s);
+            let mut keygen = KeyGen::new(args.seed.wrapping_add(task as u64), args.keys, &args);
             let mut grad_rng = SplitMix64::new(args.seed ^ 0xdead_beef ^ task as u64);
             let grads: Vec<f32> =
                 (0..args.batch * args.dim as usize).map(|_| grad_rng.next_f32() * 0.02 - 0.01).collect();
@@ -385,10 +414,38 @@ pub async fn run(args: BenchPsArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    fn args(dist: Dist) -> BenchPsArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchPsArgs,
+        }
+        let mut args = Cli::parse_from(["bench", "--target", "127.0.0.1:1"]).bench;
+        args.dist = dist;
+        args
+    }
+
     #[test]
     fn uniform_keys_stay_in_range() {
-        let mut uni = KeyGen::new(1, 1000, Dist::Uniform, 1.1);
+        let mut uni = KeyGen::new(1, 1000, &args(Dist::Uniform));
         assert!((0..10_000).all(|_| uni.next() < 1000));
+    }
+
+    #[test]
+    fn hot_set_keys_come_from_the_hot_set_at_the_given_share() {
+        let mut a = args(Dist::HotSet);
+        a.hot_keys = 100;
+        a.hot_share = 0.9;
+        let mut gen = KeyGen::new(3, 1_000_000, &a);
+        let keys: Vec<u64> = (0..100_000).map(|_| gen.next()).collect();
+        assert!(keys.iter().all(|k| *k < 1_000_000));
+        // 90% from the hot set plus the uniform draws that land in it (0.01%).
+        let in_hot = keys.iter().filter(|k| **k < 100).count() as f64 / keys.len() as f64;
+        assert!((in_hot - 0.9).abs() < 0.01, "share from the hot set {in_hot}");
+        a.hot_share = 1.0;
+        let mut all_hot = KeyGen::new(3, 1_000_000, &a);
+        assert!((0..10_000).all(|_| all_hot.next() < 100));
     }
 
     #[test]

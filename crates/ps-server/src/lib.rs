@@ -17,7 +17,9 @@
 //! `ember_ps_feature_policy_rows{table,what}` (admitted, filtered, dropped, evicted),
 //! `ember_ps_tier{table,what}` (hot and cold rows, hits, promotions, demotions),
 //! `ember_ps_hot_bytes`, `ember_ps_dram_budget_bytes`, `ember_ps_cold_tier_memory_bytes{what}`
-//! (RocksDB's index and filter blocks and write buffers: DRAM outside the budget).
+//! (RocksDB's index and filter blocks and write buffers: DRAM outside the budget),
+//! `ember_ps_cold_tier_backlog{what}` (RocksDB's running flushes and compactions, L0 files,
+//! write throttling).
 
 pub mod clocks;
 pub mod error;
@@ -127,6 +129,15 @@ fn spawn_budget_keeper(store: Arc<Store>) -> (Arc<std::sync::atomic::AtomicBool>
                             .set(readers as f64);
                         metrics::gauge!("ember_ps_cold_tier_memory_bytes", "what" => "write_buffers")
                             .set(memtables as f64);
+                    }
+                    if let Ok(backlog) = store.cold_tier_backlog() {
+                        for (what, v) in [
+                            ("running", backlog.running),
+                            ("l0_files", backlog.l0_files),
+                            ("writes_throttled", u64::from(backlog.writes_throttled)),
+                        ] {
+                            metrics::gauge!("ember_ps_cold_tier_backlog", "what" => what).set(v as f64);
+                        }
                     }
                 }
             }

@@ -260,6 +260,22 @@ impl Store {
         Ok(sum)
     }
 
+    /// The cold tier's owed flushes and compactions over every sparse table; zeros if the store is
+    /// not tiered.
+    pub fn cold_tier_backlog(&self) -> Result<tier::ColdBacklog, StoreError> {
+        let Some((cold, _)) = &self.tiering else { return Ok(tier::ColdBacklog::default()) };
+        let names: Vec<String> = self
+            .all_tables()
+            .into_iter()
+            .filter_map(|t| match t {
+                Table::Sparse(t) => Some(t.spec().name.clone()),
+                Table::Dense(_) => None,
+            })
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        cold.backlog(&names).map_err(|e| StoreError::Tier { table: names.join(","), reason: e.0 })
+    }
+
     /// Sets the clock row TTLs read (unix seconds). Servers call it with the wall clock; tests
     /// move it by hand.
     pub fn set_now(&self, unix_seconds: u64) {

@@ -55,6 +55,25 @@ pub trait ColdTier: Send + Sync + std::fmt::Debug {
     fn memory_bytes(&self, _table: &str) -> Result<(u64, u64), TierError> {
         Ok((0, 0))
     }
+    /// Background work the backend still owes for `tables` (flushes and compactions). Cold reads
+    /// slow down while it is behind (more files to look in), and a bulk load leaves it behind for
+    /// a while; zeros for backends without such work.
+    fn backlog(&self, _tables: &[&str]) -> Result<ColdBacklog, TierError> {
+        Ok(ColdBacklog::default())
+    }
+}
+
+/// What [`ColdTier::backlog`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ColdBacklog {
+    /// Flushes and compactions running now. RocksDB schedules the next compaction as one ends,
+    /// so a backlog shows as this staying above zero. (Its `compaction-pending` flag is no
+    /// such signal: it stayed set on an idle marks family with two sorted runs.)
+    pub running: u64,
+    /// Files in level 0 (for universal compaction: unmerged runs), which every cold read checks.
+    pub l0_files: u64,
+    /// Whether the backend is throttling or stopping writes.
+    pub writes_throttled: bool,
 }
 
 /// An in-memory cold tier: the tiering logic's test double, and a reference for backends.

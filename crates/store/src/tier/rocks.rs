@@ -12,7 +12,7 @@ use rocksdb::{
     BlockBasedOptions, Cache, DBCompressionType, DBWithThreadMode, MultiThreaded, Options, WriteBatch, WriteOptions,
 };
 
-use super::{ColdTier, TierError};
+use super::{ColdBacklog, ColdTier, TierError};
 
 type Db = DBWithThreadMode<MultiThreaded>;
 
@@ -224,6 +224,23 @@ impl ColdTier for RocksCold {
         Ok((readers, memtables))
     }
 
+    fn backlog(&self, tables: &[&str]) -> Result<ColdBacklog, TierError> {
+        let db_int = |name: &str| self.db.property_int_value(name).map(|v| v.unwrap_or(0)).map_err(err);
+        let mut backlog = ColdBacklog {
+            running: db_int("rocksdb.num-running-compactions")? + db_int("rocksdb.num-running-flushes")?,
+            writes_throttled: db_int("rocksdb.actual-delayed-write-rate")? > 0
+                || db_int("rocksdb.is-write-stopped")? > 0,
+            ..ColdBacklog::default()
+        };
+        for table in tables {
+            for cf in [self.cf(table)?, self.marks_cf(table)?] {
+                let int = |name: &str| self.db.property_int_value_cf(&cf, name).map(|v| v.unwrap_or(0)).map_err(err);
+                backlog.l0_files += int("rocksdb.num-files-at-level0")?;
+            }
+        }
+        Ok(backlog)
+    }
+
     fn clear_changed(&self, table: &str) -> Result<(), TierError> {
         // Dropping the column family deletes its files at once; range deletes would leave
         // tombstones that the next scan of the marks has to step over.
@@ -295,5 +312,30 @@ mod tests {
         let (readers, _) = cold.memory_bytes("a").unwrap();
         assert!(readers > 0, "a flushed file has an index and a filter in memory");
         assert!(cold.memory_bytes("b").is_err(), "unknown table");
+    }
+
+    #[test]
+    fn backlog_counts_unmerged_files_and_ends_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let cold = RocksCold::open_empty(dir.path()).unwrap();
+        cold.open_table("a").unwrap();
+        assert_eq!(cold.backlog(&["a"]).unwrap().l0_files, 0, "nothing written yet");
+        for round in 0..2u64 {
+            cold.write("a", &[(round, vec![1; 10])], &[]).unwrap();
+            cold.db.flush_cf(&cold.cf("a").unwrap()).unwrap();
+        }
+        // Below universal compaction's trigger (4 runs), the two flushed files stay unmerged.
+        let mut backlog = cold.backlog(&["a"]).unwrap();
+        assert_eq!(backlog.l0_files, 2);
+        for _ in 0..500 {
+            if backlog.running == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            backlog = cold.backlog(&["a"]).unwrap();
+        }
+        assert_eq!(backlog.running, 0, "flushes done, nothing to compact");
+        assert!(!backlog.writes_throttled);
+        assert!(cold.backlog(&["b"]).is_err(), "unknown table");
     }
 }
