@@ -17,7 +17,7 @@ pub mod serving;
 pub mod shard_map;
 
 pub use error::ClientError;
-pub use ps::{Clock, DensePushed, PsClient, PulledRows, PushResult, RetryPolicy};
+pub use ps::{Clock, DensePushed, PsClient, PulledRows, PushResult, RetryPolicy, TableGradients};
 pub use scheduler::{Membership, SchedulerClient};
 pub use serving::ServingClient;
 pub use shard_map::ShardMap;

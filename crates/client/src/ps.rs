@@ -16,6 +16,10 @@ use tonic::transport::Channel;
 
 use crate::{ClientError, ShardMap};
 
+mod tables;
+
+pub use tables::TableGradients;
+
 /// Largest message the client sends or accepts.
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
@@ -68,6 +72,21 @@ struct Part {
     keys: Vec<u64>,
     /// Batch positions of `keys`; empty means "the whole batch, in order".
     positions: Vec<u32>,
+}
+
+impl Part {
+    /// This part's rows of `values` (`dim` per batch key) as LE f32 bytes.
+    fn gather(&self, values: &[f32], dim: usize) -> Bytes {
+        if self.positions.is_empty() {
+            return f32s_le(values);
+        }
+        let mut buf = Vec::with_capacity(self.keys.len() * dim * 4);
+        for pos in &self.positions {
+            let pos = *pos as usize;
+            buf.extend_from_slice(bytemuck::cast_slice(&values[pos * dim..(pos + 1) * dim]));
+        }
+        Bytes::from(buf)
+    }
 }
 
 /// How long calls to a server that is down (restarting, unreachable) are retried.
@@ -278,9 +297,21 @@ impl PsClient {
             })
         });
         let replies = try_join_all(calls).await?;
+        self.assemble(keys.len(), &parts, replies, lookup)
+    }
+
+    /// Puts each server's rows of a read back in batch order. `replies` are (dim, values,
+    /// version, missing flags) per part of `parts`, in order.
+    fn assemble(
+        &self,
+        keys: usize,
+        parts: &[Part],
+        replies: Vec<(u32, Bytes, u64, Vec<bool>)>,
+        lookup: bool,
+    ) -> Result<PulledRows, ClientError> {
         let dim = replies.first().map_or(0, |r| r.0 as usize);
-        let mut values = vec![0f32; keys.len() * dim];
-        let mut missing = if lookup { vec![false; keys.len()] } else { Vec::new() };
+        let mut values = vec![0f32; keys * dim];
+        let mut missing = if lookup { vec![false; keys] } else { Vec::new() };
         let mut clock = Clock(vec![0; self.servers.len()]);
         for (part, (part_dim, bytes, version, part_missing)) in parts.iter().zip(replies) {
             let protocol =
@@ -335,16 +366,7 @@ impl PsClient {
         }
         let dim = grads.len() / keys.len();
         let requests = self.split(keys).into_iter().map(|part| {
-            let gradients = if part.positions.is_empty() {
-                f32s_le(grads)
-            } else {
-                let mut buf = Vec::with_capacity(part.keys.len() * dim * 4);
-                for pos in &part.positions {
-                    let pos = *pos as usize;
-                    buf.extend_from_slice(bytemuck::cast_slice(&grads[pos * dim..(pos + 1) * dim]));
-                }
-                Bytes::from(buf)
-            };
+            let gradients = part.gather(grads, dim);
             let request = v1::PushRequest {
                 table: table.to_string(),
                 keys: part.keys,

@@ -216,6 +216,70 @@ impl ParameterServer for PsService {
         observe("push", keys, started, result)
     }
 
+    async fn pull_tables(
+        &self,
+        req: Request<v1::PullTablesRequest>,
+    ) -> Result<Response<v1::PullTablesResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        if req.tables.is_empty() {
+            return observe("pull_tables", 0, started, Err(Status::invalid_argument("no tables to pull")));
+        }
+        let keys = req.keys.len() * req.tables.len();
+        let result = self
+            .blocking(move |s| {
+                req.tables
+                    .iter()
+                    .map(|table| {
+                        let rows = s.pull(table, &req.keys)?;
+                        Ok(v1::PullResponse {
+                            dim: rows.dim,
+                            values: f32s_to_bytes(rows.values),
+                            version: rows.version,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()
+            })
+            .await;
+        observe("pull_tables", keys, started, result.map(|tables| v1::PullTablesResponse { tables }))
+    }
+
+    async fn push_tables(
+        &self,
+        req: Request<v1::PushTablesRequest>,
+    ) -> Result<Response<v1::PushTablesResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        if req.tables.is_empty() {
+            return observe("push_tables", 0, started, Err(Status::invalid_argument("no tables to push")));
+        }
+        let keys = req.keys.len() * req.tables.len();
+        let encodings = req.tables.iter().map(|t| encoding_of(t.encoding)).collect::<Result<Vec<_>, _>>();
+        let encodings = match encodings {
+            Ok(e) => e,
+            Err(status) => return observe("push_tables", keys, started, Err(status)),
+        };
+        let result = self
+            .blocking(move |s| {
+                req.tables
+                    .iter()
+                    .zip(encodings)
+                    .map(|(t, encoding)| {
+                        let out = s.push_versioned(&t.table, &req.keys, encoding, &t.gradients, Some(t.version))?;
+                        histogram!("ember_ps_push_staleness", "table" => t.table.clone()).record(out.staleness as f64);
+                        Ok(v1::PushResponse {
+                            rows_updated: out.rows_updated,
+                            version: out.version,
+                            staleness: out.staleness,
+                            buffered: out.buffered,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()
+            })
+            .await;
+        observe("push_tables", keys, started, result.map(|tables| v1::PushTablesResponse { tables }))
+    }
+
     async fn pull_dense(&self, req: Request<v1::PullDenseRequest>) -> Result<Response<v1::PullDenseResponse>, Status> {
         let started = Instant::now();
         let names = req.into_inner().names;

@@ -1,12 +1,13 @@
 //! gRPC round trips through real ps-servers on 127.0.0.1 ephemeral ports: every RPC, every
-//! bad-input case of the contract, multi-server routing, health and graceful shutdown.
+//! bad-input case of the contract, multi-server routing, several tables in one call, health and
+//! graceful shutdown.
 
 // Helpers here are test harness code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 
-use ember_client::{ClientError, PsClient, ShardMap};
+use ember_client::{ClientError, PsClient, ShardMap, TableGradients};
 use ember_core::{Initializer, Optimizer, TableSpec};
 use ember_proto::v1::{self, parameter_server_client::ParameterServerClient};
 use ember_ps_server::{serve, ServeConfig};
@@ -328,4 +329,50 @@ async fn health_reports_serving_and_shutdown_drains() {
     server.task.await.unwrap().unwrap();
     let err = PsClient::connect_one(&server.addr).await.map(|_| ()).unwrap_err();
     assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn several_tables_in_one_call_match_one_table_at_a_time() {
+    let (a, b, c) = (start(10_000).await, start(10_000).await, start(10_000).await);
+    let lone = PsClient::connect_one(&c.addr).await.unwrap();
+    let pair =
+        PsClient::connect(ShardMap::round_robin(vec![a.addr.clone(), b.addr.clone()], 1024).unwrap()).await.unwrap();
+    let lin = TableSpec::sparse("lin", 1, Optimizer::Ftrl { alpha: 0.05, beta: 1.0, l1: 0.1, l2: 0.1 });
+    for client in [&lone, &pair] {
+        client.create_table(&emb_spec(), None).await.unwrap();
+        client.create_table(&lin, None).await.unwrap();
+    }
+    let keys: Vec<u64> = (0..400).map(|i| (i * 7919) % 250).collect();
+    let both = pair.pull_tables(&["lin", "emb"], &keys).await.unwrap();
+    let (w, v) = (lone.pull("lin", &keys).await.unwrap(), lone.pull("emb", &keys).await.unwrap());
+    assert_eq!((both[0].dim, both[1].dim), (1, 4));
+    assert_eq!((&both[0].values, &both[1].values), (&w.values, &v.values));
+
+    let gw: Vec<f32> = (0..keys.len()).map(|i| (i % 7) as f32 * 0.03 - 0.1).collect();
+    let gv: Vec<f32> = (0..keys.len() * 4).map(|i| (i % 11) as f32 * 0.01).collect();
+    let parts = [
+        TableGradients { table: "lin", grads: &gw, clock: &both[0].clock },
+        TableGradients { table: "emb", grads: &gv, clock: &both[1].clock },
+    ];
+    let pushed = pair.push_tables(&keys, &parts).await.unwrap();
+    assert_eq!(pushed.len(), 2);
+    assert!(pushed.iter().all(|p| p.rows_updated == 250 && p.clock.0 == vec![1, 1]), "{pushed:?}");
+    lone.push("lin", &keys, &gw, &w.clock).await.unwrap();
+    lone.push("emb", &keys, &gv, &v.clock).await.unwrap();
+    for table in ["lin", "emb"] {
+        let (from_pair, from_lone) = (pair.pull(table, &keys).await.unwrap(), lone.pull(table, &keys).await.unwrap());
+        assert_eq!(from_pair.values, from_lone.values, "{table} after the push");
+        assert_ne!(&from_pair.values, if table == "lin" { &w.values } else { &v.values }, "{table} moved");
+    }
+
+    // Bad input: no tables, an unknown table, gradients of the wrong size.
+    let mut raw = ParameterServerClient::connect(format!("http://{}", c.addr)).await.unwrap();
+    let none = raw.pull_tables(v1::PullTablesRequest { tables: vec![], keys: vec![1] }).await;
+    assert_eq!(raw_status(none).code(), Code::InvalidArgument);
+    let none = raw.push_tables(v1::PushTablesRequest { keys: vec![1], tables: vec![] }).await;
+    assert_eq!(raw_status(none).code(), Code::InvalidArgument);
+    let err = lone.pull_tables(&["lin", "nope"], &[1]).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::NotFound));
+    let short = [TableGradients { table: "emb", grads: &gv[..5], clock: &v.clock }];
+    assert!(matches!(lone.push_tables(&keys, &short).await, Err(ClientError::InvalidArgument(_))));
 }

@@ -17,7 +17,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ember_client::{ClientError, Clock, PsClient, PushResult};
+use ember_client::{ClientError, Clock, PsClient, PushResult, TableGradients};
 use ember_core::codec::Compression;
 use ember_core::job::CompressionSpec;
 use ember_core::sync::StalenessHistogram;
@@ -180,10 +180,18 @@ async fn pull_rows(
             }
         }
     };
-    let sparse_v = async {
+    // Training pulls of both sparse tables share one RPC per server (the keys travel once).
+    let sparse = async {
         match &tables.embedding {
-            Some(emb) => read(emb.clone()).await.map(Some),
-            None => Ok(None),
+            Some(emb) if !read_only => {
+                let mut both = client.pull_tables(&[&tables.linear, emb], &keys).await?.into_iter();
+                match (both.next(), both.next()) {
+                    (Some(w), Some(v)) => Ok((w, Some(v))),
+                    _ => unreachable!("pull_tables returns one result per table"),
+                }
+            }
+            Some(emb) => tokio::try_join!(read(tables.linear.clone()), async { read(emb.clone()).await.map(Some) }),
+            None => Ok((read(tables.linear.clone()).await?, None)),
         }
     };
     let names = tables.dense_names();
@@ -194,7 +202,7 @@ async fn pull_rows(
             client.pull_dense(&names).await
         }
     };
-    let (w, v, dense) = tokio::try_join!(read(tables.linear.clone()), sparse_v, dense)?;
+    let ((w, v), dense) = tokio::try_join!(sparse, dense)?;
     let (dense, dense_versions) = to_layers(&tables, dense)?;
     let (v, clock_v) = v.map_or((Vec::new(), Clock::default()), |v| (v.values, v.clock));
     Ok(Pulled { w: w.values, v, dense, clock_w: w.clock, clock_v, dense_versions })
@@ -255,11 +263,29 @@ async fn push_grads(
         }
         Err(_) => Default::default(),
     };
-    let w = client.push_encoded(&tables.linear, &keys, &grads.w, &rows.clock_w, sparse_codec, &mut rw);
-    let v = async {
+    // Uncompressed pushes of both sparse tables share one RPC per server, as their pulls do.
+    let sparse = async {
         match &tables.embedding {
-            Some(emb) => client.push_encoded(emb, &keys, &grads.v, &rows.clock_v, sparse_codec, &mut rv).await,
-            None => Ok((PushResult::default(), 0)),
+            Some(emb) if sparse_codec == Compression::None => {
+                let parts = [
+                    TableGradients { table: &tables.linear, grads: &grads.w, clock: &rows.clock_w },
+                    TableGradients { table: emb, grads: &grads.v, clock: &rows.clock_v },
+                ];
+                let mut both = client.push_tables(&keys, &parts).await?.into_iter();
+                let bytes = |g: &[f32]| ember_core::codec::encoded_len(Compression::None, g.len()) as u64;
+                match (both.next(), both.next()) {
+                    (Some(w), Some(v)) => Ok(((w, bytes(&grads.w)), (v, bytes(&grads.v)))),
+                    _ => unreachable!("push_tables returns one result per table"),
+                }
+            }
+            Some(emb) => tokio::try_join!(
+                client.push_encoded(&tables.linear, &keys, &grads.w, &rows.clock_w, sparse_codec, &mut rw),
+                client.push_encoded(emb, &keys, &grads.v, &rows.clock_v, sparse_codec, &mut rv)
+            ),
+            None => Ok((
+                client.push_encoded(&tables.linear, &keys, &grads.w, &rows.clock_w, sparse_codec, &mut rw).await?,
+                (PushResult::default(), 0),
+            )),
         }
     };
     let names = tables.dense_names();
@@ -279,7 +305,7 @@ async fn push_grads(
         }
         client.push_dense_encoded(&parts, dense_codec, &mut rd).await
     };
-    let ((w, w_bytes), (v, v_bytes), (d, d_bytes)) = tokio::try_join!(w, v, d)?;
+    let (((w, w_bytes), (v, v_bytes)), (d, d_bytes)) = tokio::try_join!(sparse, d)?;
     if let Ok(mut r) = residuals.lock() {
         if sparse_codec != Compression::None {
             r.linear.scatter(&keys, &rw);

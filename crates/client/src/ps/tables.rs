@@ -1,0 +1,133 @@
+//! Pulls and pushes of several sparse tables at the same keys, one RPC per server (`PullTables`,
+//! `PushTables`). A model's tables (linear weights, embeddings) are read and updated at the same
+//! batch keys, so the keys travel once and each server handles all tables in one task; per table,
+//! the results are exactly those of [`PsClient::pull`] and [`PsClient::push`].
+
+use ember_proto::v1;
+use futures_util::future::try_join_all;
+
+use super::{Clock, PsClient, PulledRows, PushResult};
+use crate::ClientError;
+
+/// One table's share of a [`PsClient::push_tables`]: its name, its gradients
+/// (`keys.len() * dim` values, key order) and the clock its rows were pulled at.
+#[derive(Debug, Clone, Copy)]
+pub struct TableGradients<'a> {
+    /// Table name.
+    pub table: &'a str,
+    /// Gradient values.
+    pub grads: &'a [f32],
+    /// The versions the rows were read at (from that table's pull).
+    pub clock: &'a Clock,
+}
+
+impl PsClient {
+    /// Training read of `tables` at `keys`: one [`PulledRows`] per table, in order, each as
+    /// [`Self::pull`] would return it.
+    pub async fn pull_tables(&self, tables: &[&str], keys: &[u64]) -> Result<Vec<PulledRows>, ClientError> {
+        if tables.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+        let parts = self.split(keys);
+        let calls = parts.iter().map(|part| {
+            let client = &self.servers[part.server];
+            let names = &names;
+            self.retrying(part.server, move || {
+                let mut client = client.clone();
+                let request = v1::PullTablesRequest { tables: names.clone(), keys: part.keys.clone() };
+                async move { Ok(client.pull_tables(request).await?.into_inner().tables) }
+            })
+        });
+        let mut replies = try_join_all(calls).await?;
+        for (part, reply) in parts.iter().zip(&replies) {
+            if reply.len() != tables.len() {
+                return Err(ClientError::Protocol {
+                    endpoint: self.map.endpoints()[part.server].clone(),
+                    reason: format!("{} tables in the reply to a pull of {}", reply.len(), tables.len()),
+                });
+            }
+        }
+        let mut pulled = Vec::with_capacity(tables.len());
+        for t in 0..tables.len() {
+            let table_replies = replies
+                .iter_mut()
+                .map(|reply| {
+                    let r = std::mem::take(&mut reply[t]);
+                    (r.dim, r.values, r.version, Vec::new())
+                })
+                .collect();
+            pulled.push(self.assemble(keys.len(), &parts, table_replies, false)?);
+        }
+        Ok(pulled)
+    }
+
+    /// Pushes uncompressed gradients of several tables at the same `keys`: one
+    /// [`PushResult`] per table, in order, each as [`Self::push`] would return it.
+    pub async fn push_tables(
+        &self,
+        keys: &[u64],
+        tables: &[TableGradients<'_>],
+    ) -> Result<Vec<PushResult>, ClientError> {
+        if keys.is_empty() || tables.is_empty() {
+            return Ok(tables.iter().map(|_| self.no_push()).collect());
+        }
+        let mut dims = Vec::with_capacity(tables.len());
+        for t in tables {
+            if !t.grads.len().is_multiple_of(keys.len()) {
+                return Err(ClientError::InvalidArgument(format!(
+                    "{} gradient values of table {} is not a multiple of {} keys",
+                    t.grads.len(),
+                    t.table,
+                    keys.len()
+                )));
+            }
+            dims.push(t.grads.len() / keys.len());
+        }
+        let parts = self.split(keys);
+        let requests: Vec<(usize, v1::PushTablesRequest)> = parts
+            .into_iter()
+            .map(|part| {
+                let per_table = tables
+                    .iter()
+                    .zip(&dims)
+                    .map(|(t, dim)| v1::TableGradients {
+                        table: t.table.to_string(),
+                        gradients: part.gather(t.grads, *dim),
+                        version: t.clock.of(part.server),
+                        encoding: v1::GradientEncoding::F32 as i32,
+                    })
+                    .collect();
+                (part.server, v1::PushTablesRequest { keys: part.keys, tables: per_table })
+            })
+            .collect();
+        let calls = requests.into_iter().map(|(server, request)| {
+            let client = &self.servers[server];
+            async move {
+                let reply = self
+                    .retrying(server, || {
+                        let (mut client, request) = (client.clone(), request.clone());
+                        async move { client.push_tables(request).await }
+                    })
+                    .await?
+                    .into_inner();
+                Ok::<_, ClientError>((server, reply.tables))
+            }
+        });
+        let mut results: Vec<PushResult> = tables.iter().map(|_| self.no_push()).collect();
+        for (server, replies) in try_join_all(calls).await? {
+            if replies.len() != tables.len() {
+                return Err(ClientError::Protocol {
+                    endpoint: self.map.endpoints()[server].clone(),
+                    reason: format!("{} tables in the reply to a push of {}", replies.len(), tables.len()),
+                });
+            }
+            for (result, reply) in results.iter_mut().zip(replies) {
+                result.rows_updated += reply.rows_updated;
+                result.clock.0[server] = reply.version;
+                result.staleness.push(reply.staleness);
+            }
+        }
+        Ok(results)
+    }
+}
