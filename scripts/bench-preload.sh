@@ -15,17 +15,11 @@ OUT="${4:-/tmp/ember-preload}"
 EMBER="${EMBER:-$ROOT/target/release/ember}"
 [ -x "$EMBER" ] || (cd "$ROOT" && cargo build --release -p ember-cli)
 rm -rf "$OUT" && mkdir -p "$OUT"
-"$EMBER" ps --listen 127.0.0.1:0 --data-dir "$OUT/d" --checkpoint-every 0 --dram-budget "$BUDGET" \
-  >"$OUT/out" 2>"$OUT/log" &
-PID=$!
-trap 'kill -9 $PID 2>/dev/null || true; rm -rf "$OUT"' EXIT
-ADDR=""
-for _ in $(seq 1 600); do
-  ADDR=$(sed -n 's/^ember ps listening on //p' "$OUT/out")
-  [ -n "$ADDR" ] && break
-  sleep 0.1
-done
-[ -n "$ADDR" ] || { echo "ps did not start" >&2; exit 1; }
+# shellcheck source=scripts/ps-lib.sh
+. "$ROOT/scripts/ps-lib.sh"
+PS_PID=""
+trap '[ -n "$PS_PID" ] && kill -9 "$PS_PID" 2>/dev/null; rm -rf "$OUT"' EXIT
+start_ps "$OUT/d" --dram-budget "$BUDGET"
 bench() {
   "$EMBER" bench ps --target "$ADDR" --keys "$KEYS" --dim 16 --batch 4096 --concurrency 4 --json \
     --op pull --dist zipf --zipf-s 1.1 --seconds 10 "$@"
@@ -34,5 +28,5 @@ first=$(bench | python3 -c "import json,sys; d=json.load(sys.stdin); print('prel
 second=$(bench --no-preload | python3 -c "import json,sys; d=json.load(sys.stdin); print('%.2fM keys/s max %.0f ms' % (d['keys_per_sec']/1e6, d['max_ms']))")
 stalls=$(grep -h "Stalling writes\|Stopping writes" "$OUT"/d/cold/LOG* 2>/dev/null \
   | sed -E 's/.*\[([ct])\.[^]]*\] (Stalling|Stopping).*/\1-\2/' | sort | uniq -c | tr -s ' \n' ' ' || true)
-slow=$(grep -c "slow demotion round\|waited for the hot tier" "$OUT/log" || true)
+slow=$(grep -c "slow demotion round\|waited for the hot tier" "$OUT/d.log" || true)
 echo "$LABEL: $first; $second | RocksDB write stalls (t = rows, c = marks):${stalls:- none} | slow rounds/waits logged: $slow"

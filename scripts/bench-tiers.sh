@@ -29,23 +29,8 @@ PS_PID=""
 cleanup() { [ -n "$PS_PID" ] && kill -9 "$PS_PID" 2>/dev/null || true; }
 trap cleanup EXIT
 
-# start_ps NAME [ps flags...]: starts a ps-server, sets PS_PID, ADDR and METRICS.
-start_ps() {
-  local name="$1"; shift
-  "$EMBER" ps --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$OUT/$name" --checkpoint-every 0 "$@" \
-    >"$OUT/$name.out" 2>"$OUT/$name.log" &
-  PS_PID=$!
-  # Up to 10 min: a restart restores its checkpoints before it listens, and 50M tiered rows
-  # took longer than a minute.
-  for _ in $(seq 1 6000); do
-    kill -0 "$PS_PID" 2>/dev/null || break
-    ADDR=$(sed -n 's/^ember ps listening on //p' "$OUT/$name.out")
-    METRICS=$(sed -n 's/^ember ps metrics on //p' "$OUT/$name.out")
-    [ -n "$ADDR" ] && [ -n "$METRICS" ] && return 0
-    sleep 0.1
-  done
-  echo "ps $name did not start" >&2; exit 1
-}
+# shellcheck source=scripts/ps-lib.sh
+. "$ROOT/scripts/ps-lib.sh"
 
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$PS_PID/status"; }
 
@@ -148,7 +133,7 @@ checkpoints() {
   kill -9 "$PS_PID"; wait "$PS_PID" 2>/dev/null || true
   local started restored_ms
   started=$(date +%s%N)
-  start_ps "$name" "${flags[@]}"
+  start_ps "$OUT/$name" "${flags[@]}"
   restored_ms=$(( ($(date +%s%N) - started) / 1000000 ))
   after=$(verify)
   emit "{\"run\":\"$tag-checkpoints\",\"full\":$full,\"incremental\":$incr,\"restart_to_listening_ms\":$restored_ms,\"rss_after_restore_mb\":$(rss_mb),\"verify_before_kill\":$before,\"verify_after_restore\":$after}"
@@ -162,7 +147,7 @@ PY
   PS_PID=""
 }
 
-start_ps tiered --dram-budget "$BUDGET"
+start_ps "$OUT/tiered" --dram-budget "$BUDGET"
 pulls tiered
 # Pulls only read: every row, wherever the tiers moved it, must still hold its initial values.
 emit "{\"run\":\"tiered-verify\",\"rss_mb\":$(rss_mb),\"verify\":$(verify --expect-initial)}"
@@ -170,7 +155,7 @@ during_checkpoint tiered
 checkpoints tiered tiered --dram-budget "$BUDGET"
 rm -rf "${OUT:?}/tiered" # ~3 x 8 GB at 50M keys: the all-DRAM server's checkpoints need the room
 
-start_ps dram
+start_ps "$OUT/dram"
 pulls dram
 emit "{\"run\":\"dram-verify\",\"verify\":$(verify --expect-initial)}"
 during_checkpoint dram
