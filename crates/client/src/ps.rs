@@ -16,8 +16,10 @@ use tonic::transport::Channel;
 
 use crate::{ClientError, ShardMap};
 
+mod dense;
 mod tables;
 
+pub use dense::DensePushed;
 pub use tables::TableGradients;
 
 /// Largest message the client sends or accepts.
@@ -55,15 +57,6 @@ pub struct PushResult {
     pub clock: Clock,
     /// The staleness each server involved measured for its part.
     pub staleness: Vec<u64>,
-}
-
-/// One dense gradient's fate: the table's version after it, and its staleness.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DensePushed {
-    /// The table's version after the push.
-    pub version: u64,
-    /// Versions the table moved on between the gradient's pull and its arrival.
-    pub staleness: u64,
 }
 
 /// The keys of a batch that one server owns, and where they sit in the batch.
@@ -469,43 +462,6 @@ impl PsClient {
         Ok((self.send_pushes(requests).await?, bytes_sent))
     }
 
-    /// Applies dense gradients compressed with `encoding`, with one residual per gradient
-    /// (error feedback, as in [`Self::push_encoded`]; `Compression::None` is a plain
-    /// [`Self::push_dense`] and ignores `residuals`). Returns each new version and the bytes sent.
-    pub async fn push_dense_encoded(
-        &self,
-        grads: &[(&str, &[f32], u64)],
-        encoding: Compression,
-        residuals: &mut [Vec<f32>],
-    ) -> Result<(Vec<DensePushed>, u64), ClientError> {
-        if encoding == Compression::None {
-            let bytes = grads.iter().map(|g| codec::encoded_len(encoding, g.1.len()) as u64).sum();
-            return Ok((self.push_dense(grads).await?, bytes));
-        }
-        if residuals.len() != grads.len() || grads.iter().zip(residuals.iter()).any(|(g, r)| g.1.len() != r.len()) {
-            return Err(ClientError::InvalidArgument(
-                "one residual of the gradient's length per dense gradient".into(),
-            ));
-        }
-        let mut bytes_sent = 0u64;
-        let requests: Vec<(usize, v1::DenseGradient)> = grads
-            .iter()
-            .zip(residuals.iter_mut())
-            .map(|((name, grad, version), residual)| {
-                let encoded = codec::encode_with_residual(encoding, grad, residual);
-                bytes_sent += encoded.len() as u64;
-                let gradient = v1::DenseGradient {
-                    name: name.to_string(),
-                    gradients: Bytes::from(encoded),
-                    version: *version,
-                    encoding: wire_encoding(encoding) as i32,
-                };
-                (self.map.server_of_name(name), gradient)
-            })
-            .collect();
-        Ok((self.send_dense(requests).await?, bytes_sent))
-    }
-
     /// Deletes rows on their servers; returns how many existed.
     pub async fn delete_keys(&self, table: &str, keys: &[u64]) -> Result<u64, ClientError> {
         let calls = self.split(keys).into_iter().map(|part| {
@@ -516,73 +472,6 @@ impl PsClient {
             }
         });
         Ok(try_join_all(calls).await?.into_iter().sum())
-    }
-
-    /// Dense vectors and their versions, in the order of `names`.
-    pub async fn pull_dense(&self, names: &[&str]) -> Result<Vec<(Vec<f32>, u64)>, ClientError> {
-        let calls = names.iter().map(|name| {
-            let server = self.map.server_of_name(name);
-            let client = &self.servers[server];
-            let request = v1::PullDenseRequest { names: vec![name.to_string()] };
-            async move {
-                let reply = self
-                    .retrying(server, || {
-                        let (mut client, request) = (client.clone(), request.clone());
-                        async move { client.pull_dense(request).await }
-                    })
-                    .await?
-                    .into_inner();
-                let table = reply.tables.into_iter().next().ok_or_else(|| ClientError::Protocol {
-                    endpoint: self.map.endpoints()[server].clone(),
-                    reason: "empty PullDense reply".into(),
-                })?;
-                let mut values = vec![0f32; table.values.len() / 4];
-                read_f32s_le(&table.values, &mut values);
-                Ok::<_, ClientError>((values, table.version))
-            }
-        });
-        try_join_all(calls).await
-    }
-
-    /// Applies dense gradients `(table, gradient, version read)`; returns each new version.
-    pub async fn push_dense(&self, grads: &[(&str, &[f32], u64)]) -> Result<Vec<DensePushed>, ClientError> {
-        let requests = grads
-            .iter()
-            .map(|(name, grad, version)| {
-                let gradient = v1::DenseGradient {
-                    name: name.to_string(),
-                    gradients: f32s_le(grad),
-                    version: *version,
-                    encoding: v1::GradientEncoding::F32 as i32,
-                };
-                (self.map.server_of_name(name), gradient)
-            })
-            .collect();
-        self.send_dense(requests).await
-    }
-
-    /// Sends each dense gradient to its table's server concurrently (with retries); returns each
-    /// table's new version and the gradient's staleness, in order.
-    async fn send_dense(&self, gradients: Vec<(usize, v1::DenseGradient)>) -> Result<Vec<DensePushed>, ClientError> {
-        let calls = gradients.into_iter().map(|(server, gradient)| {
-            let client = &self.servers[server];
-            let request = v1::PushDenseRequest { gradients: vec![gradient] };
-            async move {
-                let reply = self
-                    .retrying(server, || {
-                        let (mut client, request) = (client.clone(), request.clone());
-                        async move { client.push_dense(request).await }
-                    })
-                    .await?;
-                let reply = reply.into_inner();
-                let (version, staleness) = (reply.versions.first(), reply.staleness.first());
-                Ok::<_, ClientError>(DensePushed {
-                    version: version.copied().unwrap_or_default(),
-                    staleness: staleness.copied().unwrap_or_default(),
-                })
-            }
-        });
-        try_join_all(calls).await
     }
 
     /// Each server's stats, indexed by server number.

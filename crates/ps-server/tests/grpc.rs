@@ -376,3 +376,39 @@ async fn several_tables_in_one_call_match_one_table_at_a_time() {
     let short = [TableGradients { table: "emb", grads: &gv[..5], clock: &v.clock }];
     assert!(matches!(lone.push_tables(&keys, &short).await, Err(ClientError::InvalidArgument(_))));
 }
+
+#[tokio::test]
+async fn dense_tables_on_two_servers_come_back_in_the_order_asked() {
+    let (a, b) = (start(10_000).await, start(10_000).await);
+    let map = ShardMap::round_robin(vec![a.addr.clone(), b.addr.clone()], 1024).unwrap();
+    let pair = PsClient::connect(map.clone()).await.unwrap();
+    let names: Vec<String> = (0..6).map(|i| format!("mlp.t{i}")).collect();
+    let servers: Vec<usize> = names.iter().map(|n| map.server_of_name(n)).collect();
+    assert!(servers.contains(&0) && servers.contains(&1), "the tables spread over both servers: {servers:?}");
+    for (i, name) in names.iter().enumerate() {
+        let initial = vec![i as f32; i + 1];
+        pair.create_table(
+            &TableSpec::dense(name.clone(), i as u32 + 1, Optimizer::Sgd { learning_rate: 1.0 }),
+            Some(&initial),
+        )
+        .await
+        .unwrap();
+    }
+    // Asked in reverse: each answer must match its name, not the server's order.
+    let asked: Vec<&str> = names.iter().rev().map(String::as_str).collect();
+    let pulled = pair.pull_dense(&asked).await.unwrap();
+    for (name, (values, version)) in asked.iter().zip(&pulled) {
+        let i: usize = name["mlp.t".len()..].parse().unwrap();
+        assert_eq!((values, *version), (&vec![i as f32; i + 1], 0), "{name}");
+    }
+    let grads: Vec<Vec<f32>> =
+        asked.iter().map(|n| vec![0.25; n["mlp.t".len()..].parse::<usize>().unwrap() + 1]).collect();
+    let parts: Vec<(&str, &[f32], u64)> = asked.iter().zip(&grads).map(|(n, g)| (*n, &g[..], 0)).collect();
+    let pushed = pair.push_dense(&parts).await.unwrap();
+    assert_eq!(pushed.len(), 6);
+    assert!(pushed.iter().all(|p| p.version == 1 && p.staleness == 0), "{pushed:?}");
+    for (name, (values, version)) in asked.iter().zip(pair.pull_dense(&asked).await.unwrap()) {
+        let i: usize = name["mlp.t".len()..].parse().unwrap();
+        assert_eq!((values, version), (vec![i as f32 - 0.25; i + 1], 1), "{name} after one SGD step");
+    }
+}
