@@ -59,6 +59,15 @@ pub struct PushResult {
     pub staleness: Vec<u64>,
 }
 
+impl PushResult {
+    /// Adds one server's reply to a push.
+    fn merge(&mut self, server: usize, reply: &v1::PushResponse) {
+        self.rows_updated += reply.rows_updated;
+        self.clock.0[server] = reply.version;
+        self.staleness.push(reply.staleness);
+    }
+}
+
 /// The keys of a batch that one server owns, and where they sit in the batch.
 struct Part {
     server: usize,
@@ -202,6 +211,32 @@ impl PsClient {
         move |status| ClientError::Rpc { endpoint: self.map.endpoints()[server].clone(), status }
     }
 
+    /// A reply from `server` that breaks the contract (wrong sizes or counts).
+    fn protocol(&self, server: usize, reason: String) -> ClientError {
+        ClientError::Protocol { endpoint: self.map.endpoints()[server].clone(), reason }
+    }
+
+    /// Sends each `(server, request)` with `rpc`, all concurrently, each retried as
+    /// [`Self::retrying`] does; the replies come back in request order, with their server.
+    async fn call_each<Req, Resp, F, Fut>(
+        &self,
+        requests: Vec<(usize, Req)>,
+        rpc: F,
+    ) -> Result<Vec<(usize, Resp)>, ClientError>
+    where
+        Req: Clone,
+        F: Fn(ParameterServerClient<Channel>, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let rpc = &rpc;
+        let calls = requests.into_iter().map(|(server, request)| async move {
+            let client = &self.servers[server];
+            let reply = self.retrying(server, || rpc(client.clone(), request.clone())).await?;
+            Ok::<_, ClientError>((server, reply.into_inner()))
+        });
+        try_join_all(calls).await
+    }
+
     fn split(&self, keys: &[u64]) -> Vec<Part> {
         if self.servers.len() == 1 {
             return vec![Part { server: 0, keys: keys.to_vec(), positions: Vec::new() }];
@@ -307,8 +342,7 @@ impl PsClient {
         let mut missing = if lookup { vec![false; keys] } else { Vec::new() };
         let mut clock = Clock(vec![0; self.servers.len()]);
         for (part, (part_dim, bytes, version, part_missing)) in parts.iter().zip(replies) {
-            let protocol =
-                |reason: String| ClientError::Protocol { endpoint: self.map.endpoints()[part.server].clone(), reason };
+            let protocol = |reason: String| self.protocol(part.server, reason);
             if part_dim as usize != dim || bytes.len() != part.keys.len() * dim * 4 {
                 return Err(protocol(format!(
                     "{} value bytes at dim {part_dim} for {} keys (dim {dim} elsewhere)",
@@ -374,24 +408,10 @@ impl PsClient {
 
     /// Sends one push per server concurrently (with retries) and merges the replies.
     async fn send_pushes(&self, requests: Vec<(usize, v1::PushRequest)>) -> Result<PushResult, ClientError> {
-        let calls = requests.into_iter().map(|(server, request)| {
-            let client = &self.servers[server];
-            async move {
-                let reply = self
-                    .retrying(server, || {
-                        let (mut client, request) = (client.clone(), request.clone());
-                        async move { client.push(request).await }
-                    })
-                    .await?
-                    .into_inner();
-                Ok::<_, ClientError>((server, reply))
-            }
-        });
+        let replies = self.call_each(requests, |mut client, request| async move { client.push(request).await }).await?;
         let mut result = self.no_push();
-        for (server, reply) in try_join_all(calls).await? {
-            result.rows_updated += reply.rows_updated;
-            result.clock.0[server] = reply.version;
-            result.staleness.push(reply.staleness);
+        for (server, reply) in replies {
+            result.merge(server, &reply);
         }
         Ok(result)
     }
@@ -542,7 +562,7 @@ impl PsClient {
                 if chunk.values.len() != chunk.keys.len() * dim * 4 {
                     let reason =
                         format!("export chunk of {} keys has {} value bytes", chunk.keys.len(), chunk.values.len());
-                    return Err(ClientError::Protocol { endpoint: self.map.endpoints()[server].clone(), reason });
+                    return Err(self.protocol(server, reason));
                 }
                 let before = values.len();
                 values.resize(before + chunk.keys.len() * dim, 0.0);

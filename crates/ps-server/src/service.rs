@@ -11,7 +11,7 @@ use ember_core::TableSpec;
 use ember_proto::v1::parameter_server_server::ParameterServer;
 use ember_proto::v1::{self, DenseValues};
 use ember_proto::{f32s_to_bytes, ConvertError};
-use ember_store::{CheckpointKind, Checkpointer, DensePush, Store, StoreError, TableStats};
+use ember_store::{CheckpointKind, Checkpointer, DensePush, PushOutcome, Store, StoreError, TableStats};
 use metrics::{counter, gauge, histogram};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
@@ -130,6 +130,22 @@ fn encoding_of(wire: i32) -> Result<Compression, Status> {
     }
 }
 
+/// The reply to a pull of one table.
+fn pull_reply(rows: ember_store::Rows) -> v1::PullResponse {
+    v1::PullResponse { dim: rows.dim, values: f32s_to_bytes(rows.values), version: rows.version }
+}
+
+/// The reply to a push to `table`, whose staleness goes into the histogram.
+fn push_reply(table: &str, out: PushOutcome) -> v1::PushResponse {
+    histogram!("ember_ps_push_staleness", "table" => table.to_string()).record(out.staleness as f64);
+    v1::PushResponse {
+        rows_updated: out.rows_updated,
+        version: out.version,
+        staleness: out.staleness,
+        buffered: out.buffered,
+    }
+}
+
 #[tonic::async_trait]
 impl ParameterServer for PsService {
     async fn create_table(
@@ -172,11 +188,7 @@ impl ParameterServer for PsService {
         let started = Instant::now();
         let req = req.into_inner();
         let keys = req.keys.len();
-        let result = self.blocking(move |s| s.pull(&req.table, &req.keys)).await.map(|rows| v1::PullResponse {
-            dim: rows.dim,
-            values: f32s_to_bytes(rows.values),
-            version: rows.version,
-        });
+        let result = self.blocking(move |s| s.pull(&req.table, &req.keys)).await.map(pull_reply);
         observe("pull", keys, started, result)
     }
 
@@ -204,15 +216,7 @@ impl ParameterServer for PsService {
                 s.push_versioned(&req.table, &req.keys, encoding, &req.gradients, Some(gradient_version))
             })
             .await
-            .map(|out| {
-                histogram!("ember_ps_push_staleness", "table" => table).record(out.staleness as f64);
-                v1::PushResponse {
-                    rows_updated: out.rows_updated,
-                    version: out.version,
-                    staleness: out.staleness,
-                    buffered: out.buffered,
-                }
-            });
+            .map(|out| push_reply(&table, out));
         observe("push", keys, started, result)
     }
 
@@ -230,14 +234,7 @@ impl ParameterServer for PsService {
             .blocking(move |s| {
                 req.tables
                     .iter()
-                    .map(|table| {
-                        let rows = s.pull(table, &req.keys)?;
-                        Ok(v1::PullResponse {
-                            dim: rows.dim,
-                            values: f32s_to_bytes(rows.values),
-                            version: rows.version,
-                        })
-                    })
+                    .map(|table| s.pull(table, &req.keys).map(pull_reply))
                     .collect::<Result<Vec<_>, StoreError>>()
             })
             .await;
@@ -266,13 +263,7 @@ impl ParameterServer for PsService {
                     .zip(encodings)
                     .map(|(t, encoding)| {
                         let out = s.push_versioned(&t.table, &req.keys, encoding, &t.gradients, Some(t.version))?;
-                        histogram!("ember_ps_push_staleness", "table" => t.table.clone()).record(out.staleness as f64);
-                        Ok(v1::PushResponse {
-                            rows_updated: out.rows_updated,
-                            version: out.version,
-                            staleness: out.staleness,
-                            buffered: out.buffered,
-                        })
+                        Ok(push_reply(&t.table, out))
                     })
                     .collect::<Result<Vec<_>, StoreError>>()
             })

@@ -6,7 +6,6 @@
 use bytes::Bytes;
 use ember_core::codec::{self, read_f32s_le, Compression};
 use ember_proto::v1;
-use futures_util::future::try_join_all;
 
 use super::{f32s_le, wire_encoding, PsClient};
 use crate::ClientError;
@@ -40,19 +39,18 @@ impl PsClient {
             ));
         }
         let mut bytes_sent = 0u64;
-        let requests: Vec<(usize, v1::DenseGradient)> = grads
+        let requests: Vec<v1::DenseGradient> = grads
             .iter()
             .zip(residuals.iter_mut())
             .map(|((name, grad, version), residual)| {
                 let encoded = codec::encode_with_residual(encoding, grad, residual);
                 bytes_sent += encoded.len() as u64;
-                let gradient = v1::DenseGradient {
+                v1::DenseGradient {
                     name: name.to_string(),
                     gradients: Bytes::from(encoded),
                     version: *version,
                     encoding: wire_encoding(encoding) as i32,
-                };
-                (self.map.server_of_name(name), gradient)
+                }
             })
             .collect();
         Ok((self.send_dense(requests).await?, bytes_sent))
@@ -60,36 +58,23 @@ impl PsClient {
 
     /// Dense vectors and their versions, in the order of `names`.
     pub async fn pull_dense(&self, names: &[&str]) -> Result<Vec<(Vec<f32>, u64)>, ClientError> {
-        let calls = by_server(names.iter().map(|name| (self.map.server_of_name(name), name.to_string()))).map(
-            |(server, (positions, names))| {
-                let client = &self.servers[server];
-                let request = v1::PullDenseRequest { names };
-                async move {
-                    let reply = self
-                        .retrying(server, || {
-                            let (mut client, request) = (client.clone(), request.clone());
-                            async move { client.pull_dense(request).await }
-                        })
-                        .await?
-                        .into_inner();
-                    if reply.tables.len() != positions.len() {
-                        return Err(self.protocol(
-                            server,
-                            format!("{} tables in the reply to a pull of {}", reply.tables.len(), positions.len()),
-                        ));
-                    }
-                    let pulled = reply.tables.into_iter().map(|table| {
-                        let mut values = vec![0f32; table.values.len() / 4];
-                        read_f32s_le(&table.values, &mut values);
-                        (values, table.version)
-                    });
-                    Ok::<_, ClientError>(positions.into_iter().zip(pulled).collect::<Vec<_>>())
-                }
-            },
-        );
+        let (positions, requests): (Vec<_>, Vec<_>) =
+            by_server(names.iter().map(|name| (self.map.server_of_name(name), name.to_string())))
+                .map(|(server, (positions, names))| (positions, (server, v1::PullDenseRequest { names })))
+                .unzip();
+        let replies =
+            self.call_each(requests, |mut client, request| async move { client.pull_dense(request).await }).await?;
         let mut out = vec![(Vec::new(), 0); names.len()];
-        for (position, pulled) in try_join_all(calls).await?.into_iter().flatten() {
-            out[position] = pulled;
+        for (positions, (server, reply)) in positions.into_iter().zip(replies) {
+            if reply.tables.len() != positions.len() {
+                let reason = format!("{} tables in the reply to a pull of {}", reply.tables.len(), positions.len());
+                return Err(self.protocol(server, reason));
+            }
+            for (position, table) in positions.into_iter().zip(reply.tables) {
+                let mut values = vec![0f32; table.values.len() / 4];
+                read_f32s_le(&table.values, &mut values);
+                out[position] = (values, table.version);
+            }
         }
         Ok(out)
     }
@@ -98,58 +83,38 @@ impl PsClient {
     pub async fn push_dense(&self, grads: &[(&str, &[f32], u64)]) -> Result<Vec<DensePushed>, ClientError> {
         let requests = grads
             .iter()
-            .map(|(name, grad, version)| {
-                let gradient = v1::DenseGradient {
-                    name: name.to_string(),
-                    gradients: f32s_le(grad),
-                    version: *version,
-                    encoding: v1::GradientEncoding::F32 as i32,
-                };
-                (self.map.server_of_name(name), gradient)
+            .map(|(name, grad, version)| v1::DenseGradient {
+                name: name.to_string(),
+                gradients: f32s_le(grad),
+                version: *version,
+                encoding: v1::GradientEncoding::F32 as i32,
             })
             .collect();
         self.send_dense(requests).await
     }
 
-    /// Sends the dense gradients, one request per server with all of that server's tables, the
-    /// servers concurrently (with retries); returns each table's new version and the gradient's
-    /// staleness, in order.
-    async fn send_dense(&self, gradients: Vec<(usize, v1::DenseGradient)>) -> Result<Vec<DensePushed>, ClientError> {
+    /// Sends the dense gradients to the servers owning their tables, one request per server
+    /// with all of its tables, the servers concurrently (with retries); returns each table's new
+    /// version and the gradient's staleness, in order.
+    async fn send_dense(&self, gradients: Vec<v1::DenseGradient>) -> Result<Vec<DensePushed>, ClientError> {
         let count = gradients.len();
-        let calls = by_server(gradients).map(|(server, (positions, gradients))| {
-            let client = &self.servers[server];
-            let request = v1::PushDenseRequest { gradients };
-            async move {
-                let reply = self
-                    .retrying(server, || {
-                        let (mut client, request) = (client.clone(), request.clone());
-                        async move { client.push_dense(request).await }
-                    })
-                    .await?
-                    .into_inner();
-                if reply.versions.len() != positions.len() || reply.staleness.len() != positions.len() {
-                    return Err(self.protocol(
-                        server,
-                        format!("{} versions in the reply to a push of {}", reply.versions.len(), positions.len()),
-                    ));
-                }
-                let pushed = reply
-                    .versions
-                    .into_iter()
-                    .zip(reply.staleness)
-                    .map(|(version, staleness)| DensePushed { version, staleness });
-                Ok::<_, ClientError>(positions.into_iter().zip(pushed).collect::<Vec<_>>())
-            }
-        });
+        let (positions, requests): (Vec<_>, Vec<_>) =
+            by_server(gradients.into_iter().map(|g| (self.map.server_of_name(&g.name), g)))
+                .map(|(server, (positions, gradients))| (positions, (server, v1::PushDenseRequest { gradients })))
+                .unzip();
+        let replies =
+            self.call_each(requests, |mut client, request| async move { client.push_dense(request).await }).await?;
         let mut out = vec![DensePushed { version: 0, staleness: 0 }; count];
-        for (position, pushed) in try_join_all(calls).await?.into_iter().flatten() {
-            out[position] = pushed;
+        for (positions, (server, reply)) in positions.into_iter().zip(replies) {
+            if reply.versions.len() != positions.len() || reply.staleness.len() != positions.len() {
+                let reason = format!("{} versions in the reply to a push of {}", reply.versions.len(), positions.len());
+                return Err(self.protocol(server, reason));
+            }
+            for ((position, version), staleness) in positions.into_iter().zip(reply.versions).zip(reply.staleness) {
+                out[position] = DensePushed { version, staleness };
+            }
         }
         Ok(out)
-    }
-
-    fn protocol(&self, server: usize, reason: String) -> ClientError {
-        ClientError::Protocol { endpoint: self.map.endpoints()[server].clone(), reason }
     }
 }
 

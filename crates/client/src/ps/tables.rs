@@ -4,7 +4,6 @@
 //! the results are exactly those of [`PsClient::pull`] and [`PsClient::push`].
 
 use ember_proto::v1;
-use futures_util::future::try_join_all;
 
 use super::{Clock, PsClient, PulledRows, PushResult};
 use crate::ClientError;
@@ -30,22 +29,17 @@ impl PsClient {
         }
         let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
         let parts = self.split(keys);
-        let calls = parts.iter().map(|part| {
-            let client = &self.servers[part.server];
-            let names = &names;
-            self.retrying(part.server, move || {
-                let mut client = client.clone();
-                let request = v1::PullTablesRequest { tables: names.clone(), keys: part.keys.clone() };
-                async move { Ok(client.pull_tables(request).await?.into_inner().tables) }
-            })
-        });
-        let mut replies = try_join_all(calls).await?;
+        let requests = parts
+            .iter()
+            .map(|part| (part.server, v1::PullTablesRequest { tables: names.clone(), keys: part.keys.clone() }))
+            .collect();
+        let replies =
+            self.call_each(requests, |mut client, request| async move { client.pull_tables(request).await }).await?;
+        let mut replies: Vec<Vec<v1::PullResponse>> = replies.into_iter().map(|(_, reply)| reply.tables).collect();
         for (part, reply) in parts.iter().zip(&replies) {
             if reply.len() != tables.len() {
-                return Err(ClientError::Protocol {
-                    endpoint: self.map.endpoints()[part.server].clone(),
-                    reason: format!("{} tables in the reply to a pull of {}", reply.len(), tables.len()),
-                });
+                let reason = format!("{} tables in the reply to a pull of {}", reply.len(), tables.len());
+                return Err(self.protocol(part.server, reason));
             }
         }
         let mut pulled = Vec::with_capacity(tables.len());
@@ -101,31 +95,16 @@ impl PsClient {
                 (part.server, v1::PushTablesRequest { keys: part.keys, tables: per_table })
             })
             .collect();
-        let calls = requests.into_iter().map(|(server, request)| {
-            let client = &self.servers[server];
-            async move {
-                let reply = self
-                    .retrying(server, || {
-                        let (mut client, request) = (client.clone(), request.clone());
-                        async move { client.push_tables(request).await }
-                    })
-                    .await?
-                    .into_inner();
-                Ok::<_, ClientError>((server, reply.tables))
-            }
-        });
+        let replies =
+            self.call_each(requests, |mut client, request| async move { client.push_tables(request).await }).await?;
         let mut results: Vec<PushResult> = tables.iter().map(|_| self.no_push()).collect();
-        for (server, replies) in try_join_all(calls).await? {
-            if replies.len() != tables.len() {
-                return Err(ClientError::Protocol {
-                    endpoint: self.map.endpoints()[server].clone(),
-                    reason: format!("{} tables in the reply to a push of {}", replies.len(), tables.len()),
-                });
+        for (server, reply) in replies {
+            if reply.tables.len() != tables.len() {
+                let reason = format!("{} tables in the reply to a push of {}", reply.tables.len(), tables.len());
+                return Err(self.protocol(server, reason));
             }
-            for (result, reply) in results.iter_mut().zip(replies) {
-                result.rows_updated += reply.rows_updated;
-                result.clock.0[server] = reply.version;
-                result.staleness.push(reply.staleness);
+            for (result, table_reply) in results.iter_mut().zip(&reply.tables) {
+                result.merge(server, table_reply);
             }
         }
         Ok(results)
