@@ -12,6 +12,7 @@
 //! in `residual` exactly what the encoding lost, so decode(encoded) + residual' equals gradient +
 //! residual (up to f32 rounding): information is delayed to a later push, never dropped.
 
+use half::slice::HalfFloatSliceExt;
 use serde::{Deserialize, Serialize};
 
 /// How a gradient is encoded on the wire.
@@ -83,48 +84,93 @@ pub fn encode_with_residual(encoding: Compression, gradient: &[f32], residual: &
             residual.fill(0.0);
             out
         }
-        Compression::Fp16 => {
-            let mut out = Vec::with_capacity(residual.len() * 2);
-            for r in residual.iter_mut() {
-                let h = half::f16::from_f32(r.clamp(-FP16_MAX, FP16_MAX));
-                out.extend_from_slice(&h.to_bits().to_le_bytes());
-                *r -= h.to_f32();
-            }
-            out
-        }
+        Compression::Fp16 => encode_fp16(residual),
         Compression::Onebit => {
             let mut out = Vec::with_capacity(onebit_len(residual.len(), ONEBIT_CHUNK));
             out.extend_from_slice(&(ONEBIT_CHUNK as u32).to_le_bytes());
             for chunk in residual.chunks_mut(ONEBIT_CHUNK) {
-                let (mut pos, mut npos, mut neg, mut nneg) = (0f64, 0usize, 0f64, 0usize);
-                for v in chunk.iter() {
-                    if *v >= 0.0 {
-                        pos += f64::from(*v);
-                        npos += 1;
-                    } else {
-                        neg -= f64::from(*v);
-                        nneg += 1;
-                    }
-                }
-                let scale_pos = if npos > 0 { (pos / npos as f64) as f32 } else { 0.0 };
-                let scale_neg = if nneg > 0 { (neg / nneg as f64) as f32 } else { 0.0 };
-                out.extend_from_slice(&scale_pos.to_le_bytes());
-                out.extend_from_slice(&scale_neg.to_le_bytes());
-                for bits in chunk.chunks_mut(8) {
-                    let mut byte = 0u8;
-                    for (i, v) in bits.iter_mut().enumerate() {
-                        if *v >= 0.0 {
-                            byte |= 1 << i;
-                            *v -= scale_pos;
-                        } else {
-                            *v += scale_neg;
-                        }
-                    }
-                    out.push(byte);
-                }
+                encode_onebit_chunk(chunk, &mut out);
             }
             out
         }
+    }
+}
+
+/// Values per block of the fp16 conversions: a stack buffer the slice conversions (F16C when
+/// the CPU has it) work through.
+const FP16_BLOCK: usize = 64;
+
+fn encode_fp16(residual: &mut [f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(residual.len() * 2);
+    let mut clamped = [0f32; FP16_BLOCK];
+    let mut halves = [half::f16::ZERO; FP16_BLOCK];
+    let mut back = [0f32; FP16_BLOCK];
+    for block in residual.chunks_mut(FP16_BLOCK) {
+        let n = block.len();
+        for (c, r) in clamped.iter_mut().zip(block.iter()) {
+            *c = r.clamp(-FP16_MAX, FP16_MAX);
+        }
+        halves[..n].convert_from_f32_slice(&clamped[..n]);
+        back[..n].copy_from_slice(&clamped[..n]);
+        halves[..n].convert_to_f32_slice(&mut back[..n]);
+        for (r, b) in block.iter_mut().zip(&back) {
+            *r -= b;
+        }
+        out.extend(halves[..n].iter().flat_map(|h| h.to_bits().to_le_bytes()));
+    }
+    out
+}
+
+/// Appends one onebit chunk (two scales, then the signs) and leaves its error in `chunk`.
+/// The sums run in 8 independent f64 lanes so that they vectorize (f64: no overflow even at
+/// f32::MAX magnitudes); a lane order other than left to right changes a scale by rounding
+/// only, and the residual is computed from the scale actually sent.
+fn encode_onebit_chunk(chunk: &mut [f32], out: &mut Vec<u8>) {
+    const LANES: usize = 8;
+    let (mut pos, mut neg, mut npos) = ([0f64; LANES], [0f64; LANES], [0u32; LANES]);
+    let mut lanes = chunk.chunks_exact(LANES);
+    for values in &mut lanes {
+        for i in 0..LANES {
+            let v = f64::from(values[i]);
+            let nonneg = values[i] >= 0.0;
+            pos[i] += if nonneg { v } else { 0.0 };
+            neg[i] -= if nonneg { 0.0 } else { v };
+            npos[i] += u32::from(nonneg);
+        }
+    }
+    for (i, v) in lanes.remainder().iter().enumerate() {
+        if *v >= 0.0 {
+            pos[i] += f64::from(*v);
+            npos[i] += 1;
+        } else {
+            neg[i] -= f64::from(*v);
+        }
+    }
+    let npos = npos.iter().sum::<u32>() as usize;
+    let nneg = chunk.len() - npos;
+    let mean = |sum: f64, n: usize| if n > 0 { (sum / n as f64) as f32 } else { 0.0 };
+    let scale_pos = mean(pos.iter().sum(), npos);
+    let scale_neg = mean(neg.iter().sum(), nneg);
+    out.extend_from_slice(&scale_pos.to_le_bytes());
+    out.extend_from_slice(&scale_neg.to_le_bytes());
+    let sign_byte = |values: &mut [f32]| {
+        let mut byte = 0u8;
+        for (i, v) in values.iter_mut().enumerate() {
+            let nonneg = *v >= 0.0;
+            byte |= u8::from(nonneg) << i;
+            *v -= if nonneg { scale_pos } else { -scale_neg };
+        }
+        byte
+    };
+    // Whole bytes through fixed-size arrays, so that the compiler unrolls and vectorizes them.
+    let mut bytes = chunk.chunks_exact_mut(8);
+    for values in &mut bytes {
+        let values: &mut [f32; 8] = values.try_into().unwrap_or_else(|_| unreachable!());
+        out.push(sign_byte(values));
+    }
+    let tail = bytes.into_remainder();
+    if !tail.is_empty() {
+        out.push(sign_byte(tail));
     }
 }
 
@@ -142,7 +188,16 @@ pub fn decode(encoding: Compression, bytes: &[u8], values: usize) -> Result<Vec<
             if bytes.len() != values * 2 {
                 return Err(length(values * 2));
             }
-            Ok(bytes.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect())
+            let mut out = vec![0f32; values];
+            let mut halves = [half::f16::ZERO; FP16_BLOCK];
+            for (block, encoded) in out.chunks_mut(FP16_BLOCK).zip(bytes.chunks(FP16_BLOCK * 2)) {
+                let n = block.len();
+                for (h, c) in halves.iter_mut().zip(encoded.chunks_exact(2)) {
+                    *h = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]]));
+                }
+                halves[..n].convert_to_f32_slice(block);
+            }
+            Ok(out)
         }
         Compression::Onebit => {
             let Some(header) = bytes.get(..4) else { return Err(length(onebit_len(values, ONEBIT_CHUNK))) };
@@ -154,10 +209,9 @@ pub fn decode(encoding: Compression, bytes: &[u8], values: usize) -> Result<Vec<
             if bytes.len() != expected {
                 return Err(length(expected));
             }
-            let mut out = Vec::with_capacity(values);
+            let mut out = vec![0f32; values];
             let mut at = 4;
-            for (c, start) in (0..values).step_by(chunk).enumerate() {
-                let n = (values - start).min(chunk);
+            for (c, decoded) in out.chunks_mut(chunk).enumerate() {
                 let scale = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 let (pos, neg) = (scale(&bytes[at..at + 4]), scale(&bytes[at + 4..at + 8]));
                 for s in [pos, neg] {
@@ -166,11 +220,22 @@ pub fn decode(encoding: Compression, bytes: &[u8], values: usize) -> Result<Vec<
                     }
                 }
                 at += 8;
-                for i in 0..n {
-                    let bit = bytes[at + i / 8] >> (i % 8) & 1;
-                    out.push(if bit == 1 { pos } else { -neg });
+                let signs = &bytes[at..at + decoded.len().div_ceil(8)];
+                let signed = |values: &mut [f32], byte: u8| {
+                    for (i, v) in values.iter_mut().enumerate() {
+                        *v = if byte >> i & 1 == 1 { pos } else { -neg };
+                    }
+                };
+                let whole_bytes = decoded.len() / 8;
+                let mut whole = decoded.chunks_exact_mut(8);
+                for (values, byte) in (&mut whole).zip(signs) {
+                    let values: &mut [f32; 8] = values.try_into().unwrap_or_else(|_| unreachable!());
+                    signed(values, *byte);
                 }
-                at += n.div_ceil(8);
+                if let Some(last) = signs.get(whole_bytes) {
+                    signed(whole.into_remainder(), *last);
+                }
+                at += signs.len();
             }
             Ok(out)
         }
