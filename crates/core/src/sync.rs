@@ -7,8 +7,8 @@
 //! once per s gradients.
 //!
 //! The modes split between the two sides. The server applies by [`ApplyRule`] (`async`: as it
-//! comes; `staleness`: learning rate times lambda0 / max(1, tau); `softsync`: the mean of s
-//! staleness-weighted gradients; `sync`: the sum of one gradient per worker). Workers bound
+//! comes; `staleness`: learning rate times lambda0 / max(1, tau); `softsync`: one update from
+//! s staleness-weighted gradients; `sync`: one update from one gradient per worker). Workers bound
 //! their drift by clocks (`ssp`: at most `bound` steps ahead of the slowest; `sync`: bound 0).
 //! Only `async` workers pull ahead (fetch the next batch's rows before the last push has landed).
 
@@ -23,7 +23,7 @@ pub enum SyncMode {
     Async,
     /// Scale each step by lambda0 / max(1, tau).
     Staleness,
-    /// The server applies the staleness-weighted mean of every s gradients.
+    /// The server applies every s gradients, staleness-weighted, as one update.
     Softsync,
     /// Stale synchronous parallel: a worker waits when it is more than `bound` steps ahead of the
     /// slowest; the server applies as gradients arrive.
@@ -115,8 +115,11 @@ pub enum ApplyRule {
         /// The weight's numerator.
         lambda0: f32,
     },
-    /// Gradients are buffered; every `s`-th applies the buffer's mean, each gradient weighted by
-    /// [`staleness_weight`].
+    /// Gradients are buffered; every `s`-th applies their sum, each gradient weighted by
+    /// [`staleness_weight`]. Zhang et al. average s gradients of mini-batch *mean* losses; workers
+    /// here push gradients of *summed* losses (as [`ApplyRule::Sync`] explains), for which that
+    /// average is the sum: s fresh gradients make the same step as one worker at s times the
+    /// batch, whatever the optimizer's L1/L2 terms.
     Softsync {
         /// Gradients per update.
         s: u32,

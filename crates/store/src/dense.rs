@@ -62,7 +62,7 @@ impl DenseTable {
         let mut state = vec![0.0; spec.optimizer.state_len(dim)];
         spec.optimizer.init_state(&values, &mut state);
         let inner = Mutex::new(DenseState { values, state, version: 0, rejected_nonfinite: 0 });
-        Ok(Self { pending: Pending::for_rule(spec.sync), spec, inner })
+        Ok(Self { pending: Pending::default(), spec, inner })
     }
 
     /// The table's spec.
@@ -122,8 +122,7 @@ impl DenseTable {
         }
     }
 
-    /// Applies the softsync buffer, if any, as the mean (`sync`: the sum) of the gradients
-    /// received; returns whether there was one.
+    /// Applies the softsync buffer, if any, as the sum of the (weighted) gradients received; returns whether there was one.
     pub fn flush_pending(&self) -> bool {
         match self.pending.flush() {
             Some(merged) => {

@@ -61,7 +61,7 @@ fn staleness_scales_each_step_by_lambda0_over_tau() {
 }
 
 #[test]
-fn softsync_applies_the_weighted_mean_of_every_s_pushes() {
+fn softsync_applies_the_weighted_sum_of_every_s_pushes() {
     let store = store_with(ApplyRule::Softsync { s: 3, lambda0: 1.0 });
     let first = push(&store, 1, [3.0, 0.0], 0);
     assert!(first.buffered);
@@ -71,18 +71,45 @@ fn softsync_applies_the_weighted_mean_of_every_s_pushes() {
     // Third push: tau 0 still (the version has not moved); completes the update.
     let third = push(&store, 1, [1.0, 3.0], 0);
     assert_eq!((third.buffered, third.version, third.rows_updated), (false, 1, 2));
-    assert_eq!(row(&store, 1), vec![-2.0, -1.5], "key 1 in two pushes: (3 + 1) / 2, 3 / 2");
+    assert_eq!(row(&store, 1), vec![-4.0, -3.0], "key 1 in two pushes: 3 + 1, 0 + 3");
     assert_eq!(row(&store, 2), vec![0.0, -6.0], "key 2 in one push: as sent");
-    // Next round: a gradient two versions stale is weighted 1/2 in the mean.
+    // Next round: a gradient two versions stale is weighted 1/2 in the sum.
     for _ in 0..3 {
         push(&store, 1, [0.0, 0.0], 1); // version 1 -> fresh
     }
-    assert_eq!(row(&store, 1), vec![-2.0, -1.5]);
+    assert_eq!(row(&store, 1), vec![-4.0, -3.0]);
     push(&store, 1, [6.0, 6.0], 0); // tau 2 -> weight 1/2
     push(&store, 1, [0.0, 0.0], 2);
     let out = push(&store, 1, [0.0, 0.0], 2);
     assert_eq!(out.version, 3);
-    assert_eq!(row(&store, 1), vec![-3.0, -2.5], "6 * 1/2 / 3 = 1");
+    assert_eq!(row(&store, 1), vec![-7.0, -6.0], "6 * 1/2 = 3");
+}
+
+#[test]
+fn softsync_of_fresh_pushes_is_one_step_over_all_their_examples() {
+    // FTRL with L1 and L2 is far from linear in its gradient: s fresh pushes must land exactly
+    // where one push of their summed gradient does (one worker at batch s * b), not at a step
+    // s-fold smaller, which the regularization terms would then outweigh.
+    let ftrl = Optimizer::Ftrl { alpha: 0.05, beta: 1.0, l1: 1.0, l2: 1.0 };
+    let table = |rule| {
+        let store = Store::default();
+        store.create_table(TableSpec::sparse("s", 2, ftrl).with_sync(rule), None).unwrap();
+        store
+    };
+    let buffered = table(ApplyRule::Softsync { s: 4, lambda0: 1.0 });
+    let at_once = table(ApplyRule::Async);
+    let grads = [[0.75f32, -2.5], [1.5, -0.25], [0.5, -1.0], [1.25, 0.5]];
+    for round in 0..3u64 {
+        let mut sum = [0f32; 2];
+        for g in grads {
+            buffered.push_versioned("s", &[7], Compression::None, &le(&g), Some(round)).unwrap();
+            sum = [sum[0] + g[0], sum[1] + g[1]];
+        }
+        at_once.push_versioned("s", &[7], Compression::None, &le(&sum), Some(round)).unwrap();
+        let (b, a) = (buffered.lookup("s", &[7]).unwrap().values, at_once.lookup("s", &[7]).unwrap().values);
+        assert_eq!(b, a, "round {round}");
+        assert!(a.iter().all(|w| *w != 0.0), "the sums clear L1, so the test compares real steps: {a:?}");
+    }
 }
 
 #[test]
@@ -97,12 +124,12 @@ fn softsync_dense_tables_and_flush() {
     assert_eq!(store.pull_dense("d").unwrap(), (vec![0.0, 0.0], 0));
     let out = dense([4.0, 0.0], 0);
     assert_eq!((out.buffered, out.version), (false, 1));
-    assert_eq!(store.pull_dense("d").unwrap(), (vec![-3.0, -1.0], 1));
-    // One gradient left over when training ends: flush applies it as the mean of one.
+    assert_eq!(store.pull_dense("d").unwrap(), (vec![-6.0, -2.0], 1));
+    // One gradient left over when training ends: flush applies it.
     dense([1.0, 1.0], 1);
     push(&store, 5, [2.0, 2.0], 0);
     assert_eq!(store.flush_pending().unwrap(), 2);
-    assert_eq!(store.pull_dense("d").unwrap(), (vec![-4.0, -2.0], 2));
+    assert_eq!(store.pull_dense("d").unwrap(), (vec![-7.0, -3.0], 2));
     assert_eq!(row(&store, 5), vec![-2.0, -2.0]);
     assert_eq!(store.flush_pending().unwrap(), 0, "nothing left");
 }
@@ -115,7 +142,7 @@ fn a_rejected_gradient_is_not_buffered() {
     push(&store, 1, [2.0, 2.0], 0);
     assert_eq!(row(&store, 1), vec![0.0, 0.0], "the NaN push did not count towards s");
     push(&store, 1, [2.0, 2.0], 0);
-    assert_eq!(row(&store, 1), vec![-2.0, -2.0]);
+    assert_eq!(row(&store, 1), vec![-4.0, -4.0], "the two finite pushes, summed");
 }
 
 #[test]

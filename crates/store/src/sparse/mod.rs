@@ -8,7 +8,7 @@
 //! - Gradients for a key repeated within one push are summed (in request order, so the result is
 //!   deterministic) and applied once; the row's update count grows by one.
 //! - Pushes follow the spec's [`ApplyRule`]: at once, at a staleness-scaled learning rate, or
-//!   buffered (softsync) until s have arrived, then applied as one update of their mean. The
+//!   buffered (softsync, sync) until s have arrived, then applied as one update of their sum. The
 //!   staleness scale applies to rows updated since the gradient's pull; untouched rows are fresh.
 //! - The table version counts applied pushes. A push takes the next version before it applies, and
 //!   each row it touches records that version as its last-update step (and the store clock as
@@ -136,7 +136,7 @@ impl SparseTable {
             .map(|_| Mutex::new(if admission { Shard::with_admission() } else { Shard::default() }))
             .collect();
         Self {
-            pending: Pending::for_rule(spec.sync),
+            pending: Pending::default(),
             spec,
             dim,
             stride,
@@ -371,8 +371,7 @@ impl SparseTable {
         }
     }
 
-    /// Applies the softsync buffer, if any, as the mean (`sync`: the sum) of the gradients
-    /// received; returns the rows updated.
+    /// Applies the softsync buffer, if any, as the sum of the (weighted) gradients received; returns the rows updated.
     pub fn flush_pending(&self) -> Result<u64, StoreError> {
         match self.pending.flush() {
             Some(merged) => Ok(self.apply_push(&merged.keys, &merged.grads, StepScale::uniform(1.0))?.rows_updated),
