@@ -89,7 +89,7 @@ async fn every_rpc_round_trips() {
 }
 
 /// Softsync over the wire: pushes report their staleness and whether they were buffered; the
-/// s-th push applies the mean; FlushPending applies a partial buffer.
+/// s-th push applies their sum; FlushPending applies a partial buffer.
 #[tokio::test]
 async fn softsync_tables_buffer_until_s_pushes_and_flush_applies_the_rest() {
     use ember_core::sync::ApplyRule;
@@ -103,12 +103,12 @@ async fn softsync_tables_buffer_until_s_pushes_and_flush_applies_the_rest() {
     assert_eq!(first.clock.0, vec![0], "buffered: the version has not moved");
     assert_eq!(client.lookup("soft", &[7]).await.unwrap().values, vec![0.0]);
     client.push("soft", &[7], &[2.0], &clock).await.unwrap();
-    assert_eq!(client.lookup("soft", &[7]).await.unwrap().values, vec![-3.0]);
-    // Now at version 1; a gradient from version 0 is one version stale.
+    assert_eq!(client.lookup("soft", &[7]).await.unwrap().values, vec![-6.0], "4 + 2, one step");
+    // Now at version 1; a gradient from version 0 is one version stale (weight 1 / max(1, 1)).
     let stale = client.push("soft", &[7], &[2.0], &clock).await.unwrap();
     assert_eq!(stale.staleness, vec![1]);
     assert_eq!(client.flush_pending().await.unwrap(), 1);
-    assert_eq!(client.lookup("soft", &[7]).await.unwrap().values, vec![-5.0]);
+    assert_eq!(client.lookup("soft", &[7]).await.unwrap().values, vec![-8.0]);
 }
 
 #[tokio::test]

@@ -11,24 +11,35 @@ use ember_core::U64Map;
 /// Sparse rows with a residual, per table, at most.
 pub const MAX_RESIDUAL_ROWS: usize = 1 << 20;
 
-/// Residuals of one sparse table's rows.
+/// Residuals of one sparse table's rows: a slab of `dim`-wide rows and the slot of each key, so a
+/// push costs one hash lookup per key and no allocation per row.
 #[derive(Debug, Default)]
 pub struct RowResiduals {
     dim: usize,
-    rows: U64Map<Box<[f32]>>,
+    max_rows: usize,
+    slots: U64Map<u32>,
+    values: Vec<f32>,
 }
 
 impl RowResiduals {
     fn new(dim: usize) -> Self {
-        Self { dim, ..Default::default() }
+        Self::bounded(dim, MAX_RESIDUAL_ROWS)
+    }
+
+    fn bounded(dim: usize, max_rows: usize) -> Self {
+        Self { dim, max_rows, ..Default::default() }
+    }
+
+    fn row(&self, slot: u32) -> std::ops::Range<usize> {
+        slot as usize * self.dim..(slot as usize + 1) * self.dim
     }
 
     /// The residuals of `keys`, in key order (zeros for rows without one).
     pub fn gather(&self, keys: &[u64]) -> Vec<f32> {
         let mut out = vec![0f32; keys.len() * self.dim];
-        for (i, k) in keys.iter().enumerate() {
-            if let Some(r) = self.rows.get(k) {
-                out[i * self.dim..(i + 1) * self.dim].copy_from_slice(r);
+        for (k, out) in keys.iter().zip(out.chunks_exact_mut(self.dim)) {
+            if let Some(&slot) = self.slots.get(k) {
+                out.copy_from_slice(&self.values[self.row(slot)]);
             }
         }
         out
@@ -36,16 +47,19 @@ impl RowResiduals {
 
     /// Stores the residuals of `keys` left by an encode.
     pub fn scatter(&mut self, keys: &[u64], values: &[f32]) {
-        for (i, k) in keys.iter().enumerate() {
-            let v = &values[i * self.dim..(i + 1) * self.dim];
-            let room = self.rows.len() < MAX_RESIDUAL_ROWS;
-            match self.rows.get_mut(k) {
-                Some(r) => r.copy_from_slice(v),
-                None if room => {
-                    self.rows.insert(*k, v.into());
+        for (k, v) in keys.iter().zip(values.chunks_exact(self.dim)) {
+            let next = self.slots.len();
+            let slot = match self.slots.get(k) {
+                Some(&slot) => slot,
+                None if next < self.max_rows => {
+                    self.slots.insert(*k, next as u32);
+                    self.values.extend_from_slice(v);
+                    continue;
                 }
-                None => {}
-            }
+                None => continue,
+            };
+            let row = self.row(slot);
+            self.values[row].copy_from_slice(v);
         }
     }
 }
@@ -79,5 +93,14 @@ mod tests {
         assert_eq!(r.gather(&[7, 9, 5]), vec![1.0, 2.0, 0.0, 0.0, 0.5, -0.5]);
         r.scatter(&[5], &[0.0, 0.25]);
         assert_eq!(r.gather(&[5]), vec![0.0, 0.25]);
+    }
+
+    #[test]
+    fn a_full_map_updates_its_rows_and_takes_no_new_ones() {
+        let mut r = RowResiduals::bounded(2, 2);
+        r.scatter(&[1, 2, 3], &[1.0, 1.0, 2.0, 2.0, 3.0, 3.0]);
+        assert_eq!(r.gather(&[1, 2, 3]), vec![1.0, 1.0, 2.0, 2.0, 0.0, 0.0], "row 3 found no room");
+        r.scatter(&[3, 2], &[4.0, 4.0, 5.0, 5.0]);
+        assert_eq!(r.gather(&[1, 2, 3]), vec![1.0, 1.0, 5.0, 5.0, 0.0, 0.0]);
     }
 }
