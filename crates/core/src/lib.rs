@@ -27,4 +27,4 @@ pub use hash::{mix64, slot_of, SplitMix64, U64Hasher, U64Map, Zipf};
 pub use init::Initializer;
 pub use job::{JobError, JobSpec};
 pub use optim::Optimizer;
-pub use table::{validate_name, DemotePolicy, FeaturePolicy, SpecError, TableKind, TableSpec};
+pub use table::{validate_name, DemotePolicy, FeaturePolicy, RowHead, SpecError, TableKind, TableSpec};

@@ -103,6 +103,27 @@ pub struct TableSpec {
     /// How pushed gradients are applied (at once by default).
     #[serde(default)]
     pub sync: crate::sync::ApplyRule,
+    /// Sparse tables: the leading values of every row, with their own optimizer and initializer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<RowHead>,
+}
+
+/// The first `dim` values of each row of a sparse table, trained by their own optimizer and drawn
+/// by their own initializer; the rest of the row uses the table's. It lets one row hold a model's
+/// linear weight (FTRL, zeros) next to its embedding (Adagrad, random), so a batch finds, copies and
+/// updates one row per key instead of one in each of two tables.
+///
+/// Row layout: the head's weights, the tail's weights, the head's optimizer state, the tail's. Pulls
+/// and pushes carry all `TableSpec::dim` weights, head first.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowHead {
+    /// Leading values per row; at least 1 and less than the table's dim.
+    pub dim: u32,
+    /// Applied to the head's values.
+    pub optimizer: Optimizer,
+    /// Draws the head's values of a new row (with the table's seed).
+    pub initializer: Initializer,
 }
 
 /// Why a spec was rejected.
@@ -141,6 +162,7 @@ impl TableSpec {
             seed: 0,
             policy: FeaturePolicy::default(),
             sync: crate::sync::ApplyRule::Async,
+            head: None,
         }
     }
 
@@ -168,6 +190,59 @@ impl TableSpec {
         self
     }
 
+    /// Builder-style row head (sparse tables).
+    pub fn with_head(mut self, head: RowHead) -> Self {
+        self.head = Some(head);
+        self
+    }
+
+    /// Values in the head (0 without one).
+    fn head_dim(&self) -> usize {
+        self.head.map_or(0, |h| h.dim as usize)
+    }
+
+    /// f32 of optimizer state per row (sparse) or for the vector (dense).
+    pub fn state_len(&self) -> usize {
+        let (h, dim) = (self.head_dim(), self.dim as usize);
+        self.head.map_or(0, |head| head.optimizer.state_len(h)) + self.optimizer.state_len(dim - h)
+    }
+
+    /// Draws the starting weights of `key`'s row (all `dim` of them).
+    pub fn fill_weights(&self, key: u64, weights: &mut [f32]) {
+        let (head, tail) = weights.split_at_mut(self.head_dim());
+        if let Some(h) = self.head {
+            h.initializer.fill(self.seed, key, head);
+        }
+        self.initializer.fill(self.seed, key, tail);
+    }
+
+    /// Sets the optimizer state of a row whose weights were just drawn.
+    pub fn init_state(&self, weights: &[f32], state: &mut [f32]) {
+        let h = self.head_dim();
+        match self.head {
+            None => self.optimizer.init_state(weights, state),
+            Some(head) => {
+                let (hs, ts) = state.split_at_mut(head.optimizer.state_len(h));
+                head.optimizer.init_state(&weights[..h], hs);
+                self.optimizer.init_state(&weights[h..], ts);
+            }
+        }
+    }
+
+    /// Applies one finite gradient (all `dim` values) to a row; see [`Optimizer::apply_scaled`].
+    pub fn apply_scaled(&self, weights: &mut [f32], state: &mut [f32], grad: &[f32], step: u64, lr_scale: f32) {
+        let h = self.head_dim();
+        match self.head {
+            None => self.optimizer.apply_scaled(weights, state, grad, step, lr_scale),
+            Some(head) => {
+                let (hw, tw) = weights.split_at_mut(h);
+                let (hs, ts) = state.split_at_mut(head.optimizer.state_len(h));
+                head.optimizer.apply_scaled(hw, hs, &grad[..h], step, lr_scale);
+                self.optimizer.apply_scaled(tw, ts, &grad[h..], step, lr_scale);
+            }
+        }
+    }
+
     /// Checks the name, dim, optimizer, initializer, policy and apply rule.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_name(&self.name)?;
@@ -181,6 +256,16 @@ impl TableSpec {
         self.sync.validate().map_err(param)?;
         if self.kind == TableKind::Dense && !self.policy.is_off() {
             return Err(param("admission and eviction apply to sparse tables only".into()));
+        }
+        if let Some(head) = self.head {
+            if self.kind == TableKind::Dense {
+                return Err(param("a row head applies to sparse tables only".into()));
+            }
+            if head.dim == 0 || head.dim >= self.dim {
+                return Err(param(format!("head dim must be in 1..{}, got {}", self.dim, head.dim)));
+            }
+            head.optimizer.validate().map_err(|e| param(format!("head: {e}")))?;
+            head.initializer.validate().map_err(|e| param(format!("head: {e}")))?;
         }
         Ok(())
     }
@@ -211,5 +296,47 @@ mod tests {
         assert!(matches!(TableSpec::dense("w", 0, sgd).validate(), Err(SpecError::Dim { .. })));
         let bad = TableSpec::sparse("t", 4, sgd).with_initializer(Initializer::Uniform { low: 1.0, high: -1.0 }, 0);
         assert!(matches!(bad.validate(), Err(SpecError::Parameter { .. })));
+        let head = |dim| RowHead { dim, optimizer: sgd, initializer: Initializer::Zeros };
+        assert!(TableSpec::sparse("t", 4, sgd).with_head(head(1)).validate().is_ok());
+        for dim in [0, 4] {
+            let bad = TableSpec::sparse("t", 4, sgd).with_head(head(dim));
+            assert!(matches!(bad.validate(), Err(SpecError::Parameter { .. })), "head dim {dim}");
+        }
+        assert!(TableSpec::dense("t", 4, sgd).with_head(head(1)).validate().is_err());
+    }
+
+    #[test]
+    fn a_head_trains_and_starts_as_a_table_of_its_own_would() {
+        let ftrl = Optimizer::Ftrl { alpha: 0.1, beta: 1.0, l1: 0.5, l2: 0.1 };
+        let adagrad = Optimizer::Adagrad { learning_rate: 0.05, initial_accumulator: 0.1, epsilon: 1e-8 };
+        let normal = Initializer::Normal { mean: 0.0, stddev: 0.1 };
+        let both = TableSpec::sparse("wv", 5, adagrad).with_initializer(normal, 9).with_head(RowHead {
+            dim: 1,
+            optimizer: ftrl,
+            initializer: Initializer::Zeros,
+        });
+        let head = TableSpec::sparse("w", 1, ftrl).with_initializer(Initializer::Zeros, 9);
+        let tail = TableSpec::sparse("v", 4, adagrad).with_initializer(normal, 9);
+        assert_eq!(both.state_len(), 2 + 4);
+
+        let mut row = vec![0f32; 5 + both.state_len()];
+        let (w, s) = row.split_at_mut(5);
+        both.fill_weights(42, w);
+        both.init_state(w, s);
+        let (mut hw, mut hs, mut tw, mut ts) = (vec![0f32; 1], vec![0f32; 2], vec![0f32; 4], vec![0f32; 4]);
+        head.fill_weights(42, &mut hw);
+        head.init_state(&hw, &mut hs);
+        tail.fill_weights(42, &mut tw);
+        tail.init_state(&tw, &mut ts);
+        for step in 1..=3u64 {
+            let grad = [0.9f32, -0.5, 0.25, 1.5, -2.0].map(|g| g * step as f32);
+            let (w, s) = row.split_at_mut(5);
+            both.apply_scaled(w, s, &grad, step, 0.5);
+            head.apply_scaled(&mut hw, &mut hs, &grad[..1], step, 0.5);
+            tail.apply_scaled(&mut tw, &mut ts, &grad[1..], step, 0.5);
+        }
+        let expected: Vec<f32> = [hw, tw, hs, ts].concat();
+        assert_eq!(row, expected);
+        assert_ne!(row[0], 0.0, "the FTRL head moved past L1");
     }
 }

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use ember_core::sync::ApplyRule;
-use ember_core::{DemotePolicy, FeaturePolicy, Initializer, Optimizer, TableKind, TableSpec};
+use ember_core::{DemotePolicy, FeaturePolicy, Initializer, Optimizer, RowHead, TableKind, TableSpec};
 
 use crate::v1;
 
@@ -131,6 +131,11 @@ impl From<TableSpec> for v1::TableSpec {
                 }
                 ApplyRule::Sync { s } => Some(v1::ApplyRule { kind: v1::ApplyKind::Sync as i32, lambda0: 1.0, s }),
             },
+            head: s.head.map(|h| v1::RowHead {
+                dim: h.dim,
+                optimizer: Some(h.optimizer.into()),
+                initializer: Some(h.initializer.into()),
+            }),
         }
     }
 }
@@ -179,6 +184,14 @@ impl TryFrom<v1::TableSpec> for TableSpec {
                 },
             },
             sync: apply_rule(s.sync)?,
+            head: match s.head {
+                None => None,
+                Some(h) => Some(RowHead {
+                    dim: h.dim,
+                    optimizer: h.optimizer.ok_or(ConvertError::Missing("spec.head.optimizer"))?.try_into()?,
+                    initializer: h.initializer.unwrap_or_default().into(),
+                }),
+            },
         };
         spec.validate()?;
         Ok(spec)
@@ -208,6 +221,12 @@ mod tests {
             let synced = spec.clone().with_sync(rule);
             assert_eq!(TableSpec::try_from(v1::TableSpec::from(synced.clone())).unwrap(), synced);
         }
+        let head =
+            RowHead { dim: 1, optimizer: Optimizer::Sgd { learning_rate: 0.5 }, initializer: Initializer::Zeros };
+        let headed = spec.clone().with_head(head);
+        assert_eq!(TableSpec::try_from(v1::TableSpec::from(headed.clone())).unwrap(), headed);
+        let whole_row = v1::TableSpec::from(spec.clone().with_head(RowHead { dim: 16, ..head }));
+        assert!(matches!(TableSpec::try_from(whole_row), Err(ConvertError::Spec(_))));
         let zero_s = v1::TableSpec::from(spec.clone().with_sync(ApplyRule::Softsync { s: 0, lambda0: 1.0 }));
         assert!(matches!(TableSpec::try_from(zero_s), Err(ConvertError::Spec(_))));
         let too_many = v1::TableSpec::from(spec.clone().with_policy(FeaturePolicy { min_count: 300, ..policy }));

@@ -112,7 +112,7 @@ impl RowSource {
                     counter!("ember_serving_lookup_failures_total", "action" => "initializer").increment(1);
                     tracing::warn!(table = %spec.name, %reason, "lookup failed; using initializer values");
                     for i in &missed {
-                        spec.initializer.fill(spec.seed, keys[*i], &mut values[i * dim..(i + 1) * dim]);
+                        spec.fill_weights(keys[*i], &mut values[i * dim..(i + 1) * dim]);
                     }
                     Ok(TableRows { values, misses: missed.len() as u64, cache_hits })
                 }

@@ -130,7 +130,7 @@ impl SparseTable {
     /// seconds). The spec must be valid.
     pub fn new(spec: TableSpec, shard_bits: u32, clock: Arc<AtomicU64>) -> Self {
         let dim = spec.dim as usize;
-        let stride = dim + spec.optimizer.state_len(dim);
+        let stride = dim + spec.state_len();
         let admission = spec.policy.admission();
         let shards = (0..1usize << shard_bits)
             .map(|_| Mutex::new(if admission { Shard::with_admission() } else { Shard::default() }))
@@ -212,8 +212,8 @@ impl SparseTable {
 
     fn init_row(&self, key: u64, row: &mut [f32]) {
         let (weights, state) = row.split_at_mut(self.dim);
-        self.spec.initializer.fill(self.spec.seed, key, weights);
-        self.spec.optimizer.init_state(weights, state);
+        self.spec.fill_weights(key, weights);
+        self.spec.init_state(weights, state);
     }
 
     /// Reads the rows of `keys` into `out` (`keys.len() * dim`, request order). With `create`,
@@ -291,14 +291,14 @@ impl SparseTable {
             Some(shard.insert_with(key, self.stride, version, now, |row| self.init_row(key, row)))
         } else {
             counts.filtered += 1;
-            self.spec.initializer.fill(self.spec.seed, key, dst);
+            self.spec.fill_weights(key, dst);
             None
         }
     }
 
     /// A lookup of a key without a row: the initializer's value, flagged missing.
     fn read_missing(&self, key: u64, dst: &mut [f32], i: usize, missing: Option<&mut [bool]>) {
-        self.spec.initializer.fill(self.spec.seed, key, dst);
+        self.spec.fill_weights(key, dst);
         if let Some(m) = missing {
             m[i] = true;
         }
@@ -323,7 +323,7 @@ impl SparseTable {
         meta.last_step = version;
         meta.last_time = now;
         let (weights, state) = row.split_at_mut(self.dim);
-        self.spec.optimizer.apply_scaled(weights, state, grad, meta.updates, lr_scale);
+        self.spec.apply_scaled(weights, state, grad, meta.updates, lr_scale);
     }
 
     /// A push with no gradient version (staleness 0); see [`Self::push_at`].
