@@ -20,4 +20,4 @@ pub mod tables;
 
 pub use registry::{ModelDir, ModelManifest, PublishedModel, RegistryError};
 pub use schema::{FieldKind, InputField, InputSchema};
-pub use tables::{Model, ModelTables, TableToCreate};
+pub use tables::{Model, ModelTables, SparseLayout, TableToCreate};

@@ -46,7 +46,7 @@ pub fn model_status(predictor: &Predictor) -> Result<v1::ModelStatusResponse, Se
             .iter()
             .map(|f| v1::InputFieldInfo { name: f.name.clone(), field: f.field, kind: kind(f.kind).into() })
             .collect(),
-        tables: std::iter::once(m.linear.name.clone()).chain(m.embedding.as_ref().map(|e| e.name.clone())).collect(),
+        tables: m.manifest.tables.sparse_names().into_iter().map(String::from).collect(),
         kept_versions: predictor.manager().kept_versions(),
         data_format: format!("{:?}", m.manifest.data_format).to_lowercase(),
     })

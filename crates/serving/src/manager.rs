@@ -43,7 +43,13 @@ impl LoadedModel {
         };
         let linear = spec(&manifest.tables.linear)?;
         let embedding = manifest.tables.embedding.as_deref().map(spec).transpose()?;
-        if embedding.as_ref().is_some_and(|e| e.dim as usize != manifest.tables.k()) || linear.dim != 1 {
+        // Joined rows are [w, v_1..v_k] in one table, which `linear` and `embedding` both name.
+        let (linear_dim, embedding_dim) = if manifest.tables.joined {
+            (manifest.tables.k() + 1, manifest.tables.k() + 1)
+        } else {
+            (1, manifest.tables.k())
+        };
+        if embedding.as_ref().is_some_and(|e| e.dim as usize != embedding_dim) || linear.dim as usize != linear_dim {
             return Err(ServingError::Compute(format!(
                 "version {}: table widths do not match the model",
                 manifest.version

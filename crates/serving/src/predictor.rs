@@ -13,11 +13,12 @@ use std::time::Instant;
 use ember_core::SplitMix64;
 use ember_model::features::{Example, Feature};
 use ember_model::model::IndexedBatch;
+use ember_model::tables::split_joined;
 use ember_model::FieldKind;
 use parking_lot::Mutex;
 
 use crate::manager::{LoadedModel, ModelManager};
-use crate::rows::RowSource;
+use crate::rows::{RowSource, TableRows};
 use crate::{ServingConfig, ServingError};
 
 /// One sample of a request.
@@ -121,12 +122,19 @@ impl Predictor {
             return Ok(Prediction { version: m.version(), probabilities: Vec::new(), lookup_misses: 0 });
         }
         let batch = IndexedBatch::new(&examples);
-        let (w, v) = tokio::try_join!(self.rows.rows(&m.linear, &batch.keys), async {
-            match &m.embedding {
-                Some(spec) => self.rows.rows(spec, &batch.keys).await.map(Some),
-                None => Ok(None),
-            }
-        })?;
+        let (w, v) = if m.manifest.tables.joined {
+            let mut rows = self.rows.rows(&m.linear, &batch.keys).await?;
+            let (w, v) = split_joined(&rows.values, m.manifest.tables.k());
+            rows.values = v;
+            (TableRows { values: w, misses: rows.misses, cache_hits: rows.cache_hits }, Some(rows))
+        } else {
+            tokio::try_join!(self.rows.rows(&m.linear, &batch.keys), async {
+                match &m.embedding {
+                    Some(spec) => self.rows.rows(spec, &batch.keys).await.map(Some),
+                    None => Ok(None),
+                }
+            })?
+        };
         let lookup_misses = w.misses.max(v.as_ref().map_or(0, |v| v.misses));
         let model = Arc::clone(m);
         let probabilities = tokio::task::spawn_blocking(move || {

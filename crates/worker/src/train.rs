@@ -17,14 +17,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ember_client::{ClientError, Clock, PsClient, PushResult, TableGradients};
+use ember_client::{ClientError, Clock, PsClient, PulledRows, PushResult, TableGradients};
 use ember_core::codec::Compression;
 use ember_core::job::CompressionSpec;
 use ember_core::sync::StalenessHistogram;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 
-pub use ember_model::tables::{Model, ModelTables, TableToCreate};
+pub use ember_model::tables::{join_rows, split_joined, Model, ModelTables, SparseLayout, TableToCreate};
 
 use crate::compress::Residuals;
 use crate::model::{Grads, IndexedBatch, Layer};
@@ -182,16 +182,25 @@ async fn pull_rows(
     };
     // Training pulls of both sparse tables share one RPC per server (the keys travel once).
     let sparse = async {
-        match &tables.embedding {
-            Some(emb) if !read_only => {
-                let mut both = client.pull_tables(&[&tables.linear, emb], &keys).await?.into_iter();
+        match tables.layout() {
+            SparseLayout::Joined(t) => {
+                let mut rows = read(t.to_string()).await?;
+                let (w, v) = split_joined(&rows.values, tables.k());
+                (rows.values, rows.dim) = (v, tables.k());
+                let linear = PulledRows { dim: 1, values: w, clock: rows.clock.clone(), missing: rows.missing.clone() };
+                Ok((linear, Some(rows)))
+            }
+            SparseLayout::Separate { linear, embedding } if !read_only => {
+                let mut both = client.pull_tables(&[linear, embedding], &keys).await?.into_iter();
                 match (both.next(), both.next()) {
                     (Some(w), Some(v)) => Ok((w, Some(v))),
                     _ => unreachable!("pull_tables returns one result per table"),
                 }
             }
-            Some(emb) => tokio::try_join!(read(tables.linear.clone()), async { read(emb.clone()).await.map(Some) }),
-            None => Ok((read(tables.linear.clone()).await?, None)),
+            SparseLayout::Separate { linear, embedding } => {
+                tokio::try_join!(read(linear.to_string()), async { read(embedding.to_string()).await.map(Some) })
+            }
+            SparseLayout::Linear(linear) => Ok((read(linear.to_string()).await?, None)),
         }
     };
     let names = tables.dense_names();
@@ -210,7 +219,7 @@ async fn pull_rows(
 
 fn payload_bytes(keys: usize, tables: &ModelTables) -> u64 {
     let k = if tables.embedding.is_some() { tables.k() } else { 0 };
-    let tables_count = 1 + usize::from(tables.embedding.is_some());
+    let tables_count = tables.sparse_names().len();
     let dense: usize = match &tables.model {
         Model::DeepFm(m) => m.layer_shapes().iter().map(|(i, o)| i * o + o).sum(),
         Model::Fm(_) => 0,
@@ -265,11 +274,16 @@ async fn push_grads(
     };
     // Uncompressed pushes of both sparse tables share one RPC per server, as their pulls do.
     let sparse = async {
-        match &tables.embedding {
-            Some(emb) if sparse_codec == Compression::None => {
+        match tables.layout() {
+            SparseLayout::Joined(t) => {
+                let rows_grads = join_rows(&grads.w, &grads.v, tables.k());
+                let pushed = client.push_encoded(t, &keys, &rows_grads, &rows.clock_v, sparse_codec, &mut rv).await?;
+                Ok(((PushResult::default(), 0), pushed))
+            }
+            SparseLayout::Separate { linear, embedding } if sparse_codec == Compression::None => {
                 let parts = [
-                    TableGradients { table: &tables.linear, grads: &grads.w, clock: &rows.clock_w },
-                    TableGradients { table: emb, grads: &grads.v, clock: &rows.clock_v },
+                    TableGradients { table: linear, grads: &grads.w, clock: &rows.clock_w },
+                    TableGradients { table: embedding, grads: &grads.v, clock: &rows.clock_v },
                 ];
                 let mut both = client.push_tables(&keys, &parts).await?.into_iter();
                 let bytes = |g: &[f32]| ember_core::codec::encoded_len(Compression::None, g.len()) as u64;
@@ -278,12 +292,12 @@ async fn push_grads(
                     _ => unreachable!("push_tables returns one result per table"),
                 }
             }
-            Some(emb) => tokio::try_join!(
-                client.push_encoded(&tables.linear, &keys, &grads.w, &rows.clock_w, sparse_codec, &mut rw),
-                client.push_encoded(emb, &keys, &grads.v, &rows.clock_v, sparse_codec, &mut rv)
+            SparseLayout::Separate { linear, embedding } => tokio::try_join!(
+                client.push_encoded(linear, &keys, &grads.w, &rows.clock_w, sparse_codec, &mut rw),
+                client.push_encoded(embedding, &keys, &grads.v, &rows.clock_v, sparse_codec, &mut rv)
             ),
-            None => Ok((
-                client.push_encoded(&tables.linear, &keys, &grads.w, &rows.clock_w, sparse_codec, &mut rw).await?,
+            SparseLayout::Linear(linear) => Ok((
+                client.push_encoded(linear, &keys, &grads.w, &rows.clock_w, sparse_codec, &mut rw).await?,
                 (PushResult::default(), 0),
             )),
         }
@@ -316,10 +330,13 @@ async fn push_grads(
         r.dense = rd;
     }
     let staleness = w.staleness.into_iter().chain(v.staleness).chain(d.iter().map(|p| p.staleness)).collect();
-    let mut by_table = vec![(tables.linear.clone(), w_bytes)];
-    if let Some(emb) = &tables.embedding {
-        by_table.push((emb.clone(), v_bytes));
-    }
+    let mut by_table: Vec<(String, u64)> = match tables.layout() {
+        SparseLayout::Linear(t) => vec![(t.to_string(), w_bytes)],
+        SparseLayout::Joined(t) => vec![(t.to_string(), v_bytes)],
+        SparseLayout::Separate { linear, embedding } => {
+            vec![(linear.to_string(), w_bytes), (embedding.to_string(), v_bytes)]
+        }
+    };
     let dense_parts = dense.iter().flat_map(|l| [l.w.len(), l.b.len()]);
     for (name, len) in names.iter().zip(dense_parts) {
         by_table.push((name.to_string(), ember_core::codec::encoded_len(dense_codec, len) as u64));
@@ -339,7 +356,8 @@ pub async fn train(
     let TrainOptions { compression, ssp, pull_ahead } = options;
     let pull_ahead = pull_ahead && ssp.is_none();
     let mut stats = WorkerStats::default();
-    let residuals = Arc::new(std::sync::Mutex::new(Residuals::new(tables.k())));
+    let embedding_dim = tables.k() + usize::from(tables.joined);
+    let residuals = Arc::new(std::sync::Mutex::new(Residuals::new(embedding_dim)));
     let next_batch = || async { queue.lock().await.recv().await };
     let start = |batch: IndexedBatch| {
         let pull = tokio::spawn(pull_rows(client.clone(), tables.clone(), batch.keys.clone(), false));
