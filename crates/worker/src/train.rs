@@ -267,8 +267,16 @@ async fn push_grads(
     let (mut rw, mut rv, mut rd) = match residuals.lock() {
         Ok(mut r) => {
             let sparse = sparse_codec != Compression::None;
-            let gather = |rows: &crate::compress::RowResiduals| if sparse { rows.gather(&keys) } else { Vec::new() };
-            (gather(&r.linear), gather(&r.embedding), std::mem::take(&mut r.dense))
+            let gather = |rows: &crate::compress::RowResiduals, used: bool| {
+                if sparse && used {
+                    rows.gather(&keys)
+                } else {
+                    Vec::new()
+                }
+            };
+            // Joined rows keep their whole residual (w first) with the embedding's.
+            let (linear, embedding) = (!tables.joined, tables.embedding.is_some());
+            (gather(&r.linear, linear), gather(&r.embedding, embedding), std::mem::take(&mut r.dense))
         }
         Err(_) => Default::default(),
     };
@@ -322,7 +330,9 @@ async fn push_grads(
     let (((w, w_bytes), (v, v_bytes)), (d, d_bytes)) = tokio::try_join!(sparse, d)?;
     if let Ok(mut r) = residuals.lock() {
         if sparse_codec != Compression::None {
-            r.linear.scatter(&keys, &rw);
+            if !tables.joined {
+                r.linear.scatter(&keys, &rw);
+            }
             if tables.embedding.is_some() {
                 r.embedding.scatter(&keys, &rv);
             }
