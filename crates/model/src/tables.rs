@@ -5,7 +5,7 @@
 //! the bias. FM and DeepFM keep `{prefix}.wv` instead, one row per key joining the linear weight
 //! (a [`RowHead`] with the sparse optimizer, zeros) and the embedding (dim k, the embedding
 //! optimizer, N(0, init_stddev)): a batch finds, copies and updates one row per key, not one in
-//! each of two tables (+11% examples/s on DeepFM, docs/benchmarks.md). Versions published before
+//! each of two tables (+7% examples/s on DeepFM, docs/benchmarks.md). Versions published before
 //! that keep `.w` and `.v`, which serving still reads. DeepFM adds dense tables
 //! `{prefix}.mlp{i}.w` / `.b` per layer (the dense optimizer), created with the He-uniform start
 //! of [`DeepFm::init_dense`].
@@ -59,7 +59,8 @@ pub enum SparseLayout<'a> {
     Joined(&'a str),
 }
 
-/// Splits joined rows (`[w, v_1..v_k]` per key) into the linear weights and the embeddings.
+/// Splits joined rows (`[w, v_1..v_k]` per key; k = 0 for LR) into the linear weights and the
+/// embeddings.
 pub fn split_joined(rows: &[f32], k: usize) -> (Vec<f32>, Vec<f32>) {
     let keys = rows.len() / (k + 1);
     let (mut w, mut v) = (Vec::with_capacity(keys), Vec::with_capacity(keys * k));
@@ -70,12 +71,13 @@ pub fn split_joined(rows: &[f32], k: usize) -> (Vec<f32>, Vec<f32>) {
     (w, v)
 }
 
-/// Joins per-key linear and embedding values (`w.len()` keys, `v` k each) into rows `[w, v..]`.
+/// Joins per-key linear and embedding values (`w.len()` keys, `v` k each; k = 0 for LR) into
+/// rows `[w, v..]`.
 pub fn join_rows(w: &[f32], v: &[f32], k: usize) -> Vec<f32> {
     let mut rows = Vec::with_capacity(w.len() * (k + 1));
-    for (w, v) in w.iter().zip(v.chunks_exact(k.max(1))) {
+    for (i, w) in w.iter().enumerate() {
         rows.push(*w);
-        rows.extend_from_slice(&v[..k]);
+        rows.extend_from_slice(&v[i * k..(i + 1) * k]);
     }
     rows
 }
@@ -88,34 +90,27 @@ impl ModelTables {
     pub fn for_job(job: &JobSpec, prefix: &str) -> (Self, Vec<TableToCreate>) {
         let seed = job.training.seed;
         let rule = job.sync.apply_rule(job.cluster.workers);
-        let linear = TableSpec::sparse(format!("{prefix}.w"), 1, job.optimizer.sparse)
-            .with_initializer(Initializer::Zeros, seed)
-            .with_policy(job.features)
-            .with_sync(rule);
         let k = job.model.embedding_dim;
-        let init = Initializer::Normal { mean: 0.0, stddev: job.model.init_stddev };
-        let head = RowHead { dim: 1, optimizer: job.optimizer.sparse, initializer: Initializer::Zeros };
-        let joined = TableSpec::sparse(format!("{prefix}.wv"), 1 + k, job.optimizer.embedding)
-            .with_initializer(init, seed)
-            .with_head(head)
-            .with_policy(job.features)
-            .with_sync(rule);
+        // LR: linear weights alone. FM, DeepFM: each key's weight in front of its embedding.
+        let sparse = if job.model.kind == ModelKind::Lr {
+            TableSpec::sparse(format!("{prefix}.w"), 1, job.optimizer.sparse).with_initializer(Initializer::Zeros, seed)
+        } else {
+            let head = RowHead { dim: 1, optimizer: job.optimizer.sparse, initializer: Initializer::Zeros };
+            TableSpec::sparse(format!("{prefix}.wv"), 1 + k, job.optimizer.embedding)
+                .with_initializer(Initializer::Normal { mean: 0.0, stddev: job.model.init_stddev }, seed)
+                .with_head(head)
+        }
+        .with_policy(job.features)
+        .with_sync(rule);
+        let joined = sparse.head.is_some();
         let mut tables = Self {
-            linear: linear.name.clone(),
-            embedding: None,
-            joined: false,
+            linear: sparse.name.clone(),
+            embedding: joined.then(|| sparse.name.clone()),
+            joined,
             dense: Vec::new(),
             model: Model::Fm(FmModel { k: 0 }),
         };
-        let mut specs = Vec::new();
-        if job.model.kind == ModelKind::Lr {
-            specs.push((linear, None));
-        } else {
-            tables.linear = joined.name.clone();
-            tables.embedding = Some(joined.name.clone());
-            tables.joined = true;
-            specs.push((joined, None));
-        }
+        let mut specs = vec![(sparse, None)];
         match job.model.kind {
             ModelKind::Lr => {}
             ModelKind::Fm => tables.model = Model::Fm(FmModel { k: k as usize }),

@@ -122,7 +122,8 @@ impl DenseTable {
         }
     }
 
-    /// Applies the softsync buffer, if any, as the sum of the (weighted) gradients received; returns whether there was one.
+    /// Applies the softsync buffer, if any, as the sum of the (weighted) gradients received;
+    /// returns whether there was one.
     pub fn flush_pending(&self) -> bool {
         match self.pending.flush() {
             Some(merged) => {

@@ -67,18 +67,16 @@ impl RowResiduals {
 /// A worker's residuals.
 #[derive(Debug, Default)]
 pub struct Residuals {
-    /// Linear weights (dim 1).
-    pub linear: RowResiduals,
-    /// Embeddings (dim k).
-    pub embedding: RowResiduals,
+    /// The sparse table's rows (`[w, v_1..v_k]`).
+    pub sparse: RowResiduals,
     /// One per dense table, in `ModelTables::dense_names` order (empty until the first push).
     pub dense: Vec<Vec<f32>>,
 }
 
 impl Residuals {
-    /// Empty residuals for a model with embeddings of width `k`.
-    pub fn new(k: usize) -> Self {
-        Self { linear: RowResiduals::new(1), embedding: RowResiduals::new(k), dense: Vec::new() }
+    /// Empty residuals for sparse rows of `row_dim` values.
+    pub fn new(row_dim: usize) -> Self {
+        Self { sparse: RowResiduals::new(row_dim), dense: Vec::new() }
     }
 }
 

@@ -17,7 +17,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ember_client::{ClientError, Clock, PsClient, PulledRows, PushResult, TableGradients};
+use ember_client::{ClientError, Clock, PsClient};
 use ember_core::codec::Compression;
 use ember_core::job::CompressionSpec;
 use ember_core::sync::StalenessHistogram;
@@ -140,9 +140,21 @@ struct Pulled {
     w: Vec<f32>,
     v: Vec<f32>,
     dense: Vec<Layer>,
-    clock_w: Clock,
-    clock_v: Clock,
+    /// The versions the sparse rows were read at.
+    clock: Clock,
     dense_versions: Vec<u64>,
+}
+
+/// The one sparse table a worker trains, as [`ModelTables::for_job`] lays it out: rows
+/// `[w, v_1..v_k]` (k = 0 for LR). Separate linear and embedding tables only exist in model
+/// versions published before joined rows, which are served, never trained.
+fn trained_table(tables: &ModelTables) -> Result<&str, TrainError> {
+    match tables.layout() {
+        SparseLayout::Linear(t) | SparseLayout::Joined(t) => Ok(t),
+        SparseLayout::Separate { linear, embedding } => Err(TrainError::Compute(format!(
+            "separate tables {linear} and {embedding}: workers train joined rows only"
+        ))),
+    }
 }
 
 fn to_layers(tables: &ModelTables, mut pulled: Vec<(Vec<f32>, u64)>) -> Result<(Vec<Layer>, Vec<u64>), TrainError> {
@@ -170,37 +182,12 @@ async fn pull_rows(
     keys: Vec<u64>,
     read_only: bool,
 ) -> Result<Pulled, TrainError> {
-    let read = |table: String| {
-        let (client, keys) = (client.clone(), keys.clone());
-        async move {
-            if read_only {
-                client.lookup(&table, &keys).await
-            } else {
-                client.pull(&table, &keys).await
-            }
-        }
-    };
-    // Training pulls of both sparse tables share one RPC per server (the keys travel once).
+    let table = trained_table(&tables)?;
     let sparse = async {
-        match tables.layout() {
-            SparseLayout::Joined(t) => {
-                let mut rows = read(t.to_string()).await?;
-                let (w, v) = split_joined(&rows.values, tables.k());
-                (rows.values, rows.dim) = (v, tables.k());
-                let linear = PulledRows { dim: 1, values: w, clock: rows.clock.clone(), missing: rows.missing.clone() };
-                Ok((linear, Some(rows)))
-            }
-            SparseLayout::Separate { linear, embedding } if !read_only => {
-                let mut both = client.pull_tables(&[linear, embedding], &keys).await?.into_iter();
-                match (both.next(), both.next()) {
-                    (Some(w), Some(v)) => Ok((w, Some(v))),
-                    _ => unreachable!("pull_tables returns one result per table"),
-                }
-            }
-            SparseLayout::Separate { linear, embedding } => {
-                tokio::try_join!(read(linear.to_string()), async { read(embedding.to_string()).await.map(Some) })
-            }
-            SparseLayout::Linear(linear) => Ok((read(linear.to_string()).await?, None)),
+        if read_only {
+            client.lookup(table, &keys).await
+        } else {
+            client.pull(table, &keys).await
         }
     };
     let names = tables.dense_names();
@@ -211,20 +198,18 @@ async fn pull_rows(
             client.pull_dense(&names).await
         }
     };
-    let ((w, v), dense) = tokio::try_join!(sparse, dense)?;
+    let (rows, dense) = tokio::try_join!(sparse, dense)?;
     let (dense, dense_versions) = to_layers(&tables, dense)?;
-    let (v, clock_v) = v.map_or((Vec::new(), Clock::default()), |v| (v.values, v.clock));
-    Ok(Pulled { w: w.values, v, dense, clock_w: w.clock, clock_v, dense_versions })
+    let (w, v) = split_joined(&rows.values, tables.k());
+    Ok(Pulled { w, v, dense, clock: rows.clock, dense_versions })
 }
 
 fn payload_bytes(keys: usize, tables: &ModelTables) -> u64 {
-    let k = if tables.embedding.is_some() { tables.k() } else { 0 };
-    let tables_count = tables.sparse_names().len();
     let dense: usize = match &tables.model {
         Model::DeepFm(m) => m.layer_shapes().iter().map(|(i, o)| i * o + o).sum(),
         Model::Fm(_) => 0,
     };
-    (keys * 8 * tables_count + keys * (1 + k) * 4 + dense * 4) as u64
+    (keys * 8 + keys * (1 + tables.k()) * 4 + dense * 4) as u64
 }
 
 /// Forward and backward of one batch: probabilities, sparse gradients, dense gradients.
@@ -264,52 +249,16 @@ async fn push_grads(
     let (sparse_codec, dense_codec) = (compression.sparse, compression.dense);
     // Pushes are serialized (one in flight per worker), so taking the residuals out and putting
     // them back afterwards cannot race with another push of this worker.
-    let (mut rw, mut rv, mut rd) = match residuals.lock() {
+    let (mut rs, mut rd) = match residuals.lock() {
         Ok(mut r) => {
-            let sparse = sparse_codec != Compression::None;
-            let gather = |rows: &crate::compress::RowResiduals, used: bool| {
-                if sparse && used {
-                    rows.gather(&keys)
-                } else {
-                    Vec::new()
-                }
-            };
-            // Joined rows keep their whole residual (w first) with the embedding's.
-            let (linear, embedding) = (!tables.joined, tables.embedding.is_some());
-            (gather(&r.linear, linear), gather(&r.embedding, embedding), std::mem::take(&mut r.dense))
+            let rs = if sparse_codec == Compression::None { Vec::new() } else { r.sparse.gather(&keys) };
+            (rs, std::mem::take(&mut r.dense))
         }
         Err(_) => Default::default(),
     };
-    // Uncompressed pushes of both sparse tables share one RPC per server, as their pulls do.
-    let sparse = async {
-        match tables.layout() {
-            SparseLayout::Joined(t) => {
-                let rows_grads = join_rows(&grads.w, &grads.v, tables.k());
-                let pushed = client.push_encoded(t, &keys, &rows_grads, &rows.clock_v, sparse_codec, &mut rv).await?;
-                Ok(((PushResult::default(), 0), pushed))
-            }
-            SparseLayout::Separate { linear, embedding } if sparse_codec == Compression::None => {
-                let parts = [
-                    TableGradients { table: linear, grads: &grads.w, clock: &rows.clock_w },
-                    TableGradients { table: embedding, grads: &grads.v, clock: &rows.clock_v },
-                ];
-                let mut both = client.push_tables(&keys, &parts).await?.into_iter();
-                let bytes = |g: &[f32]| ember_core::codec::encoded_len(Compression::None, g.len()) as u64;
-                match (both.next(), both.next()) {
-                    (Some(w), Some(v)) => Ok(((w, bytes(&grads.w)), (v, bytes(&grads.v)))),
-                    _ => unreachable!("push_tables returns one result per table"),
-                }
-            }
-            SparseLayout::Separate { linear, embedding } => tokio::try_join!(
-                client.push_encoded(linear, &keys, &grads.w, &rows.clock_w, sparse_codec, &mut rw),
-                client.push_encoded(embedding, &keys, &grads.v, &rows.clock_v, sparse_codec, &mut rv)
-            ),
-            SparseLayout::Linear(linear) => Ok((
-                client.push_encoded(linear, &keys, &grads.w, &rows.clock_w, sparse_codec, &mut rw).await?,
-                (PushResult::default(), 0),
-            )),
-        }
-    };
+    let table = trained_table(&tables)?;
+    let row_grads = join_rows(&grads.w, &grads.v, tables.k());
+    let sparse = client.push_encoded(table, &keys, &row_grads, &rows.clock, sparse_codec, &mut rs);
     let names = tables.dense_names();
     let d = async {
         let parts: Vec<(&str, &[f32], u64)> = dense
@@ -327,31 +276,20 @@ async fn push_grads(
         }
         client.push_dense_encoded(&parts, dense_codec, &mut rd).await
     };
-    let (((w, w_bytes), (v, v_bytes)), (d, d_bytes)) = tokio::try_join!(sparse, d)?;
+    let ((sparse, sparse_bytes), (d, d_bytes)) = tokio::try_join!(sparse, d)?;
     if let Ok(mut r) = residuals.lock() {
         if sparse_codec != Compression::None {
-            if !tables.joined {
-                r.linear.scatter(&keys, &rw);
-            }
-            if tables.embedding.is_some() {
-                r.embedding.scatter(&keys, &rv);
-            }
+            r.sparse.scatter(&keys, &rs);
         }
         r.dense = rd;
     }
-    let staleness = w.staleness.into_iter().chain(v.staleness).chain(d.iter().map(|p| p.staleness)).collect();
-    let mut by_table: Vec<(String, u64)> = match tables.layout() {
-        SparseLayout::Linear(t) => vec![(t.to_string(), w_bytes)],
-        SparseLayout::Joined(t) => vec![(t.to_string(), v_bytes)],
-        SparseLayout::Separate { linear, embedding } => {
-            vec![(linear.to_string(), w_bytes), (embedding.to_string(), v_bytes)]
-        }
-    };
+    let staleness = sparse.staleness.into_iter().chain(d.iter().map(|p| p.staleness)).collect();
+    let mut by_table = vec![(table.to_string(), sparse_bytes)];
     let dense_parts = dense.iter().flat_map(|l| [l.w.len(), l.b.len()]);
     for (name, len) in names.iter().zip(dense_parts) {
         by_table.push((name.to_string(), ember_core::codec::encoded_len(dense_codec, len) as u64));
     }
-    Ok(Pushed { sparse_bytes: w_bytes + v_bytes, dense_bytes: d_bytes, staleness, by_table })
+    Ok(Pushed { sparse_bytes, dense_bytes: d_bytes, staleness, by_table })
 }
 
 /// Trains on batches from `queue` until it closes, pushing gradients encoded as `options` says
@@ -366,8 +304,7 @@ pub async fn train(
     let TrainOptions { compression, ssp, pull_ahead } = options;
     let pull_ahead = pull_ahead && ssp.is_none();
     let mut stats = WorkerStats::default();
-    let embedding_dim = tables.k() + usize::from(tables.joined);
-    let residuals = Arc::new(std::sync::Mutex::new(Residuals::new(embedding_dim)));
+    let residuals = Arc::new(std::sync::Mutex::new(Residuals::new(1 + tables.k())));
     let next_batch = || async { queue.lock().await.recv().await };
     let start = |batch: IndexedBatch| {
         let pull = tokio::spawn(pull_rows(client.clone(), tables.clone(), batch.keys.clone(), false));

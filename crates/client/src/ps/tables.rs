@@ -1,7 +1,8 @@
 //! Pulls and pushes of several sparse tables at the same keys, one RPC per server (`PullTables`,
-//! `PushTables`). A model's tables (linear weights, embeddings) are read and updated at the same
-//! batch keys, so the keys travel once and each server handles all tables in one task; per table,
-//! the results are exactly those of [`PsClient::pull`] and [`PsClient::push`].
+//! `PushTables`): the keys travel once and each server handles all tables in one task; per table,
+//! the results are exactly those of [`PsClient::pull`] and [`PsClient::push`]. Workers no longer
+//! need it (FM and DeepFM keep one joined table); it serves clients with several tables at the
+//! same keys.
 
 use ember_proto::v1;
 

@@ -371,7 +371,8 @@ impl SparseTable {
         }
     }
 
-    /// Applies the softsync buffer, if any, as the sum of the (weighted) gradients received; returns the rows updated.
+    /// Applies the softsync buffer, if any, as the sum of the (weighted) gradients received;
+    /// returns the rows updated.
     pub fn flush_pending(&self) -> Result<u64, StoreError> {
         match self.pending.flush() {
             Some(merged) => Ok(self.apply_push(&merged.keys, &merged.grads, StepScale::uniform(1.0))?.rows_updated),
