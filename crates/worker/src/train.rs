@@ -200,7 +200,8 @@ async fn pull_rows(
     };
     let (rows, dense) = tokio::try_join!(sparse, dense)?;
     let (dense, dense_versions) = to_layers(&tables, dense)?;
-    let (w, v) = split_joined(&rows.values, tables.k());
+    // LR's rows are its weights: no split to make.
+    let (w, v) = if tables.k() == 0 { (rows.values, Vec::new()) } else { split_joined(&rows.values, tables.k()) };
     Ok(Pulled { w, v, dense, clock: rows.clock, dense_versions })
 }
 
@@ -257,7 +258,11 @@ async fn push_grads(
         Err(_) => Default::default(),
     };
     let table = trained_table(&tables)?;
-    let row_grads = join_rows(&grads.w, &grads.v, tables.k());
+    let row_grads = if tables.k() == 0 {
+        std::borrow::Cow::Borrowed(&grads.w[..])
+    } else {
+        std::borrow::Cow::Owned(join_rows(&grads.w, &grads.v, tables.k()))
+    };
     let sparse = client.push_encoded(table, &keys, &row_grads, &rows.clock, sparse_codec, &mut rs);
     let names = tables.dense_names();
     let d = async {
