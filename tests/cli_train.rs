@@ -75,7 +75,10 @@ fn train(dir: &Path, job_text: &str) -> Result<serde_json::Value, String> {
 /// 0.01) 0.725-0.730 and DeepFM (k=4, MLP 156-32-16-1) 0.723-0.731 in release runs, on 1 or 2
 /// ps-servers and workers; a positive-rate predictor has AUC 0.5. The floors below leave room
 /// for the nondeterminism of async training (and about 3 standard errors of AUC on 2,000 test
-/// rows) while still failing for a model that learned nothing or learned the wrong sign.
+/// rows) while still failing for a model that learned nothing or learned the wrong sign. Progressive
+/// AUC (each batch predicted before training on it, from the first batch on) is lower and swings
+/// more: DeepFM on 2 async workers gave 0.553-0.617 over twelve release runs (and 0.54999 once in
+/// `make test`), so its floor only checks that it is above chance.
 #[test]
 fn each_model_trains_on_an_embedded_cluster_and_beats_the_baselines() {
     let dir = tempfile::tempdir().unwrap();
@@ -89,7 +92,7 @@ fn each_model_trains_on_an_embedded_cluster_and_beats_the_baselines() {
         assert!(auc > floor, "{kind}: test AUC {auc} <= {floor}");
         let (loss, baseline) = (r["test_logloss"].as_f64().unwrap(), r["baseline_test_logloss"].as_f64().unwrap());
         assert!(loss < baseline, "{kind}: logloss {loss} not below the positive-rate baseline {baseline}");
-        assert!(r["progressive_auc"].as_f64().unwrap() > 0.55, "{r}");
+        assert!(r["progressive_auc"].as_f64().unwrap() > 0.52, "{r}");
         assert!(r["examples_per_sec"].as_f64().unwrap() > 0.0);
         assert_eq!(r["bad_lines"].as_u64(), Some(0));
         assert!(r["bytes_pushed"].as_u64().unwrap() > 0 && r["bytes_pulled"].as_u64().unwrap() > 0);
