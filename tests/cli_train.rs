@@ -127,8 +127,9 @@ fn onebit_compressed_gradients_shrink_pushes_and_still_learn() {
 /// last buffered gradients are flushed, SSP workers leave their group when done, so no run
 /// hangs), the model learns, and the report carries the servers' staleness. Under `sync` the
 /// workers step in lockstep, so every gradient is fresh; under `async` the pull of the next batch
-/// runs before the previous push lands, so gradients are stale by construction. No other mode
-/// pulls ahead, so a lone worker under `staleness` computes every gradient on fresh parameters.
+/// runs before the previous push lands, so gradients are stale by construction, but a lone
+/// worker's by at most one step (its pull waits for the push before that). No other mode pulls
+/// ahead, so a lone worker under `staleness` computes every gradient on fresh parameters.
 #[test]
 fn every_sync_mode_trains_and_reports_staleness() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,13 +145,18 @@ fn every_sync_mode_trains_and_reports_staleness() {
         assert!(staleness["pushes"].as_u64().unwrap() > 0, "{mode}: {staleness}");
         match mode {
             "sync" => assert_eq!(staleness["max"].as_u64(), Some(0), "lockstep: {staleness}"),
-            "async" => assert!(staleness["mean"].as_f64().unwrap() >= 1.0, "pull-ahead: {staleness}"),
+            "async" => assert!(staleness["mean"].as_f64().unwrap() >= 0.5, "pull-ahead: {staleness}"),
             _ => {}
         }
     }
     let lone = format!("{}\n[sync]\nmode = \"staleness\"\n", job("fm", &data, 2, 1));
     let r = train(dir.path(), &lone).unwrap();
     assert_eq!(r["staleness"]["max"].as_u64(), Some(0), "no pull-ahead: {}", r["staleness"]);
+    let lone_async = format!("{}\n[sync]\nmode = \"async\"\n", job("deepfm", &data, 2, 1));
+    let r = train(dir.path(), &lone_async).unwrap();
+    let staleness = &r["staleness"];
+    assert_eq!(staleness["max"].as_u64(), Some(1), "bounded pull-ahead: {staleness}");
+    assert!(staleness["mean"].as_f64().unwrap() > 0.0, "pull-ahead: {staleness}");
     let bad = format!("{}\n[sync]\nmode = \"softsync\"\nlambda0 = 0\n", job("fm", &data, 1, 1));
     let err = train(dir.path(), &bad).unwrap_err();
     assert!(err.contains("lambda0"), "{err}");

@@ -3,8 +3,11 @@
 //! Pipeline: batches arrive already parsed (a reader thread parses ahead). With pull-ahead
 //! (`async` only) the rows of batch t+1 are pulled while batch t computes, and a batch's
 //! gradients are pushed without waiting, with at most one push in flight (the next push waits for
-//! the previous, which bounds memory and staleness). Each batch is predicted before it is trained
-//! on (progressive validation).
+//! the previous, which bounds memory and staleness). The pull of batch t+1 starts once the push
+//! of batch t-1 has landed (it waits in its own task, so the loop does not), which keeps a lone
+//! worker's staleness at most 1. At 2, DeepFM's embeddings made its Criteo-slice test AUC swing
+//! from 0.54 to 0.76 between runs (docs/benchmarks.md, "Bounded pull-ahead"). Each batch is
+//! predicted before it is trained on (progressive validation).
 //!
 //! Without pull-ahead (every other mode) a worker pulls a batch's rows only after its
 //! previous push has landed, so it never computes on parameters older than its own last step; a
@@ -21,7 +24,7 @@ use ember_client::{ClientError, Clock, PsClient};
 use ember_core::codec::Compression;
 use ember_core::job::CompressionSpec;
 use ember_core::sync::StalenessHistogram;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 
 pub use ember_model::tables::{join_rows, split_joined, Model, ModelTables, SparseLayout, TableToCreate};
@@ -311,18 +314,29 @@ pub async fn train(
     let mut stats = WorkerStats::default();
     let residuals = Arc::new(std::sync::Mutex::new(Residuals::new(1 + tables.k())));
     let next_batch = || async { queue.lock().await.recv().await };
-    let start = |batch: IndexedBatch| {
-        let pull = tokio::spawn(pull_rows(client.clone(), tables.clone(), batch.keys.clone(), false));
+    // `after` resolves when the push this pull must see has landed (or failed: the loop reports
+    // that failure when it awaits the push itself).
+    let start = |batch: IndexedBatch, after: Option<oneshot::Receiver<()>>| {
+        let pull = pull_rows(client.clone(), tables.clone(), batch.keys.clone(), false);
+        let pull = tokio::spawn(async move {
+            if let Some(landed) = after {
+                let _ = landed.await;
+            }
+            pull.await
+        });
         (batch, pull)
     };
-    let mut pending: Option<(IndexedBatch, JoinHandle<Result<Pulled, TrainError>>)> = next_batch().await.map(start);
+    let mut pending: Option<(IndexedBatch, JoinHandle<Result<Pulled, TrainError>>)> =
+        next_batch().await.map(|b| start(b, None));
     let mut push_in_flight: Option<JoinHandle<Result<Pushed, TrainError>>> = None;
+    let mut push_landed: Option<oneshot::Receiver<()>> = None;
     let task_err = |e: tokio::task::JoinError| TrainError::Compute(e.to_string());
     while let Some((batch, pull)) = pending.take() {
         // Start the next batch's pull before computing this one; otherwise the next pull must see
         // this step's push (and, under SSP, wait for the clock).
         if pull_ahead {
-            pending = next_batch().await.map(start);
+            let after = push_landed.take();
+            pending = next_batch().await.map(|b| start(b, after));
         }
         let rows = pull.await.map_err(task_err)??;
         stats.bytes_pulled += payload_bytes(batch.keys.len(), &tables);
@@ -345,7 +359,13 @@ pub async fn train(
         let residuals = Arc::clone(&residuals);
         let push = push_grads(client.clone(), tables.clone(), batch.keys, grads, dense, rows, compression, residuals);
         if pull_ahead {
-            push_in_flight = Some(tokio::spawn(push));
+            let (landed, wait) = oneshot::channel();
+            push_landed = Some(wait);
+            push_in_flight = Some(tokio::spawn(async move {
+                let pushed = push.await;
+                let _ = landed.send(());
+                pushed
+            }));
         } else {
             stats.add_pushed(push.await?);
             if let Some(clock) = &ssp {
@@ -353,7 +373,7 @@ pub async fn train(
                 clock.step_done().await?;
                 stats.clock_wait_seconds += waited.elapsed().as_secs_f64();
             }
-            pending = next_batch().await.map(start);
+            pending = next_batch().await.map(|b| start(b, None));
         }
     }
     if let Some(last) = push_in_flight {
