@@ -26,7 +26,7 @@ fmt:
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
-## demo: in-process ps-server on loopback gRPC, load generator, measured figures
+## demo: DeepFM on an embedded cluster: train, publish + checkpoint, restore, serve, report
 demo:
 	$(RUN_EMBER) demo
 

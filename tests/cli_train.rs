@@ -237,13 +237,19 @@ fn bad_job_files_are_refused_with_the_reason() {
 }
 
 #[test]
-fn demo_generates_data_trains_and_writes_report_and_plot() {
+fn demo_trains_checkpoints_restores_serves_and_writes_report_and_plot() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(EMBER).args(["demo", "--rows", "6000", "--workdir"]).arg(dir.path()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("deepfm: test AUC") && stdout.contains("(oracle "), "{stdout}");
-    // The demo ends by serving the hold-out rows from the published model: same AUC as training's.
+    // The published version's checkpoint is restored into new ps-servers, and the demo serves the
+    // hold-out rows from them and the published model: same AUC as training's.
+    let restored = stdout.lines().find(|l| l.starts_with("checkpoint: version")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(restored.contains("labeled 5400;"), "{restored}");
+    let rows: u64 = restored.split("restored it (").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
+    assert!(rows > 1000, "{restored}");
+    assert!(dir.path().join("checkpoints/ps-0").read_dir().unwrap().count() > 0);
     let serving =
         stdout.lines().find(|l| l.starts_with("serving (model version")).unwrap_or_else(|| panic!("{stdout}"));
     let auc_after = |marker: &str| -> f64 {

@@ -1,12 +1,16 @@
 //! The embedded cluster: ps-servers as tasks of this process, each on its own loopback port,
-//! talking real gRPC exactly as separate processes would.
+//! talking real gRPC exactly as separate processes would. With a checkpoint directory, server i
+//! keeps its checkpoints in DIR/ps-i (as `ember ps` keeps them in its data dir) and restores the
+//! newest complete chain there before it serves, so a cluster started again on the same
+//! directory comes back with the rows of the last checkpoint.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
 use ember_client::ShardMap;
 use ember_ps_server::{serve, ServeConfig};
-use ember_store::{Store, StoreConfig};
+use ember_store::{CheckpointInfo, Checkpointer, Store, StoreConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -24,18 +28,40 @@ pub struct EmbeddedCluster {
 impl EmbeddedCluster {
     /// Starts `ps` servers on 127.0.0.1 ephemeral ports.
     pub async fn start(ps: u32) -> anyhow::Result<Self> {
+        Ok(Self::start_with_checkpoints(ps, None).await?.0)
+    }
+
+    /// Starts `ps` servers whose checkpoints live under `checkpoints` (server i in `ps-i`), each
+    /// restored from its newest complete chain first. Returns, per server, the chain restored
+    /// (empty when there was none).
+    pub async fn start_with_checkpoints(
+        ps: u32,
+        checkpoints: Option<&Path>,
+    ) -> anyhow::Result<(Self, Vec<Vec<CheckpointInfo>>)> {
         let mut servers = Vec::new();
-        for _ in 0..ps {
+        let mut restored = Vec::new();
+        for i in 0..ps {
+            let store = Arc::new(Store::new(StoreConfig::default()));
+            let mut config = ServeConfig::default();
+            if let Some(dir) = checkpoints {
+                let dir = dir.join(format!("ps-{i}"));
+                let checkpointer = Arc::new(Checkpointer::open(&dir)?);
+                let (s, c) = (Arc::clone(&store), Arc::clone(&checkpointer));
+                let chain = tokio::task::spawn_blocking(move || c.restore(&s))
+                    .await?
+                    .with_context(|| format!("restoring checkpoints from {}", dir.display()))?;
+                restored.push(chain);
+                config.checkpoints = Some(checkpointer);
+            }
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
             let addr = listener.local_addr()?.to_string();
             let (stop, stopped) = oneshot::channel::<()>();
-            let store = Arc::new(Store::new(StoreConfig::default()));
-            let task = tokio::spawn(serve(listener, store, ServeConfig::default(), async {
+            let task = tokio::spawn(serve(listener, store, config, async {
                 let _ = stopped.await;
             }));
             servers.push(EmbeddedPs { addr, stop, task });
         }
-        Ok(Self { servers })
+        Ok((Self { servers }, restored))
     }
 
     /// The shard map over the servers (1024 slots, round-robin).

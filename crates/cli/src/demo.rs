@@ -2,9 +2,12 @@
 //! (unless `--data` is given), trains DeepFM on an embedded cluster (ps-servers and workers in this
 //! process, real gRPC on loopback), shows progress, prints the hold-out metrics beside the data's
 //! oracle, and writes the JSON report and a PNG of the training curves into its workdir. Training
-//! publishes the model into WORKDIR/models; the demo then starts a serving node on it (in this
-//! process, real gRPC), sends the hold-out rows through it, and prints the serving AUC beside the
-//! training evaluation's.
+//! publishes the model into WORKDIR/models, and publishing has the ps-servers checkpoint their rows
+//! into WORKDIR/checkpoints first. The servers then stop; a new set restores those checkpoints
+//! (the demo refuses to go on unless they are the ones the published version names), and a
+//! serving node (in this process, real gRPC) on the published model and the restored servers
+//! answers the hold-out rows. The demo prints its AUC beside the training evaluation's: equal AUCs
+//! show that the checkpoint and the published version together are the trained model.
 
 use std::path::PathBuf;
 
@@ -37,10 +40,9 @@ pub struct DemoArgs {
     rows: u64,
 }
 
-/// The demo trains examples/criteo-deepfm.toml on 2 ps-servers and one worker. (Two workers train
-/// faster but reach a lower AUC on this data: DeepFM's dense layers are pulled a batch ahead and
-/// pushed by both workers, so their gradients are stale; see docs/training.md. Staleness-aware modes
-/// come with the sync issue.)
+/// The demo trains examples/criteo-deepfm.toml on 2 ps-servers and one worker. (On 2 cores more
+/// workers are not faster, and their pushes make each other's gradients stale: docs/benchmarks.md,
+/// "Sync modes with 4 workers".)
 const DEMO_JOB: &str = include_str!("../../../examples/criteo-deepfm.toml");
 
 /// Runs the demo.
@@ -75,15 +77,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     let models = args.workdir.join("models");
     job.publish.model_dir = models.display().to_string();
-    let cluster = EmbeddedCluster::start(job.cluster.ps).await?;
+    // Training starts from nothing, so checkpoints of an earlier demo must not be restored.
+    let checkpoints = args.workdir.join("checkpoints");
+    if checkpoints.exists() {
+        std::fs::remove_dir_all(&checkpoints).with_context(|| format!("clearing {}", checkpoints.display()))?;
+    }
+    let (cluster, _) = EmbeddedCluster::start_with_checkpoints(job.cluster.ps, Some(&checkpoints)).await?;
     let trained = train_on(&job, cluster.shard_map(), true, oracle.as_deref()).await;
-    let served = match &trained {
-        Ok(run) => serve_hold_out(&cluster, &models, &data, run).await,
-        Err(_) => Ok(String::new()),
-    };
     cluster.stop().await?;
-    let report = trained?.report;
-    println!("{}", summary(&report));
+    let run = trained?;
+    let report = &run.report;
+    println!("{}", summary(report));
     println!(
         "  {} rows trained in {:.1}s, {} test rows, {:.1} MB pushed, {:.1} MB pulled, {} bad lines",
         report.rows_trained,
@@ -94,19 +98,42 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         report.bad_lines
     );
     let report_path = args.workdir.join("report.json");
-    write_report(&report, &report_path)?;
+    write_report(report, &report_path)?;
     let plot_path = args.workdir.join("curves.png");
     let labelled = crate::plot::training_curves(&report.curve, "DeepFM", &plot_path)?;
     if !labelled {
         println!("  (no TrueType font found: the plot has no labels; install fonts-dejavu-core)");
     }
+    let version = run.report.published.last().copied().context("training published no model version")?;
+    let manifest = ModelDir::new(&models).load(version).context("reading the published version")?.manifest;
+    let (restored, chains) = EmbeddedCluster::start_with_checkpoints(job.cluster.ps, Some(&checkpoints)).await?;
+    let labels: Vec<Option<u64>> = chains.iter().map(|c| c.last().map(|c| c.label)).collect();
+    let restored_rows: u64 = chains.iter().flatten().map(|c| c.rows).sum();
+    let (bytes, seconds) = chains.iter().flatten().fold((0, 0f64), |(b, s), c| (b + c.bytes, s + c.seconds));
+    println!(
+        "checkpoint: version {version} was published with the ps checkpoint labeled {}; {} new ps-servers restored it ({restored_rows} rows, {:.1} MB) from {} in {seconds:.2}s",
+        manifest.checkpoint.map_or("(none)".to_string(), |l| l.to_string()),
+        chains.len(),
+        bytes as f64 / 1e6,
+        checkpoints.display()
+    );
+    let served = if manifest.checkpoint.is_some() && labels.iter().all(|l| *l == manifest.checkpoint) {
+        serve_hold_out(&restored, &models, &data, &run).await
+    } else {
+        Err(anyhow::anyhow!(
+            "the servers restored checkpoints labeled {labels:?}, but version {version} names {:?}",
+            manifest.checkpoint
+        ))
+    };
+    restored.stop().await?;
     println!("{}", served?);
     println!("report: {}\nplot:   {}", report_path.display(), plot_path.display());
     Ok(())
 }
 
-/// Starts a serving node on the published model, sends the hold-out rows through it over gRPC,
-/// and describes the result beside the training side's evaluation of the same rows.
+/// Starts a serving node on the published model and `cluster`'s rows, sends the hold-out rows
+/// through it over gRPC, and describes the result beside the training side's evaluation of the
+/// same rows.
 async fn serve_hold_out(
     cluster: &EmbeddedCluster,
     models: &Path,
