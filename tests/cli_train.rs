@@ -249,7 +249,11 @@ fn demo_trains_checkpoints_restores_serves_and_writes_report_and_plot() {
     assert!(restored.contains("labeled 5400;"), "{restored}");
     let rows: u64 = restored.split("restored it (").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
     assert!(rows > 1000, "{restored}");
-    assert!(dir.path().join("checkpoints/ps-0").read_dir().unwrap().count() > 0);
+    let checkpoint_files = |i: usize| {
+        let files = dir.path().join(format!("checkpoints/ps-{i}")).read_dir().unwrap();
+        files.filter(|f| f.as_ref().unwrap().file_name().to_string_lossy().ends_with(".ckpt")).count()
+    };
+    assert!(checkpoint_files(0) > 0 && checkpoint_files(1) > 0, "{restored}");
     let serving =
         stdout.lines().find(|l| l.starts_with("serving (model version")).unwrap_or_else(|| panic!("{stdout}"));
     let auc_after = |marker: &str| -> f64 {

@@ -33,7 +33,9 @@ impl EmbeddedCluster {
 
     /// Starts `ps` servers whose checkpoints live under `checkpoints` (server i in `ps-i`), each
     /// restored from its newest complete chain first. Returns, per server, the chain restored
-    /// (empty when there was none).
+    /// (empty when there was none); without `checkpoints`, no chains at all. Unlike `ember ps`,
+    /// these servers write no checkpoint when they stop: a checkpoint is what a caller asked for
+    /// (the demo relies on the last one being the published version's).
     pub async fn start_with_checkpoints(
         ps: u32,
         checkpoints: Option<&Path>,
@@ -45,7 +47,9 @@ impl EmbeddedCluster {
             let mut config = ServeConfig::default();
             if let Some(dir) = checkpoints {
                 let dir = dir.join(format!("ps-{i}"));
-                let checkpointer = Arc::new(Checkpointer::open(&dir)?);
+                let checkpointer = Arc::new(
+                    Checkpointer::open(&dir).with_context(|| format!("opening checkpoints in {}", dir.display()))?,
+                );
                 let (s, c) = (Arc::clone(&store), Arc::clone(&checkpointer));
                 let chain = tokio::task::spawn_blocking(move || c.restore(&s))
                     .await?

@@ -84,8 +84,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let (cluster, _) = EmbeddedCluster::start_with_checkpoints(job.cluster.ps, Some(&checkpoints)).await?;
     let trained = train_on(&job, cluster.shard_map(), true, oracle.as_deref()).await;
-    cluster.stop().await?;
+    let stopped = cluster.stop().await;
     let run = trained?;
+    stopped?;
     let report = &run.report;
     println!("{}", summary(report));
     println!(
@@ -110,23 +111,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let labels: Vec<Option<u64>> = chains.iter().map(|c| c.last().map(|c| c.label)).collect();
     let restored_rows: u64 = chains.iter().flatten().map(|c| c.rows).sum();
     let (bytes, seconds) = chains.iter().flatten().fold((0, 0f64), |(b, s), c| (b + c.bytes, s + c.seconds));
-    println!(
-        "checkpoint: version {version} was published with the ps checkpoint labeled {}; {} new ps-servers restored it ({restored_rows} rows, {:.1} MB) from {} in {seconds:.2}s",
-        manifest.checkpoint.map_or("(none)".to_string(), |l| l.to_string()),
-        chains.len(),
-        bytes as f64 / 1e6,
-        checkpoints.display()
-    );
     let served = if manifest.checkpoint.is_some() && labels.iter().all(|l| *l == manifest.checkpoint) {
+        println!(
+            "checkpoint: version {version} was published with the ps checkpoint labeled {}; {} new ps-servers restored it ({restored_rows} rows, {:.1} MB) from {} in {seconds:.2}s",
+            manifest.checkpoint.unwrap_or_default(),
+            chains.len(),
+            bytes as f64 / 1e6,
+            checkpoints.display()
+        );
         serve_hold_out(&restored, &models, &data, &run).await
     } else {
         Err(anyhow::anyhow!(
-            "the servers restored checkpoints labeled {labels:?}, but version {version} names {:?}",
+            "the servers restored checkpoints labeled {labels:?} from {}, but version {version} names {:?}",
+            checkpoints.display(),
             manifest.checkpoint
         ))
     };
-    restored.stop().await?;
+    // A serving or checkpoint error says more than a failed stop after it.
+    let stopped = restored.stop().await;
     println!("{}", served?);
+    stopped?;
     println!("report: {}\nplot:   {}", report_path.display(), plot_path.display());
     Ok(())
 }

@@ -65,8 +65,9 @@ impl Default for ServeConfig {
 pub const STREAM_WINDOW: u32 = 4 << 20;
 /// Connection-level HTTP/2 window.
 pub const CONNECTION_WINDOW: u32 = 16 << 20;
-/// Largest HTTP/2 frame either side accepts. The protocol's default, 16 KiB, cuts a DeepFM
-/// batch (about 1.5 MB of rows, gradients and dense layers each step) into ~100 frames.
+/// Largest HTTP/2 frame the server accepts (pushes; `ember_client` sets the same for pull
+/// responses). The protocol's default, 16 KiB, cuts a DeepFM step's traffic (about 1.5 MB of rows,
+/// gradients and dense layers) into ~100 frames.
 pub const MAX_FRAME: u32 = 1 << 20;
 
 /// Serves `store` on `listener` until `shutdown` resolves, then stops accepting and lets in-flight
