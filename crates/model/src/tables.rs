@@ -29,14 +29,11 @@ pub enum Model {
 /// The tables a model lives in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelTables {
-    /// Linear weights and bias, dim 1 (with `joined`: the joined table).
+    /// Linear weights and bias, dim 1; or the joined table, when `embedding` names it too.
     pub linear: String,
-    /// Embeddings, dim k (FM, DeepFM; with `joined`: the joined table, dim 1 + k).
+    /// Embeddings, dim k (FM, DeepFM); or, named like `linear`, the joined table of rows
+    /// `[w, v_1..v_k]` (dim 1 + k). Versions published before joined rows name two tables.
     pub embedding: Option<String>,
-    /// The embedding table's rows start with the linear weight, and `linear` names the same table.
-    /// Absent (false) in versions published before joined rows existed.
-    #[serde(default)]
-    pub joined: bool,
     /// DeepFM: (weights, biases) tables per layer.
     pub dense: Vec<(String, String)>,
     /// The model.
@@ -102,11 +99,9 @@ impl ModelTables {
         }
         .with_policy(job.features)
         .with_sync(rule);
-        let joined = sparse.head.is_some();
         let mut tables = Self {
             linear: sparse.name.clone(),
-            embedding: joined.then(|| sparse.name.clone()),
-            joined,
+            embedding: sparse.head.is_some().then(|| sparse.name.clone()),
             dense: Vec::new(),
             model: Model::Fm(FmModel { k: 0 }),
         };
@@ -139,7 +134,7 @@ impl ModelTables {
     pub fn layout(&self) -> SparseLayout<'_> {
         match &self.embedding {
             None => SparseLayout::Linear(&self.linear),
-            Some(e) if self.joined => SparseLayout::Joined(e),
+            Some(e) if *e == self.linear => SparseLayout::Joined(e),
             Some(e) => SparseLayout::Separate { linear: &self.linear, embedding: e },
         }
     }
@@ -224,10 +219,14 @@ learning_rate = 0.001
         let (tables, specs) = ModelTables::for_job(&lr, "job");
         assert_eq!(tables.layout(), SparseLayout::Linear("job.w"));
         assert_eq!(specs.len(), 1);
-        // A version published before joined rows has no `joined` key: two tables.
+        // A version published before joined rows names two tables.
         let old = r#"{"linear":"a.w","embedding":"a.v","dense":[],"model":{"fm":{"k":2}}}"#;
         let old: ModelTables = serde_json::from_str(old).unwrap();
         assert_eq!(old.layout(), SparseLayout::Separate { linear: "a.w", embedding: "a.v" });
+        // Versions published while the layout was also a flag still read as joined.
+        let flagged = r#"{"linear":"a.wv","embedding":"a.wv","joined":true,"dense":[],"model":{"fm":{"k":2}}}"#;
+        let flagged: ModelTables = serde_json::from_str(flagged).unwrap();
+        assert_eq!(flagged.layout(), SparseLayout::Joined("a.wv"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ember_core::TableSpec;
 use ember_model::model::{IndexedBatch, Layer};
-use ember_model::{ModelDir, ModelManifest, PublishedModel};
+use ember_model::{ModelDir, ModelManifest, PublishedModel, SparseLayout};
 use metrics::gauge;
 use parking_lot::{Mutex, RwLock};
 
@@ -44,10 +44,10 @@ impl LoadedModel {
         let linear = spec(&manifest.tables.linear)?;
         let embedding = manifest.tables.embedding.as_deref().map(spec).transpose()?;
         // Joined rows are [w, v_1..v_k] in one table, which `linear` and `embedding` both name.
-        let (linear_dim, embedding_dim) = if manifest.tables.joined {
-            (manifest.tables.k() + 1, manifest.tables.k() + 1)
-        } else {
-            (1, manifest.tables.k())
+        let k = manifest.tables.k();
+        let (linear_dim, embedding_dim) = match manifest.tables.layout() {
+            SparseLayout::Joined(_) => (k + 1, k + 1),
+            SparseLayout::Linear(_) | SparseLayout::Separate { .. } => (1, k),
         };
         if embedding.as_ref().is_some_and(|e| e.dim as usize != embedding_dim) || linear.dim as usize != linear_dim {
             return Err(ServingError::Compute(format!(

@@ -14,7 +14,7 @@ use ember_core::SplitMix64;
 use ember_model::features::{Example, Feature};
 use ember_model::model::IndexedBatch;
 use ember_model::tables::split_joined;
-use ember_model::FieldKind;
+use ember_model::{FieldKind, SparseLayout};
 use parking_lot::Mutex;
 
 use crate::manager::{LoadedModel, ModelManager};
@@ -122,7 +122,7 @@ impl Predictor {
             return Ok(Prediction { version: m.version(), probabilities: Vec::new(), lookup_misses: 0 });
         }
         let batch = IndexedBatch::new(&examples);
-        let (w, v) = if m.manifest.tables.joined {
+        let (w, v) = if matches!(m.manifest.tables.layout(), SparseLayout::Joined(_)) {
             let mut rows = self.rows.rows(&m.linear, &batch.keys).await?;
             let (w, v) = split_joined(&rows.values, m.manifest.tables.k());
             rows.values = v;

@@ -8,7 +8,6 @@ fn manifest() -> (ModelManifest, Vec<Layer>) {
     let tables = ModelTables {
         linear: "job.w".into(),
         embedding: Some("job.v".into()),
-        joined: false,
         dense: vec![("job.mlp0.w".into(), "job.mlp0.b".into()), ("job.mlp1.w".into(), "job.mlp1.b".into())],
         model: Model::DeepFm(m),
     };
