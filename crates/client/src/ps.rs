@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ember_core::codec::{self, read_f32s_le, Compression};
 use ember_core::{TableKind, TableSpec};
+use ember_proto::http2;
 use ember_proto::v1::{self, parameter_server_client::ParameterServerClient};
 use futures_util::future::try_join_all;
 use tonic::transport::Channel;
@@ -24,10 +25,6 @@ pub use tables::TableGradients;
 
 /// Largest message the client sends or accepts.
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
-/// Largest HTTP/2 frame the client accepts (pull responses). The protocol's default of 16 KiB
-/// cuts a DeepFM step's rows and dense layers (~0.75 MB each way) into ~50 frames; 1 MiB frames
-/// made DeepFM training 5% faster on loopback (docs/benchmarks.md).
-const MAX_FRAME_BYTES: u32 = 1 << 20;
 
 /// One table version per server, as read by a pull.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -142,9 +139,9 @@ impl PsClient {
         for endpoint in map.endpoints() {
             let connect_err = |source| ClientError::Connect { endpoint: endpoint.clone(), source };
             let channel = crate::endpoint(endpoint)?
-                .initial_stream_window_size(4 << 20)
-                .initial_connection_window_size(16 << 20)
-                .max_frame_size(MAX_FRAME_BYTES)
+                .initial_stream_window_size(http2::STREAM_WINDOW)
+                .initial_connection_window_size(http2::CONNECTION_WINDOW)
+                .max_frame_size(http2::MAX_FRAME)
                 .connect()
                 .await
                 .map_err(connect_err)?;

@@ -29,6 +29,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ember_proto::http2;
 use ember_proto::v1::parameter_server_server::ParameterServerServer;
 use ember_store::{Checkpointer, Store};
 use tonic::transport::server::TcpIncoming;
@@ -60,16 +61,6 @@ impl Default for ServeConfig {
     }
 }
 
-/// HTTP/2 windows large enough that a batch of rows (256 KiB at 4096 x 16 f32) does not stall on
-/// flow control over loopback or a LAN.
-pub const STREAM_WINDOW: u32 = 4 << 20;
-/// Connection-level HTTP/2 window.
-pub const CONNECTION_WINDOW: u32 = 16 << 20;
-/// Largest HTTP/2 frame the server accepts (pushes; `ember_client` sets the same for pull
-/// responses). The protocol's default, 16 KiB, cuts a DeepFM step's traffic (about 1.5 MB of rows,
-/// gradients and dense layers) into ~100 frames.
-pub const MAX_FRAME: u32 = 1 << 20;
-
 /// Serves `store` on `listener` until `shutdown` resolves, then stops accepting and lets in-flight
 /// requests finish.
 pub async fn serve(
@@ -89,9 +80,9 @@ pub async fn serve(
     let budget = store.dram_budget().map(|_| spawn_budget_keeper(Arc::clone(&store)));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
+        .initial_stream_window_size(http2::STREAM_WINDOW)
+        .initial_connection_window_size(http2::CONNECTION_WINDOW)
+        .max_frame_size(http2::MAX_FRAME)
         .add_service(health_service)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -27,7 +27,8 @@ use ember_core::sync::StalenessHistogram;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 
-pub use ember_model::tables::{join_rows, split_joined, Model, ModelTables, SparseLayout, TableToCreate};
+use ember_model::tables::{join_rows, split_joined, SparseLayout};
+pub use ember_model::tables::{Model, ModelTables, TableToCreate};
 
 use crate::compress::Residuals;
 use crate::model::{Grads, IndexedBatch, Layer};
