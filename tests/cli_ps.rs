@@ -202,3 +202,80 @@ fn a_ps_with_a_dram_budget_serves_and_checkpoints_rows_beyond_it() {
     let restored = bench(&ps.grpc, "verify", &[]);
     assert_eq!((restored["digest"].clone(), restored["rows_missing"].as_u64()), (digest, Some(0)), "{restored}");
 }
+
+/// Runs `ember ARGS` expecting it to exit on its own within 60 s; returns (success, stderr).
+fn run_to_exit(args: &[&str]) -> (bool, String) {
+    let mut child = Command::new(EMBER).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ember {args:?} kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status.success(), stderr)
+}
+
+/// Issue 21, item 1: a damaged full checkpoint with intact incrementals after it used to start
+/// the server empty, which then checkpointed nothing and pruned the chain.
+#[test]
+fn a_damaged_only_full_checkpoint_refuses_to_start_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("ps0");
+    let no_timer = ["--checkpoint-every", "0"];
+    let ps = start_ps(&data_dir, &no_timer);
+    bench(&ps.grpc, "push", &["--dist", "zipf"]);
+    let full: serde_json::Value =
+        serde_json::from_str(ember(&["checkpoint", "--ps", &ps.grpc, "--full", "--json"]).trim()).unwrap();
+    bench(&ps.grpc, "push", &["--dist", "uniform"]);
+    ember(&["checkpoint", "--ps", &ps.grpc]);
+    drop(ps); // SIGKILL
+    let full_file = data_dir.join("checkpoints").join(full["file"].as_str().unwrap());
+    let mut bytes = std::fs::read(&full_file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&full_file, &bytes).unwrap();
+
+    let dd = data_dir.to_str().unwrap();
+    let (ok, stderr) = run_to_exit(&["ps", "--listen", "127.0.0.1:0", "--data-dir", dd, "--checkpoint-every", "0"]);
+    assert!(!ok, "the server must not start empty over damaged checkpoints");
+    assert!(stderr.contains(full["file"].as_str().unwrap()) && stderr.contains("--allow-empty-restore"), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.starts_with("error:")).count(), 1, "one clean error line: {stderr}");
+    assert!(!stderr.contains("stack backtrace"), "{stderr}");
+    // The operator's choice: start empty. The damaged files stay for inspection.
+    let mut allowed = no_timer.to_vec();
+    allowed.push("--allow-empty-restore");
+    let ps = start_ps(&data_dir, &allowed);
+    let tables =
+        ember(&["bench", "ps", "--target", &ps.grpc, "--op", "pull", "--keys", "10", "--seconds", "0.1", "--json"]);
+    assert!(tables.contains("\"errors\":0"), "the empty server serves: {tables}");
+    assert!(full_file.exists(), "the damaged checkpoint is kept");
+}
+
+/// Issue 21, items 2 and 3: a final checkpoint that cannot be written is a failed stop (a
+/// supervisor must not take it for a clean one), and temporary files of a killed checkpoint
+/// are removed at the next start.
+#[test]
+fn a_failed_final_checkpoint_exits_non_zero_and_stale_temporaries_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("ps0");
+    let checkpoints = data_dir.join("checkpoints");
+    std::fs::create_dir_all(&checkpoints).unwrap();
+    let stale = checkpoints.join("0000000000000007-full.ckpt.tmp");
+    std::fs::write(&stale, vec![0u8; 1 << 20]).unwrap();
+    let mut ps = start_ps(&data_dir, &["--checkpoint-every", "0"]);
+    assert!(!stale.exists(), "a killed writer's temporary file is removed at start");
+    bench(&ps.grpc, "push", &["--dist", "zipf"]);
+    // The disk "fails": the checkpoint directory is replaced by a file, so no checkpoint can be
+    // created in it (a permission change would not stop root).
+    std::fs::remove_dir_all(&checkpoints).unwrap();
+    std::fs::write(&checkpoints, b"not a directory").unwrap();
+    let status = sigterm_and_wait(&mut ps.child);
+    assert!(!status.success(), "a stop that lost the last pushes must not exit 0");
+}

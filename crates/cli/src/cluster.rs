@@ -51,7 +51,7 @@ impl EmbeddedCluster {
                     Checkpointer::open(&dir).with_context(|| format!("opening checkpoints in {}", dir.display()))?,
                 );
                 let (s, c) = (Arc::clone(&store), Arc::clone(&checkpointer));
-                let chain = tokio::task::spawn_blocking(move || c.restore(&s))
+                let chain = tokio::task::spawn_blocking(move || c.restore(&s, ember_store::IfNoIntactChain::Refuse))
                     .await?
                     .with_context(|| format!("restoring checkpoints from {}", dir.display()))?;
                 restored.push(chain);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ember_ps_server::{serve, ServeConfig};
 use ember_store::tier::RocksCold;
-use ember_store::{CheckpointKind, Checkpointer, Store, StoreConfig};
+use ember_store::{CheckpointKind, Checkpointer, IfNoIntactChain, Store, StoreConfig};
 
 use crate::observability;
 
@@ -50,6 +50,11 @@ pub struct PsArgs {
     /// log2 of the internal lock shards per table.
     #[arg(long, default_value_t = StoreConfig::default().shard_bits, value_parser = clap::value_parser!(u32).range(0..=12))]
     shard_bits: u32,
+    /// Start empty when checkpoint files exist but none starts an intact chain. Without it the
+    /// server refuses to start and names the damaged files: starting empty would, two full
+    /// checkpoints later, delete them.
+    #[arg(long)]
+    allow_empty_restore: bool,
 }
 
 impl PsArgs {
@@ -82,7 +87,8 @@ pub async fn run(args: PsArgs) -> anyhow::Result<()> {
         None => Store::new(config),
     });
     let checkpoints = Arc::new(Checkpointer::open(args.data_dir.join("checkpoints"))?);
-    restore(&store, &checkpoints).await?;
+    let if_none = if args.allow_empty_restore { IfNoIntactChain::StartEmpty } else { IfNoIntactChain::Refuse };
+    restore(&store, &checkpoints, if_none).await?;
     tracing::info!(%bound, data_dir = %args.data_dir.display(), "ps-server serving");
     // Held for the server's life: its background task renews the lease.
     let _membership = match &args.scheduler {
@@ -111,20 +117,19 @@ pub async fn run(args: PsArgs) -> anyhow::Result<()> {
     if let Some(task) = periodic {
         task.abort();
     }
-    // A clean stop loses nothing: what changed since the last checkpoint is written now.
+    // A clean stop loses nothing: what changed since the last checkpoint is written now. If it
+    // cannot be written, the process must not exit 0: a supervisor would take that for a clean
+    // stop while the pushes since the last checkpoint are gone.
     let last = tokio::task::spawn_blocking(move || checkpoints.write(&store, CheckpointKind::Incremental, 0)).await?;
-    match last {
-        Ok(info) => tracing::info!(id = info.id, rows = info.rows, "final checkpoint written"),
-        Err(e) => tracing::error!(error = %e, "final checkpoint failed; restart restores the previous one"),
-    }
-    tracing::info!("ps-server stopped");
+    let info = last.context("final checkpoint failed: updates since the previous checkpoint are lost")?;
+    tracing::info!(id = info.id, rows = info.rows, "final checkpoint written; ps-server stopped");
     Ok(())
 }
 
-async fn restore(store: &Arc<Store>, checkpoints: &Arc<Checkpointer>) -> anyhow::Result<()> {
+async fn restore(store: &Arc<Store>, checkpoints: &Arc<Checkpointer>, if_none: IfNoIntactChain) -> anyhow::Result<()> {
     let (store, checkpoints) = (Arc::clone(store), Arc::clone(checkpoints));
     let dir = checkpoints.dir().display().to_string();
-    let chain = tokio::task::spawn_blocking(move || checkpoints.restore(&store))
+    let chain = tokio::task::spawn_blocking(move || checkpoints.restore(&store, if_none))
         .await?
         .with_context(|| format!("restoring checkpoints from {dir}"))?;
     match chain.last() {

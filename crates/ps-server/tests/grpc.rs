@@ -309,7 +309,7 @@ async fn checkpoint_needs_a_data_dir_and_export_needs_a_sparse_table() {
     let replies = client.checkpoint(false, 42).await.unwrap();
     assert_eq!((replies[0].kind.as_str(), replies[0].rows, replies[0].label), ("full", 3, 42));
     let copy = Store::new(StoreConfig::default());
-    ember_store::Checkpointer::open(dir.path()).unwrap().restore(&copy).unwrap();
+    ember_store::Checkpointer::open(dir.path()).unwrap().restore(&copy, ember_store::IfNoIntactChain::Refuse).unwrap();
     assert_eq!(copy.lookup("emb", &[1, 2, 3]).unwrap(), store.lookup("emb", &[1, 2, 3]).unwrap());
 }
 

@@ -43,12 +43,16 @@ use ember_core::codec::{self, Compression};
 use ember_core::{TableKind, TableSpec};
 use parking_lot::RwLock;
 
-pub use checkpoint::{CheckpointError, CheckpointInfo, CheckpointKind, Checkpointer};
+pub use checkpoint::{CheckpointError, CheckpointInfo, CheckpointKind, Checkpointer, IfNoIntactChain};
 pub use dense::DenseTable;
 pub use error::StoreError;
 pub use shard::RowMeta;
 pub use sparse::{PushOutcome, SparseStats, SparseTable, TierStats};
 pub use tier::{ColdTier, MemCold, TierError};
+
+/// Most values (keys x dim) one pull or lookup returns: 64 MiB of f32, the default message
+/// limit, whatever the key limit and the table's width.
+pub const MAX_READ_VALUES: usize = 16 << 20;
 
 /// Tunables of a store.
 #[derive(Debug, Clone)]
@@ -426,6 +430,11 @@ impl Store {
     fn read(&self, name: &str, keys: &[u64], create: bool) -> Result<Rows, StoreError> {
         self.check_batch(keys.len())?;
         let table = self.sparse(name)?;
+        // The reply, not only the request, is bounded: keys x dim values.
+        let limit = MAX_READ_VALUES / table.dim().max(1);
+        if keys.len() > limit {
+            return Err(StoreError::BatchTooLarge { got: keys.len(), limit });
+        }
         let mut values = vec![0f32; keys.len() * table.dim()];
         let mut missing = if create { Vec::new() } else { vec![false; keys.len()] };
         let version = table.read(keys, &mut values, create, (!create).then_some(missing.as_mut_slice()))?;

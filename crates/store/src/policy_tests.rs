@@ -50,7 +50,7 @@ fn admission_counts_survive_a_checkpoint() {
     store.pull("t", &[8, 9]).unwrap();
     Checkpointer::open(dir.path()).unwrap().write(&store, CheckpointKind::Full, 0).unwrap();
     let copy = Store::new(StoreConfig { shard_bits: 2, max_batch_keys: 1000 });
-    Checkpointer::open(dir.path()).unwrap().restore(&copy).unwrap();
+    Checkpointer::open(dir.path()).unwrap().restore(&copy, crate::IfNoIntactChain::Refuse).unwrap();
     assert_eq!(copy.sparse("t").unwrap().spec().policy, policy);
     copy.pull("t", &[8]).unwrap();
     assert_eq!(rows(&copy), 1, "two sightings came back with the checkpoint; the third admits");

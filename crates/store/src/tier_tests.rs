@@ -44,7 +44,7 @@ fn unpressed(cold: Arc<dyn ColdTier>) -> Store {
 /// Restores the checkpoints in `dir` into a fresh store and checks it serves `keys` as `store` does.
 fn assert_restores_as(dir: &std::path::Path, store: &Store, keys: &[u64]) {
     let restored = Store::tiered(config(), Arc::new(MemCold::default()), 1 << 30);
-    Checkpointer::open(dir).unwrap().restore(&restored).unwrap();
+    Checkpointer::open(dir).unwrap().restore(&restored, crate::IfNoIntactChain::Refuse).unwrap();
     assert_eq!(restored.lookup("t", keys).unwrap(), store.lookup("t", keys).unwrap());
 }
 
@@ -117,7 +117,7 @@ fn run(ops: &[Op], cold: Arc<dyn ColdTier>, demote: DemotePolicy) {
                 let fresh: Arc<dyn ColdTier> = Arc::new(MemCold::default());
                 tiered_store = Store::tiered(config(), fresh, 20 * 80);
                 checkpoints = Checkpointer::open(dir.path()).unwrap();
-                checkpoints.restore(&tiered_store).unwrap();
+                checkpoints.restore(&tiered_store, crate::IfNoIntactChain::Refuse).unwrap();
             }
         }
         tiered_store.enforce_budget().unwrap();

@@ -17,21 +17,27 @@
 //! - Admission counts are saved with every checkpoint (they are small and change constantly),
 //!   so a restored table admits exactly as the checkpointed one would have.
 //! - Restore falls back past a corrupt or partial file: a chain ends at its last good file, and
-//!   a corrupt full checkpoint sends restore to the previous full one.
+//!   a corrupt full checkpoint sends restore to the previous full one. When checkpoint files
+//!   exist but none starts an intact chain, restore refuses ([`CheckpointError::NoIntactChain`])
+//!   unless the caller allows an empty start: an empty store would otherwise write an empty
+//!   full checkpoint and, one checkpoint later, prune the damaged chain for good.
+//! - Two generations: a chain is deleted only once two newer full checkpoints exist, each
+//!   written, fsynced, renamed and then verified by reading it back. So the newest full can be
+//!   damaged on disk and the one before it, with its incrementals, still restores.
+//! - Temporary files left by a process killed mid-write are removed when the directory is
+//!   opened (one process owns a checkpoint directory).
 
 mod format;
+mod restore;
+mod write;
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
-use crate::record::{decode_keyed_row, encode_keyed_row_into, KEYED_HEADER};
-use crate::{Store, StoreError, Table};
-use format::{BodyReader, HashingWriter, TAG_DELETED, TAG_END, TAG_ROWS, TAG_SKETCH};
+use crate::{Store, StoreError};
 pub use format::{CheckpointKind, Header};
 
 /// Why a checkpoint or restore failed.
@@ -56,6 +62,28 @@ pub enum CheckpointError {
     /// A restored table could not be created.
     #[error("restoring: {0}")]
     Store(#[from] StoreError),
+    /// Checkpoint files exist but none starts an intact chain: starting empty would lose them.
+    #[error(
+        "{dir}: checkpoint files exist but no intact chain starts there ({}); refusing to start empty \
+         (move the files away, or allow an empty start: `ember ps --allow-empty-restore`)",
+        .damaged.join("; ")
+    )]
+    NoIntactChain {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// Each file that was present, with why it cannot start a chain.
+        damaged: Vec<String>,
+    },
+}
+
+/// What [`Checkpointer::restore`] does when checkpoint files exist but none starts an intact
+/// chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfNoIntactChain {
+    /// Fail with [`CheckpointError::NoIntactChain`] (the default for servers).
+    Refuse,
+    /// Start empty; the damaged files are kept until two newer full checkpoints exist.
+    StartEmpty,
 }
 
 /// What a written or restored checkpoint holds.
@@ -104,6 +132,8 @@ struct State {
     force_full: bool,
     /// Tests: fail writes after this many bytes, like a full disk.
     fail_after: Option<u64>,
+    /// Tests: damage the next file after it is renamed, so its read-back fails.
+    damage_next: bool,
 }
 
 /// Writes checkpoints of one store into one directory and restores from it. One checkpoint at
@@ -139,8 +169,31 @@ impl Checkpointer {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, CheckpointError> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        Self::remove_temporaries(&dir)?;
         let next_id = Self::files(&dir)?.last().map_or(1, |(id, _, _)| id + 1);
         Ok(Self { dir, state: Mutex::new(State { next_id, ..State::default() }) })
+    }
+
+    /// Removes `*.tmp` files: a checkpoint or manifest whose writer died before the rename.
+    /// They are never read (restore trusts only complete files), and each can be as large as a
+    /// full checkpoint.
+    fn remove_temporaries(dir: &Path) -> Result<(), CheckpointError> {
+        let (mut files, mut bytes) = (0u64, 0u64);
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(".ckpt.tmp") || name == "MANIFEST.json.tmp" {
+                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+                files += 1;
+                bytes += size;
+            }
+        }
+        if files > 0 {
+            tracing::warn!(dir = %dir.display(), files, bytes, "removed temporary files of interrupted checkpoints");
+        }
+        Ok(())
     }
 
     /// The directory.
@@ -171,6 +224,11 @@ impl Checkpointer {
         self.state.lock().fail_after = bytes;
     }
 
+    #[cfg(test)]
+    fn damage_next_write(&self) {
+        self.state.lock().damage_next = true;
+    }
+
     /// Writes a checkpoint of `store`. An incremental one is written full when there is no chain
     /// to build on (first checkpoint, or after a failure). `label` is stored with it.
     pub fn write(&self, store: &Store, kind: CheckpointKind, label: u64) -> Result<CheckpointInfo, CheckpointError> {
@@ -193,7 +251,7 @@ impl Checkpointer {
         let tmp = self.dir.join(format!("{file}.tmp"));
         let tables = store.all_tables();
         let header = Header { kind, id, parent, label, unix_ms: now_ms(), tables: tables.len() as u32 };
-        let result = write_file(&tmp, &header, &tables, state.fail_after);
+        let result = write::write_file(&tmp, &header, &tables, state.fail_after);
         let (bytes, rows, deleted) = match result {
             Ok(counts) => counts,
             Err(e) => {
@@ -207,6 +265,18 @@ impl Checkpointer {
             state.force_full = true;
             let _ = fs::remove_file(&tmp);
             return Err(CheckpointError::Io { path, source });
+        }
+        if std::mem::take(&mut state.damage_next) {
+            damage(&path);
+        }
+        // Read it back before it counts: nothing older is pruned on the word of a file that
+        // does not verify.
+        if let Err(e) = format::verify(&path) {
+            state.force_full = true;
+            if let Err(rm) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %rm, "could not remove a checkpoint that failed its read-back");
+            }
+            return Err(e);
         }
         state.force_full = false;
         let info = CheckpointInfo {
@@ -259,275 +329,15 @@ impl Checkpointer {
             tracing::warn!(path = %path.display(), error = %e, "could not write the checkpoint manifest");
         }
     }
-
-    /// Restores the newest complete chain into `store` (which should be empty), skipping corrupt
-    /// files with a warning. Returns the chain applied, empty if there was nothing to restore.
-    pub fn restore(&self, store: &Store) -> Result<Vec<CheckpointInfo>, CheckpointError> {
-        let mut state = self.state.lock();
-        let files = Self::files(&self.dir)?;
-        let mut headers: BTreeMap<u64, (Header, PathBuf, u64)> = BTreeMap::new();
-        for (id, _, path) in &files {
-            match format::verify(path).and_then(|body| Ok((BodyReader::open(path, body)?.header()?, body))) {
-                Ok((h, _)) if h.id != *id => {
-                    tracing::warn!(path = %path.display(), header_id = h.id, "checkpoint id does not match its name; skipped")
-                }
-                Ok((h, body)) => {
-                    headers.insert(*id, (h, path.clone(), body));
-                }
-                Err(e) => tracing::warn!(error = %e, "skipping checkpoint file"),
-            }
-        }
-        let fulls: Vec<u64> =
-            headers.values().filter(|(h, _, _)| h.kind == CheckpointKind::Full).map(|(h, _, _)| h.id).rev().collect();
-        let Some(&full) = fulls.first() else {
-            return Ok(Vec::new());
-        };
-        if fulls.len() < files.iter().filter(|f| f.1 == CheckpointKind::Full).count() {
-            tracing::warn!("the newest full checkpoint is unusable; restoring an older one");
-        }
-        // The chain: from the full, repeatedly the newest good incremental whose parent is the tip.
-        let mut chain = vec![full];
-        loop {
-            let tip = chain[chain.len() - 1];
-            let next =
-                headers.values().rev().find(|(h, _, _)| h.kind == CheckpointKind::Incremental && h.parent == tip);
-            match next {
-                Some((h, _, _)) => chain.push(h.id),
-                None => break,
-            }
-        }
-        let mut applied = Vec::new();
-        for id in chain {
-            let (header, path, body) = &headers[&id];
-            let started = Instant::now();
-            let (rows, deleted) = apply_file(store, path, *body)?;
-            applied.push(CheckpointInfo {
-                id,
-                kind: header.kind,
-                parent: header.parent,
-                label: header.label,
-                unix_ms: header.unix_ms,
-                file: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                bytes: body + 16,
-                rows,
-                deleted,
-                tables: header.tables,
-                seconds: started.elapsed().as_secs_f64(),
-            });
-        }
-        for table in store.all_tables() {
-            if let Table::Sparse(t) = table {
-                t.forget_changes()?;
-            }
-        }
-        store.take_dropped_flag();
-        state.chain = applied.clone();
-        state.force_full = false;
-        Ok(applied)
-    }
 }
 
-/// Writes every table to `path`; returns (bytes, rows, deleted keys).
-fn write_file(
-    path: &Path,
-    header: &Header,
-    tables: &[Table],
-    fail_after: Option<u64>,
-) -> Result<(u64, u64, u64), CheckpointError> {
-    let file = fs::File::create(path).map_err(io_err(path))?;
-    let mut w = HashingWriter::new(file, fail_after);
-    let all = header.kind == CheckpointKind::Full;
-    let (mut rows, mut deleted) = (0, 0);
-    w.header(header).map_err(io_err(path))?;
-    for table in tables {
-        match table {
-            Table::Sparse(t) => {
-                // No row moves between tiers while both are read.
-                let _gate = t.is_tiered().then(|| t.tier_gate());
-                w.table_start(t.spec(), t.version()).map_err(io_err(path))?;
-                // Cold rows first: a DRAM row of the same key comes later and wins on restore.
-                if t.is_tiered() {
-                    let mut block = RowBlock::new(t.stride());
-                    let mut failed = None;
-                    let mut sink = |meta: crate::RowMeta, values: &[f32]| {
-                        if failed.is_none() {
-                            if let Err(e) = block.push(&mut w, &meta, values) {
-                                failed = Some(e);
-                            }
-                        }
-                    };
-                    if all {
-                        t.scan_cold(&mut sink)?;
-                        t.clear_cold_changes()?;
-                    } else {
-                        t.take_cold_changes(&mut sink)?;
-                    }
-                    if let Some(e) = failed {
-                        return Err(CheckpointError::Io { path: path.to_path_buf(), source: e });
-                    }
-                    rows += block.flush(&mut w).map_err(io_err(path))?;
-                }
-                let mut buf = Vec::new();
-                for s in 0..t.shard_count() {
-                    buf.clear();
-                    let (n, gone) = t.take_shard_changes(s, all, &mut buf);
-                    write_shard(&mut w, s, n, &buf, &gone, t.shard_sketch(s).as_deref()).map_err(io_err(path))?;
-                    rows += n;
-                    deleted += gone.len() as u64;
-                }
-                w.write_all(&[TAG_END]).map_err(io_err(path))?;
-            }
-            Table::Dense(t) => {
-                let (values, state, version) = t.snapshot();
-                w.table_start(t.spec(), version).map_err(io_err(path))?;
-                w.f32s(&values).map_err(io_err(path))?;
-                w.f32s(&state).map_err(io_err(path))?;
-            }
-        }
+/// Tests: flips a byte in the middle of a written file.
+fn damage(path: &Path) {
+    if let Ok(mut bytes) = fs::read(path) {
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x5a;
+        let _ = fs::write(path, bytes);
     }
-    let bytes = w.finish().map_err(io_err(path))?;
-    Ok((bytes, rows, deleted))
-}
-
-/// One shard's blocks: its rows, its deleted keys, its admission counts.
-fn write_shard(
-    w: &mut HashingWriter,
-    s: usize,
-    rows: u64,
-    records: &[u8],
-    deleted: &[u64],
-    sketch: Option<&[u8]>,
-) -> std::io::Result<()> {
-    if rows > 0 {
-        w.write_all(&[TAG_ROWS])?;
-        w.u64(rows)?;
-        w.write_all(records)?;
-    }
-    if !deleted.is_empty() {
-        w.write_all(&[TAG_DELETED])?;
-        w.u64(deleted.len() as u64)?;
-        w.write_all(bytemuck::cast_slice(deleted))?;
-    }
-    if let Some(sketch) = sketch {
-        w.write_all(&[TAG_SKETCH])?;
-        w.write_all(&(s as u32).to_le_bytes())?;
-        w.u64(sketch.len() as u64)?;
-        w.write_all(sketch)?;
-    }
-    Ok(())
-}
-
-/// Buffers row records read from the cold tier into blocks of a few thousand rows.
-struct RowBlock {
-    buf: Vec<u8>,
-    rows: u64,
-    written: u64,
-}
-
-impl RowBlock {
-    const ROWS: u64 = 4096;
-
-    fn new(stride: usize) -> Self {
-        Self { buf: Vec::with_capacity(Self::ROWS as usize * (KEYED_HEADER + stride * 4)), rows: 0, written: 0 }
-    }
-
-    fn push(&mut self, w: &mut HashingWriter, meta: &crate::RowMeta, values: &[f32]) -> std::io::Result<()> {
-        encode_keyed_row_into(&mut self.buf, meta, values);
-        self.rows += 1;
-        if self.rows == Self::ROWS {
-            self.flush(w)?;
-        }
-        Ok(())
-    }
-
-    /// Writes what is buffered; returns the rows written by this block writer so far.
-    fn flush(&mut self, w: &mut HashingWriter) -> std::io::Result<u64> {
-        if self.rows > 0 {
-            w.write_all(&[TAG_ROWS])?;
-            w.u64(self.rows)?;
-            w.write_all(&self.buf)?;
-            self.written += self.rows;
-            self.rows = 0;
-            self.buf.clear();
-        }
-        Ok(self.written)
-    }
-}
-
-/// Applies one verified file to `store`; returns (rows, deleted keys).
-fn apply_file(store: &Store, path: &Path, body: u64) -> Result<(u64, u64), CheckpointError> {
-    let mut r = BodyReader::open(path, body)?;
-    let header = r.header()?;
-    let mut names = Vec::new();
-    let (mut rows, mut deleted) = (0, 0);
-    for _ in 0..header.tables {
-        let (spec, version) = r.table_start()?;
-        if header.kind == CheckpointKind::Full {
-            let _ = store.drop_table(&spec.name);
-        }
-        store.create_table(spec.clone(), None)?;
-        names.push(spec.name.clone());
-        if format::is_sparse(&spec) {
-            let table = store.sparse(&spec.name)?;
-            let stride = table.stride();
-            let mut record = vec![0u8; KEYED_HEADER + stride * 4];
-            let mut values = vec![0f32; stride];
-            loop {
-                match r.u8()? {
-                    TAG_END => break,
-                    TAG_ROWS => {
-                        let n = r.u64()?;
-                        for _ in 0..n {
-                            r.bytes(&mut record)?;
-                            let meta = decode_keyed_row(&record, &mut values)
-                                .ok_or_else(|| r.corrupt(format!("table {}: malformed row record", spec.name)))?;
-                            table.restore_row(meta, &values);
-                        }
-                        rows += n;
-                        // A tiered store restores more rows than fit in DRAM: demote as it goes.
-                        store.enforce_budget()?;
-                    }
-                    TAG_DELETED => {
-                        let n = r.u64()?;
-                        let mut keys = Vec::with_capacity(n.min(1 << 20) as usize);
-                        for _ in 0..n {
-                            keys.push(r.u64()?);
-                        }
-                        table.delete(&keys)?;
-                        deleted += n;
-                    }
-                    TAG_SKETCH => {
-                        let shard = r.u32()? as usize;
-                        let len = r.u64()?;
-                        if len > 1 << 24 {
-                            return Err(r.corrupt(format!("table {}: admission counts of {len} bytes", spec.name)));
-                        }
-                        let mut bytes = vec![0u8; len as usize];
-                        r.bytes(&mut bytes)?;
-                        if !table.restore_shard_sketch(shard, &bytes) {
-                            tracing::warn!(table = %spec.name, shard, "admission counts do not fit this table's shards; they restart from zero");
-                        }
-                    }
-                    other => return Err(r.corrupt(format!("table {}: unknown block tag {other}", spec.name))),
-                }
-            }
-            table.restore_version(version);
-        } else {
-            let table = store.dense(&spec.name)?;
-            let dim = spec.dim as usize;
-            let values = r.f32s(dim)?;
-            let state = r.f32s(spec.optimizer.state_len(dim))?;
-            table.restore(values, state, version);
-        }
-    }
-    r.finish()?;
-    // Tables dropped since the previous checkpoint of the chain.
-    for spec in store.list_tables() {
-        if !names.contains(&spec.name) {
-            let _ = store.drop_table(&spec.name);
-        }
-    }
-    Ok((rows, deleted))
 }
 
 #[cfg(test)]

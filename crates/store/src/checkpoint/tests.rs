@@ -6,7 +6,7 @@ use std::path::Path;
 use ember_core::{Initializer, Optimizer, SplitMix64, TableSpec};
 
 use super::*;
-use crate::{RowMeta, Store, StoreConfig};
+use crate::{RowMeta, Store, StoreConfig, Table};
 
 type Rows = BTreeMap<u64, (Vec<f32>, RowMeta)>;
 
@@ -72,7 +72,7 @@ fn churn(store: &Store, rng: &mut SplitMix64, steps: usize) {
 
 fn restored(dir: &Path) -> (Store, Vec<CheckpointInfo>) {
     let store = Store::new(StoreConfig { shard_bits: 3, max_batch_keys: 100_000 });
-    let chain = Checkpointer::open(dir).unwrap().restore(&store).unwrap();
+    let chain = Checkpointer::open(dir).unwrap().restore(&store, IfNoIntactChain::Refuse).unwrap();
     (store, chain)
 }
 
@@ -223,7 +223,7 @@ fn reopen_loop_loses_nothing_checkpointed_and_invents_nothing() {
     for round in 0..6 {
         let ckpt = Checkpointer::open(dir.path()).unwrap();
         if round > 0 {
-            let chain = ckpt.restore(&store).unwrap();
+            let chain = ckpt.restore(&store, IfNoIntactChain::Refuse).unwrap();
             assert!(!chain.is_empty());
         }
         churn(&store, &mut rng, 15);
@@ -234,7 +234,7 @@ fn reopen_loop_loses_nothing_checkpointed_and_invents_nothing() {
         drop(ckpt);
         store = Store::new(StoreConfig { shard_bits: 3, max_batch_keys: 100_000 });
         let check = Checkpointer::open(dir.path()).unwrap();
-        check.restore(&store).unwrap();
+        check.restore(&store, IfNoIntactChain::Refuse).unwrap();
         assert_eq!(contents(&store), expected, "round {round}");
     }
 }
@@ -244,10 +244,19 @@ fn garbage_and_foreign_files_are_not_restored() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("0000000000000001-full.ckpt"), b"not a checkpoint at all, just text").unwrap();
     fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
-    let (store, chain) = restored(dir.path());
+    let store = Store::new(StoreConfig { shard_bits: 3, max_batch_keys: 100_000 });
+    let ckpt = Checkpointer::open(dir.path()).unwrap();
+    // A checkpoint file is there, so starting empty is refused unless allowed.
+    let err = ckpt.restore(&store, IfNoIntactChain::Refuse).unwrap_err();
+    assert!(matches!(err, CheckpointError::NoIntactChain { .. }), "{err}");
+    assert!(err.to_string().contains("0000000000000001-full.ckpt"), "{err}");
+    let chain = ckpt.restore(&store, IfNoIntactChain::StartEmpty).unwrap();
     assert!(chain.is_empty());
     assert!(store.list_tables().is_empty());
     // The next id skips the garbage file's id, so nothing is overwritten.
     let ckpt = Checkpointer::open(dir.path()).unwrap();
     assert_eq!(ckpt.write(&new_store(), CheckpointKind::Full, 0).unwrap().id, 2);
 }
+
+#[path = "damage_tests.rs"]
+mod damage;
