@@ -2,7 +2,8 @@
 //!
 //! A row is `dim` weights plus `state_len(dim)` f32 of optimizer state, laid out by the store.
 //! Invariants: `apply` only sees finite gradients (the store rejects NaN/Inf before any row is
-//! touched); `step` is the number of updates the row has received including this one (>= 1), which
+//! touched) and only writes finite values (a coordinate whose update overflows keeps its old
+//! weight and state); `step` is the number of updates the row has received including this one (>= 1), which
 //! is what Adam's bias correction needs for rows that are updated sparsely.
 //!
 //! FTRL keeps (z, n) as state and derives the weight from them (McMahan et al. 2013, Algorithm 1,
@@ -92,13 +93,20 @@ impl Optimizer {
         }
     }
 
+    /// Largest learning rate (and FTRL alpha) accepted: far above any useful one, so a typo
+    /// like 1e30 is refused instead of training rows to their overflow guard.
+    pub const MAX_LEARNING_RATE: f32 = 100.0;
+    /// Largest regularization, accumulator start or epsilon accepted.
+    pub const MAX_PARAMETER: f32 = 1e6;
+
     /// Checks that every hyper-parameter is finite and in range.
     pub fn validate(&self) -> Result<(), String> {
         let finite_nonneg = |name: &str, v: f32| {
-            if v.is_finite() && v >= 0.0 {
+            let max = if name == "learning_rate" { Self::MAX_LEARNING_RATE } else { Self::MAX_PARAMETER };
+            if v.is_finite() && v >= 0.0 && v <= max {
                 Ok(())
             } else {
-                Err(format!("{} {name} must be finite and >= 0, got {v}", self.name()))
+                Err(format!("{} {name} must be in [0, {max}], got {v}", self.name()))
             }
         };
         match *self {
@@ -116,8 +124,8 @@ impl Optimizer {
                 finite_nonneg("beta", beta)?;
                 finite_nonneg("l1", l1)?;
                 finite_nonneg("l2", l2)?;
-                if !(alpha.is_finite() && alpha > 0.0) {
-                    return Err(format!("ftrl alpha must be finite and > 0, got {alpha}"));
+                if !(alpha.is_finite() && alpha > 0.0 && alpha <= Self::MAX_LEARNING_RATE) {
+                    return Err(format!("ftrl alpha must be in (0, {}], got {alpha}", Self::MAX_LEARNING_RATE));
                 }
                 if beta / alpha + l2 <= 0.0 {
                     return Err("ftrl needs beta > 0 or l2 > 0".into());
@@ -167,29 +175,49 @@ impl Optimizer {
     }
 
     /// Applies one (finite) gradient to a row. `step` counts this row's updates including this
-    /// one.
-    pub fn apply(&self, weights: &mut [f32], state: &mut [f32], grad: &[f32], step: u64) {
-        self.apply_scaled(weights, state, grad, step, 1.0);
+    /// one. Returns the coordinates refused as not finite (see [`Self::apply_scaled`]).
+    pub fn apply(&self, weights: &mut [f32], state: &mut [f32], grad: &[f32], step: u64) -> usize {
+        self.apply_scaled(weights, state, grad, step, 1.0)
     }
 
     /// [`Self::apply`] with the step scaled by `lr_scale` (staleness-aware updates). SGD, Adagrad
     /// and Adam scale their learning rate; FTRL, whose per-coordinate rates come from the
     /// gradients themselves, scales the gradient.
-    pub fn apply_scaled(&self, weights: &mut [f32], state: &mut [f32], grad: &[f32], step: u64, lr_scale: f32) {
+    ///
+    /// Finite gradients can still overflow (a large learning rate times 3e38 is Inf, and Inf
+    /// minus Inf later NaN). Every optimizer here is per coordinate, so a coordinate whose new
+    /// weight or state would not be finite keeps its old weight and state, and the others take
+    /// their update: NaN and Inf never reach a row. Returns how many coordinates were refused.
+    pub fn apply_scaled(
+        &self,
+        weights: &mut [f32],
+        state: &mut [f32],
+        grad: &[f32],
+        step: u64,
+        lr_scale: f32,
+    ) -> usize {
         debug_assert_eq!(weights.len(), grad.len());
         debug_assert_eq!(state.len(), self.state_len(weights.len()));
+        // Counted without a branch in the loops, so they still vectorize.
+        let mut refused = 0usize;
         match *self {
             Optimizer::Sgd { learning_rate } => {
                 let lr = learning_rate * lr_scale;
                 for (w, g) in weights.iter_mut().zip(grad) {
-                    *w -= lr * g;
+                    let new = *w - lr * g;
+                    let ok = new.is_finite();
+                    *w = if ok { new } else { *w };
+                    refused += usize::from(!ok);
                 }
             }
             Optimizer::Adagrad { learning_rate, epsilon, .. } => {
                 let lr = learning_rate * lr_scale;
                 for ((w, acc), g) in weights.iter_mut().zip(state.iter_mut()).zip(grad) {
-                    *acc += g * g;
-                    *w -= lr * g / (acc.sqrt() + epsilon);
+                    let new_acc = *acc + g * g;
+                    let new_w = *w - lr * g / (new_acc.sqrt() + epsilon);
+                    let ok = new_acc.is_finite() & new_w.is_finite();
+                    (*w, *acc) = if ok { (new_w, new_acc) } else { (*w, *acc) };
+                    refused += usize::from(!ok);
                 }
             }
             Optimizer::Ftrl { alpha, beta, l1, l2 } => {
@@ -199,13 +227,15 @@ impl Optimizer {
                     let g = g * lr_scale;
                     let n_new = *n + g * g;
                     let sigma = (n_new.sqrt() - n.sqrt()) * inv_alpha;
-                    *z += g - sigma * *w;
-                    *n = n_new;
-                    *w = if z.abs() <= l1 {
+                    let z_new = *z + g - sigma * *w;
+                    let w_new = if z_new.abs() <= l1 {
                         0.0
                     } else {
-                        -(*z - l1.copysign(*z)) / ((beta + n_new.sqrt()) * inv_alpha + l2)
+                        -(z_new - l1.copysign(z_new)) / ((beta + n_new.sqrt()) * inv_alpha + l2)
                     };
+                    let ok = n_new.is_finite() & z_new.is_finite() & w_new.is_finite();
+                    (*w, *z, *n) = if ok { (w_new, z_new, n_new) } else { (*w, *z, *n) };
+                    refused += usize::from(!ok);
                 }
             }
             Optimizer::Adam { learning_rate, beta1, beta2, epsilon } => {
@@ -218,12 +248,16 @@ impl Optimizer {
                 let eps = (f64::from(epsilon) * c2.sqrt()) as f32;
                 let (m, v) = state.split_at_mut(weights.len());
                 for (((w, m), v), &g) in weights.iter_mut().zip(m).zip(v).zip(grad) {
-                    *m = beta1 * *m + (1.0 - beta1) * g;
-                    *v = beta2 * *v + (1.0 - beta2) * g * g;
-                    *w -= step_size * *m / (v.sqrt() + eps);
+                    let m_new = beta1 * *m + (1.0 - beta1) * g;
+                    let v_new = beta2 * *v + (1.0 - beta2) * g * g;
+                    let w_new = *w - step_size * m_new / (v_new.sqrt() + eps);
+                    let ok = m_new.is_finite() & v_new.is_finite() & w_new.is_finite();
+                    (*w, *m, *v) = if ok { (w_new, m_new, v_new) } else { (*w, *m, *v) };
+                    refused += usize::from(!ok);
                 }
             }
         }
+        refused
     }
 }
 
@@ -330,6 +364,35 @@ mod tests {
     }
 
     #[test]
+    fn an_update_that_overflows_leaves_its_coordinate_as_it_was() {
+        // Finite gradients, finite hyper-parameters, and still an overflow: 10 * 3e38 is Inf.
+        let opts = [
+            Optimizer::Sgd { learning_rate: 10.0 },
+            Optimizer::Adagrad { learning_rate: 10.0, initial_accumulator: 0.1, epsilon: 1e-7 },
+            Optimizer::Ftrl { alpha: 10.0, beta: 1.0, l1: 0.0, l2: 0.0 },
+            Optimizer::Adam { learning_rate: 10.0, beta1: 0.9, beta2: 0.999, epsilon: 1e-8 },
+        ];
+        for opt in opts {
+            let mut w = [0.5f32, 0.5];
+            let mut state = vec![0.0; opt.state_len(2)];
+            opt.init_state(&w, &mut state);
+            let mut refused = 0;
+            for step in 1..=4 {
+                let sign = if step % 2 == 0 { 1.0 } else { -1.0 };
+                refused += opt.apply(&mut w, &mut state, &[sign * 3e38, 0.25], step);
+                assert!(w.iter().chain(&state).all(|x| x.is_finite()), "{}: {w:?} {state:?}", opt.name());
+            }
+            assert!(refused >= 1, "{}: 3e38 overflowed nothing", opt.name());
+            // The ordinary coordinate kept learning.
+            assert!(w[1] < 0.5, "{}: {w:?}", opt.name());
+        }
+        let sgd = Optimizer::Sgd { learning_rate: 10.0 };
+        let mut w = [1.0f32];
+        assert_eq!(sgd.apply(&mut w, &mut [], &[3e38], 1), 1);
+        assert_eq!(w, [1.0], "the refused coordinate is unchanged");
+    }
+
+    #[test]
     fn validation_rejects_bad_hyper_parameters() {
         assert!(Optimizer::Sgd { learning_rate: f32::NAN }.validate().is_err());
         assert!(Optimizer::Ftrl { alpha: 0.0, beta: 1.0, l1: 0.0, l2: 0.0 }.validate().is_err());
@@ -337,5 +400,8 @@ mod tests {
         assert!(Optimizer::Adam { learning_rate: 0.1, beta1: 1.0, beta2: 0.9, epsilon: 1e-8 }.validate().is_err());
         assert!(Optimizer::Adagrad { learning_rate: 0.1, initial_accumulator: 0.0, epsilon: 0.0 }.validate().is_err());
         assert!(Optimizer::Adam { learning_rate: 0.1, beta1: 0.9, beta2: 0.99, epsilon: 1e-8 }.validate().is_ok());
+        assert!(Optimizer::Sgd { learning_rate: 1e30 }.validate().is_err());
+        assert!(Optimizer::Ftrl { alpha: 1e9, beta: 1.0, l1: 0.0, l2: 0.0 }.validate().is_err());
+        assert!(Optimizer::Ftrl { alpha: 0.1, beta: 1.0, l1: 1e30, l2: 0.0 }.validate().is_err());
     }
 }

@@ -230,15 +230,23 @@ impl TableSpec {
     }
 
     /// Applies one finite gradient (all `dim` values) to a row; see [`Optimizer::apply_scaled`].
-    pub fn apply_scaled(&self, weights: &mut [f32], state: &mut [f32], grad: &[f32], step: u64, lr_scale: f32) {
+    /// Returns the coordinates refused because their update was not finite.
+    pub fn apply_scaled(
+        &self,
+        weights: &mut [f32],
+        state: &mut [f32],
+        grad: &[f32],
+        step: u64,
+        lr_scale: f32,
+    ) -> usize {
         let h = self.head_dim();
         match self.head {
             None => self.optimizer.apply_scaled(weights, state, grad, step, lr_scale),
             Some(head) => {
                 let (hw, tw) = weights.split_at_mut(h);
                 let (hs, ts) = state.split_at_mut(head.optimizer.state_len(h));
-                head.optimizer.apply_scaled(hw, hs, &grad[..h], step, lr_scale);
-                self.optimizer.apply_scaled(tw, ts, &grad[h..], step, lr_scale);
+                head.optimizer.apply_scaled(hw, hs, &grad[..h], step, lr_scale)
+                    + self.optimizer.apply_scaled(tw, ts, &grad[h..], step, lr_scale)
             }
         }
     }

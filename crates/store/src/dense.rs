@@ -118,7 +118,7 @@ impl DenseTable {
         let weight = lambda0.map_or(1.0, |l| staleness_weight(l, staleness));
         match self.pending.add(&[0], grad, grad.len(), weight, s) {
             Some(merged) => Ok(PushOutcome { staleness, ..self.apply(&merged.grads, |_| 0, |_| 1.0) }),
-            None => Ok(PushOutcome { version, staleness, buffered: true, rows_updated: 0 }),
+            None => Ok(PushOutcome { version, staleness, buffered: true, ..PushOutcome::default() }),
         }
     }
 
@@ -145,9 +145,17 @@ impl DenseTable {
         let mut inner = self.inner.lock();
         let staleness = staleness_at(inner.version);
         inner.version += 1;
-        let DenseState { values, state, version, .. } = &mut *inner;
-        self.spec.optimizer.apply_scaled(values, state, grad, *version, lr_scale(staleness));
-        PushOutcome { rows_updated: 1, version: *version, staleness, buffered: false }
+        let DenseState { values, state, version, rejected_nonfinite } = &mut *inner;
+        let refused = self.spec.optimizer.apply_scaled(values, state, grad, *version, lr_scale(staleness));
+        // Coordinates whose update would not be finite kept their values (see the optimizer).
+        *rejected_nonfinite += u64::from(refused > 0);
+        PushOutcome {
+            rows_updated: 1,
+            version: *version,
+            staleness,
+            rows_rejected: u64::from(refused > 0),
+            ..PushOutcome::default()
+        }
     }
 
     /// (values, optimizer state, version), copied under the lock (checkpoints).

@@ -269,3 +269,35 @@ fn a_headed_table_pulls_and_trains_as_two_tables_would() {
     }
     assert!(store.lookup("wv", &[3]).unwrap().values[0] != 0.0, "the head trained");
 }
+
+#[test]
+fn finite_gradients_that_overflow_never_store_nan_or_inf() {
+    // The probe that found it: SGD with a large learning rate and pushes of +-3e38 stored Inf,
+    // then NaN (Inf - Inf), and pulls, lookups and exports returned them.
+    let sgd = Optimizer::Sgd { learning_rate: 10.0 };
+    let store = Store::default();
+    store.create_table(TableSpec::sparse("s", 2, sgd).with_initializer(Initializer::Zeros, 0), None).unwrap();
+    store.create_table(TableSpec::dense("d", 2, sgd), None).unwrap();
+    let mut rejected = 0;
+    for sign in [1.0f32, -1.0, 1.0] {
+        let out = store.push("s", &[1, 2, 1], &le_bytes(&[sign * 3e38, 0.5, 0.25, 0.25, sign * 3e38, 0.5])).unwrap();
+        rejected += out.rows_rejected;
+        store.push_dense("d", &le_bytes(&[sign * 3e38, 0.5])).unwrap();
+    }
+    assert!(rejected >= 1, "no row reported a refused coordinate");
+    let all_finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+    let pulled = store.pull("s", &[1, 2]).unwrap().values;
+    assert!(all_finite(&pulled), "pull: {pulled:?}");
+    let looked_up = store.lookup("s", &[1, 2]).unwrap().values;
+    assert!(all_finite(&looked_up), "lookup: {looked_up:?}");
+    let mut scanned = Vec::new();
+    store.sparse("s").unwrap().scan(|_, v, _| scanned.extend_from_slice(v));
+    assert!(all_finite(&scanned), "rows and optimizer state: {scanned:?}");
+    // Coordinates that did not overflow learned as usual: key 1 is pushed twice per push (its
+    // gradients summed: 2 x 3e38 is Inf, refused; 2 x 0.5 = 1), so its second weight is 3 x -10.
+    assert_eq!(pulled[1], -30.0);
+    let (dense, _) = store.pull_dense("d").unwrap();
+    assert!(all_finite(&dense), "dense: {dense:?}");
+    assert_eq!(dense[1], -15.0);
+    assert!(store.stats().iter().all(|t| t.counters.rejected_nonfinite > 0));
+}

@@ -45,6 +45,10 @@ pub struct PushOutcome {
     pub staleness: u64,
     /// Softsync: the gradient waits in the buffer for the update that completes it.
     pub buffered: bool,
+    /// Rows updated of which some coordinate's update was refused because it would have stored
+    /// NaN or Inf (finite gradients can still overflow: a large learning rate times 3e38).
+    /// Those coordinates kept their previous weight and state.
+    pub rows_rejected: u64,
 }
 
 /// The learning-rate scale of one push. A row updated after the pull its gradient came from
@@ -314,8 +318,17 @@ impl SparseTable {
         }
     }
 
-    /// Applies one (summed) gradient to the row at `pos`, the step scaled by `scale`.
-    fn apply_at(&self, shard: &mut Shard, pos: usize, grad: &[f32], version: u64, now: u64, scale: StepScale) {
+    /// Applies one (summed) gradient to the row at `pos`, the step scaled by `scale`. Returns
+    /// whether every coordinate took its update (one that would have become NaN or Inf kept
+    /// its old value, see [`ember_core::Optimizer::apply_scaled`]; such rows are counted).
+    fn apply_at(
+        &self,
+        shard: &mut Shard,
+        pos: usize,
+        grad: &[f32],
+        (version, now): (u64, u64),
+        scale: StepScale,
+    ) -> bool {
         let (row, meta) = shard.row_mut(pos, self.stride);
         // A row never updated still holds its initializer's value, which is what any pull read.
         let lr_scale = if meta.updates == 0 { scale.fresh } else { scale.of(meta.last_step) };
@@ -323,7 +336,11 @@ impl SparseTable {
         meta.last_step = version;
         meta.last_time = now;
         let (weights, state) = row.split_at_mut(self.dim);
-        self.spec.apply_scaled(weights, state, grad, meta.updates, lr_scale);
+        if self.spec.apply_scaled(weights, state, grad, meta.updates, lr_scale) == 0 {
+            return true;
+        }
+        self.rejected_nonfinite.fetch_add(1, Ordering::Relaxed);
+        false
     }
 
     /// A push with no gradient version (staleness 0); see [`Self::push_at`].
@@ -411,7 +428,7 @@ impl SparseTable {
         let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
         let (now, admission) = (self.now(), self.spec.policy.admission());
         let mut scratch = vec![0f32; dim];
-        let (mut rows_updated, mut dropped) = (0u64, 0u64);
+        let (mut rows_updated, mut dropped, mut rejected) = (0u64, 0u64, 0u64);
         // Hot misses of a tiered table: their keys and summed gradients, resolved after the
         // cold tier has been read without any lock held.
         let (mut cold_keys, mut cold_grads) = (Vec::new(), Vec::new());
@@ -454,25 +471,28 @@ impl SparseTable {
                     }
                     None => shard.insert_with(key, self.stride, version, now, |row| self.init_row(key, row)),
                 };
-                self.apply_at(&mut shard, pos, grad, version, now, scale);
                 rows_updated += 1;
+                if !self.apply_at(&mut shard, pos, grad, (version, now), scale) {
+                    rejected += 1;
+                }
                 run = end;
             }
         }
         if let Some(cold) = &self.cold {
             self.tier.count_hot_hits(keys.len() - cold_keys.len());
             if !cold_keys.is_empty() {
-                let (updated, not_admitted) =
+                let (updated, not_admitted, not_finite) =
                     self.push_cold(cold.as_ref(), cold_keys, cold_grads, (version, scale), epochs)?;
                 rows_updated += updated;
                 dropped += not_admitted;
+                rejected += not_finite;
             }
         }
         self.row_updates.fetch_add(rows_updated, Ordering::Relaxed);
         if dropped > 0 {
             self.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
-        Ok(PushOutcome { rows_updated, version, ..PushOutcome::default() })
+        Ok(PushOutcome { rows_updated, version, rows_rejected: rejected, ..PushOutcome::default() })
     }
 
     /// Deletes the rows of `keys` from both tiers; returns how many existed.

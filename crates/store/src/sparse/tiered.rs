@@ -185,7 +185,8 @@ impl SparseTable {
 
     /// Resolves a push's hot misses (`keys`, with their summed gradients back to back) against
     /// the cold tier: promote and apply, or create (or drop, under admission) and apply.
-    /// `step` is the push's (version, learning-rate scale). Returns (rows updated, rows dropped).
+    /// `step` is the push's (version, learning-rate scale). Returns (rows updated, rows dropped,
+    /// rows updated with a coordinate refused as not finite).
     pub(super) fn push_cold(
         &self,
         cold: &dyn ColdTier,
@@ -193,11 +194,11 @@ impl SparseTable {
         mut grads: Vec<f32>,
         (version, scale): (u64, super::StepScale),
         mut epochs: Vec<u64>,
-    ) -> Result<(u64, u64), StoreError> {
+    ) -> Result<(u64, u64, u64), StoreError> {
         let (dim, stride, now) = (self.dim, self.stride, self.now());
         let admission = self.spec.policy.admission();
         let mut values = vec![0f32; stride];
-        let (mut updated, mut dropped) = (0u64, 0u64);
+        let (mut updated, mut dropped, mut rejected) = (0u64, 0u64, 0u64);
         while !keys.is_empty() {
             let records = cold.get_many(&self.spec.name, &keys).map_err(|e| self.tier_err(e))?;
             let g = self.group(&keys);
@@ -228,8 +229,10 @@ impl SparseTable {
                     } else {
                         shard.insert_with(key, stride, version, now, |row| self.init_row(key, row))
                     };
-                    self.apply_at(&mut shard, pos, grad, version, now, scale);
                     updated += 1;
+                    if !self.apply_at(&mut shard, pos, grad, (version, now), scale) {
+                        rejected += 1;
+                    }
                 }
             }
             self.tier.cold_hits.fetch_add(cold_hits, Ordering::Relaxed);
@@ -237,7 +240,7 @@ impl SparseTable {
             epochs = self.tier.epochs();
             (keys, grads) = (retry_keys, retry_grads);
         }
-        Ok((updated, dropped))
+        Ok((updated, dropped, rejected))
     }
 
     /// Moves about `fraction` of every shard's rows to the cold tier: those updated least
