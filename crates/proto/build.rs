@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", f.display());
     }
     let fds = protox::compile(&files, [&root])?;
-    tonic_prost_build::configure().bytes(".ember.v1").compile_fds(fds)?;
+    // Our codec: a message that does not decode is InvalidArgument, not tonic's Internal.
+    tonic_prost_build::configure().bytes(".ember.v1").codec_path("crate::codec::WireCodec").compile_fds(fds)?;
     Ok(())
 }

@@ -6,12 +6,14 @@
 //!   out concurrently, and reassembles rows in request order.
 //! - [`scheduler`]: the scheduler client and [`Membership`] (register + heartbeat leases).
 //! - [`serving`]: the serving client (predictions, model status).
+//! - [`raw`]: calls with raw message bytes (probes and tests of servers' decoding).
 //!
 //! Invariants: a caller never sees a partial result (one failed part fails the call); rows come
 //! back in the order of the keys asked for, duplicates included.
 
 mod error;
 pub mod ps;
+pub mod raw;
 pub mod scheduler;
 pub mod serving;
 pub mod shard_map;

@@ -5,6 +5,7 @@
 //! enum, bad hyper-parameter) is a [`ConvertError`], which every service maps to
 //! `InvalidArgument`; nothing here panics on client input.
 
+pub mod codec;
 mod convert;
 
 /// Generated code for package `ember.v1`.
