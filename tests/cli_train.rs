@@ -22,32 +22,36 @@ fn gen_data(dir: &Path, rows: u64) -> String {
 }
 
 fn job(kind: &str, data: &str, ps: u32, workers: u32) -> String {
+    // Each model's own sections only: a job naming what its model ignores is refused.
+    let embedding = "embedding_dim = 4\n";
+    let hidden = "hidden = [32, 16]\n";
+    let embedding_optimizer = "[optimizer.embedding]\nkind = \"adagrad\"\nlearning_rate = 0.01\n";
+    let (model_extra, optimizer_extra) = match kind {
+        "lr" => (String::new(), ""),
+        "fm" => (embedding.to_string(), embedding_optimizer),
+        _ => (format!("{embedding}{hidden}"), embedding_optimizer),
+    };
     format!(
         r#"
-        version = 1
-        name = "test-{kind}"
-        [data]
-        format = "criteo"
-        paths = ["{data}"]
-        test_split = 0.1
-        [model]
-        kind = "{kind}"
-        embedding_dim = 4
-        hidden = [32, 16]
-        [optimizer.sparse]
-        kind = "ftrl"
-        alpha = 0.05
-        l1 = 1.0
-        l2 = 1.0
-        [optimizer.embedding]
-        kind = "adagrad"
-        learning_rate = 0.01
-        [cluster]
-        ps = {ps}
-        workers = {workers}
-        [training]
-        batch_size = 256
-        "#
+version = 1
+name = "test-{kind}"
+[data]
+format = "criteo"
+paths = ["{data}"]
+test_split = 0.1
+[model]
+kind = "{kind}"
+{model_extra}[optimizer.sparse]
+kind = "ftrl"
+alpha = 0.05
+l1 = 1.0
+l2 = 1.0
+{optimizer_extra}[cluster]
+ps = {ps}
+workers = {workers}
+[training]
+batch_size = 256
+"#
     )
 }
 
@@ -225,6 +229,44 @@ fn bad_lines_are_reported_and_too_many_fail_the_job() {
     std::fs::write(&data, broken).unwrap();
     let err = train(dir.path(), &job("lr", &data, 1, 1)).unwrap_err();
     assert!(err.contains("lines malformed") && err.contains("max_bad_ratio"), "{err}");
+}
+
+/// Issue 21, item 9: bad lines of the hold-out split count like the training split's (1,000
+/// garbage test lines used to give rc 0, `bad_lines: 0` and a NaN AUC); a line of invalid UTF-8
+/// is one bad line with its number, not the end of the job; a huge line becomes a short sample.
+#[test]
+fn hold_out_bad_lines_count_and_bad_bytes_are_one_bad_line_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = gen_data(dir.path(), 3_000);
+    let text = std::fs::read_to_string(&data).unwrap();
+    // The last 10% (the hold-out) is garbage.
+    let garbled: String = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| if i >= 2_700 { "garbage\n".to_string() } else { format!("{l}\n") })
+        .collect();
+    std::fs::write(&data, garbled).unwrap();
+    let err = train(dir.path(), &job("lr", &data, 1, 1)).unwrap_err();
+    assert!(err.contains("300 of 300 lines malformed") && err.contains("hold-out"), "{err}");
+
+    // One invalid-UTF-8 line and one 3 MB line among good ones: two bad lines, named by number.
+    let mut bytes = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        match i {
+            5 => bytes.extend_from_slice(b"1\t\xff\xfe\n"),
+            7 => bytes.extend_from_slice(format!("{}\n", "x".repeat(3 << 20)).as_bytes()),
+            _ => bytes.extend_from_slice(format!("{line}\n").as_bytes()),
+        }
+    }
+    std::fs::write(&data, bytes).unwrap();
+    let r =
+        train(dir.path(), &job("lr", &data, 1, 1).replace("test_split = 0.1", "test_split = 0.1\nmax_bad_ratio = 0.1"))
+            .unwrap();
+    assert_eq!(r["bad_lines"].as_u64(), Some(2), "{r}");
+    let samples: Vec<&str> = r["bad_line_samples"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert!(samples[0].ends_with("synth.tsv:6: not valid UTF-8 (byte 2)"), "{samples:?}");
+    assert!(samples[1].contains("synth.tsv:8: ") && samples[1].len() < 300, "{samples:?}");
+    assert_eq!(r["test_rows"].as_u64(), Some(300));
 }
 
 #[test]

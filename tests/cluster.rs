@@ -59,8 +59,19 @@ fn scheduler_ps_and_workers_as_processes_train_a_job() {
     let Some(data) = criteo() else { return };
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("scheduler");
+    let root = data.parent().unwrap().to_str().unwrap().to_string();
     let (_sched, addr) = start(
-        &["scheduler", "--listen", "127.0.0.1:0", "--state-dir", state.to_str().unwrap(), "--lease-ms", "3000"],
+        &[
+            "scheduler",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--lease-ms",
+            "3000",
+            "--data-root",
+            &root,
+        ],
         "ember scheduler listening on ",
     );
     let mut procs = Vec::new();
@@ -71,7 +82,7 @@ fn scheduler_ps_and_workers_as_processes_train_a_job() {
     }
     for i in 0..2 {
         let name = format!("w{i}");
-        procs.push(start(&["worker", "--scheduler", &addr, "--name", &name], "ember worker ").0);
+        procs.push(start(&["worker", "--scheduler", &addr, "--name", &name, "--data-root", &root], "ember worker ").0);
     }
     let job = format!(
         "version = 1\nname = \"criteo-lr\"\n[data]\nformat = \"criteo\"\npaths = [\"{}\"]\ntest_split = 0.1\n\
@@ -132,6 +143,23 @@ fn scheduler_ps_and_workers_as_processes_train_a_job() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("matches no file"));
+
+    // Data outside the scheduler's --data-root is refused at submit, and nothing of the file
+    // comes back: job files cannot make the cluster read arbitrary files.
+    let secret = dir.path().join("secret.tsv");
+    std::fs::write(&secret, "1\tsecret line\n").unwrap();
+    let out = Command::new(EMBER)
+        .args(["submit", "--scheduler", &addr])
+        .arg({
+            let bad = dir.path().join("outside.toml");
+            std::fs::write(&bad, job.replace(&data.display().to_string(), &secret.display().to_string())).unwrap();
+            bad
+        })
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("outside this server's data roots") && !stderr.contains("secret line"), "{stderr}");
 }
 
 /// A worker killed mid-job (SIGKILL: no goodbye) loses its lease; the scheduler hands its item to
@@ -144,7 +172,17 @@ fn a_killed_worker_loses_no_rows() {
     assert!(gen.status.success());
     let state = dir.path().join("scheduler");
     let (_sched, addr) = start(
-        &["scheduler", "--listen", "127.0.0.1:0", "--state-dir", state.to_str().unwrap(), "--lease-ms", "1000"],
+        &[
+            "scheduler",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--lease-ms",
+            "1000",
+            "--data-root",
+            dir.path().to_str().unwrap(),
+        ],
         "ember scheduler listening on ",
     );
     let ps_dir = dir.path().join("ps0");
@@ -152,8 +190,11 @@ fn a_killed_worker_loses_no_rows() {
         &["ps", "--listen", "127.0.0.1:0", "--data-dir", ps_dir.to_str().unwrap(), "--scheduler", &addr],
         "ember ps listening on ",
     );
-    let (mut doomed, _) = start(&["worker", "--scheduler", &addr, "--name", "doomed"], "ember worker ");
-    let _survivor = start(&["worker", "--scheduler", &addr, "--name", "survivor"], "ember worker ");
+    let root = dir.path().to_str().unwrap();
+    let (mut doomed, _) =
+        start(&["worker", "--scheduler", &addr, "--name", "doomed", "--data-root", root], "ember worker ");
+    let _survivor =
+        start(&["worker", "--scheduler", &addr, "--name", "survivor", "--data-root", root], "ember worker ");
     let job = format!(
         "version = 1\n[data]\nformat = \"criteo\"\npaths = [\"{}\"]\ntest_split = 0.1\n[model]\nkind = \"fm\"\nembedding_dim = 4\n\
          [training]\nbatch_size = 128\n",
@@ -184,7 +225,17 @@ fn a_killed_ps_restarts_from_its_checkpoint_and_the_job_completes() {
     assert!(gen.status.success());
     let state = dir.path().join("scheduler");
     let (_sched, addr) = start(
-        &["scheduler", "--listen", "127.0.0.1:0", "--state-dir", state.to_str().unwrap(), "--lease-ms", "1000"],
+        &[
+            "scheduler",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--lease-ms",
+            "1000",
+            "--data-root",
+            dir.path().to_str().unwrap(),
+        ],
         "ember scheduler listening on ",
     );
     let ps_args = |data_dir: &Path, listen: &str| -> Vec<String> {
@@ -201,7 +252,10 @@ fn a_killed_ps_restarts_from_its_checkpoint_and_the_job_completes() {
     let (_ps0, _) = start_ps(&dir.path().join("ps0"), "127.0.0.1:0");
     let victim_dir = dir.path().join("ps1");
     let (mut victim, victim_addr) = start_ps(&victim_dir, "127.0.0.1:0");
-    let _worker = start(&["worker", "--scheduler", &addr, "--name", "w"], "ember worker ");
+    let _worker = start(
+        &["worker", "--scheduler", &addr, "--name", "w", "--data-root", dir.path().to_str().unwrap()],
+        "ember worker ",
+    );
     let job = format!(
         "version = 1\n[data]\nformat = \"criteo\"\npaths = [\"{}\"]\ntest_split = 0.1\n[model]\nkind = \"fm\"\nembedding_dim = 4\n\
          [optimizer.embedding]\nkind = \"adagrad\"\nlearning_rate = 0.02\n[training]\nbatch_size = 128\n\

@@ -22,21 +22,45 @@ pub struct SchedulerArgs {
     /// Members that do not heartbeat within this are forgotten and their work requeued.
     #[arg(long, default_value_t = 10_000)]
     lease_ms: u64,
+    #[command(flatten)]
+    data: DataRootArgs,
+}
+
+/// Where a process may read job data.
+#[derive(Debug, clap::Args)]
+pub struct DataRootArgs {
+    /// Read job data only from files under this directory (repeat for several). Default: the
+    /// current directory. Job files name their data, and whoever can submit a job could
+    /// otherwise make this process read any file it can.
+    #[arg(long = "data-root", value_name = "DIR")]
+    data_roots: Vec<PathBuf>,
+}
+
+impl DataRootArgs {
+    /// The roots (the current directory if none were given), resolved now.
+    pub fn roots(&self) -> anyhow::Result<ember_model::DataRoots> {
+        let dirs = if self.data_roots.is_empty() { vec![std::env::current_dir()?] } else { self.data_roots.clone() };
+        let roots = ember_model::DataRoots::new(&dirs).context("--data-root")?;
+        let shown: Vec<String> = roots.dirs().unwrap_or_default().iter().map(|d| d.display().to_string()).collect();
+        tracing::info!(roots = ?shown, "reading job data only under these directories");
+        Ok(roots)
+    }
 }
 
 /// Runs the scheduler until SIGINT/SIGTERM.
 pub async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
+    let data_roots = args.data.roots()?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     println!("ember scheduler listening on {}", listener.local_addr()?);
-    ember_scheduler::serve(
-        listener,
-        &args.state_dir,
-        Duration::from_millis(args.lease_ms),
-        observability::shutdown_signal(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("scheduler: {e}"))
+    let config = ember_scheduler::SchedulerConfig {
+        state_dir: args.state_dir,
+        lease: Duration::from_millis(args.lease_ms),
+        data_roots,
+    };
+    ember_scheduler::serve(listener, config, observability::shutdown_signal())
+        .await
+        .map_err(|e| anyhow::anyhow!("scheduler: {e}"))
 }
 
 /// Arguments of `ember worker`.
@@ -48,14 +72,17 @@ pub struct WorkerArgs {
     /// A name for status output (default: worker-PID).
     #[arg(long)]
     name: Option<String>,
+    #[command(flatten)]
+    data: DataRootArgs,
 }
 
 /// Runs a worker until SIGINT/SIGTERM.
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let roots = args.data.roots()?;
     let scheduler = SchedulerClient::connect(&args.scheduler).await?;
     let label = args.name.unwrap_or_else(|| format!("worker-{}", std::process::id()));
     println!("ember worker {label} working for {}", args.scheduler);
-    ember_worker::agent::run_worker(scheduler, label, observability::shutdown_signal()).await?;
+    ember_worker::agent::run_worker(scheduler, label, roots, observability::shutdown_signal()).await?;
     Ok(())
 }
 

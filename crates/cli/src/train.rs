@@ -271,7 +271,8 @@ pub async fn train_on(
     oracle: Option<&Path>,
 ) -> anyhow::Result<TrainRun> {
     let started = Instant::now();
-    let files = expand_paths(&job.data.paths)?;
+    // `ember train` reads its own user's job file: any file that user can read.
+    let files = expand_paths(&job.data.paths, &ember_model::DataRoots::unrestricted())?;
     let parser = LineParser::new(&job.data, &files)?;
     let rows_total = count_rows(&files, &parser)?;
     let test_rows = (rows_total as f64 * job.data.test_split).round() as u64;
@@ -368,15 +369,18 @@ pub async fn train_on(
         let rows = progress.examples.load(Ordering::Relaxed);
         published.push(p.publish(&client, rows).await.context("publishing the final model version")?);
     }
-    let bad = reader.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
+    let mut bad = reader.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
     let train_seconds = train_started.elapsed().as_secs_f64();
 
-    // Hold-out evaluation with read-only lookups.
+    // Hold-out evaluation with read-only lookups. Its bad lines count like the training split's
+    // and fall under the same ratio: a hold-out of garbage is no evaluation.
     let mut test = Vec::new();
-    read_rows(&files, &parser, (train_rows, rows_total), 4096, 1.0, |b| {
+    let test_bad = read_rows(&files, &parser, (train_rows, rows_total), 4096, job.data.max_bad_ratio, |b| {
         test.push(IndexedBatch::new(&b));
         true
-    })?;
+    })
+    .context("reading the hold-out split")?;
+    bad.merge(test_bad);
     let (mut probs, mut labels) = (Vec::new(), Vec::new());
     for batch in test {
         labels.extend_from_slice(&batch.labels);
@@ -397,7 +401,7 @@ pub async fn train_on(
         cluster: (job.cluster.ps, job.cluster.workers),
         rows_total,
         train_rows,
-        test_rows,
+        test_rows: labels.len() as u64,
         rows_trained: total.examples,
         test_auc: auc(&probs, &labels),
         test_logloss: logloss(&probs, &labels),

@@ -8,6 +8,36 @@ use crate::Optimizer;
 /// The only job-file version this build reads.
 pub const JOB_VERSION: u32 = 1;
 
+/// Limits on what one job file may ask for. Each bounds memory or messages that grow with a
+/// value a user typed: a job travels in every work item (so its size bounds those messages),
+/// a batch is allocated whole, DeepFM's dense layers are allocated on every worker and server.
+pub mod limits {
+    /// Bytes of job-file text.
+    pub const JOB_BYTES: usize = 256 << 10;
+    /// Characters of the job's name.
+    pub const NAME_CHARS: usize = 200;
+    /// Entries of `data.paths`.
+    pub const PATHS: usize = 1024;
+    /// Bytes of one path or glob.
+    pub const PATH_BYTES: usize = 4096;
+    /// Examples per batch.
+    pub const BATCH_SIZE: usize = 1 << 16;
+    /// Passes over the data.
+    pub const EPOCHS: u32 = 10_000;
+    /// Hidden layers of DeepFM's MLP.
+    pub const HIDDEN_LAYERS: usize = 8;
+    /// Width of one hidden layer.
+    pub const LAYER_WIDTH: u32 = 8192;
+    /// Fields feeding DeepFM's MLP.
+    pub const FIELDS: u32 = 4096;
+    /// Weights of DeepFM's MLP in all (64 MiB of f32, three times that with Adam's state).
+    pub const DENSE_PARAMS: u64 = 16 << 20;
+    /// ps-servers and workers of an embedded run.
+    pub const CLUSTER_MEMBERS: u32 = 64;
+    /// Model versions kept by publishing.
+    pub const PUBLISH_KEEP: u32 = 1000;
+}
+
 /// A whole job.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -318,9 +348,116 @@ impl JobSpec {
 
     /// Parses and validates a job file's text.
     pub fn from_toml(text: &str) -> Result<Self, JobError> {
+        if text.len() > limits::JOB_BYTES {
+            return Err(JobError::Invalid(format!(
+                "{} bytes; a job file is at most {} bytes",
+                text.len(),
+                limits::JOB_BYTES
+            )));
+        }
+        let raw: toml::Table = toml::from_str(text)?;
         let job: JobSpec = toml::from_str(text)?;
         job.validate()?;
+        job.refuse_unused(&raw)?;
         Ok(job)
+    }
+
+    /// Refuses sections that the model would silently ignore: a user who tunes a dense
+    /// optimizer for LR believes it does something.
+    fn refuse_unused(&self, raw: &toml::Table) -> Result<(), JobError> {
+        let section =
+            |outer: &str, inner: &str| raw.get(outer).and_then(|t| t.as_table()).is_some_and(|t| t.contains_key(inner));
+        let (dense, embedding) = match self.model.kind {
+            ModelKind::Lr => (false, false),
+            ModelKind::Fm => (false, true),
+            ModelKind::Deepfm => (true, true),
+        };
+        let kind = format!("{:?}", self.model.kind).to_lowercase();
+        for (used, outer, inner, what) in [
+            (dense, "optimizer", "dense", "dense layers"),
+            (dense, "model", "hidden", "hidden layers"),
+            (dense, "model", "fields", "MLP over fields"),
+            (dense, "compression", "dense", "dense layers"),
+            (embedding, "optimizer", "embedding", "embeddings"),
+            (embedding, "model", "embedding_dim", "embeddings"),
+        ] {
+            if !used && section(outer, inner) {
+                return Err(JobError::Invalid(format!(
+                    "{outer}.{inner} has no effect: model kind {kind} has no {what}; remove it"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Weights of DeepFM's MLP: fields x embedding_dim inputs, the hidden layers, one output.
+    fn dense_params(&self) -> u64 {
+        let input = u64::from(self.deepfm_fields()) * u64::from(self.model.embedding_dim);
+        let widths = std::iter::once(input).chain(self.model.hidden.iter().map(|&h| u64::from(h))).chain([1]);
+        let widths: Vec<u64> = widths.collect();
+        widths.windows(2).map(|w| w[0] * w[1] + w[1]).fold(0u64, u64::saturating_add)
+    }
+
+    /// The bounds of [`limits`] on names, paths, sizes and counts.
+    fn check_limits(&self) -> Result<(), JobError> {
+        let over = |what: &str, got: String, limit: String| {
+            Err(JobError::Invalid(format!("{what} is {got}; the limit is {limit}")))
+        };
+        let name_chars = self.name.chars().count();
+        if name_chars > limits::NAME_CHARS {
+            return over("name", format!("{name_chars} characters"), limits::NAME_CHARS.to_string());
+        }
+        if self.name.chars().any(char::is_control) {
+            return Err(JobError::Invalid("name holds control characters".into()));
+        }
+        if self.data.paths.len() > limits::PATHS {
+            return over("data.paths", format!("{} entries", self.data.paths.len()), limits::PATHS.to_string());
+        }
+        if let Some(p) = self.data.paths.iter().find(|p| p.len() > limits::PATH_BYTES || p.is_empty()) {
+            return Err(JobError::Invalid(format!(
+                "data.paths holds a path of {} bytes; paths are 1 to {} bytes",
+                p.len(),
+                limits::PATH_BYTES
+            )));
+        }
+        let t = &self.training;
+        if t.batch_size > limits::BATCH_SIZE {
+            return over("training.batch_size", t.batch_size.to_string(), limits::BATCH_SIZE.to_string());
+        }
+        if t.epochs > limits::EPOCHS {
+            return over("training.epochs", t.epochs.to_string(), limits::EPOCHS.to_string());
+        }
+        let c = &self.cluster;
+        if c.ps > limits::CLUSTER_MEMBERS || c.workers > limits::CLUSTER_MEMBERS {
+            return over(
+                "cluster.ps / cluster.workers",
+                format!("{} / {}", c.ps, c.workers),
+                limits::CLUSTER_MEMBERS.to_string(),
+            );
+        }
+        if self.publish.keep == 0 || self.publish.keep > limits::PUBLISH_KEEP {
+            return over("publish.keep", self.publish.keep.to_string(), format!("1..={}", limits::PUBLISH_KEEP));
+        }
+        if self.model.kind == ModelKind::Deepfm {
+            let m = &self.model;
+            if m.hidden.len() > limits::HIDDEN_LAYERS {
+                return over("model.hidden", format!("{} layers", m.hidden.len()), limits::HIDDEN_LAYERS.to_string());
+            }
+            if let Some(w) = m.hidden.iter().find(|&&w| w > limits::LAYER_WIDTH) {
+                return over("a model.hidden layer", format!("{w} wide"), limits::LAYER_WIDTH.to_string());
+            }
+            if self.deepfm_fields() > limits::FIELDS {
+                return over("model.fields", self.deepfm_fields().to_string(), limits::FIELDS.to_string());
+            }
+            if self.dense_params() > limits::DENSE_PARAMS {
+                return over(
+                    "DeepFM's MLP",
+                    format!("{} weights (fields x embedding_dim, then model.hidden)", self.dense_params()),
+                    limits::DENSE_PARAMS.to_string(),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Checks every value a parse cannot.
@@ -373,7 +510,7 @@ impl JobSpec {
             return bad("training.batch_size and training.epochs must be >= 1".into());
         }
         self.features.validate().map_err(JobError::Invalid)?;
-        Ok(())
+        self.check_limits()
     }
 }
 
@@ -415,6 +552,28 @@ mod tests {
         assert!(JobSpec::from_toml(&csv).unwrap_err().to_string().contains("schema"));
         let alpha = LR.replace("alpha = 0.1", "alpha = -1.0");
         assert!(JobSpec::from_toml(&alpha).unwrap_err().to_string().contains("optimizer.sparse"));
+    }
+
+    #[test]
+    fn unbounded_values_and_unused_sections_are_refused() {
+        let deepfm = LR.replace("kind = \"lr\"", "kind = \"deepfm\"");
+        assert!(JobSpec::from_toml(&deepfm).is_ok());
+        let cases = [
+            (LR.replace("[model]", "[training]\nbatch_size = 9223372036854775807\n[model]"), "batch_size"),
+            (deepfm.replace("kind = \"deepfm\"", "kind = \"deepfm\"\nhidden = [100000, 100000]"), "hidden"),
+            (deepfm.replace("kind = \"deepfm\"", "kind = \"deepfm\"\nhidden = [4096, 4096, 4096]"), "MLP"),
+            (format!("name = \"{}\"\n{LR}", "x".repeat(5000)), "name"),
+            (format!("name = \"a\\u0000b\"\n{LR}"), "control"),
+            (LR.replace("[model]", "[cluster]\nps = 1000\n[model]"), "cluster.ps"),
+            (LR.replace("alpha = 0.1", "alpha = 1e30"), "alpha"),
+            (format!("{LR}\n[optimizer.dense]\nkind = \"sgd\"\nlearning_rate = 0.1\n"), "optimizer.dense"),
+            (LR.replace("kind = \"lr\"", "kind = \"lr\"\nembedding_dim = 16"), "embedding_dim"),
+            (format!("{LR}\n# {}\n", "x".repeat(limits::JOB_BYTES)), "bytes"),
+        ];
+        for (text, word) in cases {
+            let err = JobSpec::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(word), "expected {word:?} in: {err}");
+        }
     }
 
     #[test]

@@ -7,6 +7,11 @@
 use ember_core::mix64;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+/// Largest magnitude of a feature's value (libsvm / libffm values, pre-hashed serving inputs).
+/// A value multiplies embeddings and is squared by FM's pairwise term: 3e38 overflowed a
+/// prediction to NaN. Values are expected to be normalized well below this.
+pub const MAX_FEATURE_VALUE: f32 = 1e6;
+
 /// Seed base for field-aware hashing.
 const FIELD_SEED: u64 = 0x0e3b_e12f_6c1d_57a1;
 

@@ -1,6 +1,7 @@
 //! What training and serving must agree on, in one crate both depend on (role crates never
 //! depend on each other):
 //!
+//! - [`data_roots`]: the directories job data may be read from (`--data-root`).
 //! - [`features`]: field-aware 64-bit feature hashing and bucketizing, one function per kind of
 //!   cell, so a reader parsing a file and a serving node parsing a request hash identically.
 //! - [`schema`]: a model's named input fields (Criteo's I1-I13/C1-C26, a CSV schema's columns),
@@ -11,6 +12,7 @@
 //! - [`publish`]: a version from the dense tables the ps-servers hold (used by `ember train` and
 //!   by the scheduler for cluster jobs).
 
+pub mod data_roots;
 pub mod features;
 pub mod model;
 pub mod publish;
@@ -18,6 +20,7 @@ pub mod registry;
 pub mod schema;
 pub mod tables;
 
+pub use data_roots::{DataRootError, DataRoots};
 pub use registry::{ModelDir, ModelManifest, PublishedModel, RegistryError};
 pub use schema::{FieldKind, InputField, InputSchema};
 pub use tables::{Model, ModelTables, SparseLayout, TableToCreate};

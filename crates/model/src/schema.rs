@@ -65,8 +65,8 @@ pub enum SchemaError {
         /// Fields of the model.
         want: usize,
     },
-    /// A pre-hashed feature with a non-finite value.
-    #[error("pre-hashed feature {id} has a non-finite value")]
+    /// A pre-hashed feature whose value is not finite or too large.
+    #[error("pre-hashed feature {id} has a value that is not a number in [-{max}, {max}]", max = features::MAX_FEATURE_VALUE)]
     NonFinite {
         /// Feature id.
         id: u64,
@@ -171,7 +171,7 @@ impl InputSchema {
             });
         }
         for h in hashed {
-            if !h.value.is_finite() {
+            if !(h.value.is_finite() && h.value.abs() <= features::MAX_FEATURE_VALUE) {
                 return Err(SchemaError::NonFinite { id: h.id });
             }
             out.push(*h);
@@ -220,6 +220,8 @@ mod tests {
         assert!(err.contains("I1") && err.contains("not an integer"), "{err}");
         let nan = Feature { field: 0, id: 5, value: f32::NAN };
         assert_eq!(s.example([], &[nan]), Err(SchemaError::NonFinite { id: 5 }));
+        let huge = Feature { value: 3e38, ..nan };
+        assert_eq!(s.example([], &[huge]), Err(SchemaError::NonFinite { id: 5 }));
     }
 
     #[test]

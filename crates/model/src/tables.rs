@@ -215,7 +215,10 @@ learning_rate = 0.001
         let head = wv.head.expect("a head for the linear weight");
         assert_eq!((head.dim, head.optimizer, head.initializer), (1, job.optimizer.sparse, Initializer::Zeros));
         assert!(specs.iter().all(|(s, _)| s.name != "job.w" && s.name != "job.v"));
-        let lr = JobSpec::from_toml(&DEEPFM.replace("\"deepfm\"", "\"lr\"")).unwrap();
+        // LR has no embeddings or dense layers: its job names only the sparse optimizer.
+        let lr_text = DEEPFM.replace("\"deepfm\"", "\"lr\"").replace("embedding_dim = 4\nhidden = [8]\n", "");
+        let lr_text = &lr_text[..lr_text.find("[optimizer.embedding]").unwrap()];
+        let lr = JobSpec::from_toml(lr_text).unwrap();
         let (tables, specs) = ModelTables::for_job(&lr, "job");
         assert_eq!(tables.layout(), SparseLayout::Linear("job.w"));
         assert_eq!(specs.len(), 1);

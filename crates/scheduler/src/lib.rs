@@ -13,7 +13,7 @@ pub mod service;
 pub mod state;
 
 use std::future::Future;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,14 +24,27 @@ use tonic::transport::server::TcpIncoming;
 pub use service::SchedulerService;
 pub use state::{SchedulerError, State};
 
-/// Opens the state under `state_dir` and serves it on `listener` until `shutdown` resolves.
+/// How a scheduler runs.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Where jobs are persisted.
+    pub state_dir: PathBuf,
+    /// Members that do not heartbeat within this are forgotten.
+    pub lease: Duration,
+    /// Where job data may be read from.
+    pub data_roots: ember_model::DataRoots,
+}
+
+/// Opens the state under the config's state dir and serves it on `listener` until `shutdown`
+/// resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state_dir: &Path,
-    lease: Duration,
+    config: SchedulerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let state = Arc::new(Mutex::new(State::open(state_dir, lease, 1024)?));
+    let lease = config.lease;
+    let state = State::open(&config.state_dir, lease, 1024)?.with_data_roots(config.data_roots);
+    let state = Arc::new(Mutex::new(state));
     let reaper = {
         let state = Arc::clone(&state);
         tokio::spawn(async move {

@@ -45,6 +45,9 @@ pub enum PlanError {
     /// A compressed file (it cannot be split into byte ranges).
     #[error("{0}: compressed files cannot be split into work items; decompress it or use `ember train`")]
     Compressed(PathBuf),
+    /// A file lies outside the scheduler's data roots.
+    #[error(transparent)]
+    Root(#[from] ember_model::DataRootError),
     /// I/O.
     #[error("{}: {source}", path.display())]
     Io {
@@ -55,8 +58,9 @@ pub enum PlanError {
     },
 }
 
-/// Files matching the patterns, sorted per pattern, each once.
-pub fn expand(patterns: &[String]) -> Result<Vec<PathBuf>, PlanError> {
+/// Files matching the patterns, sorted per pattern, each once, canonical; each must lie under
+/// `roots`.
+pub fn expand(patterns: &[String], roots: &ember_model::DataRoots) -> Result<Vec<PathBuf>, PlanError> {
     let mut files = Vec::new();
     for pattern in patterns {
         let mut found: Vec<PathBuf> = glob::glob(pattern)
@@ -68,7 +72,9 @@ pub fn expand(patterns: &[String]) -> Result<Vec<PathBuf>, PlanError> {
             return Err(PlanError::NoFiles(pattern.clone()));
         }
         found.sort();
-        files.extend(found);
+        for f in found {
+            files.push(roots.check(&f)?);
+        }
     }
     files.dedup();
     for f in &files {
@@ -79,19 +85,30 @@ pub fn expand(patterns: &[String]) -> Result<Vec<PathBuf>, PlanError> {
     Ok(files)
 }
 
-/// Calls `each(line_start, line_len)` for every line of `path`.
+/// Calls `each(line_start, line_len)` for every line of `path`, holding no line in memory (a
+/// 200 MB line costs a scan, not 200 MB).
 fn scan(path: &Path, mut each: impl FnMut(u64, u64)) -> Result<(), PlanError> {
     let io = |source| PlanError::Io { path: path.to_path_buf(), source };
     let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
-    let (mut offset, mut line) = (0u64, Vec::new());
+    let (mut offset, mut line_start) = (0u64, 0u64);
     loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(io)? as u64;
-        if n == 0 {
+        let chunk = reader.fill_buf().map_err(io)?;
+        if chunk.is_empty() {
+            if offset > line_start {
+                each(line_start, offset - line_start);
+            }
             return Ok(());
         }
-        each(offset, n);
-        offset += n;
+        for (i, &b) in chunk.iter().enumerate() {
+            if b == b'\n' {
+                let end = offset + i as u64 + 1;
+                each(line_start, end - line_start);
+                line_start = end;
+            }
+        }
+        let n = chunk.len();
+        offset += n as u64;
+        reader.consume(n);
     }
 }
 
@@ -149,14 +166,16 @@ pub fn plan(files: &[PathBuf], header_lines: u64, test_split: f64, size: ItemSiz
     Ok(ranges)
 }
 
-/// The column names on the first line of a CSV job's first file (empty when unreadable: the
-/// job's own reads report that properly).
-pub fn csv_header(data: &ember_core::job::DataSpec) -> Vec<String> {
-    use std::io::BufRead;
+/// The column names on the first line of a CSV job's first file (empty when unreadable or
+/// outside `roots`: the job's own reads report that properly).
+pub fn csv_header(data: &ember_core::job::DataSpec, roots: &ember_model::DataRoots) -> Vec<String> {
+    use std::io::Read;
     let delimiter = data.schema.as_ref().map_or(',', |s| s.delimiter);
-    let Some(first) = expand(&data.paths).ok().and_then(|f| f.into_iter().next()) else { return Vec::new() };
+    let Some(first) = expand(&data.paths, roots).ok().and_then(|f| f.into_iter().next()) else { return Vec::new() };
+    // A header is one line of at most 1 MiB.
     let mut line = String::new();
-    match std::fs::File::open(&first).map(std::io::BufReader::new).and_then(|mut r| r.read_line(&mut line)) {
+    let read = File::open(&first).and_then(|f| BufReader::new(f.take(1 << 20)).read_line(&mut line));
+    match read {
         Ok(_) => line.trim_end().split(delimiter).map(|c| c.trim().to_string()).collect(),
         Err(_) => Vec::new(),
     }
@@ -188,7 +207,13 @@ mod tests {
     fn compressed_and_missing_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("x.tsv.gz"), b"").unwrap();
-        assert!(matches!(expand(&[format!("{}/*.gz", dir.path().display())]), Err(PlanError::Compressed(_))));
-        assert!(matches!(expand(&[format!("{}/*.nope", dir.path().display())]), Err(PlanError::NoFiles(_))));
+        let any = ember_model::DataRoots::unrestricted();
+        assert!(matches!(expand(&[format!("{}/*.gz", dir.path().display())], &any), Err(PlanError::Compressed(_))));
+        assert!(matches!(expand(&[format!("{}/*.nope", dir.path().display())], &any), Err(PlanError::NoFiles(_))));
+        let elsewhere = tempfile::tempdir().unwrap();
+        let roots = ember_model::DataRoots::new(&[elsewhere.path().to_path_buf()]).unwrap();
+        std::fs::write(dir.path().join("x.tsv"), b"1\n").unwrap();
+        let outside = expand(&[format!("{}/x.tsv", dir.path().display())], &roots);
+        assert!(matches!(outside, Err(PlanError::Root(_))), "{outside:?}");
     }
 }

@@ -30,6 +30,9 @@ pub fn status_of(err: &SchedulerError) -> Status {
     let msg = err.to_string();
     match err {
         SchedulerError::UnknownMember(_) | SchedulerError::UnknownJob(_) => Status::not_found(msg),
+        SchedulerError::Plan(crate::plan::PlanError::Root(ember_model::DataRootError::Outside(_))) => {
+            Status::permission_denied(msg)
+        }
         SchedulerError::BadJob(_) | SchedulerError::Plan(_) => Status::invalid_argument(msg),
         SchedulerError::NoPs => Status::failed_precondition(msg),
         SchedulerError::State { .. } => Status::internal(msg),
@@ -80,19 +83,20 @@ async fn checkpoint_cluster(state: &Mutex<State>, full: bool, label: u64) -> Che
 
 /// Publishes job `job_id`'s model as the ps-servers of the current shard map hold it.
 async fn publish_model(state: &Mutex<State>, job_id: &str, rows: u64) -> Result<u64, String> {
-    let (toml, (_, endpoints, owners)) = {
+    let (toml, (_, endpoints, owners), roots) = {
         let s = state.lock();
         let toml = s.jobs(Some(job_id)).map_err(|e| e.to_string())?[0].toml.clone();
-        (toml, s.shard_map())
+        (toml, s.shard_map(), s.data_roots().clone())
     };
     let spec = ember_core::JobSpec::from_toml(&toml).map_err(|e| e.to_string())?;
     let map = ember_client::ShardMap::from_parts(endpoints, owners).ok_or("no ps-server is registered")?;
     let (tables, specs) = ModelTables::for_job(&spec, job_id);
     let data = spec.data.clone();
     // A CSV file's header names its columns; reading it is file I/O, kept off the async workers.
-    let schema = tokio::task::spawn_blocking(move || InputSchema::for_data(&data, || crate::plan::csv_header(&data)))
-        .await
-        .map_err(|e| e.to_string())?;
+    let schema =
+        tokio::task::spawn_blocking(move || InputSchema::for_data(&data, || crate::plan::csv_header(&data, &roots)))
+            .await
+            .map_err(|e| e.to_string())?;
     let publisher = Publisher::new(ModelDir::new(&spec.publish.model_dir), &spec, job_id, tables, &specs, schema);
     let client = ember_client::PsClient::connect(map).await.map_err(|e| e.to_string())?;
     publisher.publish(&client, rows).await.map_err(|e| e.to_string())

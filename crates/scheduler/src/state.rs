@@ -248,9 +248,22 @@ pub struct State {
     map_version: u64,
     next_member: u64,
     persisted: Persisted,
+    /// Where job data may be read from (planning reads every file).
+    data_roots: ember_model::DataRoots,
 }
 
 impl State {
+    /// Reads job data only under `roots` (default: unrestricted).
+    pub fn with_data_roots(mut self, roots: ember_model::DataRoots) -> Self {
+        self.data_roots = roots;
+        self
+    }
+
+    /// Where job data may be read from.
+    pub fn data_roots(&self) -> &ember_model::DataRoots {
+        &self.data_roots
+    }
+
     /// Loads the jobs persisted under `state_dir` (if any).
     pub fn open(state_dir: &Path, lease: Duration, num_slots: u32) -> Result<Self, SchedulerError> {
         let state_file = state_dir.join("scheduler-state.json");
@@ -277,6 +290,7 @@ impl State {
             map_version: 1,
             next_member: 1,
             persisted,
+            data_roots: ember_model::DataRoots::unrestricted(),
         })
     }
 
@@ -355,7 +369,7 @@ impl State {
     /// Validates a job file, splits its data into items, and queues it.
     pub fn submit(&mut self, toml: String, now: Instant) -> Result<String, SchedulerError> {
         let spec = JobSpec::from_toml(&toml)?;
-        let files = plan::expand(&spec.data.paths)?;
+        let files = plan::expand(&spec.data.paths, &self.data_roots)?;
         let header_lines = u64::from(spec.data.schema.as_ref().is_some_and(|s| s.columns.is_none()));
         let ranges = plan::plan(&files, header_lines, spec.data.test_split, ITEM_SIZE)?;
         let (train, test): (Vec<Range>, Vec<Range>) = ranges.into_iter().partition(|r| r.phase == Phase::Train);

@@ -38,6 +38,8 @@ pub enum AgentError {
 
 struct JobContext {
     client: PsClient,
+    /// Where this worker may read data.
+    roots: ember_model::DataRoots,
     tables: ModelTables,
     parser: LineParser,
     batch_size: usize,
@@ -66,9 +68,14 @@ impl JobContext {
     }
 }
 
-async fn job_context(scheduler: &SchedulerClient, item: &v1::WorkItem, member: &str) -> Result<JobContext, String> {
+async fn job_context(
+    scheduler: &SchedulerClient,
+    item: &v1::WorkItem,
+    member: &str,
+    roots: &ember_model::DataRoots,
+) -> Result<JobContext, String> {
     let spec = JobSpec::from_toml(&item.job_toml).map_err(|e| e.to_string())?;
-    let files = expand_paths(&spec.data.paths).map_err(|e| e.to_string())?;
+    let files = expand_paths(&spec.data.paths, roots).map_err(|e| e.to_string())?;
     let parser = LineParser::new(&spec.data, &files).map_err(|e| e.to_string())?;
     let (_, map) = scheduler.shard_map().await.map_err(|e| e.to_string())?;
     // A ps-server that restarts mid-job (and restores its checkpoint) is waited for, not fatal.
@@ -89,6 +96,7 @@ async fn job_context(scheduler: &SchedulerClient, item: &v1::WorkItem, member: &
     let softsync = spec.sync.buffers();
     Ok(JobContext {
         client,
+        roots: roots.clone(),
         tables,
         parser,
         batch_size: spec.training.batch_size,
@@ -108,8 +116,9 @@ fn spawn_reader(
 ) -> (mpsc::Receiver<IndexedBatch>, tokio::task::JoinHandle<Result<BadLines, String>>) {
     let (tx, rx) = mpsc::channel(8);
     let (parser, batch, path) = (ctx.parser.clone(), ctx.batch_size, PathBuf::from(&item.path));
-    let (range, first_line) = ((item.start, item.end), item.first_line);
+    let (range, first_line, roots) = ((item.start, item.end), item.first_line, ctx.roots.clone());
     let reader = tokio::task::spawn_blocking(move || {
+        let path = roots.check(&path).map_err(|e| e.to_string())?;
         read_range(&path, &parser, range, first_line, batch, |b| tx.blocking_send(IndexedBatch::new(&b)).is_ok())
             .map_err(|e| e.to_string())
     });
@@ -157,10 +166,12 @@ async fn run_item(ctx: &JobContext, item: &v1::WorkItem) -> v1::ReportWorkReques
     report
 }
 
-/// Registers as a worker and runs items until `shutdown` resolves.
+/// Registers as a worker and runs items, reading data only under `roots`, until `shutdown`
+/// resolves.
 pub async fn run_worker(
     scheduler: SchedulerClient,
     label: String,
+    roots: ember_model::DataRoots,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let membership =
@@ -195,7 +206,7 @@ pub async fn run_worker(
         backoff = Duration::from_millis(100);
         let ctx = match jobs.get(&item.job_id) {
             Some(ctx) => Arc::clone(ctx),
-            None => match job_context(&scheduler, &item, &member).await {
+            None => match job_context(&scheduler, &item, &member, &roots).await {
                 Ok(ctx) => Arc::clone(jobs.entry(item.job_id.clone()).or_insert(Arc::new(ctx))),
                 Err(e) => {
                     let report = v1::ReportWorkRequest {

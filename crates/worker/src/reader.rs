@@ -17,10 +17,16 @@ use ember_core::job::{CsvSchema, DataFormat, DataSpec};
 use ember_model::schema::InputSchema;
 
 use crate::features::{self as cell, feature_id, Example, Feature};
+use lines::{excerpt, read_line, Line};
+
+mod lines;
+pub use lines::MAX_LINE_BYTES;
 
 pub use ember_model::schema::{CRITEO_CAT_COLUMNS, CRITEO_INT_COLUMNS};
-/// Bad lines kept verbatim for error messages.
+/// Bad lines kept (as `file:line: reason`) for error messages and reports.
 const KEEP_BAD: usize = 5;
+/// Characters of a bad line's reason kept in those samples.
+const SAMPLE_CHARS: usize = 160;
 /// Lines read before the bad-line ratio may fail a read.
 const MIN_LINES_FOR_RATIO: u64 = 1000;
 
@@ -38,6 +44,9 @@ pub enum ReadError {
     /// A path or glob matched no file.
     #[error("data path {0:?} matches no file")]
     NoFiles(String),
+    /// A file lies outside the process's data roots.
+    #[error(transparent)]
+    Root(#[from] ember_model::DataRootError),
     /// A glob pattern is malformed.
     #[error("data path {pattern:?}: {reason}")]
     BadPattern {
@@ -81,13 +90,21 @@ impl BadLines {
     fn record(&mut self, path: &Path, line: u64, reason: &str) {
         self.count += 1;
         if self.first.len() < KEEP_BAD {
-            self.first.push(format!("{}:{line}: {reason}", path.display()));
+            self.first.push(format!("{}:{line}: {}", path.display(), excerpt(reason, SAMPLE_CHARS)));
         }
+    }
+
+    /// Adds another read's bad lines (the hold-out split's to the training split's).
+    pub fn merge(&mut self, other: BadLines) {
+        self.count += other.count;
+        let room = KEEP_BAD.saturating_sub(self.first.len());
+        self.first.extend(other.first.into_iter().take(room));
     }
 }
 
-/// Expands paths and globs into files, sorted, each once.
-pub fn expand_paths(patterns: &[String]) -> Result<Vec<PathBuf>, ReadError> {
+/// Expands paths and globs into files, sorted, each once; every file must lie under `roots`
+/// and is returned in its canonical form (the path then opened).
+pub fn expand_paths(patterns: &[String], roots: &ember_model::DataRoots) -> Result<Vec<PathBuf>, ReadError> {
     let mut files = Vec::new();
     for pattern in patterns {
         let matches = glob::glob(pattern)
@@ -97,7 +114,9 @@ pub fn expand_paths(patterns: &[String]) -> Result<Vec<PathBuf>, ReadError> {
             return Err(ReadError::NoFiles(pattern.clone()));
         }
         found.sort();
-        files.extend(found);
+        for f in found {
+            files.push(roots.check(&f)?);
+        }
     }
     files.dedup();
     Ok(files)
@@ -194,11 +213,21 @@ impl LineParser {
                 let names: Vec<String> = match &schema.columns {
                     Some(cols) => cols.clone(),
                     None => {
-                        let mut header = String::new();
-                        open_lines(&first)?
-                            .read_line(&mut header)
+                        let mut buf = Vec::new();
+                        let mut reader = open_lines(&first)?;
+                        let header = read_line(&mut reader, &mut buf)
                             .map_err(|source| ReadError::Io { path: first.clone(), source })?;
-                        header.trim_end().split(schema.delimiter).map(|s| s.trim().to_string()).collect()
+                        let bad = |reason: String| ReadError::Header { path: first.clone(), reason };
+                        match header {
+                            Some(Line::Text(text)) => {
+                                text.split(schema.delimiter).map(|s| s.trim().to_string()).collect()
+                            }
+                            Some(Line::NotUtf8(at)) => {
+                                return Err(bad(format!("header is not valid UTF-8 (byte {at})")))
+                            }
+                            Some(Line::TooLong(len)) => return Err(bad(format!("header of {len} bytes"))),
+                            None => return Err(bad("empty file: no header line".into())),
+                        }
                     }
                 };
                 Some(CsvColumns::new(schema, &names).map_err(|reason| ReadError::Header { path: first, reason })?)
@@ -262,6 +291,9 @@ fn parse_sparse(line: &str, ffm: bool) -> Result<Example, String> {
     let mut tokens = line.split_ascii_whitespace();
     let label_token = tokens.next().ok_or("empty line")?;
     let label: f32 = label_token.parse().map_err(|_| format!("label {label_token:?} is not a number"))?;
+    if !label.is_finite() {
+        return Err(format!("label {label_token:?} is not finite"));
+    }
     let mut features = Vec::new();
     for token in tokens {
         let mut parts = token.split(':');
@@ -276,8 +308,8 @@ fn parse_sparse(line: &str, ffm: bool) -> Result<Example, String> {
             }
         };
         let value: f32 = value.parse().map_err(|_| format!("value in {token:?} is not a number"))?;
-        if !value.is_finite() {
-            return Err(format!("value in {token:?} is not finite"));
+        if !(value.is_finite() && value.abs() <= cell::MAX_FEATURE_VALUE) {
+            return Err(format!("value in {token:?} is not a number in [-{0}, {0}]", cell::MAX_FEATURE_VALUE));
         }
         features.push(Feature { field, id: feature_id(field, index.as_bytes()), value });
     }
@@ -344,8 +376,13 @@ struct Batcher<'a, F> {
 
 impl<F: FnMut(Vec<Example>) -> bool> Batcher<'_, F> {
     /// Handles one line; false when the sink wants no more.
-    fn line(&mut self, path: &Path, line_no: u64, line: &str) -> bool {
-        match self.parser.parse(line.trim_end_matches(['\n', '\r'])) {
+    fn line(&mut self, path: &Path, line_no: u64, line: Line<'_>) -> bool {
+        let parsed = match line {
+            Line::Text(text) => self.parser.parse(text),
+            Line::NotUtf8(at) => Err(format!("not valid UTF-8 (byte {at})")),
+            Line::TooLong(len) => Err(format!("{len} bytes; lines are at most {MAX_LINE_BYTES} bytes")),
+        };
+        match parsed {
             Ok(example) => self.batch.push(example),
             Err(reason) => self.bad.record(path, line_no, &reason),
         }
@@ -378,16 +415,13 @@ pub fn read_rows(
     let mut b = Batcher { parser, batch_size, batch: Vec::with_capacity(batch_size), bad: BadLines::default(), sink };
     let mut row = 0u64;
     let mut seen = 0u64;
-    let mut line = String::new();
+    let mut buf = Vec::new();
     'files: for path in files {
         let mut reader = open_lines(path)?;
         let mut line_no = 0u64;
         loop {
-            line.clear();
-            let n = reader.read_line(&mut line).map_err(|source| ReadError::Io { path: path.clone(), source })?;
-            if n == 0 {
-                break;
-            }
+            let io = |source| ReadError::Io { path: path.clone(), source };
+            let Some(line) = read_line(&mut reader, &mut buf).map_err(io)? else { break };
             line_no += 1;
             if line_no <= parser.header_lines() {
                 continue;
@@ -401,7 +435,7 @@ pub fn read_rows(
                 break 'files;
             }
             seen += 1;
-            if !b.line(path, line_no, &line) {
+            if !b.line(path, line_no, line) {
                 return Ok(b.bad);
             }
             if seen >= MIN_LINES_FOR_RATIO && b.bad.count as f64 > max_bad_ratio * seen as f64 {
@@ -432,11 +466,11 @@ pub fn read_range(
     file.seek(SeekFrom::Start(start)).map_err(io)?;
     let mut reader = BufReader::with_capacity(1 << 16, file.take(end.saturating_sub(start)));
     let mut b = Batcher { parser, batch_size, batch: Vec::with_capacity(batch_size), bad: BadLines::default(), sink };
-    let mut line = String::new();
+    let mut buf = Vec::new();
     for line_no in first_line.. {
-        line.clear();
-        if reader.read_line(&mut line).map_err(io)? == 0 || !b.line(path, line_no, &line) {
-            break;
+        match read_line(&mut reader, &mut buf).map_err(io)? {
+            Some(line) if b.line(path, line_no, line) => {}
+            _ => break,
         }
     }
     Ok(b.finish())

@@ -22,7 +22,7 @@ fn data_spec(format: DataFormat, paths: Vec<String>, schema: Option<CsvSchema>) 
 }
 
 fn read_all(spec: &DataSpec) -> Result<(Vec<Example>, BadLines), ReadError> {
-    let files = expand_paths(&spec.paths)?;
+    let files = expand_paths(&spec.paths, &ember_model::DataRoots::unrestricted())?;
     let parser = LineParser::new(spec, &files)?;
     let mut all = Vec::new();
     let bad = read_rows(&files, &parser, (0, u64::MAX), 1000, spec.max_bad_ratio, |b| {
@@ -36,7 +36,7 @@ fn read_all(spec: &DataSpec) -> Result<(Vec<Example>, BadLines), ReadError> {
 fn criteo_slice_reads_every_line() {
     let Some(path) = shared("criteo/train_10k.tsv") else { return };
     let spec = data_spec(DataFormat::Criteo, vec![path.display().to_string()], None);
-    let files = expand_paths(&spec.paths).unwrap();
+    let files = expand_paths(&spec.paths, &ember_model::DataRoots::unrestricted()).unwrap();
     let parser = LineParser::new(&spec, &files).unwrap();
     assert_eq!(count_rows(&files, &parser).unwrap(), 10_000);
     let (examples, bad) = read_all(&spec).unwrap();
@@ -116,6 +116,13 @@ fn libffm_and_csv_lines_parse_and_bad_schemas_are_refused() {
     assert_eq!(ex.features[1], Feature { field: 5, id: feature_id(5, b"3"), value: 0.5 });
     assert!(ffm.parse("1 10:1").unwrap_err().contains("field:index:value"));
     assert!(ffm.parse("1 2:10:nan").is_err());
+    // Issue 21, item 9: labels `nan` / `inf` parse as f32 but are no label; values that would
+    // overflow a prediction are refused too.
+    let svm = LineParser::new(&data_spec(DataFormat::Libsvm, Vec::new(), None), &[]).unwrap();
+    for bad in ["nan 3:1", "inf 3:1", "-inf 3:1", "1 3:3e38", "1 3:-1e7"] {
+        assert!(svm.parse(bad).is_err(), "{bad:?} parsed");
+    }
+    assert!(svm.parse("1 3:1e5").is_ok());
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("d.csv");

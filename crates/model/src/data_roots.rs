@@ -1,0 +1,95 @@
+//! Data roots: the directories a worker or scheduler reads job data from.
+//!
+//! A job file names its data paths, and anyone who can submit a job chooses them; without a
+//! bound, a job could make the cluster's processes read any file they can (and show its lines
+//! back as bad-line samples). A server started with `--data-root DIR` (several allowed) reads
+//! only files whose canonical path (symlinks and `..` resolved) lies under one of them.
+//!
+//! Invariant: [`DataRoots::check`] is called on every file before it is opened, on the path that
+//! is then opened (the canonical one), so a symlink swapped in later cannot lead outside.
+
+use std::path::{Path, PathBuf};
+
+/// Why a data path was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DataRootError {
+    /// The path resolves outside every root.
+    #[error("data path {0} is outside this server's data roots (its --data-root options)")]
+    Outside(PathBuf),
+    /// The path could not be resolved (missing, unreadable directory).
+    #[error("data path {path}: {source}")]
+    Resolve {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// The directories data may be read from; [`DataRoots::unrestricted`] for a process that only
+/// reads its own user's job files (`ember train`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataRoots {
+    /// Canonical directories; `None` reads anything.
+    roots: Option<Vec<PathBuf>>,
+}
+
+impl DataRoots {
+    /// Roots at `dirs`, each resolved now (so a root that does not exist is a startup error).
+    pub fn new(dirs: &[PathBuf]) -> Result<Self, DataRootError> {
+        let roots = dirs
+            .iter()
+            .map(|d| d.canonicalize().map_err(|source| DataRootError::Resolve { path: d.clone(), source }))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { roots: Some(roots) })
+    }
+
+    /// No restriction: every readable file.
+    pub fn unrestricted() -> Self {
+        Self { roots: None }
+    }
+
+    /// The roots, for logs (`None` when unrestricted).
+    pub fn dirs(&self) -> Option<&[PathBuf]> {
+        self.roots.as_deref()
+    }
+
+    /// The canonical form of `path` if it lies under a root.
+    pub fn check(&self, path: &Path) -> Result<PathBuf, DataRootError> {
+        let canonical =
+            path.canonicalize().map_err(|source| DataRootError::Resolve { path: path.to_path_buf(), source })?;
+        match &self.roots {
+            None => Ok(canonical),
+            Some(roots) if roots.iter().any(|r| canonical.starts_with(r)) => Ok(canonical),
+            Some(_) => Err(DataRootError::Outside(path.to_path_buf())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_files_under_a_root_pass_whatever_the_path_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, other) = (dir.path().join("data"), dir.path().join("secret"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(root.join("a.tsv"), "1\n").unwrap();
+        std::fs::write(other.join("key.pem"), "private\n").unwrap();
+        let roots = DataRoots::new(std::slice::from_ref(&root)).unwrap();
+        assert!(roots.check(&root.join("a.tsv")).is_ok());
+        for escape in [other.join("key.pem"), root.join("../secret/key.pem")] {
+            assert!(matches!(roots.check(&escape), Err(DataRootError::Outside(_))), "{}", escape.display());
+        }
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(other.join("key.pem"), root.join("link.tsv")).unwrap();
+            assert!(matches!(roots.check(&root.join("link.tsv")), Err(DataRootError::Outside(_))));
+        }
+        assert!(matches!(roots.check(&root.join("missing")), Err(DataRootError::Resolve { .. })));
+        assert!(DataRoots::unrestricted().check(&other.join("key.pem")).is_ok());
+        assert!(DataRoots::new(&[dir.path().join("nope")]).is_err());
+    }
+}
