@@ -222,9 +222,13 @@ fn samples(path: &Path, n: usize) -> Vec<v1::Sample> {
 async fn versions_swap_under_load_without_errors_or_mixes_and_roll_back() {
     let t = tokio::task::spawn_blocking(train).await.unwrap();
     let (_serve, grpc, _) = serve(&t, &["--poll-ms", "20", "--keep-versions", "2"]);
-    let client = ServingClient::connect(&grpc).await.unwrap();
+    let client = ServingClient::connect(&grpc, &ember_client::Credentials::none()).await.unwrap();
     let batch = samples(&t.test_data, 16);
     let first = client.status().await.unwrap().version;
+    // Bytes that are no PredictRequest: InvalidArgument, not Internal (issue 21, item 8).
+    let none = ember_client::Credentials::none();
+    let raw = ember_client::raw::call_raw(&grpc, &none, "/ember.v1.Serving/Predict", vec![0x12, 0xff, 0x01]).await;
+    assert_eq!(raw.unwrap().unwrap_err().code(), tonic::Code::InvalidArgument);
 
     // Versions whose output layer differs, so every version predicts differently.
     let models = ModelDir::new(&t.models);
@@ -296,8 +300,10 @@ async fn a_dead_ps_fails_lookups_fast_or_degrades_to_initializer_values_as_confi
     let (_lenient, lenient, _) =
         serve(&t, &["--cache-ttl-ms", "0", "--lookup-timeout-ms", "300", "--on-lookup-failure", "initializer"]);
     let batch = samples(&t.test_data, 8);
-    let (strict, lenient) =
-        (ServingClient::connect(&strict).await.unwrap(), ServingClient::connect(&lenient).await.unwrap());
+    let (strict, lenient) = (
+        ServingClient::connect(&strict, &ember_client::Credentials::none()).await.unwrap(),
+        ServingClient::connect(&lenient, &ember_client::Credentials::none()).await.unwrap(),
+    );
     let before = strict.predict("", batch.clone()).await.unwrap();
     drop(std::mem::replace(&mut t._ps, Proc(Command::new("true").spawn().unwrap())));
     let err = strict.predict("", batch.clone()).await.unwrap_err();

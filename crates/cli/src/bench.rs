@@ -91,6 +91,8 @@ pub struct BenchPsArgs {
     /// HTTP/2 connections per server, shared round-robin by the tasks.
     #[arg(long, default_value_t = 2)]
     pub connections: usize,
+    #[command(flatten)]
+    pub security: crate::security::ClientSecurityArgs,
     /// Length of the measured run.
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
@@ -235,9 +237,10 @@ impl KeyGen {
 
 pub(crate) async fn connect_all(args: &BenchPsArgs) -> anyhow::Result<Vec<PsClient>> {
     let map = ShardMap::round_robin(args.target.clone(), 1024).context("--target needs at least one address")?;
+    let credentials = args.security.credentials()?;
     let mut clients = Vec::new();
     for _ in 0..args.connections.max(1) {
-        clients.push(PsClient::connect(map.clone()).await.context("connecting to the ps-servers")?);
+        clients.push(PsClient::connect(map.clone(), &credentials).await.context("connecting to the ps-servers")?);
     }
     Ok(clients)
 }

@@ -23,6 +23,7 @@ use ember_proto::v1;
 use serde::Serialize;
 
 use crate::bench::percentile;
+use crate::security::ClientSecurityArgs;
 use crate::serve_cmds::SampleReader;
 use crate::store_cmds::Targets;
 
@@ -59,6 +60,8 @@ pub struct BenchServeArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    security: ClientSecurityArgs,
 }
 
 /// Latency figures of a set of requests, in milliseconds from their due time.
@@ -169,9 +172,10 @@ fn republish(dir: &ModelDir) -> anyhow::Result<u64> {
 /// Runs `ember bench serve`.
 pub async fn serve(args: BenchServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.qps > 0.0 && args.seconds > 0.0 && args.batch > 0, "--qps, --seconds and --batch must be > 0");
+    let credentials = args.security.credentials()?;
     let mut clients = Vec::new();
     for _ in 0..args.connections.max(1) {
-        clients.push(ServingClient::connect(&args.target).await?);
+        clients.push(ServingClient::connect(&args.target, &credentials).await?);
     }
     let pool = Arc::new(sample_pool(&clients[0], args.data.as_ref()).await?);
     let warmup = Duration::from_secs(1);
@@ -313,12 +317,15 @@ pub struct BenchFreshnessArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    security: ClientSecurityArgs,
 }
 
 /// Runs `ember bench freshness`.
 pub async fn freshness(args: BenchFreshnessArgs) -> anyhow::Result<()> {
-    let serving = ServingClient::connect(&args.target).await?;
-    let ps = args.ps.client().await?;
+    let credentials = args.security.credentials()?;
+    let serving = ServingClient::connect(&args.target, &credentials).await?;
+    let ps = args.ps.client(&credentials).await?;
     let status = serving.status().await?;
     let table = status.tables.last().context("the model names no tables")?.clone();
     let fields: Vec<InputField> = status

@@ -9,6 +9,7 @@ use ember_client::SchedulerClient;
 use ember_proto::v1;
 
 use crate::observability;
+use crate::security::{ClientSecurityArgs, ServerSecurityArgs};
 
 /// Arguments of `ember scheduler`.
 #[derive(Debug, clap::Args)]
@@ -24,6 +25,8 @@ pub struct SchedulerArgs {
     lease_ms: u64,
     #[command(flatten)]
     data: DataRootArgs,
+    #[command(flatten)]
+    security: ServerSecurityArgs,
 }
 
 /// Where a process may read job data.
@@ -50,6 +53,7 @@ impl DataRootArgs {
 /// Runs the scheduler until SIGINT/SIGTERM.
 pub async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     let data_roots = args.data.roots()?;
+    let (security, credentials) = (args.security.server()?, args.security.credentials()?);
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     println!("ember scheduler listening on {}", listener.local_addr()?);
@@ -57,6 +61,8 @@ pub async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
         state_dir: args.state_dir,
         lease: Duration::from_millis(args.lease_ms),
         data_roots,
+        security,
+        credentials,
     };
     ember_scheduler::serve(listener, config, observability::shutdown_signal())
         .await
@@ -74,12 +80,14 @@ pub struct WorkerArgs {
     name: Option<String>,
     #[command(flatten)]
     data: DataRootArgs,
+    #[command(flatten)]
+    security: ClientSecurityArgs,
 }
 
 /// Runs a worker until SIGINT/SIGTERM.
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let roots = args.data.roots()?;
-    let scheduler = SchedulerClient::connect(&args.scheduler).await?;
+    let scheduler = SchedulerClient::connect(&args.scheduler, &args.security.credentials()?).await?;
     let label = args.name.unwrap_or_else(|| format!("worker-{}", std::process::id()));
     println!("ember worker {label} working for {}", args.scheduler);
     ember_worker::agent::run_worker(scheduler, label, roots, observability::shutdown_signal()).await?;
@@ -94,6 +102,8 @@ pub struct SubmitArgs {
     /// The scheduler's address.
     #[arg(long)]
     scheduler: String,
+    #[command(flatten)]
+    security: ClientSecurityArgs,
 }
 
 /// Makes the job's relative data paths absolute (relative to this directory), since the scheduler
@@ -114,7 +124,7 @@ fn absolute_paths(text: &str, cwd: &Path) -> anyhow::Result<String> {
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.job).with_context(|| format!("reading {}", args.job.display()))?;
     let text = absolute_paths(&text, &std::env::current_dir()?)?;
-    let scheduler = SchedulerClient::connect(&args.scheduler).await?;
+    let scheduler = SchedulerClient::connect(&args.scheduler, &args.security.credentials()?).await?;
     let id = scheduler.submit(text).await?;
     println!("{id}");
     Ok(())
@@ -132,6 +142,8 @@ pub struct StatusArgs {
     /// JSON, one object per job, in an array.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    security: ClientSecurityArgs,
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -146,7 +158,7 @@ fn state_name(state: i32) -> &'static str {
 
 /// Prints job status.
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let scheduler = SchedulerClient::connect(&args.scheduler).await?;
+    let scheduler = SchedulerClient::connect(&args.scheduler, &args.security.credentials()?).await?;
     let jobs = scheduler.status(args.job.as_deref()).await?;
     if args.json {
         let num = |v: f64| if v.is_finite() { serde_json::json!(v) } else { serde_json::Value::Null };

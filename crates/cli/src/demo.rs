@@ -144,7 +144,7 @@ async fn serve_hold_out(
     data: &Path,
     run: &TrainRun,
 ) -> anyhow::Result<String> {
-    let client = PsClient::connect(cluster.shard_map()).await?;
+    let client = PsClient::connect(cluster.shard_map(), &ember_client::Credentials::none()).await?;
     let config = ServingConfig::default();
     let serving = Serving::start(ModelDir::new(models), client, config.clone()).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -154,7 +154,7 @@ async fn serve_hold_out(
         let _ = stopped.await;
     }));
     let result = async {
-        let serving_client = ServingClient::connect(&addr).await?;
+        let serving_client = ServingClient::connect(&addr, &ember_client::Credentials::none()).await?;
         let r = &run.report;
         let started = std::time::Instant::now();
         let p = predict_file(&serving_client, data, r.train_rows, r.test_rows, 64, "label").await?;

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
+use ember_proto::tls::ServerSecurity;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
@@ -12,9 +13,9 @@ pub fn init_tracing() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-/// Installs the Prometheus recorder and serves `/metrics` on `addr` (port 0 picks one).
-/// Returns the bound address.
-pub async fn serve_metrics(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+/// Installs the Prometheus recorder and serves `/metrics` on `addr` (port 0 picks one), with
+/// the server's TLS and tokens. Returns the bound address.
+pub async fn serve_metrics(addr: SocketAddr, security: &ServerSecurity) -> anyhow::Result<SocketAddr> {
     let handle: PrometheusHandle = PrometheusBuilder::new()
         .set_buckets(&[
             0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -26,8 +27,9 @@ pub async fn serve_metrics(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
     let bound = listener.local_addr()?;
     let upkeep = handle.clone();
     let app = axum::Router::new().route("/metrics", axum::routing::get(move || std::future::ready(handle.render())));
+    let security = security.clone();
     tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
+        if let Err(err) = crate::https::serve(listener, app, &security, std::future::pending()).await {
             tracing::error!(%err, "metrics endpoint stopped");
         }
     });

@@ -11,6 +11,7 @@ use ember_store::tier::RocksCold;
 use ember_store::{CheckpointKind, Checkpointer, IfNoIntactChain, Store, StoreConfig};
 
 use crate::observability;
+use crate::security::ServerSecurityArgs;
 
 /// Arguments of `ember ps`.
 #[derive(Debug, clap::Args)]
@@ -55,6 +56,8 @@ pub struct PsArgs {
     /// checkpoints later, delete them.
     #[arg(long)]
     allow_empty_restore: bool,
+    #[command(flatten)]
+    security: ServerSecurityArgs,
 }
 
 impl PsArgs {
@@ -66,11 +69,13 @@ impl PsArgs {
 
 /// Runs a ps-server until SIGINT/SIGTERM.
 pub async fn run(args: PsArgs) -> anyhow::Result<()> {
+    let security = args.security.server()?;
+    let credentials = args.security.credentials()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     if let Some(addr) = args.metrics_listen {
-        let bound = observability::serve_metrics(addr).await?;
-        println!("ember ps metrics on http://{bound}/metrics");
+        let bound = observability::serve_metrics(addr, &security).await?;
+        println!("ember ps metrics on {}://{bound}/metrics", crate::https::scheme(&security));
     }
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
@@ -90,14 +95,37 @@ pub async fn run(args: PsArgs) -> anyhow::Result<()> {
     let if_none = if args.allow_empty_restore { IfNoIntactChain::StartEmpty } else { IfNoIntactChain::Refuse };
     restore(&store, &checkpoints, if_none).await?;
     tracing::info!(%bound, data_dir = %args.data_dir.display(), "ps-server serving");
+    let config = ServeConfig {
+        checkpoints: Some(Arc::clone(&checkpoints)),
+        evict_interval: Duration::from_secs(args.evict_every),
+        security,
+        ..ServeConfig::default()
+    };
+    // Serving starts before registering: the scheduler checks a registering ps-server's
+    // health at the address it gives.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(serve(listener, Arc::clone(&store), config, async {
+        let _ = stopped.await;
+    }));
     // Held for the server's life: its background task renews the lease.
     let _membership = match &args.scheduler {
         Some(addr) => {
-            let scheduler = ember_client::SchedulerClient::connect(addr).await?;
             let advertised = args.advertise.clone().unwrap_or_else(|| bound.to_string());
-            let m = ember_client::Membership::join(scheduler, ember_proto::v1::Role::Ps, advertised).await?;
-            tracing::info!(member = %m.id(), scheduler = %addr, "registered with the scheduler");
-            Some(m)
+            let joined = async {
+                let scheduler = ember_client::SchedulerClient::connect(addr, &credentials).await?;
+                ember_client::Membership::join(scheduler, ember_proto::v1::Role::Ps, advertised).await
+            };
+            match joined.await {
+                Ok(m) => {
+                    tracing::info!(member = %m.id(), scheduler = %addr, "registered with the scheduler");
+                    Some(m)
+                }
+                Err(e) => {
+                    let _ = stop.send(());
+                    let _ = server.await;
+                    return Err(e).context("registering with the scheduler");
+                }
+            }
         }
         None => None,
     };
@@ -108,12 +136,14 @@ pub async fn run(args: PsArgs) -> anyhow::Result<()> {
         let every = Duration::from_secs(args.checkpoint_every);
         tokio::spawn(checkpoint_periodically(Arc::clone(&store), Arc::clone(&checkpoints), every, args.full_every))
     });
-    let config = ServeConfig {
-        checkpoints: Some(Arc::clone(&checkpoints)),
-        evict_interval: Duration::from_secs(args.evict_every),
-        ..ServeConfig::default()
+    let served = tokio::select! {
+        () = observability::shutdown_signal() => {
+            let _ = stop.send(());
+            server.await
+        }
+        ended = &mut server => ended,
     };
-    serve(listener, Arc::clone(&store), config, observability::shutdown_signal()).await.context("serving")?;
+    served.context("the server task failed")?.context("serving")?;
     if let Some(task) = periodic {
         task.abort();
     }

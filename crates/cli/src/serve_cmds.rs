@@ -15,6 +15,7 @@ use ember_serving::{LookupFailure, Serving, ServingConfig};
 use ember_worker::reader::{open_lines, LineParser};
 
 use crate::observability;
+use crate::security::{ClientSecurityArgs, ServerSecurityArgs};
 use crate::store_cmds::Targets;
 
 /// Arguments of `ember serve`.
@@ -55,13 +56,16 @@ pub struct ServeArgs {
     /// Most samples per request.
     #[arg(long, default_value_t = 4096)]
     max_samples: usize,
+    #[command(flatten)]
+    security: ServerSecurityArgs,
 }
 
 /// Runs a serving node until SIGINT/SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (security, credentials) = (args.security.server()?, args.security.credentials()?);
     if let Some(addr) = args.metrics_listen {
-        let bound = observability::serve_metrics(addr).await?;
-        println!("ember serve metrics on http://{bound}/metrics");
+        let bound = observability::serve_metrics(addr, &security).await?;
+        println!("ember serve metrics on {}://{bound}/metrics", crate::https::scheme(&security));
     }
     let config = ServingConfig {
         poll_interval: Duration::from_millis(args.poll_ms.max(10)),
@@ -75,9 +79,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             LookupFailure::Fail
         },
+        security: security.clone(),
         ..ServingConfig::default()
     };
-    let client = args.targets.client().await?;
+    let client = args.targets.client(&credentials).await?;
     let serving = Serving::start(ModelDir::new(&args.model_dir), client, config.clone()).await;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
@@ -86,7 +91,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("ember serve http on {}", http.local_addr()?);
         let app = ember_serving::http::router(std::sync::Arc::clone(&serving.predictor));
         tokio::spawn(async move {
-            if let Err(err) = axum::serve(http, app).with_graceful_shutdown(observability::shutdown_signal()).await {
+            if let Err(err) = crate::https::serve(http, app, &security, observability::shutdown_signal()).await {
                 tracing::error!(%err, "http endpoint stopped");
             }
         });
@@ -120,6 +125,8 @@ pub struct PredictArgs {
     /// CSV: the label column (others not in the model are ignored).
     #[arg(long, default_value = "label")]
     label_column: String,
+    #[command(flatten)]
+    security: ClientSecurityArgs,
 }
 
 /// Predictions of a data file's rows through a serving node.
@@ -266,7 +273,7 @@ pub async fn predict_file(
 
 /// Runs `ember predict`.
 pub async fn predict(args: PredictArgs) -> anyhow::Result<()> {
-    let client = ServingClient::connect(&args.serving).await?;
+    let client = ServingClient::connect(&args.serving, &args.security.credentials()?).await?;
     let p = predict_file(&client, &args.data, 0, u64::MAX, args.batch, &args.label_column).await?;
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?,

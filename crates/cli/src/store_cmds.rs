@@ -4,7 +4,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use ember_client::{PsClient, SchedulerClient, ShardMap};
+use ember_client::{Credentials, PsClient, SchedulerClient, ShardMap};
+
+use crate::security::ClientSecurityArgs;
 
 /// Which ps-servers a command talks to.
 #[derive(Debug, clap::Args)]
@@ -19,13 +21,14 @@ pub(crate) struct Targets {
 }
 
 impl Targets {
-    pub(crate) async fn client(&self) -> anyhow::Result<PsClient> {
+    /// A client of the target servers, calling with `credentials`.
+    pub(crate) async fn client(&self, credentials: &Credentials) -> anyhow::Result<PsClient> {
         let map = match &self.scheduler {
-            Some(addr) => SchedulerClient::connect(addr).await?.shard_map().await?.1,
+            Some(addr) => SchedulerClient::connect(addr, credentials).await?.shard_map().await?.1,
             None => ShardMap::round_robin(self.ps.clone(), 1024).context("--ps needs at least one address")?,
         };
         anyhow::ensure!(!map.endpoints().is_empty(), "the scheduler knows no ps-servers yet");
-        Ok(PsClient::connect(map).await?)
+        Ok(PsClient::connect(map, credentials).await?)
     }
 }
 
@@ -46,13 +49,16 @@ pub struct CheckpointArgs {
     /// With --scheduler: record the checkpoint with this job, labeled with its rows trained.
     #[arg(long, requires = "scheduler")]
     job: Option<String>,
+    #[command(flatten)]
+    security: ClientSecurityArgs,
 }
 
 /// Checkpoints every target server; fails if any server fails (the others' checkpoints stand).
 /// Through a scheduler, the scheduler does it and records it (with the job, if named).
 pub async fn checkpoint(args: CheckpointArgs) -> anyhow::Result<()> {
+    let credentials = args.security.credentials()?;
     if let Some(addr) = &args.targets.scheduler {
-        let scheduler = SchedulerClient::connect(addr).await?;
+        let scheduler = SchedulerClient::connect(addr, &credentials).await?;
         let c = scheduler.checkpoint(args.full, args.job.as_deref().unwrap_or("")).await?;
         let kind = if c.full { "full" } else { "incremental" };
         if args.json {
@@ -62,7 +68,7 @@ pub async fn checkpoint(args: CheckpointArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let client = args.targets.client().await?;
+    let client = args.targets.client(&credentials).await?;
     let replies = client.checkpoint(args.full, args.label).await?;
     for (endpoint, r) in client.endpoints().iter().zip(&replies) {
         if args.json {
@@ -92,11 +98,13 @@ pub struct ExportArgs {
     /// Output file: one row per line, `key<TAB>v1,v2,...`, sorted by key.
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    security: ClientSecurityArgs,
 }
 
 /// Writes every row of a table, sorted by key, so two stores can be compared byte for byte.
 pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
-    let client = args.targets.client().await?;
+    let client = args.targets.client(&args.security.credentials()?).await?;
     let (dim, keys, values) = client.export(&args.table).await?;
     let tmp = args.out.with_extension("tmp");
     let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;

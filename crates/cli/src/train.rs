@@ -279,7 +279,7 @@ pub async fn train_on(
     let train_rows = rows_total - test_rows;
     anyhow::ensure!(train_rows > 0, "no training rows in {:?}", job.data.paths);
 
-    let client = PsClient::connect(map.clone()).await?;
+    let client = PsClient::connect(map.clone(), &ember_client::Credentials::none()).await?;
     let (tables, specs) = ModelTables::for_job(job, "job");
     for (spec, initial) in &specs {
         client.create_table(spec, initial.as_deref()).await.with_context(|| format!("creating table {}", spec.name))?;
@@ -312,7 +312,7 @@ pub async fn train_on(
     let group = format!("train.{}", std::process::id());
     let mut options = Vec::new();
     for i in 0..job.cluster.workers {
-        let worker_client = PsClient::connect(map.clone()).await?;
+        let worker_client = PsClient::connect(map.clone(), &ember_client::Credentials::none()).await?;
         let ssp = match job.sync.clock_bound() {
             Some(bound) => {
                 Some(Arc::new(SspClock::join(worker_client.clone(), &group, &format!("w{i}"), bound).await?))

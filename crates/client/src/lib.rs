@@ -6,29 +6,25 @@
 //!   out concurrently, and reassembles rows in request order.
 //! - [`scheduler`]: the scheduler client and [`Membership`] (register + heartbeat leases).
 //! - [`serving`]: the serving client (predictions, model status).
+//! - [`Credentials`]: TLS and a role token for every connection the clients make.
+//! - [`health`]: is a server up and serving (the scheduler's check of a registering ps).
 //! - [`raw`]: calls with raw message bytes (probes and tests of servers' decoding).
 //!
 //! Invariants: a caller never sees a partial result (one failed part fails the call); rows come
 //! back in the order of the keys asked for, duplicates included.
 
+mod credentials;
 mod error;
+pub mod health;
 pub mod ps;
 pub mod raw;
 pub mod scheduler;
 pub mod serving;
 pub mod shard_map;
 
+pub use credentials::{BearerToken, Credentials, Transport};
 pub use error::ClientError;
 pub use ps::{Clock, DensePushed, PsClient, PulledRows, PushResult, RetryPolicy, TableGradients};
 pub use scheduler::{Membership, SchedulerClient};
 pub use serving::ServingClient;
 pub use shard_map::ShardMap;
-
-/// A tonic endpoint for `addr` (`host:port` or a URI), with Nagle off: every client's connect
-/// starts here.
-pub(crate) fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, ClientError> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    tonic::transport::Endpoint::from_shared(uri)
-        .map(|e| e.tcp_nodelay(true))
-        .map_err(|source| ClientError::Connect { endpoint: addr.to_string(), source })
-}

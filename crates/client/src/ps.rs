@@ -13,9 +13,8 @@ use ember_core::{TableKind, TableSpec};
 use ember_proto::http2;
 use ember_proto::v1::{self, parameter_server_client::ParameterServerClient};
 use futures_util::future::try_join_all;
-use tonic::transport::Channel;
 
-use crate::{ClientError, ShardMap};
+use crate::{ClientError, Credentials, ShardMap, Transport};
 
 mod dense;
 mod tables;
@@ -124,7 +123,7 @@ fn retriable(status: &tonic::Status) -> bool {
 #[derive(Debug, Clone)]
 pub struct PsClient {
     map: ShardMap,
-    servers: Vec<ParameterServerClient<Channel>>,
+    servers: Vec<ParameterServerClient<Transport>>,
     retry: RetryPolicy,
 }
 
@@ -133,12 +132,13 @@ fn f32s_le(values: &[f32]) -> Bytes {
 }
 
 impl PsClient {
-    /// Connects to every server of `map`.
-    pub async fn connect(map: ShardMap) -> Result<Self, ClientError> {
+    /// Connects to every server of `map` with `credentials`.
+    pub async fn connect(map: ShardMap, credentials: &Credentials) -> Result<Self, ClientError> {
         let mut servers = Vec::with_capacity(map.endpoints().len());
         for endpoint in map.endpoints() {
             let connect_err = |source| ClientError::Connect { endpoint: endpoint.clone(), source };
-            let channel = crate::endpoint(endpoint)?
+            let channel = credentials
+                .endpoint(endpoint)?
                 .initial_stream_window_size(http2::STREAM_WINDOW)
                 .initial_connection_window_size(http2::CONNECTION_WINDOW)
                 .max_frame_size(http2::MAX_FRAME)
@@ -146,7 +146,7 @@ impl PsClient {
                 .await
                 .map_err(connect_err)?;
             servers.push(
-                ParameterServerClient::new(channel)
+                ParameterServerClient::new(credentials.wrap(channel))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             );
@@ -194,9 +194,10 @@ impl PsClient {
         }
     }
 
-    /// Connects to a single server owning every slot.
+    /// Connects to a single server owning every slot, without credentials (tests and tools
+    /// against an open server).
     pub async fn connect_one(endpoint: impl Into<String>) -> Result<Self, ClientError> {
-        Self::connect(ShardMap::single(endpoint)).await
+        Self::connect(ShardMap::single(endpoint), &Credentials::none()).await
     }
 
     /// The shard map in use.
@@ -227,7 +228,7 @@ impl PsClient {
     ) -> Result<Vec<(usize, Resp)>, ClientError>
     where
         Req: Clone,
-        F: Fn(ParameterServerClient<Channel>, Req) -> Fut,
+        F: Fn(ParameterServerClient<Transport>, Req) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let rpc = &rpc;

@@ -9,12 +9,15 @@ use tonic::Status;
 use crate::ClientError;
 
 /// Sends `body` as the request message of the gRPC method at `path` (e.g.
-/// `/ember.v1.ParameterServer/Pull`) on `addr`; returns the response message's bytes.
-pub async fn call_raw(addr: &str, path: &'static str, body: Vec<u8>) -> Result<Result<Vec<u8>, Status>, ClientError> {
-    let channel = crate::endpoint(addr)?
-        .connect()
-        .await
-        .map_err(|source| ClientError::Connect { endpoint: addr.into(), source })?;
+/// `/ember.v1.ParameterServer/Pull`) on `addr` with `credentials`; returns the response
+/// message's bytes, or the server's status.
+pub async fn call_raw(
+    addr: &str,
+    credentials: &crate::Credentials,
+    path: &'static str,
+    body: Vec<u8>,
+) -> Result<Result<Vec<u8>, Status>, ClientError> {
+    let channel = credentials.channel(addr).await?;
     let mut grpc = tonic::client::Grpc::new(channel);
     if let Err(e) = grpc.ready().await {
         return Ok(Err(Status::unavailable(e.to_string())));

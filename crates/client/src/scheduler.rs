@@ -4,27 +4,28 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::{ClientError, Credentials, ShardMap, Transport};
 use ember_proto::v1::{self, scheduler_client};
-use tonic::transport::Channel;
-
-use crate::{ClientError, ShardMap};
 
 /// A typed client of the scheduler.
 #[derive(Debug, Clone)]
 pub struct SchedulerClient {
-    inner: scheduler_client::SchedulerClient<Channel>,
+    inner: scheduler_client::SchedulerClient<Transport>,
     endpoint: String,
+    credentials: Credentials,
 }
 
 impl SchedulerClient {
-    /// Connects to the scheduler at `endpoint` (`host:port` or a URI).
-    pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
-        let channel = crate::endpoint(endpoint)?
-            .connect()
-            .await
-            .map_err(|source| ClientError::Connect { endpoint: endpoint.to_string(), source })?;
+    /// Connects to the scheduler at `endpoint` (`host:port` or a URI) with `credentials`.
+    pub async fn connect(endpoint: &str, credentials: &Credentials) -> Result<Self, ClientError> {
+        let channel = credentials.channel(endpoint).await?;
         let inner = scheduler_client::SchedulerClient::new(channel).max_encoding_message_size(256 << 20);
-        Ok(Self { inner, endpoint: endpoint.to_string() })
+        Ok(Self { inner, endpoint: endpoint.to_string(), credentials: credentials.clone() })
+    }
+
+    /// The credentials this client calls with (a worker reaches the ps-servers with them too).
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     fn err(&self) -> impl Fn(tonic::Status) -> ClientError + '_ {

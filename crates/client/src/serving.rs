@@ -1,24 +1,19 @@
 //! The serving client: predictions and model status from a serving node.
 
+use crate::{ClientError, Credentials, Transport};
 use ember_proto::v1::{self, serving_client};
-use tonic::transport::Channel;
-
-use crate::ClientError;
 
 /// A typed client of a serving node. Cheap to clone (one HTTP/2 connection, multiplexed).
 #[derive(Debug, Clone)]
 pub struct ServingClient {
-    inner: serving_client::ServingClient<Channel>,
+    inner: serving_client::ServingClient<Transport>,
     endpoint: String,
 }
 
 impl ServingClient {
-    /// Connects to the serving node at `endpoint` (`host:port` or a URI).
-    pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
-        let channel = crate::endpoint(endpoint)?
-            .connect()
-            .await
-            .map_err(|source| ClientError::Connect { endpoint: endpoint.to_string(), source })?;
+    /// Connects to the serving node at `endpoint` (`host:port` or a URI) with `credentials`.
+    pub async fn connect(endpoint: &str, credentials: &Credentials) -> Result<Self, ClientError> {
+        let channel = credentials.channel(endpoint).await?;
         let inner = serving_client::ServingClient::new(channel)
             .max_encoding_message_size(64 << 20)
             .max_decoding_message_size(64 << 20);

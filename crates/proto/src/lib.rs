@@ -5,8 +5,10 @@
 //! enum, bad hyper-parameter) is a [`ConvertError`], which every service maps to
 //! `InvalidArgument`; nothing here panics on client input.
 
+pub mod auth;
 pub mod codec;
 mod convert;
+pub mod tls;
 
 /// Generated code for package `ember.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

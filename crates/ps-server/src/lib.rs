@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ember_proto::http2;
+use ember_proto::tls::ServerSecurity;
 use ember_proto::v1::parameter_server_server::ParameterServerServer;
 use ember_store::{Checkpointer, Store};
 use tonic::transport::server::TcpIncoming;
@@ -48,6 +49,8 @@ pub struct ServeConfig {
     pub checkpoints: Option<Arc<Checkpointer>>,
     /// How often tables' eviction rules run (they also run before every checkpoint).
     pub evict_interval: Duration,
+    /// TLS and role tokens (both off by default).
+    pub security: ServerSecurity,
 }
 
 impl Default for ServeConfig {
@@ -57,6 +60,7 @@ impl Default for ServeConfig {
             gauge_interval: Duration::from_secs(5),
             checkpoints: None,
             evict_interval: Duration::from_secs(60),
+            security: ServerSecurity::default(),
         }
     }
 }
@@ -69,6 +73,7 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let builder = config.security.server_builder()?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ParameterServerServer<PsService>>().await;
     let service =
@@ -79,7 +84,7 @@ pub async fn serve(
     let maintenance = tokio::spawn(maintain(Arc::clone(&store), config.evict_interval));
     let budget = store.dram_budget().map(|_| spawn_budget_keeper(Arc::clone(&store)));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let result = tonic::transport::Server::builder()
+    let result = builder
         .initial_stream_window_size(http2::STREAM_WINDOW)
         .initial_connection_window_size(http2::CONNECTION_WINDOW)
         .max_frame_size(http2::MAX_FRAME)

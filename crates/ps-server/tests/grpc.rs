@@ -254,7 +254,7 @@ async fn a_batch_split_over_servers_comes_back_in_request_order() {
     let (a, b, c) = (start(10_000).await, start(10_000).await, start(10_000).await);
     let lone = PsClient::connect_one(&c.addr).await.unwrap();
     let map = ShardMap::round_robin(vec![a.addr.clone(), b.addr.clone()], 1024).unwrap();
-    let pair = PsClient::connect(map).await.unwrap();
+    let pair = PsClient::connect(map, &ember_client::Credentials::none()).await.unwrap();
     for client in [&lone, &pair] {
         client.create_table(&emb_spec(), None).await.unwrap();
     }
@@ -335,8 +335,12 @@ async fn health_reports_serving_and_shutdown_drains() {
 async fn several_tables_in_one_call_match_one_table_at_a_time() {
     let (a, b, c) = (start(10_000).await, start(10_000).await, start(10_000).await);
     let lone = PsClient::connect_one(&c.addr).await.unwrap();
-    let pair =
-        PsClient::connect(ShardMap::round_robin(vec![a.addr.clone(), b.addr.clone()], 1024).unwrap()).await.unwrap();
+    let pair = PsClient::connect(
+        ShardMap::round_robin(vec![a.addr.clone(), b.addr.clone()], 1024).unwrap(),
+        &ember_client::Credentials::none(),
+    )
+    .await
+    .unwrap();
     let lin = TableSpec::sparse("lin", 1, Optimizer::Ftrl { alpha: 0.05, beta: 1.0, l1: 0.1, l2: 0.1 });
     for client in [&lone, &pair] {
         client.create_table(&emb_spec(), None).await.unwrap();
@@ -381,7 +385,7 @@ async fn several_tables_in_one_call_match_one_table_at_a_time() {
 async fn dense_tables_on_two_servers_come_back_in_the_order_asked() {
     let (a, b) = (start(10_000).await, start(10_000).await);
     let map = ShardMap::round_robin(vec![a.addr.clone(), b.addr.clone()], 1024).unwrap();
-    let pair = PsClient::connect(map.clone()).await.unwrap();
+    let pair = PsClient::connect(map.clone(), &ember_client::Credentials::none()).await.unwrap();
     let names: Vec<String> = (0..6).map(|i| format!("mlp.t{i}")).collect();
     let servers: Vec<usize> = names.iter().map(|n| map.server_of_name(n)).collect();
     assert!(servers.contains(&0) && servers.contains(&1), "the tables spread over both servers: {servers:?}");

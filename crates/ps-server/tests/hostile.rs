@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use ember_client::raw::call_raw;
-use ember_client::PsClient;
+use ember_client::{Credentials, PsClient};
 use ember_core::{Initializer, Optimizer, TableSpec};
 use ember_proto::v1::{self, parameter_server_client::ParameterServerClient};
 use ember_ps_server::{serve, ServeConfig};
@@ -47,7 +47,7 @@ async fn bytes_that_are_no_message_are_invalid_argument_on_every_method() {
     ];
     for path in methods {
         for bytes in garbage {
-            let status = call_raw(&addr, path, bytes.to_vec()).await.unwrap().unwrap_err();
+            let status = call_raw(&addr, &Credentials::none(), path, bytes.to_vec()).await.unwrap().unwrap_err();
             assert_eq!(status.code(), Code::InvalidArgument, "{path} {bytes:?}: {status:?}");
             assert!(status.message().contains("malformed"), "{path}: {}", status.message());
         }

@@ -33,6 +33,10 @@ pub struct SchedulerConfig {
     pub lease: Duration,
     /// Where job data may be read from.
     pub data_roots: ember_model::DataRoots,
+    /// TLS and role tokens of the scheduler's port.
+    pub security: ember_proto::tls::ServerSecurity,
+    /// What the scheduler shows ps-servers (an admin token in a cluster with tokens).
+    pub credentials: ember_client::Credentials,
 }
 
 /// Opens the state under the config's state dir and serves it on `listener` until `shutdown`
@@ -43,6 +47,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let lease = config.lease;
+    let mut builder = config.security.server_builder()?;
     let state = State::open(&config.state_dir, lease, 1024)?.with_data_roots(config.data_roots);
     let state = Arc::new(Mutex::new(state));
     let reaper = {
@@ -56,9 +61,10 @@ pub async fn serve(
         })
     };
     let (health, health_service) = tonic_health_reporter().await;
-    let result = tonic::transport::Server::builder()
+    let service = SchedulerService::new(state, config.credentials);
+    let result = builder
         .add_service(health_service)
-        .add_service(SchedulerServer::new(SchedulerService::new(state)).max_decoding_message_size(256 << 20))
+        .add_service(SchedulerServer::new(service).max_decoding_message_size(256 << 20))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await;
     drop(health);

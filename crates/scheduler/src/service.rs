@@ -3,8 +3,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use ember_client::Credentials;
 use ember_model::publish::Publisher;
 use ember_model::{InputSchema, ModelDir, ModelTables};
+use ember_proto::auth;
 use ember_proto::v1::{self, scheduler_server::Scheduler};
 use parking_lot::Mutex;
 use tonic::{Request, Response, Status};
@@ -16,13 +18,36 @@ use crate::state::{CheckpointRecord, ItemReport, JobState, Role, SchedulerError,
 #[derive(Clone)]
 pub struct SchedulerService {
     state: Arc<Mutex<State>>,
+    /// What the scheduler shows ps-servers when it checks, checkpoints and publishes from them.
+    credentials: Credentials,
 }
 
 impl SchedulerService {
-    /// A service over `state`.
-    pub fn new(state: Arc<Mutex<State>>) -> Self {
-        Self { state }
+    /// A service over `state`, calling ps-servers with `credentials`.
+    pub fn new(state: Arc<Mutex<State>>, credentials: Credentials) -> Self {
+        Self { state, credentials }
     }
+}
+
+/// How long a registering ps-server has to answer a health check before it is refused.
+const REGISTER_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Checks a ps-server's address before it enters the shard map: `host:port` that answers a
+/// health check for the parameter-server service. A fake or mistyped registration used to
+/// stay in the map and fail every later job.
+async fn check_ps_address(address: &str, credentials: &Credentials) -> Result<(), Status> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| Status::invalid_argument(format!("ps address {address:?} is not host:port")))?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_[]:".contains(&b));
+    if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(Status::invalid_argument(format!("ps address {address:?} is not host:port")));
+    }
+    ember_client::health::is_serving(address, credentials, "ember.v1.ParameterServer", REGISTER_CHECK)
+        .await
+        .map_err(|e| Status::failed_precondition(format!("ps address {address:?} does not answer as a ps-server: {e}")))
 }
 
 /// The one place scheduler errors become gRPC codes.
@@ -33,7 +58,9 @@ pub fn status_of(err: &SchedulerError) -> Status {
         SchedulerError::Plan(crate::plan::PlanError::Root(ember_model::DataRootError::Outside(_))) => {
             Status::permission_denied(msg)
         }
-        SchedulerError::BadJob(_) | SchedulerError::Plan(_) => Status::invalid_argument(msg),
+        SchedulerError::BadJob(_) | SchedulerError::Plan(_) | SchedulerError::BadReport(_) => {
+            Status::invalid_argument(msg)
+        }
         SchedulerError::NoPs => Status::failed_precondition(msg),
         SchedulerError::State { .. } => Status::internal(msg),
     }
@@ -60,7 +87,12 @@ fn checkpoint_info(r: &CheckpointRecord) -> v1::ClusterCheckpoint {
 
 /// Checkpoints every ps-server of the current shard map, labeled `label`. A failure (a server
 /// down, a disk full) is recorded, not raised: the servers' previous checkpoints stand.
-async fn checkpoint_cluster(state: &Mutex<State>, full: bool, label: u64) -> CheckpointRecord {
+async fn checkpoint_cluster(
+    state: &Mutex<State>,
+    credentials: &Credentials,
+    full: bool,
+    label: u64,
+) -> CheckpointRecord {
     let (_, endpoints, owners) = state.lock().shard_map();
     let record =
         |ids: Vec<u64>, error: Option<String>| CheckpointRecord { label, full, ids, unix_ms: unix_ms(), error };
@@ -68,7 +100,7 @@ async fn checkpoint_cluster(state: &Mutex<State>, full: bool, label: u64) -> Che
         return record(Vec::new(), Some("no ps-server is registered".into()));
     };
     let result = async {
-        let client = ember_client::PsClient::connect(map).await?;
+        let client = ember_client::PsClient::connect(map, credentials).await?;
         client.checkpoint(full, label).await
     }
     .await;
@@ -82,7 +114,12 @@ async fn checkpoint_cluster(state: &Mutex<State>, full: bool, label: u64) -> Che
 }
 
 /// Publishes job `job_id`'s model as the ps-servers of the current shard map hold it.
-async fn publish_model(state: &Mutex<State>, job_id: &str, rows: u64) -> Result<u64, String> {
+async fn publish_model(
+    state: &Mutex<State>,
+    credentials: &Credentials,
+    job_id: &str,
+    rows: u64,
+) -> Result<u64, String> {
     let (toml, (_, endpoints, owners), roots) = {
         let s = state.lock();
         let toml = s.jobs(Some(job_id)).map_err(|e| e.to_string())?[0].toml.clone();
@@ -98,7 +135,7 @@ async fn publish_model(state: &Mutex<State>, job_id: &str, rows: u64) -> Result<
             .await
             .map_err(|e| e.to_string())?;
     let publisher = Publisher::new(ModelDir::new(&spec.publish.model_dir), &spec, job_id, tables, &specs, schema);
-    let client = ember_client::PsClient::connect(map).await.map_err(|e| e.to_string())?;
+    let client = ember_client::PsClient::connect(map, credentials).await.map_err(|e| e.to_string())?;
     publisher.publish(&client, rows).await.map_err(|e| e.to_string())
 }
 
@@ -114,14 +151,26 @@ fn job_state(s: JobState) -> v1::JobState {
 #[tonic::async_trait]
 impl Scheduler for SchedulerService {
     async fn register(&self, req: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
+        let caller = auth::role_of(&req);
         let req = req.into_inner();
         let role = match v1::Role::try_from(req.role) {
             Ok(v1::Role::Ps) => Role::Ps,
             Ok(v1::Role::Worker) => Role::Worker,
             _ => return Err(Status::invalid_argument(format!("role {} is not ps or worker", req.role))),
         };
-        if role == Role::Ps && req.address.is_empty() {
-            return Err(Status::invalid_argument("a ps-server must register its address"));
+        if req.address.len() > 512 {
+            return Err(Status::invalid_argument("an address or name is at most 512 bytes"));
+        }
+        if role == Role::Ps {
+            // A ps-server enters the map every job routes by: admins only, and only one that
+            // answers at the address it gives.
+            if caller != auth::Role::Admin {
+                return Err(Status::permission_denied(format!(
+                    "role {} may not register a ps-server (admin only)",
+                    caller.as_str()
+                )));
+            }
+            check_ps_address(&req.address, &self.credentials).await?;
         }
         let mut state = self.state.lock();
         let member_id = state.register(role, req.address, Instant::now());
@@ -238,9 +287,9 @@ impl Scheduler for SchedulerService {
             .report(&r.member_id, &r.job_id, r.item_id, report, Instant::now())
             .map_err(|e| status_of(&e))?;
         if let Some(rows) = due.publish {
-            let (state, job) = (Arc::clone(&self.state), r.job_id.clone());
+            let (state, job, credentials) = (Arc::clone(&self.state), r.job_id.clone(), self.credentials.clone());
             tokio::spawn(async move {
-                match publish_model(&state, &job, rows).await {
+                match publish_model(&state, &credentials, &job, rows).await {
                     Ok(version) => {
                         if let Err(e) = state.lock().record_published(&job, version, rows) {
                             tracing::error!(error = %e, "recording a published version");
@@ -253,9 +302,9 @@ impl Scheduler for SchedulerService {
         }
         if let Some((full, label)) = due.checkpoint {
             // Off the report's path: the worker goes on while the servers write.
-            let (state, job) = (Arc::clone(&self.state), r.job_id.clone());
+            let (state, job, credentials) = (Arc::clone(&self.state), r.job_id.clone(), self.credentials.clone());
             tokio::spawn(async move {
-                let record = checkpoint_cluster(&state, full, label).await;
+                let record = checkpoint_cluster(&state, &credentials, full, label).await;
                 tracing::info!(job = %job, label, full, ids = ?record.ids, "scheduled cluster checkpoint");
                 if let Err(e) = state.lock().record_checkpoint(&job, record) {
                     tracing::error!(error = %e, "recording a checkpoint");
@@ -275,7 +324,7 @@ impl Scheduler for SchedulerService {
         } else {
             self.state.lock().rows_trained(&req.job_id).map_err(|e| status_of(&e))?
         };
-        let record = checkpoint_cluster(&self.state, req.full, label).await;
+        let record = checkpoint_cluster(&self.state, &self.credentials, req.full, label).await;
         if !req.job_id.is_empty() {
             self.state.lock().record_checkpoint(&req.job_id, record.clone()).map_err(|e| status_of(&e))?;
         }

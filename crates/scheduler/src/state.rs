@@ -55,6 +55,9 @@ pub enum SchedulerError {
     /// No ps-server registered yet.
     #[error("no ps-server is registered yet")]
     NoPs,
+    /// A work report whose figures its item cannot hold (see `report_check`).
+    #[error("report refused: {0}")]
+    BadReport(String),
     /// The state file could not be written or read.
     #[error("state file {}: {reason}", path.display())]
     State {
@@ -464,6 +467,8 @@ impl State {
         if item.status == ItemStatus::Done || matches!(job.state, JobState::Failed | JobState::Succeeded) {
             return Ok(Due::default());
         }
+        let mut report = report;
+        report_check::check(item, member, &mut report).map_err(SchedulerError::BadReport)?;
         let was_training = job.state == JobState::Training;
         item.status = ItemStatus::Done;
         item.holder = None;
@@ -552,5 +557,6 @@ impl State {
     }
 }
 
+mod report_check;
 #[cfg(test)]
 mod tests;

@@ -85,6 +85,7 @@ pub async fn serve(
     config: ServingConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let mut builder = config.security.server_builder()?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<ServingServer<ServingService>>().await;
     let watched = Arc::clone(&predictor);
@@ -106,7 +107,7 @@ pub async fn serve(
     let service = ServingServer::new(ServingService { predictor })
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    let result = tonic::transport::Server::builder()
+    let result = builder
         .add_service(health_service)
         .add_service(service)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)

@@ -72,6 +72,8 @@ pub struct ServingConfig {
     pub warmup_requests: usize,
     /// Largest gRPC message, in bytes.
     pub max_message_bytes: usize,
+    /// TLS and role tokens of the gRPC port (off by default).
+    pub security: ember_proto::tls::ServerSecurity,
 }
 
 impl Default for ServingConfig {
@@ -86,6 +88,7 @@ impl Default for ServingConfig {
             on_lookup_failure: LookupFailure::Fail,
             warmup_requests: 8,
             max_message_bytes: 16 << 20,
+            security: ember_proto::tls::ServerSecurity::default(),
         }
     }
 }

@@ -79,8 +79,11 @@ async fn job_context(
     let parser = LineParser::new(&spec.data, &files).map_err(|e| e.to_string())?;
     let (_, map) = scheduler.shard_map().await.map_err(|e| e.to_string())?;
     // A ps-server that restarts mid-job (and restores its checkpoint) is waited for, not fatal.
-    let client =
-        PsClient::connect(map).await.map_err(|e| e.to_string())?.with_retry(RetryPolicy::patient(PS_RESTART_WAIT));
+    // The worker shows the ps-servers what it shows the scheduler (its TLS and worker token).
+    let client = PsClient::connect(map, scheduler.credentials())
+        .await
+        .map_err(|e| e.to_string())?
+        .with_retry(RetryPolicy::patient(PS_RESTART_WAIT));
     let (tables, specs) = ModelTables::for_job(&spec, &item.job_id);
     for (spec, initial) in &specs {
         client.create_table(spec, initial.as_deref()).await.map_err(|e| format!("creating {}: {e}", spec.name))?;

@@ -108,15 +108,18 @@ fn too_many_bad_lines_fail_the_job_with_the_samples() {
     let w = s.register(Role::Worker, "w".into(), t0);
     let id = s.submit(job_file(dir.path(), 1_000, "max_bad_ratio = 0.01"), t0).unwrap();
     let a = s.next_work(&w, t0).unwrap().unwrap();
-    let bad =
-        ItemReport { rows: 700, bad_lines: 50, bad_line_samples: vec!["data.svm:3: bad".into()], ..Default::default() };
+    let n = a.range.rows;
+    let bad = ItemReport {
+        rows: n - 20,
+        bad_lines: 20,
+        bad_line_samples: vec!["data.svm:3: bad".into()],
+        ..Default::default()
+    };
     s.report(&w, &id, a.item_id, bad, t0).unwrap();
     let job = s.jobs(Some(&id)).unwrap()[0];
     assert_eq!(job.state, JobState::Failed);
-    assert!(
-        job.error.as_deref().unwrap().contains("50 of 750 lines malformed")
-            && job.error.as_deref().unwrap().contains("data.svm:3")
-    );
+    let error = job.error.as_deref().unwrap();
+    assert!(error.contains(&format!("20 of {n} lines malformed")) && error.contains("data.svm:3"), "{error}");
     assert!(s.next_work(&w, t0).unwrap().is_none(), "a failed job hands out nothing");
 }
 
@@ -157,4 +160,39 @@ fn work_is_handed_out_in_submission_order_past_nine_jobs() {
     assert_eq!(order, ids, "job-10 must not jump ahead of job-2");
     let listed: Vec<&str> = s.jobs(None).unwrap().iter().map(|j| j.id.as_str()).collect();
     assert_eq!(listed, ids.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+/// Issue 21, item 11: a spoofed ReportWork (rows 10^15, loss -1e30) was accepted.
+#[test]
+fn reports_an_item_cannot_hold_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = State::open(dir.path(), LEASE, 8).unwrap();
+    let t0 = Instant::now();
+    s.register(Role::Ps, "a:1".into(), t0);
+    let (w, other) = (s.register(Role::Worker, "w".into(), t0), s.register(Role::Worker, "x".into(), t0));
+    let id = s.submit(job_file(dir.path(), 20_000, ""), t0).unwrap();
+    let a = s.next_work(&w, t0).unwrap().unwrap();
+    let n = a.range.rows;
+    let spoofs = [
+        ItemReport { rows: 1_000_000_000_000_000, ..report(0) },
+        ItemReport { rows: n, bad_lines: 1, ..report(n) },
+        ItemReport { loss_sum: -1e30, ..report(n) },
+        ItemReport { loss_sum: f64::NAN, ..report(n) },
+        ItemReport { probs: vec![0.5; n as usize], labels: vec![1.0; n as usize], ..report(n) },
+    ];
+    for spoof in spoofs {
+        let err = s.report(&w, &id, a.item_id, spoof, t0).unwrap_err();
+        assert!(matches!(err, SchedulerError::BadReport(_)), "{err}");
+    }
+    // Another worker cannot report the item `w` holds.
+    assert!(matches!(s.report(&other, &id, a.item_id, report(n), t0), Err(SchedulerError::BadReport(_))));
+    let job = s.jobs(Some(&id)).unwrap()[0];
+    assert_eq!((job.rows_trained, job.items_progress().0, job.loss_sum), (0, 0, 0.0), "nothing was recorded");
+    // The honest report still goes through, its long samples trimmed.
+    let long = ItemReport { bad_line_samples: vec!["y".repeat(10_000); 9], ..report(n - 1) };
+    let long = ItemReport { bad_lines: 1, ..long };
+    s.report(&w, &id, a.item_id, long, t0).unwrap();
+    let job = s.jobs(Some(&id)).unwrap()[0];
+    assert_eq!(job.rows_trained, n - 1);
+    assert!(job.bad_line_samples.iter().all(|l| l.len() <= 512), "samples are cut");
 }
