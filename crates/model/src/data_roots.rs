@@ -54,6 +54,27 @@ impl DataRoots {
         self.roots.as_deref()
     }
 
+    /// Checks a path or glob before it is expanded: the directory it starts from (its
+    /// components up to the first with `*`, `?` or `[`) must lie under a root. Without this a
+    /// pattern like `/**/*` would walk the whole filesystem before any match is refused.
+    pub fn check_pattern(&self, pattern: &str) -> Result<(), DataRootError> {
+        let Some(roots) = &self.roots else { return Ok(()) };
+        let literal: PathBuf = Path::new(pattern)
+            .components()
+            .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
+            .collect();
+        let start = if literal.as_os_str().is_empty() { PathBuf::from(".") } else { literal };
+        // A plain path names a file: its directory is where the read starts.
+        let start = if start.is_file() { start.parent().map(Path::to_path_buf).unwrap_or(start) } else { start };
+        let start = if start.as_os_str().is_empty() { PathBuf::from(".") } else { start };
+        match start.canonicalize() {
+            Ok(dir) if roots.iter().any(|r| dir.starts_with(r)) => Ok(()),
+            Ok(_) => Err(DataRootError::Outside(PathBuf::from(pattern))),
+            // A directory that does not exist matches nothing; the expansion says so.
+            Err(_) => Ok(()),
+        }
+    }
+
     /// The canonical form of `path` if it lies under a root.
     pub fn check(&self, path: &Path) -> Result<PathBuf, DataRootError> {
         let canonical =
@@ -90,6 +111,14 @@ mod tests {
         }
         assert!(matches!(roots.check(&root.join("missing")), Err(DataRootError::Resolve { .. })));
         assert!(DataRoots::unrestricted().check(&other.join("key.pem")).is_ok());
+        // Patterns are checked before they are expanded.
+        assert!(roots.check_pattern(&format!("{}/*.tsv", root.display())).is_ok());
+        assert!(roots.check_pattern(&root.join("a.tsv").display().to_string()).is_ok());
+        for outside in ["/**/*", "/etc/*"] {
+            assert!(matches!(roots.check_pattern(outside), Err(DataRootError::Outside(_))), "{outside}");
+        }
+        let sneaky = format!("{}/../secret/*", root.display());
+        assert!(matches!(roots.check_pattern(&sneaky), Err(DataRootError::Outside(_))));
         assert!(DataRoots::new(&[dir.path().join("nope")]).is_err());
     }
 }

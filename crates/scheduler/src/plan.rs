@@ -63,6 +63,7 @@ pub enum PlanError {
 pub fn expand(patterns: &[String], roots: &ember_model::DataRoots) -> Result<Vec<PathBuf>, PlanError> {
     let mut files = Vec::new();
     for pattern in patterns {
+        roots.check_pattern(pattern)?;
         let mut found: Vec<PathBuf> = glob::glob(pattern)
             .map_err(|_| PlanError::NoFiles(pattern.clone()))?
             .filter_map(Result::ok)

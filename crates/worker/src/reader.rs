@@ -107,6 +107,7 @@ impl BadLines {
 pub fn expand_paths(patterns: &[String], roots: &ember_model::DataRoots) -> Result<Vec<PathBuf>, ReadError> {
     let mut files = Vec::new();
     for pattern in patterns {
+        roots.check_pattern(pattern)?;
         let matches = glob::glob(pattern)
             .map_err(|e| ReadError::BadPattern { pattern: pattern.clone(), reason: e.to_string() })?;
         let mut found: Vec<PathBuf> = matches.filter_map(Result::ok).filter(|p| p.is_file()).collect();
@@ -465,10 +466,25 @@ pub fn read_range(
     let mut file = File::open(path).map_err(io)?;
     file.seek(SeekFrom::Start(start)).map_err(io)?;
     let mut reader = BufReader::with_capacity(1 << 16, file.take(end.saturating_sub(start)));
+    read_from(&mut reader, path, parser, first_line, batch_size, sink)
+}
+
+/// Reads every line of `reader` (named `path` in bad-line samples, its first line numbered
+/// `first_line`) into batches for `sink`, counting bad lines: what [`read_range`] does once the
+/// file is open, and what the fuzz targets drive with arbitrary bytes.
+pub fn read_from(
+    reader: &mut dyn BufRead,
+    path: &Path,
+    parser: &LineParser,
+    first_line: u64,
+    batch_size: usize,
+    sink: impl FnMut(Vec<Example>) -> bool,
+) -> Result<BadLines, ReadError> {
+    let io = |source| ReadError::Io { path: path.to_path_buf(), source };
     let mut b = Batcher { parser, batch_size, batch: Vec::with_capacity(batch_size), bad: BadLines::default(), sink };
     let mut buf = Vec::new();
     for line_no in first_line.. {
-        match read_line(&mut reader, &mut buf).map_err(io)? {
+        match read_line(reader, &mut buf).map_err(io)? {
             Some(line) if b.line(path, line_no, line) => {}
             _ => break,
         }

@@ -38,7 +38,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 use crate::{Store, StoreError};
-pub use format::{CheckpointKind, Header};
+pub use format::{seal, CheckpointKind, Header};
 
 /// Why a checkpoint or restore failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,4 @@
+#![no_main]
+//! libFuzzer over `ember_fuzz_targets::manifest` (see that crate for what it covers).
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ember_fuzz_targets::manifest(data));
