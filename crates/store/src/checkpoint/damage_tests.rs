@@ -186,3 +186,26 @@ fn temporary_files_of_a_killed_writer_are_removed_on_open() {
     assert_eq!(ckpt.restore(&store, IfNoIntactChain::Refuse).unwrap().len(), 1);
     assert_eq!(contents(&store), written[0].1);
 }
+
+#[test]
+fn a_row_holding_nan_in_a_checkpoint_is_skipped_not_restored() {
+    use ember_core::{Initializer, Optimizer, TableSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let store = empty_store();
+    let sgd = Optimizer::Sgd { learning_rate: 1.0 };
+    store.create_table(TableSpec::sparse("s", 1, sgd).with_initializer(Initializer::Zeros, 0), None).unwrap();
+    store.push("s", &[7, 8], &[(-1234.5f32).to_le_bytes(), (-2.0f32).to_le_bytes()].concat()).unwrap();
+    let info = Checkpointer::open(dir.path()).unwrap().write(&store, CheckpointKind::Full, 0).unwrap();
+    // What a checkpoint written before the store guarded its updates could hold: row 7 is NaN.
+    let path = dir.path().join(&info.file);
+    let file = fs::read(&path).unwrap();
+    let mut body = file[..file.len() - 16].to_vec();
+    let at = body.windows(4).position(|w| w == 1234.5f32.to_le_bytes()).unwrap();
+    body[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    fs::write(&path, format::seal(&body)).unwrap();
+    let copy = empty_store();
+    Checkpointer::open(dir.path()).unwrap().restore(&copy, IfNoIntactChain::Refuse).unwrap();
+    let table = copy.sparse("s").unwrap();
+    assert!(table.get(7).is_none(), "the NaN row was not restored");
+    assert_eq!(table.get(8).map(|(v, _)| v[0]), Some(2.0));
+}

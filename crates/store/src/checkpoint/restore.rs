@@ -119,13 +119,23 @@ fn apply_file(store: &Store, path: &Path, body: u64) -> Result<(u64, u64), Check
                     TAG_END => break,
                     TAG_ROWS => {
                         let n = r.u64()?;
+                        let mut not_finite = 0u64;
                         for _ in 0..n {
                             r.bytes(&mut record)?;
                             let meta = decode_keyed_row(&record, &mut values)
                                 .ok_or_else(|| r.corrupt(format!("table {}: malformed row record", spec.name)))?;
-                            table.restore_row(meta, &values);
+                            // Rows never hold NaN or Inf; a checkpoint written before the store
+                            // guarded its updates might. Such a row restarts from its initializer.
+                            if values.iter().all(|v| v.is_finite()) {
+                                table.restore_row(meta, &values);
+                            } else {
+                                not_finite += 1;
+                            }
                         }
-                        rows += n;
+                        if not_finite > 0 {
+                            tracing::warn!(table = %spec.name, rows = not_finite, path = %path.display(), "skipped rows holding NaN or Inf");
+                        }
+                        rows += n - not_finite;
                         // A tiered store restores more rows than fit in DRAM: demote as it goes.
                         store.enforce_budget()?;
                     }
@@ -159,6 +169,9 @@ fn apply_file(store: &Store, path: &Path, body: u64) -> Result<(u64, u64), Check
             let dim = spec.dim as usize;
             let values = r.f32s(dim)?;
             let state = r.f32s(spec.optimizer.state_len(dim))?;
+            if !values.iter().chain(&state).all(|v| v.is_finite()) {
+                return Err(r.corrupt(format!("dense table {} holds NaN or Inf", spec.name)));
+            }
             table.restore(values, state, version);
         }
     }
