@@ -2,8 +2,8 @@
 //!
 //! A row is `dim` weights plus `state_len(dim)` f32 of optimizer state, laid out by the store.
 //! Invariants: `apply` only sees finite gradients (the store rejects NaN/Inf before any row is
-//! touched) and only writes finite values (a coordinate whose update overflows keeps its old
-//! weight and state); `step` is the number of updates the row has received including this one (>= 1), which
+//! touched) and counts the coordinates its update overflowed, which the caller repairs before
+//! anyone reads the row; `step` is the number of updates the row has received including this one (>= 1), which
 //! is what Adam's bias correction needs for rows that are updated sparsely.
 //!
 //! FTRL keeps (z, n) as state and derives the weight from them (McMahan et al. 2013, Algorithm 1,
@@ -175,7 +175,7 @@ impl Optimizer {
     }
 
     /// Applies one (finite) gradient to a row. `step` counts this row's updates including this
-    /// one. Returns the coordinates refused as not finite (see [`Self::apply_scaled`]).
+    /// one. Returns the coordinates that came out NaN or Inf (see [`Self::apply_scaled`]).
     pub fn apply(&self, weights: &mut [f32], state: &mut [f32], grad: &[f32], step: u64) -> usize {
         self.apply_scaled(weights, state, grad, step, 1.0)
     }
@@ -185,9 +185,12 @@ impl Optimizer {
     /// gradients themselves, scales the gradient.
     ///
     /// Finite gradients can still overflow (a large learning rate times 3e38 is Inf, and Inf
-    /// minus Inf later NaN). Every optimizer here is per coordinate, so a coordinate whose new
-    /// weight or state would not be finite keeps its old weight and state, and the others take
-    /// their update: NaN and Inf never reach a row. Returns how many coordinates were refused.
+    /// minus Inf later NaN). The update counts, in the same pass, the coordinates whose new
+    /// weight or state is not finite and returns that count; when it is not zero the caller must
+    /// [`Self::repair`] the row before anyone reads it. Counting costs little; keeping each
+    /// coordinate's old values aside for an undo cost up to 3x the update itself
+    /// (`cargo bench -p ember-core --bench optim`), and the update is a fifth of a ps-server's
+    /// CPU under pushes.
     pub fn apply_scaled(
         &self,
         weights: &mut [f32],
@@ -198,26 +201,21 @@ impl Optimizer {
     ) -> usize {
         debug_assert_eq!(weights.len(), grad.len());
         debug_assert_eq!(state.len(), self.state_len(weights.len()));
-        // Counted without a branch in the loops, so they still vectorize.
-        let mut refused = 0usize;
+        let mut bad = 0u32;
         match *self {
             Optimizer::Sgd { learning_rate } => {
                 let lr = learning_rate * lr_scale;
                 for (w, g) in weights.iter_mut().zip(grad) {
-                    let new = *w - lr * g;
-                    let ok = new.is_finite();
-                    *w = if ok { new } else { *w };
-                    refused += usize::from(!ok);
+                    *w -= lr * g;
+                    bad += not_finite(*w);
                 }
             }
             Optimizer::Adagrad { learning_rate, epsilon, .. } => {
                 let lr = learning_rate * lr_scale;
                 for ((w, acc), g) in weights.iter_mut().zip(state.iter_mut()).zip(grad) {
-                    let new_acc = *acc + g * g;
-                    let new_w = *w - lr * g / (new_acc.sqrt() + epsilon);
-                    let ok = new_acc.is_finite() & new_w.is_finite();
-                    (*w, *acc) = if ok { (new_w, new_acc) } else { (*w, *acc) };
-                    refused += usize::from(!ok);
+                    *acc += g * g;
+                    *w -= lr * g / (acc.sqrt() + epsilon);
+                    bad += not_finite(*w) | not_finite(*acc);
                 }
             }
             Optimizer::Ftrl { alpha, beta, l1, l2 } => {
@@ -227,15 +225,14 @@ impl Optimizer {
                     let g = g * lr_scale;
                     let n_new = *n + g * g;
                     let sigma = (n_new.sqrt() - n.sqrt()) * inv_alpha;
-                    let z_new = *z + g - sigma * *w;
-                    let w_new = if z_new.abs() <= l1 {
+                    *z += g - sigma * *w;
+                    *n = n_new;
+                    *w = if z.abs() <= l1 {
                         0.0
                     } else {
-                        -(z_new - l1.copysign(z_new)) / ((beta + n_new.sqrt()) * inv_alpha + l2)
+                        -(*z - l1.copysign(*z)) / ((beta + n_new.sqrt()) * inv_alpha + l2)
                     };
-                    let ok = n_new.is_finite() & z_new.is_finite() & w_new.is_finite();
-                    (*w, *z, *n) = if ok { (w_new, z_new, n_new) } else { (*w, *z, *n) };
-                    refused += usize::from(!ok);
+                    bad += not_finite(*w) | not_finite(*z) | not_finite(*n);
                 }
             }
             Optimizer::Adam { learning_rate, beta1, beta2, epsilon } => {
@@ -248,17 +245,42 @@ impl Optimizer {
                 let eps = (f64::from(epsilon) * c2.sqrt()) as f32;
                 let (m, v) = state.split_at_mut(weights.len());
                 for (((w, m), v), &g) in weights.iter_mut().zip(m).zip(v).zip(grad) {
-                    let m_new = beta1 * *m + (1.0 - beta1) * g;
-                    let v_new = beta2 * *v + (1.0 - beta2) * g * g;
-                    let w_new = *w - step_size * m_new / (v_new.sqrt() + eps);
-                    let ok = m_new.is_finite() & v_new.is_finite() & w_new.is_finite();
-                    (*w, *m, *v) = if ok { (w_new, m_new, v_new) } else { (*w, *m, *v) };
-                    refused += usize::from(!ok);
+                    *m = beta1 * *m + (1.0 - beta1) * g;
+                    *v = beta2 * *v + (1.0 - beta2) * g * g;
+                    *w -= step_size * *m / (v.sqrt() + eps);
+                    bad += not_finite(*w) | not_finite(*m) | not_finite(*v);
                 }
             }
         }
-        refused
+        bad as usize
     }
+
+    /// Puts `fallback` (weights) and `fallback_state` (state, laid out as `state`) in place of
+    /// every coordinate whose weight or state is NaN or Inf; returns how many there were. A
+    /// ps-server's sparse row falls back to its initial value (the initializer is a function
+    /// of the key), a dense table to its values before the update.
+    pub fn repair(&self, weights: &mut [f32], state: &mut [f32], fallback: &[f32], fallback_state: &[f32]) -> usize {
+        let dim = weights.len();
+        let parts = self.state_len(1);
+        let mut repaired = 0;
+        for i in 0..dim {
+            let state_finite = (0..parts).all(|p| state[p * dim + i].is_finite());
+            if !(weights[i].is_finite() && state_finite) {
+                weights[i] = fallback[i];
+                for p in 0..parts {
+                    state[p * dim + i] = fallback_state[p * dim + i];
+                }
+                repaired += 1;
+            }
+        }
+        repaired
+    }
+}
+
+/// 1 if `x` is NaN or Inf, else 0, without a branch (so the update loops still vectorize).
+#[inline(always)]
+fn not_finite(x: f32) -> u32 {
+    u32::from(!x.is_finite())
 }
 
 #[cfg(test)]
@@ -364,7 +386,7 @@ mod tests {
     }
 
     #[test]
-    fn an_update_that_overflows_leaves_its_coordinate_as_it_was() {
+    fn overflowing_coordinates_are_counted_and_repaired_to_the_fallback() {
         // Finite gradients, finite hyper-parameters, and still an overflow: 10 * 3e38 is Inf.
         let opts = [
             Optimizer::Sgd { learning_rate: 10.0 },
@@ -376,20 +398,25 @@ mod tests {
             let mut w = [0.5f32, 0.5];
             let mut state = vec![0.0; opt.state_len(2)];
             opt.init_state(&w, &mut state);
-            let mut refused = 0;
+            let (initial, initial_state) = (w, state.clone());
+            let mut overflowed = 0;
             for step in 1..=4 {
                 let sign = if step % 2 == 0 { 1.0 } else { -1.0 };
-                refused += opt.apply(&mut w, &mut state, &[sign * 3e38, 0.25], step);
+                let counted = opt.apply(&mut w, &mut state, &[sign * 3e38, 0.25], step);
+                let repaired = opt.repair(&mut w, &mut state, &initial, &initial_state);
+                assert_eq!(counted, repaired, "{}: the count names what needs repair", opt.name());
+                overflowed += counted;
                 assert!(w.iter().chain(&state).all(|x| x.is_finite()), "{}: {w:?} {state:?}", opt.name());
             }
-            assert!(refused >= 1, "{}: 3e38 overflowed nothing", opt.name());
+            assert!(overflowed >= 1, "{}: 3e38 overflowed nothing", opt.name());
             // The ordinary coordinate kept learning.
             assert!(w[1] < 0.5, "{}: {w:?}", opt.name());
         }
         let sgd = Optimizer::Sgd { learning_rate: 10.0 };
-        let mut w = [1.0f32];
-        assert_eq!(sgd.apply(&mut w, &mut [], &[3e38], 1), 1);
-        assert_eq!(w, [1.0], "the refused coordinate is unchanged");
+        let mut w = [1.0f32, 1.0];
+        assert_eq!(sgd.apply(&mut w, &mut [], &[3e38, 0.1], 1), 1);
+        assert_eq!(sgd.repair(&mut w, &mut [], &[7.0, 7.0], &[]), 1);
+        assert_eq!(w, [7.0, 0.0], "only the overflowed coordinate fell back");
     }
 
     #[test]

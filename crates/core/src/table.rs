@@ -230,7 +230,7 @@ impl TableSpec {
     }
 
     /// Applies one finite gradient (all `dim` values) to a row; see [`Optimizer::apply_scaled`].
-    /// Returns the coordinates refused because their update was not finite.
+    /// Returns the coordinates that came out NaN or Inf: call [`Self::repair`] when not zero.
     pub fn apply_scaled(
         &self,
         weights: &mut [f32],
@@ -247,6 +247,27 @@ impl TableSpec {
                 let (hs, ts) = state.split_at_mut(head.optimizer.state_len(h));
                 head.optimizer.apply_scaled(hw, hs, &grad[..h], step, lr_scale)
                     + self.optimizer.apply_scaled(tw, ts, &grad[h..], step, lr_scale)
+            }
+        }
+    }
+
+    /// Resets every coordinate of row `key` whose weight or state is NaN or Inf to its initial
+    /// value and state (the initializer is a function of the key, so this is the value a new row
+    /// would have); returns how many were.
+    pub fn repair(&self, key: u64, weights: &mut [f32], state: &mut [f32]) -> usize {
+        let mut initial = vec![0f32; weights.len()];
+        self.fill_weights(key, &mut initial);
+        let mut initial_state = vec![0f32; state.len()];
+        self.init_state(&initial, &mut initial_state);
+        let h = self.head_dim();
+        match self.head {
+            None => self.optimizer.repair(weights, state, &initial, &initial_state),
+            Some(head) => {
+                let hs_len = head.optimizer.state_len(h);
+                let (hw, tw) = weights.split_at_mut(h);
+                let (hs, ts) = state.split_at_mut(hs_len);
+                head.optimizer.repair(hw, hs, &initial[..h], &initial_state[..hs_len])
+                    + self.optimizer.repair(tw, ts, &initial[h..], &initial_state[hs_len..])
             }
         }
     }

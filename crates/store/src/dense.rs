@@ -16,6 +16,9 @@ struct DenseState {
     state: Vec<f32>,
     version: u64,
     rejected_nonfinite: u64,
+    /// Known-finite values and state (the initial ones, or the last restored) that a coordinate
+    /// an update overflowed falls back to, as a sparse row falls back to its initializer.
+    fallback: (Vec<f32>, Vec<f32>),
 }
 
 /// A dense table.
@@ -61,7 +64,8 @@ impl DenseTable {
         };
         let mut state = vec![0.0; spec.optimizer.state_len(dim)];
         spec.optimizer.init_state(&values, &mut state);
-        let inner = Mutex::new(DenseState { values, state, version: 0, rejected_nonfinite: 0 });
+        let fallback = (values.clone(), state.clone());
+        let inner = Mutex::new(DenseState { values, state, version: 0, rejected_nonfinite: 0, fallback });
         Ok(Self { pending: Pending::default(), spec, inner })
     }
 
@@ -145,9 +149,11 @@ impl DenseTable {
         let mut inner = self.inner.lock();
         let staleness = staleness_at(inner.version);
         inner.version += 1;
-        let DenseState { values, state, version, rejected_nonfinite } = &mut *inner;
-        let refused = self.spec.optimizer.apply_scaled(values, state, grad, *version, lr_scale(staleness));
-        // Coordinates whose update would not be finite kept their values (see the optimizer).
+        let DenseState { values, state, version, rejected_nonfinite, fallback } = &mut *inner;
+        let mut refused = self.spec.optimizer.apply_scaled(values, state, grad, *version, lr_scale(staleness));
+        if refused > 0 {
+            refused = self.spec.optimizer.repair(values, state, &fallback.0, &fallback.1);
+        }
         *rejected_nonfinite += u64::from(refused > 0);
         PushOutcome {
             rows_updated: 1,
@@ -168,6 +174,7 @@ impl DenseTable {
     /// spec (checked by the checkpoint reader).
     pub fn restore(&self, values: Vec<f32>, state: Vec<f32>, version: u64) {
         let mut inner = self.inner.lock();
+        inner.fallback = (values.clone(), state.clone());
         inner.values = values;
         inner.state = state;
         inner.version = version;

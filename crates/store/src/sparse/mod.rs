@@ -319,8 +319,9 @@ impl SparseTable {
     }
 
     /// Applies one (summed) gradient to the row at `pos`, the step scaled by `scale`. Returns
-    /// whether every coordinate took its update (one that would have become NaN or Inf kept
-    /// its old value, see [`ember_core::Optimizer::apply_scaled`]; such rows are counted).
+    /// whether every coordinate took its update: a coordinate whose update overflowed to NaN or
+    /// Inf is reset to its initial value and state (what the row's key starts from), and the
+    /// row is counted.
     fn apply_at(
         &self,
         shard: &mut Shard,
@@ -339,6 +340,7 @@ impl SparseTable {
         if self.spec.apply_scaled(weights, state, grad, meta.updates, lr_scale) == 0 {
             return true;
         }
+        self.spec.repair(meta.key, weights, state);
         self.rejected_nonfinite.fetch_add(1, Ordering::Relaxed);
         false
     }
