@@ -35,6 +35,7 @@ bench:
 	$(CARGO) bench -p ember-store --bench store
 	$(CARGO) bench -p ember-store --bench cold_tier
 	$(CARGO) bench -p ember-worker --bench model
+	$(CARGO) bench -p ember-core --bench optim
 
 ## bench-ps: ember ps and ember bench ps as separate processes, side by side with Redis
 bench-ps: release

@@ -3,6 +3,7 @@
 #
 #   scripts/fuzz.sh                 every target, 100,000 runs each
 #   scripts/fuzz.sh codec 1000000   one target, a million runs
+#   FUZZ_SECONDS=120 scripts/fuzz.sh all 100000000   every target for 2 minutes (or the runs)
 #
 # Needs only the stable toolchain: cargo-fuzz is installed from crates.io if missing, and
 # RUSTC_BOOTSTRAP=1 lets stable rustc take the sanitizer flags cargo-fuzz passes. New corpus
@@ -24,7 +25,8 @@ export RUSTC_BOOTSTRAP=1
 mkdir -p fuzz/logs
 for t in "${targets[@]}"; do
   # 2 GiB RSS and 10 s per input: an input over either is a finding, like a crash.
-  ( cd fuzz && cargo fuzz run "$t" -- -runs="$runs" -rss_limit_mb=2048 -timeout=10 -max_len=65536 ) \
+  ( cd fuzz && cargo fuzz run "$t" -- -runs="$runs" -max_total_time="${FUZZ_SECONDS:-0}" -rss_limit_mb=2048 \
+      -timeout=10 -max_len=65536 ) \
     > "fuzz/logs/$t.log" 2>&1 || { echo "$t: FAILED (fuzz/logs/$t.log)"; tail -30 "fuzz/logs/$t.log"; exit 1; }
-  echo "$t: $runs runs; $(grep -E '^Done [0-9]+ runs' "fuzz/logs/$t.log" | tail -1)"
+  echo "$t: $(grep -E '^Done [0-9]+ runs' "fuzz/logs/$t.log" | tail -1)"
 done

@@ -279,3 +279,38 @@ fn a_failed_final_checkpoint_exits_non_zero_and_stale_temporaries_are_removed() 
     let status = sigterm_and_wait(&mut ps.child);
     assert!(!status.success(), "a stop that lost the last pushes must not exit 0");
 }
+
+/// Resident memory of a process, from /proc.
+#[cfg(target_os = "linux")]
+fn rss_mb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024
+}
+
+/// Issue 21, item 5: periodic checkpoints made a ps-server keep memory (12M rows: 7.56 GB with
+/// a checkpoint every 5 s against 3.2 GB without). At 3M rows with a checkpoint every second,
+/// glibc's default mmap threshold gave 853 MB against 652 MB (+31%); with the fixed threshold
+/// the two are within a few percent. The bound leaves room for what a checkpoint legitimately
+/// holds for a moment (one shard's rows, ~1% here).
+#[cfg(target_os = "linux")]
+#[test]
+fn periodic_checkpoints_do_not_make_a_ps_server_keep_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rss = Vec::new();
+    for every in ["0", "1"] {
+        let ps = start_ps(&dir.path().join(format!("ps-{every}")), &["--checkpoint-every", every]);
+        let load = ["--keys", "3000000", "--dim", "16", "--batch", "4096", "--seconds", "0.1", "--json"];
+        let out = Command::new(EMBER).args(["bench", "ps", "--target", &ps.grpc, "--op", "pull"]).args(load).output();
+        assert!(out.unwrap().status.success());
+        std::thread::sleep(Duration::from_secs(2)); // a checkpoint or two after the load
+        rss.push(rss_mb(ps.child.id()));
+    }
+    let (without, with) = (rss[0], rss[1]);
+    eprintln!("RSS after 3M rows: {without} MB without checkpoints, {with} MB with one every second");
+    assert!(with * 100 <= without * 115, "checkpoints kept memory: {with} MB against {without} MB");
+}

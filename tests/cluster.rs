@@ -42,6 +42,23 @@ fn wait_done(addr: &str, id: &str, deadline: Instant) -> serde_json::Value {
     }
 }
 
+/// `ember scheduler` with its state under `state`, leases of `lease_ms`, data under `root`.
+fn start_scheduler(state: &Path, lease_ms: u64, root: &str) -> (support::Proc, String) {
+    let lease = lease_ms.to_string();
+    let args = [
+        "scheduler",
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--lease-ms",
+        &lease,
+        "--data-root",
+        root,
+    ];
+    start(&args, "ember scheduler listening on ")
+}
+
 fn submit(dir: &Path, scheduler: &str, job_text: &str) -> String {
     let job = dir.join("job.toml");
     std::fs::write(&job, job_text).unwrap();
@@ -60,20 +77,7 @@ fn scheduler_ps_and_workers_as_processes_train_a_job() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("scheduler");
     let root = data.parent().unwrap().to_str().unwrap().to_string();
-    let (_sched, addr) = start(
-        &[
-            "scheduler",
-            "--listen",
-            "127.0.0.1:0",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--lease-ms",
-            "3000",
-            "--data-root",
-            &root,
-        ],
-        "ember scheduler listening on ",
-    );
+    let (_sched, addr) = start_scheduler(&state, 3000, &root);
     let mut procs = Vec::new();
     for i in 0..2 {
         let data_dir = dir.path().join(format!("ps{i}"));
@@ -171,20 +175,7 @@ fn a_killed_worker_loses_no_rows() {
     let gen = Command::new(EMBER).args(["gen-data", "--rows", "60000", "--out"]).arg(&data).output().unwrap();
     assert!(gen.status.success());
     let state = dir.path().join("scheduler");
-    let (_sched, addr) = start(
-        &[
-            "scheduler",
-            "--listen",
-            "127.0.0.1:0",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--lease-ms",
-            "1000",
-            "--data-root",
-            dir.path().to_str().unwrap(),
-        ],
-        "ember scheduler listening on ",
-    );
+    let (_sched, addr) = start_scheduler(&state, 1000, dir.path().to_str().unwrap());
     let ps_dir = dir.path().join("ps0");
     let _ps = start(
         &["ps", "--listen", "127.0.0.1:0", "--data-dir", ps_dir.to_str().unwrap(), "--scheduler", &addr],
@@ -224,20 +215,7 @@ fn a_killed_ps_restarts_from_its_checkpoint_and_the_job_completes() {
     let gen = Command::new(EMBER).args(["gen-data", "--rows", "100000", "--out"]).arg(&data).output().unwrap();
     assert!(gen.status.success());
     let state = dir.path().join("scheduler");
-    let (_sched, addr) = start(
-        &[
-            "scheduler",
-            "--listen",
-            "127.0.0.1:0",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--lease-ms",
-            "1000",
-            "--data-root",
-            dir.path().to_str().unwrap(),
-        ],
-        "ember scheduler listening on ",
-    );
+    let (_sched, addr) = start_scheduler(&state, 1000, dir.path().to_str().unwrap());
     let ps_args = |data_dir: &Path, listen: &str| -> Vec<String> {
         let dd = data_dir.to_str().unwrap().to_string();
         ["ps", "--listen", listen, "--data-dir", &dd, "--scheduler", &addr, "--checkpoint-every", "1"]

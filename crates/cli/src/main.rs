@@ -121,8 +121,8 @@ enum BenchCommand {
 /// threshold are unmapped on free and the heap top is trimmed, so each batch touches fresh
 /// pages again: 106k page faults per 200k-row DeepFM job, 74k with this (`perf stat`,
 /// docs/benchmarks.md). Only processes that
-/// train call this; a standalone ps-server keeps the defaults, or with a DRAM budget
-/// [`return_large_blocks`], because its RSS is measured against that budget.
+/// train call this; a standalone ps-server uses [`return_large_blocks`] instead, because its memory
+/// must stay near its rows (and, with a DRAM budget, is measured against that budget).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn keep_freed_memory() {
@@ -139,8 +139,13 @@ fn keep_freed_memory() {}
 
 /// Makes every allocation of 4 MiB or more its own mapping, given back to the kernel on free.
 ///
-/// A tiered ps-server's shards grow and shrink their row arenas and indexes (tens of MB each at
-/// 50M keys) as rows move between tiers. Under glibc's default, the mmap threshold rises to the
+/// Every ps-server: checkpoints copy each shard's rows into a buffer of tens of MB and free it,
+/// which raises glibc's dynamic mmap threshold, so the shards' row arenas, growing as rows are
+/// created, then come from the heap and what their reallocations free stays there. With a
+/// checkpoint every 5 s, 12M rows (dim 16, Adagrad) took 3,805 MB of RSS against 2,588 MB
+/// without checkpoints; with this, 2,587 against 2,517 (`scripts/bench-ckpt-memory.sh`,
+/// docs/reliability.md). A tiered ps-server's shards also grow and shrink their row arenas and
+/// indexes (tens of MB each at 50M keys) as rows move between tiers. Under glibc's default, the mmap threshold rises to the
 /// largest block freed so far (up to 32 MiB), so those reallocations come from the heap instead,
 /// and what they free stays there: at 50M keys / 1 GiB, after the preload and a Zipf run,
 /// RssAnon was 3.17 GB with the default and 1.91 GB with a fixed 4 MiB threshold, against
@@ -174,7 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if matches!(cli.command, Command::Train(_) | Command::Demo(_) | Command::Worker(_)) {
         keep_freed_memory();
     }
-    if matches!(&cli.command, Command::Ps(args) if args.is_tiered()) {
+    if matches!(&cli.command, Command::Ps(_)) {
         return_large_blocks();
     }
     observability::init_tracing();

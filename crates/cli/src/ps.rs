@@ -60,13 +60,6 @@ pub struct PsArgs {
     security: ServerSecurityArgs,
 }
 
-impl PsArgs {
-    /// Whether the server has a DRAM budget (and so a cold tier).
-    pub fn is_tiered(&self) -> bool {
-        self.dram_budget.is_some()
-    }
-}
-
 /// Runs a ps-server until SIGINT/SIGTERM.
 pub async fn run(args: PsArgs) -> anyhow::Result<()> {
     let security = args.security.server()?;
