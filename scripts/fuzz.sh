@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 runs="${2:-100000}"
 targets=(reader_criteo reader_libsvm reader_libffm reader_csv job_file ps_request scheduler_request
-         serving_request checkpoint manifest codec)
+         serving_request serving_json checkpoint manifest codec)
 [ $# -ge 1 ] && [ "$1" != "all" ] && targets=("$1")
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

@@ -147,6 +147,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "predict",
         &v1::PredictRequest { model: String::new(), samples: vec![sample, by_row] }.encode_to_vec(),
     )?;
+    put(
+        &root,
+        "serving_json",
+        "instances",
+        br#"{"instances": [{"I1": 3, "C1": "68fd1e64"}, {"I2": null, "C3": "x"}]}"#,
+    )?;
     // A real checkpoint (its body: the target seals it) and its manifest.
     let dir = tempfile::tempdir()?;
     let store = ember_store::Store::default();

@@ -2,7 +2,8 @@
 //! allocating without bound, whatever the bytes are. They cover every decoder of input Ember
 //! does not control: the four data readers, job files, every gRPC request (decoded and handled
 //! by a real ps-server service over an in-memory store, or converted to domain types for the
-//! scheduler and serving), checkpoint files and manifests, and the gradient codecs.
+//! scheduler and serving), serving's REST bodies, checkpoint files and manifests, and the
+//! gradient codecs.
 //!
 //! `fuzz/` (cargo-fuzz) runs each under libFuzzer; `tests/replay.rs` feeds every committed
 //! corpus and crash file through the same functions on every `make test`.
@@ -31,6 +32,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ps_request", ps_request),
     ("scheduler_request", scheduler_request),
     ("serving_request", serving_request),
+    ("serving_json", serving_json),
     ("checkpoint", checkpoint),
     ("manifest", manifest),
     ("codec", codec),
@@ -77,6 +79,11 @@ pub fn reader_csv(data: &[u8]) {
         ignore: vec!["id".into()],
     };
     read_all(DataFormat::Csv, Some(schema), data);
+}
+
+/// A REST predict body (TF Serving's `{"instances": [...]}`), parsed as the HTTP handler does.
+pub fn serving_json(data: &[u8]) {
+    let _ = ember_serving::http::parse_instances(data);
 }
 
 /// A job file: parsed and validated; a valid one is within the limits.
