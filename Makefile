@@ -2,22 +2,30 @@
 CARGO ?= cargo
 RUN_EMBER = $(CARGO) run --release --quiet -p ember-cli --
 
-.PHONY: all build release test lint fmt fmt-check demo bench bench-ps compare-peers clean
+.PHONY: all deps build release install test lint fmt fmt-check demo bench bench-ps compare-peers clean
 
 all: build
 
-build:
+## deps: what the build needs beyond Rust (libclang, clang, g++), from apt; nothing if present
+deps:
+	@scripts/install-deps.sh
+
+build: deps
 	$(CARGO) build --workspace
 
-release:
+release: deps
 	$(CARGO) build --release -p ember-cli
 
+## install: the `ember` binary into ~/.cargo/bin (on PATH wherever rustup set Rust up)
+install: deps
+	$(CARGO) install --locked --path crates/cli
+
 ## test: the whole suite (unit, gRPC round trips, real-process integration tests)
-test:
+test: deps
 	$(CARGO) test --workspace
 
 ## lint: formatting and clippy exactly as CI checks them
-lint: fmt-check
+lint: deps fmt-check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
@@ -27,7 +35,7 @@ fmt-check:
 	$(CARGO) fmt --all -- --check
 
 ## demo: DeepFM on an embedded cluster: train, publish + checkpoint, restore, serve, report
-demo:
+demo: deps
 	$(RUN_EMBER) demo
 
 ## bench: criterion micro-benchmarks (store pull/push rows/s; model step and parsing examples/s)
