@@ -2,13 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ember_ps_server::{serve, ServeConfig};
-use ember_store::tier::RocksCold;
-use ember_store::{CheckpointKind, Checkpointer, IfNoIntactChain, Store, StoreConfig};
+use ember_ps_server::{PsConfig, Started};
+use ember_store::{IfNoIntactChain, StoreConfig};
 
 use crate::observability;
 use crate::security::ServerSecurityArgs;
@@ -60,132 +58,45 @@ pub struct PsArgs {
     security: ServerSecurityArgs,
 }
 
-/// Runs a ps-server until SIGINT/SIGTERM.
+/// Runs a ps-server until SIGINT/SIGTERM (the life itself is `ember_ps_server::run`).
 pub async fn run(args: PsArgs) -> anyhow::Result<()> {
     let security = args.security.server()?;
     let credentials = args.security.credentials()?;
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     if let Some(addr) = args.metrics_listen {
         let bound = observability::serve_metrics(addr, &security).await?;
         println!("ember ps metrics on {}://{bound}/metrics", crate::https::scheme(&security));
     }
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    let bound = listener.local_addr()?;
-    let config = StoreConfig { shard_bits: args.shard_bits, max_batch_keys: args.max_batch_keys };
-    let store = Arc::new(match args.dram_budget {
-        Some(budget) => {
-            let path = args.data_dir.join("cold");
-            let cold =
-                RocksCold::open_empty(&path).with_context(|| format!("opening the cold tier {}", path.display()))?;
-            tracing::info!(budget, cold = %path.display(), "DRAM budget set; rows beyond it go to RocksDB");
-            Store::tiered(config, Arc::new(cold), budget)
-        }
-        None => Store::new(config),
-    });
-    let checkpoints = Arc::new(Checkpointer::open(args.data_dir.join("checkpoints"))?);
-    let if_none = if args.allow_empty_restore { IfNoIntactChain::StartEmpty } else { IfNoIntactChain::Refuse };
-    restore(&store, &checkpoints, if_none).await?;
-    tracing::info!(%bound, data_dir = %args.data_dir.display(), "ps-server serving");
-    let config = ServeConfig {
-        checkpoints: Some(Arc::clone(&checkpoints)),
-        evict_interval: Duration::from_secs(args.evict_every),
+    let config = PsConfig {
+        data_dir: args.data_dir,
+        store: StoreConfig { shard_bits: args.shard_bits, max_batch_keys: args.max_batch_keys },
+        dram_budget: args.dram_budget,
+        checkpoint_every: (args.checkpoint_every > 0).then(|| Duration::from_secs(args.checkpoint_every)),
+        full_every: args.full_every,
+        evict_every: Duration::from_secs(args.evict_every),
+        if_no_intact_chain: if args.allow_empty_restore {
+            IfNoIntactChain::StartEmpty
+        } else {
+            IfNoIntactChain::Refuse
+        },
+        scheduler: args.scheduler.map(|s| (s, args.advertise)),
         security,
-        ..ServeConfig::default()
+        credentials,
     };
-    // Serving starts before registering: the scheduler checks a registering ps-server's
-    // health at the address it gives.
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(serve(listener, Arc::clone(&store), config, async {
-        let _ = stopped.await;
-    }));
-    // Held for the server's life: its background task renews the lease.
-    let _membership = match &args.scheduler {
-        Some(addr) => {
-            let advertised = args.advertise.clone().unwrap_or_else(|| bound.to_string());
-            let joined = async {
-                let scheduler = ember_client::SchedulerClient::connect(addr, &credentials).await?;
-                ember_client::Membership::join(scheduler, ember_proto::v1::Role::Ps, advertised).await
-            };
-            match joined.await {
-                Ok(m) => {
-                    tracing::info!(member = %m.id(), scheduler = %addr, "registered with the scheduler");
-                    Some(m)
-                }
-                Err(e) => {
-                    let _ = stop.send(());
-                    let _ = server.await;
-                    return Err(e).context("registering with the scheduler");
-                }
-            }
+    // The lines tests and scripts wait for (stdout, unaffected by RUST_LOG); "listening" comes
+    // after registering, so a scheduler that lists this server can already route to it.
+    let ready = |started: &Started| {
+        if let Some(last) = started.restored.last() {
+            let rows: u64 = started.restored.iter().map(|c| c.rows).sum();
+            let seconds: f64 = started.restored.iter().map(|c| c.seconds).sum();
+            let files = started.restored.len();
+            println!("ember ps restored checkpoint {} ({files} files, {rows} row records, {seconds:.2}s)", last.id);
         }
-        None => None,
+        println!("ember ps listening on {}", started.addr);
     };
-    // The line tests and scripts wait for (stdout, unaffected by RUST_LOG); printed after
-    // registering, so a scheduler that lists this server can already route to it.
-    println!("ember ps listening on {bound}");
-    let periodic = (args.checkpoint_every > 0).then(|| {
-        let every = Duration::from_secs(args.checkpoint_every);
-        tokio::spawn(checkpoint_periodically(Arc::clone(&store), Arc::clone(&checkpoints), every, args.full_every))
-    });
-    let served = tokio::select! {
-        () = observability::shutdown_signal() => {
-            let _ = stop.send(());
-            server.await
-        }
-        ended = &mut server => ended,
-    };
-    served.context("the server task failed")?.context("serving")?;
-    if let Some(task) = periodic {
-        task.abort();
-    }
-    // A clean stop loses nothing: what changed since the last checkpoint is written now. If it
-    // cannot be written, the process must not exit 0: a supervisor would take that for a clean
-    // stop while the pushes since the last checkpoint are gone.
-    let last = tokio::task::spawn_blocking(move || checkpoints.write(&store, CheckpointKind::Incremental, 0)).await?;
-    let info = last.context("final checkpoint failed: updates since the previous checkpoint are lost")?;
-    tracing::info!(id = info.id, rows = info.rows, "final checkpoint written; ps-server stopped");
+    ember_ps_server::run(listener, config, ready, observability::shutdown_signal()).await?;
     Ok(())
-}
-
-async fn restore(store: &Arc<Store>, checkpoints: &Arc<Checkpointer>, if_none: IfNoIntactChain) -> anyhow::Result<()> {
-    let (store, checkpoints) = (Arc::clone(store), Arc::clone(checkpoints));
-    let dir = checkpoints.dir().display().to_string();
-    let chain = tokio::task::spawn_blocking(move || checkpoints.restore(&store, if_none))
-        .await?
-        .with_context(|| format!("restoring checkpoints from {dir}"))?;
-    match chain.last() {
-        Some(last) => {
-            let rows: u64 = chain.iter().map(|c| c.rows).sum();
-            let seconds: f64 = chain.iter().map(|c| c.seconds).sum();
-            tracing::info!(checkpoint = last.id, label = last.label, files = chain.len(), rows, seconds, %dir, "restored");
-            println!(
-                "ember ps restored checkpoint {} ({} files, {rows} row records, {seconds:.2}s)",
-                last.id,
-                chain.len()
-            );
-        }
-        None => tracing::info!(%dir, "no checkpoint to restore; starting empty"),
-    }
-    Ok(())
-}
-
-async fn checkpoint_periodically(store: Arc<Store>, checkpoints: Arc<Checkpointer>, every: Duration, full_every: u64) {
-    let mut tick = tokio::time::interval(every);
-    tick.tick().await; // the first tick is immediate
-    for n in 1u64.. {
-        tick.tick().await;
-        let kind = if n % full_every == 0 { CheckpointKind::Full } else { CheckpointKind::Incremental };
-        let (store, checkpoints) = (Arc::clone(&store), Arc::clone(&checkpoints));
-        match tokio::task::spawn_blocking(move || checkpoints.write(&store, kind, 0)).await {
-            Ok(Ok(info)) => {
-                tracing::debug!(id = info.id, kind = info.kind.as_str(), rows = info.rows, "periodic checkpoint")
-            }
-            Ok(Err(e)) => tracing::error!(error = %e, "periodic checkpoint failed; the previous one is still usable"),
-            Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
-        }
-    }
 }
 
 /// Parses a size: bytes, or a number with K/M/G/T and an optional `iB`/`B` (binary multiples,

@@ -7,6 +7,8 @@
 //! - [`error`]: the one place store and conversion errors become gRPC status codes.
 //! - [`serve`]: runs the service plus `grpc.health.v1` on a listener until a shutdown future
 //!   resolves, then drains in-flight requests.
+//! - [`run`]: a standalone server's whole life (store, restore, serve, register, checkpoint
+//!   timer, final checkpoint): what `ember ps` calls.
 //!
 //! Metrics (names are the contract with dashboards, see docs/operations.md):
 //! `ember_ps_requests_total{method,code}`, `ember_ps_keys_total{method}`,
@@ -23,6 +25,7 @@
 
 pub mod clocks;
 pub mod error;
+pub mod run;
 pub mod service;
 
 use std::future::Future;
@@ -36,6 +39,7 @@ use ember_store::{Checkpointer, Store};
 use tonic::transport::server::TcpIncoming;
 
 pub use error::status_of;
+pub use run::{run, PsConfig, RunError, Started};
 pub use service::PsService;
 
 /// Tunables of a ps-server, and where it writes checkpoints.
