@@ -8,6 +8,7 @@
 //!   row's weights and optimizer state.
 //! - [`codec`]: the wire's f32 value encoding (little-endian) and the gradient codecs (fp16,
 //!   1-bit with per-chunk scales), each with a residual so quantization error is delayed, not lost.
+//! - [`error_code`]: the one error-code vocabulary every service maps its errors to.
 //! - [`eval`]: exact AUC and logloss.
 //! - [`job`]: job files (TOML): data, model, optimizers, cluster, training.
 //! - [`sync`]: sync modes (async, staleness, softsync, ssp, sync), the rule a table applies
@@ -15,6 +16,7 @@
 //! - [`table`]: the table spec (name, kind, dim, optimizer, initializer, seed) and its validation.
 
 pub mod codec;
+pub mod error_code;
 pub mod eval;
 pub mod hash;
 pub mod init;
@@ -23,6 +25,7 @@ pub mod optim;
 pub mod sync;
 pub mod table;
 
+pub use error_code::{Code, HasCode, Refusal};
 pub use hash::{mix64, slot_of, SplitMix64, U64Hasher, U64Map, Zipf};
 pub use init::Initializer;
 pub use job::{JobError, JobSpec};

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use ember_core::Code;
 use tonic::codegen::http;
 use tonic::Status;
 
@@ -84,6 +85,11 @@ pub fn allowed_http(role: Role, path: &str) -> bool {
         return true;
     }
     path.starts_with("/v1/models/") && matches!(role, Admin | Serving | Reader)
+}
+
+/// The status of a call refused here, through the one vocabulary.
+fn refusal(code: Code, message: impl Into<String>) -> Status {
+    crate::error::status(&ember_core::Refusal { code, message: message.into() })
 }
 
 /// Why a token file was refused.
@@ -164,12 +170,12 @@ impl Tokens {
     /// The role of a request's `authorization` header value, or why there is none.
     pub fn role_of(&self, header: Option<&http::HeaderValue>) -> Result<Role, Status> {
         let Some(value) = header else {
-            return Err(Status::unauthenticated("no token: send `authorization: Bearer TOKEN` (`--token`)"));
+            return Err(refusal(Code::Unauthenticated, "no token: send `authorization: Bearer TOKEN` (`--token`)"));
         };
         let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
         match token.and_then(|t| self.by_token.get(t)) {
             Some(role) => Ok(*role),
-            None => Err(Status::unauthenticated("unknown token")),
+            None => Err(refusal(Code::Unauthenticated, "unknown token")),
         }
     }
 }
@@ -214,7 +220,7 @@ pub fn authorize<B>(tokens: Option<&Tokens>, req: &http::Request<B>) -> Result<R
     if allowed(role, path) {
         Ok(role)
     } else {
-        Err(Status::permission_denied(format!("role {} may not call {path}", role.as_str())))
+        Err(refusal(Code::PermissionDenied, format!("role {} may not call {path}", role.as_str())))
     }
 }
 

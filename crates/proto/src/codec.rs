@@ -61,7 +61,9 @@ impl<U: Message + Default> Decoder for WireDecoder<U> {
 
 /// Parses one `U`; bytes that are not one are InvalidArgument, naming the message type.
 pub fn decode_message<U: Message + Default>(buf: impl bytes::Buf) -> Result<U, Status> {
-    U::decode(buf).map_err(|e| Status::invalid_argument(format!("malformed {} message: {e}", short_name::<U>())))
+    U::decode(buf).map_err(|e| {
+        crate::error::status(&ember_core::Refusal::invalid(format!("malformed {} message: {e}", short_name::<U>())))
+    })
 }
 
 /// `PullRequest` for `ember_proto::v1::PullRequest`.

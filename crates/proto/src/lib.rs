@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod codec;
 mod convert;
+pub mod error;
 pub mod tls;
 
 /// Generated code for package `ember.v1`.

@@ -1,37 +1,25 @@
-//! Store and conversion errors -> gRPC status, in one place.
+//! Store and conversion errors -> gRPC status, through the one vocabulary
+//! ([`ember_core::Code`], mapped to gRPC in `ember_proto::error`).
 //!
 //! The codes are deliberately few: InvalidArgument (the request is malformed and retrying it
 //! cannot help), NotFound (unknown table), FailedPrecondition (the table is of the other kind or
 //! exists with another spec), ResourceExhausted (over the key limit: split the batch),
-//! Unavailable (the cold tier's disk failed: retrying later may work). Internal is
-//! kept for bugs (a panicked blocking task).
+//! Unavailable (the cold tier's disk failed: retrying later may work). Internal is kept for bugs
+//! (a panicked blocking task).
 
-use ember_proto::ConvertError;
-use ember_store::StoreError;
-use tonic::{Code, Status};
+use ember_core::HasCode;
+use tonic::Status;
 
-/// The status a store error maps to; the message is the error's own text.
-pub fn status_of(err: &StoreError) -> Status {
-    let code = match err {
-        StoreError::TableNotFound(_) => Code::NotFound,
-        StoreError::WrongKind { .. } | StoreError::SpecConflict { .. } => Code::FailedPrecondition,
-        StoreError::InvalidSpec(_)
-        | StoreError::BadLength { .. }
-        | StoreError::BadEncoding { .. }
-        | StoreError::NonFinite { .. } => Code::InvalidArgument,
-        StoreError::BatchTooLarge { .. } => Code::ResourceExhausted,
-        StoreError::Tier { .. } => Code::Unavailable,
-    };
-    Status::new(code, err.to_string())
-}
-
-/// A conversion error is always the client's: InvalidArgument.
-pub fn status_of_convert(err: &ConvertError) -> Status {
-    Status::invalid_argument(err.to_string())
+/// The status an error maps to; the message is the error's own text.
+pub fn status_of(err: &(impl HasCode + ?Sized)) -> Status {
+    ember_proto::error::status(err)
 }
 
 #[cfg(test)]
 mod tests {
+    use ember_store::StoreError;
+    use tonic::Code;
+
     use super::*;
 
     #[test]
@@ -45,6 +33,7 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (StoreError::WrongKind { name: "t".into(), actual: "dense", expected: "sparse" }, Code::FailedPrecondition),
+            (StoreError::Tier { table: "t".into(), reason: "disk".into() }, Code::Unavailable),
         ];
         for (err, code) in cases {
             let status = status_of(&err);

@@ -14,10 +14,11 @@ use ember_proto::{f32s_to_bytes, ConvertError};
 use ember_store::{CheckpointKind, Checkpointer, DensePush, PushOutcome, Store, StoreError, TableStats};
 use metrics::{counter, gauge, histogram};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::clocks::ClockBoard;
-use crate::error::{status_of, status_of_convert};
+use crate::error::status_of;
+use ember_core::Refusal;
 
 /// The service over one store.
 #[derive(Debug, Clone)]
@@ -59,21 +60,14 @@ impl PsService {
                 }
                 Err(status_of(&err))
             }
-            Err(join) => Err(Status::internal(format!("store task failed: {join}"))),
+            Err(join) => Err(status_of(&Refusal::internal(format!("store task failed: {join}")))),
         }
     }
 }
 
-fn code_label(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "ok",
-        Code::InvalidArgument => "invalid_argument",
-        Code::NotFound => "not_found",
-        Code::FailedPrecondition => "failed_precondition",
-        Code::ResourceExhausted => "resource_exhausted",
-        Code::Unavailable => "unavailable",
-        _ => "internal",
-    }
+/// The metrics label of a refusal, from the one vocabulary.
+fn code_label(status: &Status) -> &'static str {
+    ember_proto::error::code_of(status).label()
 }
 
 /// Records the request's metrics and wraps the reply.
@@ -83,7 +77,7 @@ fn observe<T>(
     started: Instant,
     result: Result<T, Status>,
 ) -> Result<Response<T>, Status> {
-    let code = result.as_ref().map_or_else(|s| code_label(s.code()), |_| "ok");
+    let code = result.as_ref().map_or_else(code_label, |_| "ok");
     counter!("ember_ps_requests_total", "method" => method, "code" => code).increment(1);
     counter!("ember_ps_keys_total", "method" => method).increment(keys as u64);
     histogram!("ember_ps_request_duration_seconds", "method" => method).record(started.elapsed().as_secs_f64());
@@ -126,7 +120,7 @@ fn encoding_of(wire: i32) -> Result<Compression, Status> {
         Ok(v1::GradientEncoding::F32) => Ok(Compression::None),
         Ok(v1::GradientEncoding::Fp16) => Ok(Compression::Fp16),
         Ok(v1::GradientEncoding::Onebit) => Ok(Compression::Onebit),
-        Err(_) => Err(Status::invalid_argument(format!("unknown gradient encoding {wire}"))),
+        Err(_) => Err(status_of(&Refusal::invalid(format!("unknown gradient encoding {wire}")))),
     }
 }
 
@@ -139,14 +133,14 @@ const MAX_TABLES_PER_REQUEST: usize = 256;
 fn check_tables<'a>(names: impl ExactSizeIterator<Item = &'a str>, keys: usize, max_keys: usize) -> Result<(), Status> {
     let n = names.len();
     if n > MAX_TABLES_PER_REQUEST {
-        return Err(Status::invalid_argument(format!(
+        return Err(status_of(&Refusal::invalid(format!(
             "{n} tables in one request; the limit is {MAX_TABLES_PER_REQUEST}"
-        )));
+        ))));
     }
     let mut seen = std::collections::HashSet::with_capacity(n);
     for name in names {
         if !seen.insert(name) {
-            return Err(Status::invalid_argument(format!("table {name:?} is named twice in one request")));
+            return Err(status_of(&Refusal::invalid(format!("table {name:?} is named twice in one request"))));
         }
     }
     let total = keys.saturating_mul(n);
@@ -184,11 +178,8 @@ impl ParameterServer for PsService {
     ) -> Result<Response<v1::CreateTableResponse>, Status> {
         let started = Instant::now();
         let req = req.into_inner();
-        let spec: Result<TableSpec, Status> = req
-            .spec
-            .ok_or(ConvertError::Missing("spec"))
-            .and_then(TableSpec::try_from)
-            .map_err(|e| status_of_convert(&e));
+        let spec: Result<TableSpec, Status> =
+            req.spec.ok_or(ConvertError::Missing("spec")).and_then(TableSpec::try_from).map_err(|e| status_of(&e));
         let result = match spec {
             Ok(spec) => {
                 let initial = req.initial_values;
@@ -257,7 +248,7 @@ impl ParameterServer for PsService {
         let started = Instant::now();
         let req = req.into_inner();
         if req.tables.is_empty() {
-            return observe("pull_tables", 0, started, Err(Status::invalid_argument("no tables to pull")));
+            return observe("pull_tables", 0, started, Err(status_of(&Refusal::invalid("no tables to pull"))));
         }
         let max_keys = self.store.config().max_batch_keys;
         if let Err(status) = check_tables(req.tables.iter().map(String::as_str), req.keys.len(), max_keys) {
@@ -282,7 +273,7 @@ impl ParameterServer for PsService {
         let started = Instant::now();
         let req = req.into_inner();
         if req.tables.is_empty() {
-            return observe("push_tables", 0, started, Err(Status::invalid_argument("no tables to push")));
+            return observe("push_tables", 0, started, Err(status_of(&Refusal::invalid("no tables to push"))));
         }
         let max_keys = self.store.config().max_batch_keys;
         if let Err(status) = check_tables(req.tables.iter().map(|t| t.table.as_str()), req.keys.len(), max_keys) {
@@ -383,7 +374,7 @@ impl ParameterServer for PsService {
         let view = self
             .clocks
             .update(&req.group, &req.worker, req.clock, req.leave, Instant::now())
-            .map_err(|e| Status::invalid_argument(e.0))?;
+            .map_err(|e| status_of(&Refusal::invalid(e.0)))?;
         let view = if req.wait_for > 0 && view.min_clock < req.wait_for {
             let timeout = std::time::Duration::from_millis(u64::from(req.wait_ms.min(MAX_CLOCK_WAIT_MS)));
             self.clocks.wait(&req.group, req.wait_for, timeout).await
@@ -409,14 +400,16 @@ impl ParameterServer for PsService {
         req: Request<v1::CheckpointRequest>,
     ) -> Result<Response<v1::CheckpointResponse>, Status> {
         let Some(checkpoints) = self.checkpoints.clone() else {
-            return Err(Status::failed_precondition("this ps-server runs without --data-dir: it cannot checkpoint"));
+            return Err(status_of(&Refusal::precondition(
+                "this ps-server runs without --data-dir: it cannot checkpoint",
+            )));
         };
         let req = req.into_inner();
         let kind = if req.full { CheckpointKind::Full } else { CheckpointKind::Incremental };
         let store = Arc::clone(&self.store);
         let result = tokio::task::spawn_blocking(move || checkpoints.write(&store, kind, req.label))
             .await
-            .map_err(|e| Status::internal(format!("checkpoint task failed: {e}")))?;
+            .map_err(|e| status_of(&Refusal::internal(format!("checkpoint task failed: {e}"))))?;
         match result {
             Ok(info) => {
                 let kind = info.kind.as_str();
@@ -446,7 +439,7 @@ impl ParameterServer for PsService {
             Err(e) => {
                 counter!("ember_ps_checkpoints_total", "kind" => kind.as_str(), "outcome" => "error").increment(1);
                 tracing::error!(error = %e, "checkpoint failed; the previous one is still usable");
-                Err(Status::unavailable(e.to_string()))
+                Err(status_of(&e))
             }
         }
     }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ember_client::Credentials;
+use ember_core::Refusal;
 use ember_model::publish::Publisher;
 use ember_model::{InputSchema, ModelDir, ModelTables};
 use ember_proto::auth;
@@ -38,37 +39,31 @@ const REGISTER_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 async fn check_ps_address(address: &str, credentials: &Credentials) -> Result<(), Status> {
     let (host, port) = address
         .rsplit_once(':')
-        .ok_or_else(|| Status::invalid_argument(format!("ps address {address:?} is not host:port")))?;
+        .ok_or_else(|| refuse(Refusal::invalid(format!("ps address {address:?} is not host:port"))))?;
     let host_ok = !host.is_empty()
         && host.len() <= 253
         && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_[]:".contains(&b));
     if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
-        return Err(Status::invalid_argument(format!("ps address {address:?} is not host:port")));
+        return Err(refuse(Refusal::invalid(format!("ps address {address:?} is not host:port"))));
     }
-    ember_client::health::is_serving(address, credentials, "ember.v1.ParameterServer", REGISTER_CHECK)
-        .await
-        .map_err(|e| Status::failed_precondition(format!("ps address {address:?} does not answer as a ps-server: {e}")))
+    ember_client::health::is_serving(address, credentials, "ember.v1.ParameterServer", REGISTER_CHECK).await.map_err(
+        |e| refuse(Refusal::precondition(format!("ps address {address:?} does not answer as a ps-server: {e}"))),
+    )
 }
 
-/// The one place scheduler errors become gRPC codes.
-pub fn status_of(err: &SchedulerError) -> Status {
-    let msg = err.to_string();
-    match err {
-        SchedulerError::UnknownMember(_) | SchedulerError::UnknownJob(_) => Status::not_found(msg),
-        SchedulerError::Plan(crate::plan::PlanError::Root(ember_model::DataRootError::Outside(_))) => {
-            Status::permission_denied(msg)
-        }
-        SchedulerError::BadJob(_) | SchedulerError::Plan(_) | SchedulerError::BadReport(_) => {
-            Status::invalid_argument(msg)
-        }
-        SchedulerError::NoPs => Status::failed_precondition(msg),
-        SchedulerError::State { .. } => Status::internal(msg),
-    }
+/// A scheduler error's status, through the one vocabulary (`SchedulerError: HasCode`).
+pub fn status_of(err: &(impl ember_core::HasCode + ?Sized)) -> Status {
+    ember_proto::error::status(err)
+}
+
+/// The status of a refusal the service makes itself.
+fn refuse(refusal: Refusal) -> Status {
+    status_of(&refusal)
 }
 
 fn f32s(bytes: &[u8], what: &str) -> Result<Vec<f32>, Status> {
     ember_core::codec::f32s_from_le(bytes)
-        .ok_or_else(|| Status::invalid_argument(format!("{what}: {} bytes is not a whole number of f32", bytes.len())))
+        .ok_or_else(|| refuse(Refusal::invalid(format!("{what}: {} bytes is not a whole number of f32", bytes.len()))))
 }
 
 fn unix_ms() -> u64 {
@@ -156,19 +151,19 @@ impl Scheduler for SchedulerService {
         let role = match v1::Role::try_from(req.role) {
             Ok(v1::Role::Ps) => Role::Ps,
             Ok(v1::Role::Worker) => Role::Worker,
-            _ => return Err(Status::invalid_argument(format!("role {} is not ps or worker", req.role))),
+            _ => return Err(refuse(Refusal::invalid(format!("role {} is not ps or worker", req.role)))),
         };
         if req.address.len() > 512 {
-            return Err(Status::invalid_argument("an address or name is at most 512 bytes"));
+            return Err(refuse(Refusal::invalid("an address or name is at most 512 bytes")));
         }
         if role == Role::Ps {
             // A ps-server enters the map every job routes by: admins only, and only one that
             // answers at the address it gives.
             if caller != auth::Role::Admin {
-                return Err(Status::permission_denied(format!(
+                return Err(refuse(Refusal::denied(format!(
                     "role {} may not register a ps-server (admin only)",
                     caller.as_str()
-                )));
+                ))));
             }
             check_ps_address(&req.address, &self.credentials).await?;
         }
@@ -201,7 +196,7 @@ impl Scheduler for SchedulerService {
         // Planning reads the data files: keep it off the async workers.
         let job_id = tokio::task::spawn_blocking(move || state.lock().submit(toml, Instant::now()))
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| refuse(Refusal::internal(e.to_string())))?
             .map_err(|e| status_of(&e))?;
         tracing::info!(%job_id, "job submitted");
         Ok(Response::new(v1::SubmitJobResponse { job_id }))
@@ -270,7 +265,7 @@ impl Scheduler for SchedulerService {
         let r = req.into_inner();
         let (probs, labels) = (f32s(&r.predictions, "predictions")?, f32s(&r.labels, "labels")?);
         if probs.len() != labels.len() {
-            return Err(Status::invalid_argument(format!("{} predictions for {} labels", probs.len(), labels.len())));
+            return Err(refuse(Refusal::invalid(format!("{} predictions for {} labels", probs.len(), labels.len()))));
         }
         let report = ItemReport {
             rows: r.rows,
@@ -329,7 +324,7 @@ impl Scheduler for SchedulerService {
             self.state.lock().record_checkpoint(&req.job_id, record.clone()).map_err(|e| status_of(&e))?;
         }
         if let Some(error) = &record.error {
-            return Err(Status::unavailable(format!("checkpoint failed: {error}")));
+            return Err(refuse(Refusal::unavailable(format!("checkpoint failed: {error}"))));
         }
         Ok(Response::new(v1::ClusterCheckpointResponse { checkpoint: Some(checkpoint_info(&record)) }))
     }

@@ -175,6 +175,22 @@ impl Job {
     }
 }
 
+impl ember_core::HasCode for SchedulerError {
+    fn code(&self) -> ember_core::Code {
+        use ember_core::Code;
+        match self {
+            SchedulerError::UnknownMember(_) | SchedulerError::UnknownJob(_) => Code::NotFound,
+            SchedulerError::Plan(plan::PlanError::Root(ember_model::DataRootError::Outside(_))) => {
+                Code::PermissionDenied
+            }
+            SchedulerError::BadJob(_) | SchedulerError::Plan(_) | SchedulerError::BadReport(_) => Code::InvalidArgument,
+            SchedulerError::NoPs => Code::FailedPrecondition,
+            // The state file could not be written (a full or failed disk): retry later.
+            SchedulerError::State { .. } => Code::Unavailable,
+        }
+    }
+}
+
 /// A work item handed to a worker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Assignment {

@@ -27,24 +27,31 @@ pub enum ServingError {
     Compute(String),
 }
 
+impl ember_core::HasCode for ServingError {
+    fn code(&self) -> ember_core::Code {
+        use ember_core::Code;
+        match self {
+            ServingError::InvalidArgument(_) => Code::InvalidArgument,
+            ServingError::NoModel | ServingError::Lookup { .. } => Code::Unavailable,
+            ServingError::Registry(_) | ServingError::Compute(_) => Code::Internal,
+        }
+    }
+}
+
 impl ServingError {
     /// The gRPC status of this error.
     pub fn status(&self) -> tonic::Status {
-        let msg = self.to_string();
-        match self {
-            ServingError::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
-            ServingError::NoModel | ServingError::Lookup { .. } => tonic::Status::unavailable(msg),
-            ServingError::Registry(_) | ServingError::Compute(_) => tonic::Status::internal(msg),
-        }
+        ember_proto::error::status(self)
     }
 
     /// The HTTP status of this error.
     pub fn http_status(&self) -> axum::http::StatusCode {
-        use axum::http::StatusCode;
-        match self {
-            ServingError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            ServingError::NoModel | ServingError::Lookup { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ServingError::Registry(_) | ServingError::Compute(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        let code = ember_core::HasCode::code(self).http_status();
+        axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// The `code` label of request metrics.
+    pub fn label(&self) -> &'static str {
+        ember_core::HasCode::code(self).label()
     }
 }

@@ -42,9 +42,7 @@ pub use rows::{LookupFailure, RowSource};
 pub(crate) fn record<T>(api: &'static str, started: std::time::Instant, result: &Result<T, ServingError>) {
     let code = match result {
         Ok(_) => "ok",
-        Err(ServingError::InvalidArgument(_)) => "invalid_argument",
-        Err(ServingError::NoModel | ServingError::Lookup { .. }) => "unavailable",
-        Err(ServingError::Registry(_) | ServingError::Compute(_)) => "internal",
+        Err(e) => e.label(),
     };
     metrics::counter!("ember_serving_requests_total", "api" => api, "code" => code).increment(1);
     metrics::histogram!("ember_serving_request_seconds", "api" => api).record(started.elapsed().as_secs_f64());

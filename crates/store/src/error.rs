@@ -80,3 +80,20 @@ pub enum StoreError {
         limit: usize,
     },
 }
+
+impl ember_core::HasCode for StoreError {
+    fn code(&self) -> ember_core::Code {
+        use ember_core::Code;
+        match self {
+            StoreError::TableNotFound(_) => Code::NotFound,
+            StoreError::WrongKind { .. } | StoreError::SpecConflict { .. } => Code::FailedPrecondition,
+            StoreError::InvalidSpec(_)
+            | StoreError::BadLength { .. }
+            | StoreError::BadEncoding { .. }
+            | StoreError::NonFinite { .. } => Code::InvalidArgument,
+            StoreError::BatchTooLarge { .. } => Code::ResourceExhausted,
+            // The cold tier's disk failed: retrying later may work.
+            StoreError::Tier { .. } => Code::Unavailable,
+        }
+    }
+}

@@ -76,6 +76,18 @@ pub enum CheckpointError {
     },
 }
 
+impl ember_core::HasCode for CheckpointError {
+    fn code(&self) -> ember_core::Code {
+        use ember_core::Code;
+        match self {
+            // A disk that failed or filled: the previous checkpoint stands; retry later.
+            CheckpointError::Io { .. } => Code::Unavailable,
+            CheckpointError::Corrupt { .. } | CheckpointError::NoIntactChain { .. } => Code::FailedPrecondition,
+            CheckpointError::Store(e) => ember_core::HasCode::code(e),
+        }
+    }
+}
+
 /// What [`Checkpointer::restore`] does when checkpoint files exist but none starts an intact
 /// chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
