@@ -42,21 +42,71 @@ fn wait_done(addr: &str, id: &str, deadline: Instant) -> serde_json::Value {
     }
 }
 
-/// `ember scheduler` with its state under `state`, leases of `lease_ms`, data under `root`.
-fn start_scheduler(state: &Path, lease_ms: u64, root: &str) -> (support::Proc, String) {
+/// `ember scheduler` with its state under `state`, leases of `lease_ms`, data under `roots`.
+fn start_scheduler(state: &Path, lease_ms: u64, roots: &[&str]) -> (support::Proc, String) {
     let lease = lease_ms.to_string();
-    let args = [
-        "scheduler",
-        "--listen",
-        "127.0.0.1:0",
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--lease-ms",
-        &lease,
-        "--data-root",
-        root,
-    ];
+    let mut args = vec!["scheduler", "--listen", "127.0.0.1:0", "--state-dir", state.to_str().unwrap()];
+    args.extend(["--lease-ms", &lease]);
+    for root in roots {
+        args.extend(["--data-root", root]);
+    }
     start(&args, "ember scheduler listening on ")
+}
+
+/// `ember train` on `job_text` in `dir`; returns the report.
+fn train_embedded(dir: &Path, job_text: &str) -> serde_json::Value {
+    let job = dir.join("embedded.toml");
+    std::fs::write(&job, job_text).unwrap();
+    let report = dir.join("embedded-report.json");
+    let out = Command::new(EMBER)
+        .arg("train")
+        .arg(&job)
+        .arg("--workdir")
+        .arg(dir.join("embedded"))
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
+}
+
+/// `ember status --job ID --report FILE`; returns the report.
+fn cluster_report(dir: &Path, scheduler: &str, id: &str) -> serde_json::Value {
+    let path = dir.join(format!("{id}-report.json"));
+    let out = Command::new(EMBER)
+        .args(["status", "--scheduler", scheduler, "--job", id, "--report"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+/// The keys of a JSON object, and of the objects in its arrays and objects, as paths.
+fn key_paths(v: &serde_json::Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map {
+                let path = format!("{prefix}.{k}");
+                // Table names and job-named keys vary with the job id; their shape does not.
+                let path = if prefix.ends_with("bytes_pushed_by_table") { format!("{prefix}.*") } else { path };
+                out.insert(path.clone());
+                key_paths(child, &path, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                key_paths(item, &format!("{prefix}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A job file's text up to its `[publish]` section.
+fn without_publish_of(job: &str) -> &str {
+    &job[..job.find("[publish]").unwrap()]
 }
 
 fn submit(dir: &Path, scheduler: &str, job_text: &str) -> String {
@@ -77,7 +127,8 @@ fn scheduler_ps_and_workers_as_processes_train_a_job() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("scheduler");
     let root = data.parent().unwrap().to_str().unwrap().to_string();
-    let (_sched, addr) = start_scheduler(&state, 3000, &root);
+    let tmp = dir.path().to_str().unwrap().to_string();
+    let (_sched, addr) = start_scheduler(&state, 3000, &[&root, &tmp]);
     let mut procs = Vec::new();
     for i in 0..2 {
         let data_dir = dir.path().join(format!("ps{i}"));
@@ -86,12 +137,13 @@ fn scheduler_ps_and_workers_as_processes_train_a_job() {
     }
     for i in 0..2 {
         let name = format!("w{i}");
-        procs.push(start(&["worker", "--scheduler", &addr, "--name", &name, "--data-root", &root], "ember worker ").0);
+        let args = ["worker", "--scheduler", &addr, "--name", &name, "--data-root", &root, "--data-root", &tmp];
+        procs.push(start(&args, "ember worker ").0);
     }
     let job = format!(
         "version = 1\nname = \"criteo-lr\"\n[data]\nformat = \"criteo\"\npaths = [\"{}\"]\ntest_split = 0.1\n\
          [model]\nkind = \"lr\"\n[optimizer.sparse]\nkind = \"ftrl\"\nalpha = 0.05\nl1 = 1.0\nl2 = 1.0\n\
-         [training]\nbatch_size = 256\n[publish]\nmodel_dir = \"{}\"\nevery = 4000\n",
+         [training]\nbatch_size = 256\n[cluster]\nps = 2\nworkers = 2\n[publish]\nmodel_dir = \"{}\"\nevery = 4000\n",
         data.display(),
         dir.path().join("models").display()
     );
@@ -123,11 +175,46 @@ fn scheduler_ps_and_workers_as_processes_train_a_job() {
     assert!(auc > 0.70, "test AUC {auc}: {done}");
     assert!(done["progressive_logloss"].as_f64().unwrap() < 0.6, "{done}");
 
+    // Issue 22: one runtime. The same job under `ember train` (an embedded scheduler, ps-servers
+    // and workers) gives a report with the same keys, down to the curve points and staleness,
+    // and a test AUC within 0.01 of the process cluster's.
+    let on_processes = cluster_report(dir.path(), &addr, &id);
+    let embedded_job = job.replace(&dir.path().join("models").display().to_string(), &format!("{tmp}/models-embedded"));
+    let embedded = train_embedded(dir.path(), &embedded_job);
+    let (mut a, mut b) = (Default::default(), Default::default());
+    key_paths(&on_processes, "", &mut a);
+    key_paths(&embedded, "", &mut b);
+    assert_eq!(a, b, "same keys");
+    assert!(a.contains(".curve[].window_auc") && a.contains(".staleness.histogram"), "{a:?}");
+    let auc_of = |r: &serde_json::Value| r["test_auc"].as_f64().unwrap();
+    assert!((auc_of(&on_processes) - auc_of(&embedded)).abs() < 0.01, "{on_processes}\n{embedded}");
+    assert_eq!((on_processes["rows_trained"].as_u64(), embedded["rows_trained"].as_u64()), (Some(9_000), Some(9_000)));
+    assert_eq!(on_processes["cluster"], serde_json::json!([2, 2]), "{on_processes}");
+    assert!(on_processes["curve"].as_array().unwrap().len() >= 20, "{on_processes}");
+
+    // A `.gz` copy of the data trains on processes (line-range items); a truncated one loses
+    // only the lines past the break, counted as one bad line, and the job goes on.
+    let gz = dir.path().join("train.tsv.gz");
+    let compressed = Command::new("gzip").arg("-c").arg(&data).output().unwrap();
+    assert!(compressed.status.success());
+    std::fs::write(&gz, &compressed.stdout).unwrap();
+    let gz_job = without_publish_of(&job).replace(&data.display().to_string(), &gz.display().to_string());
+    let done = wait_done(&addr, &submit(dir.path(), &addr, &gz_job), Instant::now() + Duration::from_secs(120));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!((done["rows_trained"].as_u64(), done["test_rows"].as_u64()), (Some(9_000), Some(1_000)), "{done}");
+    assert!(done["test_auc"].as_f64().unwrap() > 0.70, "{done}");
+    let cut = &compressed.stdout[..compressed.stdout.len() * 3 / 4];
+    std::fs::write(&gz, cut).unwrap();
+    let done = wait_done(&addr, &submit(dir.path(), &addr, &gz_job), Instant::now() + Duration::from_secs(120));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["bad_lines"].as_u64(), Some(1), "{done}");
+    let trained = done["rows_trained"].as_u64().unwrap();
+    assert!((5_000..9_000).contains(&trained), "{done}");
+
     // The same job in `sync` mode: the two worker processes step in lockstep through an SSP clock
     // on a ps-server and the servers average their gradients (softsync, s = 2). Workers leave the
     // group between items and when the work runs out, so the job finishes and trains every row.
-    let without_publish = &job[..job.find("[publish]").unwrap()];
-    let synced = format!("{without_publish}[cluster]\nworkers = 2\n[sync]\nmode = \"sync\"\n");
+    let synced = format!("{}[sync]\nmode = \"sync\"\n", without_publish_of(&job));
     let id = submit(dir.path(), &addr, &synced);
     let done = wait_done(&addr, &id, Instant::now() + Duration::from_secs(120));
     assert_eq!(done["state"], "succeeded", "{done}");
@@ -150,7 +237,8 @@ fn scheduler_ps_and_workers_as_processes_train_a_job() {
 
     // Data outside the scheduler's --data-root is refused at submit, and nothing of the file
     // comes back: job files cannot make the cluster read arbitrary files.
-    let secret = dir.path().join("secret.tsv");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let secret = elsewhere.path().join("secret.tsv");
     std::fs::write(&secret, "1\tsecret line\n").unwrap();
     let out = Command::new(EMBER)
         .args(["submit", "--scheduler", &addr])
@@ -175,7 +263,7 @@ fn a_killed_worker_loses_no_rows() {
     let gen = Command::new(EMBER).args(["gen-data", "--rows", "60000", "--out"]).arg(&data).output().unwrap();
     assert!(gen.status.success());
     let state = dir.path().join("scheduler");
-    let (_sched, addr) = start_scheduler(&state, 1000, dir.path().to_str().unwrap());
+    let (_sched, addr) = start_scheduler(&state, 1000, &[dir.path().to_str().unwrap()]);
     let ps_dir = dir.path().join("ps0");
     let _ps = start(
         &["ps", "--listen", "127.0.0.1:0", "--data-dir", ps_dir.to_str().unwrap(), "--scheduler", &addr],
@@ -215,7 +303,7 @@ fn a_killed_ps_restarts_from_its_checkpoint_and_the_job_completes() {
     let gen = Command::new(EMBER).args(["gen-data", "--rows", "100000", "--out"]).arg(&data).output().unwrap();
     assert!(gen.status.success());
     let state = dir.path().join("scheduler");
-    let (_sched, addr) = start_scheduler(&state, 1000, dir.path().to_str().unwrap());
+    let (_sched, addr) = start_scheduler(&state, 1000, &[dir.path().to_str().unwrap()]);
     let ps_args = |data_dir: &Path, listen: &str| -> Vec<String> {
         let dd = data_dir.to_str().unwrap().to_string();
         ["ps", "--listen", listen, "--data-dir", &dd, "--scheduler", &addr, "--checkpoint-every", "1"]

@@ -108,7 +108,7 @@ pub struct SubmitArgs {
 
 /// Makes the job's relative data paths absolute (relative to this directory), since the scheduler
 /// and workers run elsewhere.
-fn absolute_paths(text: &str, cwd: &Path) -> anyhow::Result<String> {
+pub fn absolute_paths(text: &str, cwd: &Path) -> anyhow::Result<String> {
     let mut doc: toml::Table = toml::from_str(text).context("job file is not valid TOML")?;
     if let Some(paths) = doc.get_mut("data").and_then(|d| d.get_mut("paths")).and_then(|p| p.as_array_mut()) {
         for p in paths.iter_mut() {
@@ -142,6 +142,9 @@ pub struct StatusArgs {
     /// JSON, one object per job, in an array.
     #[arg(long)]
     json: bool,
+    /// Write the job's report here (needs `--job`): the JSON `ember train --report` writes.
+    #[arg(long, requires = "job")]
+    report: Option<PathBuf>,
     #[command(flatten)]
     security: ClientSecurityArgs,
 }
@@ -159,6 +162,14 @@ fn state_name(state: i32) -> &'static str {
 /// Prints job status.
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let scheduler = SchedulerClient::connect(&args.scheduler, &args.security.credentials()?).await?;
+    if let (Some(path), Some(job)) = (&args.report, &args.job) {
+        let (json, _, _) = scheduler.report_of(job, false).await?;
+        let report: ember_scheduler::report::JobReport =
+            serde_json::from_str(&json).context("the scheduler's report")?;
+        crate::train::write_report(&report, path)?;
+        println!("{}\nreport: {}", report.summary(), path.display());
+        return Ok(());
+    }
     let jobs = scheduler.status(args.job.as_deref()).await?;
     if args.json {
         let num = |v: f64| if v.is_finite() { serde_json::json!(v) } else { serde_json::Value::Null };

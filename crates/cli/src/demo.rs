@@ -22,9 +22,9 @@ use ember_core::eval::{auc, logloss};
 use ember_model::ModelDir;
 use ember_serving::{Serving, ServingConfig};
 
-use crate::cluster::EmbeddedCluster;
+use crate::cluster::{EmbeddedCluster, PsServers};
 use crate::serve_cmds::predict_file;
-use crate::train::{summary, train_on, write_report, TrainRun};
+use crate::train::{job_text, oracle_auc, train, write_report, Trained};
 
 /// Arguments of `ember demo`.
 #[derive(Debug, clap::Args)]
@@ -64,31 +64,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             (data, Some(oracle))
         }
     };
-    let mut job = JobSpec::from_toml(DEMO_JOB).context("examples/criteo-deepfm.toml")?;
-    job.name = "demo-deepfm".into();
-    job.data.paths = vec![data.display().to_string()];
-    job.cluster.ps = 2;
-    job.cluster.workers = 1;
+    let models = args.workdir.join("models");
+    let (text, job) = demo_job(&data, &models)?;
     println!(
         "training DeepFM (k=8, MLP 312-256-128-1) on {} with {} ps-servers and {} worker(s) (gRPC on loopback)",
         data.display(),
         job.cluster.ps,
         job.cluster.workers
     );
-    let models = args.workdir.join("models");
-    job.publish.model_dir = models.display().to_string();
-    // Training starts from nothing, so checkpoints of an earlier demo must not be restored.
+    // Training starts from nothing: the job cluster clears checkpoints of an earlier demo.
     let checkpoints = args.workdir.join("checkpoints");
-    if checkpoints.exists() {
-        std::fs::remove_dir_all(&checkpoints).with_context(|| format!("clearing {}", checkpoints.display()))?;
+    let ps = PsServers::Embedded { count: job.cluster.ps, checkpoints: Some(&checkpoints) };
+    let mut run = train(&text, &job, ps, &args.workdir, true).await?;
+    if let Some(oracle) = &oracle {
+        run.report.oracle_test_auc = Some(oracle_auc(oracle, run.report.train_rows, &run.test_labels)?);
     }
-    let (cluster, _) = EmbeddedCluster::start_with_checkpoints(job.cluster.ps, Some(&checkpoints)).await?;
-    let trained = train_on(&job, cluster.shard_map(), true, oracle.as_deref()).await;
-    let stopped = cluster.stop().await;
-    let run = trained?;
-    stopped?;
     let report = &run.report;
-    println!("{}", summary(report));
+    println!("{}", report.summary());
     println!(
         "  {} rows trained in {:.1}s, {} test rows, {:.1} MB pushed, {:.1} MB pulled, {} bad lines",
         report.rows_trained,
@@ -105,7 +97,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if !labelled {
         println!("  (no TrueType font found: the plot has no labels; install fonts-dejavu-core)");
     }
-    let version = run.report.published.last().copied().context("training published no model version")?;
+    let version = report.published.last().copied().context("training published no model version")?;
     let manifest = ModelDir::new(&models).load(version).context("reading the published version")?.manifest;
     let (restored, chains) = EmbeddedCluster::start_with_checkpoints(job.cluster.ps, Some(&checkpoints)).await?;
     let labels: Vec<Option<u64>> = chains.iter().map(|c| c.last().map(|c| c.label)).collect();
@@ -135,6 +127,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo's job: examples/criteo-deepfm.toml on `data` with 2 ps-servers and one worker,
+/// publishing into `models`.
+fn demo_job(data: &Path, models: &Path) -> anyhow::Result<(String, JobSpec)> {
+    let mut doc: toml::Table = toml::from_str(DEMO_JOB).context("examples/criteo-deepfm.toml")?;
+    doc.insert("name".into(), toml::Value::String("demo-deepfm".into()));
+    let mut cluster = toml::Table::new();
+    cluster.insert("ps".into(), toml::Value::Integer(2));
+    cluster.insert("workers".into(), toml::Value::Integer(1));
+    doc.insert("cluster".into(), toml::Value::Table(cluster));
+    let data = data.display().to_string();
+    job_text(&toml::to_string(&doc)?, Some(&data), Some(models), &std::env::current_dir()?)
+}
+
 /// Starts a serving node on the published model and `cluster`'s rows, sends the hold-out rows
 /// through it over gRPC, and describes the result beside the training side's evaluation of the
 /// same rows.
@@ -142,7 +147,7 @@ async fn serve_hold_out(
     cluster: &EmbeddedCluster,
     models: &Path,
     data: &Path,
-    run: &TrainRun,
+    run: &Trained,
 ) -> anyhow::Result<String> {
     let client = PsClient::connect(cluster.shard_map(), &ember_client::Credentials::none()).await?;
     let config = ServingConfig::default();
@@ -166,7 +171,7 @@ async fn serve_hold_out(
             p.probs.len(),
             seconds,
             auc(&p.probs, &p.labels),
-            r.test_auc,
+            r.test_auc.unwrap_or(f64::NAN),
             logloss(&p.probs, &p.labels),
             max_diff
         ))

@@ -182,7 +182,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if matches!(&cli.command, Command::Ps(_)) {
         return_large_blocks();
     }
-    observability::init_tracing();
+    // The embedded cluster's roles log as they would as processes; behind a progress bar only
+    // their warnings and errors are shown (RUST_LOG=info shows the rest).
+    let embedded = matches!(cli.command, Command::Train(_) | Command::Demo(_));
+    observability::init_tracing(if embedded { "warn" } else { "info" });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {

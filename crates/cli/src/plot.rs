@@ -9,22 +9,8 @@ use std::sync::OnceLock;
 
 use anyhow::Context;
 use plotters::prelude::*;
-use serde::{Deserialize, Serialize};
 
-/// One point of the training curves: a window of progressive validation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CurvePoint {
-    /// Examples trained so far.
-    pub examples: u64,
-    /// Seconds since training started.
-    pub seconds: f64,
-    /// AUC of the examples predicted in this window (before training on them).
-    pub window_auc: f64,
-    /// Their logloss.
-    pub window_logloss: f64,
-    /// Examples per second over the window.
-    pub examples_per_sec: f64,
-}
+pub use ember_scheduler::report::CurvePoint;
 
 const FONT_PATHS: [&str; 4] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -152,6 +138,7 @@ mod tests {
                 window_auc: 0.6 + i as f64 * 0.01,
                 window_logloss: 0.6 - i as f64 * 0.005,
                 examples_per_sec: 1000.0,
+                window_rows: 1000,
             })
             .collect();
         training_curves(&points, "test", &path).unwrap();

@@ -79,6 +79,24 @@ impl SchedulerClient {
         Ok(())
     }
 
+    /// A job's report (JSON text) and, when asked for, its hold-out predictions and labels in
+    /// data order.
+    pub async fn report_of(
+        &self,
+        job_id: &str,
+        with_test_predictions: bool,
+    ) -> Result<(String, Vec<f32>, Vec<f32>), ClientError> {
+        let req = v1::JobReportRequest { job_id: job_id.to_string(), with_test_predictions };
+        let r = self.inner.clone().job_report(req).await.map_err(self.err())?.into_inner();
+        let f32s = |bytes: &[u8]| {
+            ember_core::codec::f32s_from_le(bytes).ok_or_else(|| ClientError::Protocol {
+                endpoint: self.endpoint.clone(),
+                reason: "test predictions are not whole f32s".into(),
+            })
+        };
+        Ok((r.json.clone(), f32s(&r.test_predictions)?, f32s(&r.test_labels)?))
+    }
+
     /// Has the scheduler checkpoint every ps-server now, recorded with `job_id` if not empty.
     pub async fn checkpoint(&self, full: bool, job_id: &str) -> Result<v1::ClusterCheckpoint, ClientError> {
         let request = v1::ClusterCheckpointRequest { full, job_id: job_id.to_string() };

@@ -83,6 +83,11 @@ pub fn join_rows(w: &[f32], v: &[f32], k: usize) -> Vec<f32> {
 pub type TableToCreate = (TableSpec, Option<Vec<f32>>);
 
 impl ModelTables {
+    /// Whether `table` is one of the tables [`ModelTables::for_job`] names under `prefix`.
+    pub fn belongs_to(table: &str, prefix: &str) -> bool {
+        table.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('.'))
+    }
+
     /// The tables of `job`'s model, with their specs, named under `prefix`.
     pub fn for_job(job: &JobSpec, prefix: &str) -> (Self, Vec<TableToCreate>) {
         let seed = job.training.seed;

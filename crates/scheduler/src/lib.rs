@@ -4,11 +4,15 @@
 //! - [`state`]: every decision, in plain Rust with the clock passed in (unit-tested without a
 //!   network or sleeps).
 //! - [`plan`]: splitting a job's files into line-aligned byte ranges.
+//! - [`report`]: a job's figures from the workers' reports, and the JSON report built from them.
 //! - [`service`]: the `ember.v1.Scheduler` gRPC adapter (decode, lock, call, map the error).
 //!
 //! The state sits behind one mutex: every operation is short and nothing awaits under it.
+//! Planning (file scans) runs before the lock is taken, and a persister task writes the state's
+//! snapshots off the lock, at most every [`PERSIST_EVERY`].
 
 pub mod plan;
+pub mod report;
 pub mod service;
 pub mod state;
 
@@ -60,8 +64,9 @@ pub async fn serve(
             }
         })
     };
+    let persister = tokio::spawn(persist_every(Arc::clone(&state), PERSIST_EVERY));
     let (health, health_service) = tonic_health_reporter().await;
-    let service = SchedulerService::new(state, config.credentials);
+    let service = SchedulerService::new(Arc::clone(&state), config.credentials);
     let result = builder
         .add_service(health_service)
         .add_service(SchedulerServer::new(service).max_decoding_message_size(256 << 20))
@@ -69,7 +74,36 @@ pub async fn serve(
         .await;
     drop(health);
     reaper.abort();
+    persister.abort();
+    // What the last interval changed.
+    let last = state.lock().snapshot();
+    if let Some(snapshot) = last {
+        tokio::task::spawn_blocking(move || snapshot.write()).await??;
+    }
     result.map_err(Into::into)
+}
+
+/// How often the persister writes a changed state.
+pub const PERSIST_EVERY: Duration = Duration::from_millis(200);
+
+/// Writes the state's snapshot whenever it changed, at most every `every`, off the lock.
+async fn persist_every(state: Arc<Mutex<State>>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let snapshot = state.lock().snapshot();
+        if let Some(snapshot) = snapshot {
+            match tokio::task::spawn_blocking(move || snapshot.write()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "persisting the scheduler state; trying again");
+                    state.lock().mark_dirty();
+                }
+                Err(e) => tracing::error!(error = %e, "persisting task"),
+            }
+        }
+    }
 }
 
 async fn tonic_health_reporter() -> (

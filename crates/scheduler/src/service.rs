@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use tonic::{Request, Response, Status};
 
 use crate::plan::Phase;
+use crate::report::{ItemStats, TableReport, Window};
 use crate::state::{CheckpointRecord, ItemReport, JobState, Role, SchedulerError, State};
 
 /// The service over the shared state.
@@ -134,6 +135,59 @@ async fn publish_model(
     publisher.publish(&client, rows).await.map_err(|e| e.to_string())
 }
 
+/// A worker's figures for an item, as the state keeps them.
+fn item_stats(s: v1::TrainStats) -> ItemStats {
+    ItemStats {
+        bytes_pulled: s.bytes_pulled,
+        bytes_pushed: s.bytes_pushed,
+        sparse_bytes_pushed: s.sparse_bytes_pushed,
+        dense_bytes_pushed: s.dense_bytes_pushed,
+        bytes_pushed_by_table: s.bytes_pushed_by_table.into_iter().collect(),
+        staleness: ember_core::sync::StalenessHistogram {
+            counts: s.staleness_counts,
+            sum: s.staleness_sum,
+            max: s.staleness_max,
+        },
+        clock_wait_seconds: s.clock_wait_seconds,
+        windows: s
+            .windows
+            .into_iter()
+            .map(|w| Window { rows: w.rows, loss_sum: w.loss_sum, auc: w.auc, end_unix_ms: w.end_unix_ms })
+            .collect(),
+    }
+}
+
+/// Per-table figures from every ps-server's `Stats`, summed by table (sparse tables of `job_id`
+/// only; a table is named by its job, so one job's report never counts another's rows).
+async fn table_reports(
+    state: &Mutex<State>,
+    credentials: &Credentials,
+    job_id: &str,
+) -> Result<Vec<TableReport>, String> {
+    let (_, endpoints, owners) = state.lock().shard_map();
+    let Some(map) = ember_client::ShardMap::from_parts(endpoints, owners) else { return Ok(Vec::new()) };
+    let client = ember_client::PsClient::connect(map, credentials).await.map_err(|e| e.to_string())?;
+    let mut tables: std::collections::BTreeMap<String, TableReport> = Default::default();
+    for server in client.stats().await.map_err(|e| e.to_string())? {
+        for t in server.tables {
+            let Some(spec) = t.spec else { continue };
+            if spec.kind != v1::TableKind::Sparse as i32 || !ModelTables::belongs_to(&spec.name, job_id) {
+                continue;
+            }
+            let r = tables
+                .entry(spec.name.clone())
+                .or_insert_with(|| TableReport { name: spec.name, ..Default::default() });
+            r.rows += t.rows;
+            r.bytes += t.bytes;
+            r.admitted += t.admitted;
+            r.filtered += t.filtered;
+            r.dropped += t.dropped;
+            r.evicted += t.evicted;
+        }
+    }
+    Ok(tables.into_values().collect())
+}
+
 fn job_state(s: JobState) -> v1::JobState {
     match s {
         JobState::Training => v1::JobState::Training,
@@ -193,11 +247,16 @@ impl Scheduler for SchedulerService {
     async fn submit_job(&self, req: Request<v1::SubmitJobRequest>) -> Result<Response<v1::SubmitJobResponse>, Status> {
         let toml = req.into_inner().job_toml;
         let state = Arc::clone(&self.state);
-        // Planning reads the data files: keep it off the async workers.
-        let job_id = tokio::task::spawn_blocking(move || state.lock().submit(toml, Instant::now()))
-            .await
-            .map_err(|e| refuse(Refusal::internal(e.to_string())))?
-            .map_err(|e| status_of(&e))?;
+        // Planning reads the data files: off the async workers, and without the lock, so
+        // heartbeats and reports go on while a large job is planned.
+        let roots = self.state.lock().data_roots().clone();
+        let job_id = tokio::task::spawn_blocking(move || {
+            let planned = crate::state::plan_job(toml, &roots)?;
+            state.lock().add_job(planned, Instant::now())
+        })
+        .await
+        .map_err(|e| refuse(Refusal::internal(e.to_string())))?
+        .map_err(|e| status_of(&e))?;
         tracing::info!(%job_id, "job submitted");
         Ok(Response::new(v1::SubmitJobResponse { job_id }))
     }
@@ -233,6 +292,10 @@ impl Scheduler for SchedulerService {
                             rows_trained: *rows_trained,
                         })
                         .collect(),
+                    rows_to_train: j.rows_to_train,
+                    recent_auc: j.stats.curve.last().map_or(f64::NAN, |p| p.window_auc),
+                    recent_logloss: j.stats.curve.last().map_or(f64::NAN, |p| p.window_logloss),
+                    recent_examples_per_sec: j.stats.curve.last().map_or(0.0, |p| p.examples_per_sec),
                 }
             })
             .collect();
@@ -254,6 +317,8 @@ impl Scheduler for SchedulerService {
             start: a.range.start,
             end: a.range.end,
             first_line: a.range.first_line,
+            window_rows: a.window_rows,
+            line_range: a.range.lines,
         });
         Ok(Response::new(v1::NextWorkResponse { item }))
     }
@@ -275,23 +340,22 @@ impl Scheduler for SchedulerService {
             probs,
             labels,
             error: (!r.error.is_empty()).then_some(r.error),
+            stats: r.stats.map(item_stats).unwrap_or_default(),
         };
         let due = self
             .state
             .lock()
             .report(&r.member_id, &r.job_id, r.item_id, report, Instant::now())
             .map_err(|e| status_of(&e))?;
-        if let Some(rows) = due.publish {
+        if let Some(publish) = due.publish {
             let (state, job, credentials) = (Arc::clone(&self.state), r.job_id.clone(), self.credentials.clone());
             tokio::spawn(async move {
-                match publish_model(&state, &credentials, &job, rows).await {
-                    Ok(version) => {
-                        if let Err(e) = state.lock().record_published(&job, version, rows) {
-                            tracing::error!(error = %e, "recording a published version");
-                        }
-                    }
-                    // The previous versions keep serving; the next schedule point tries again.
-                    Err(e) => tracing::error!(job = %job, rows, error = %e, "publishing a model version failed"),
+                let outcome = publish_model(&state, &credentials, &job, publish.rows).await;
+                if let Err(e) = &outcome {
+                    tracing::error!(job = %job, rows = publish.rows, error = %e, "publishing a model version failed");
+                }
+                if let Err(e) = state.lock().record_published(&job, publish, outcome) {
+                    tracing::error!(error = %e, "recording a published version");
                 }
             });
         }
@@ -307,6 +371,29 @@ impl Scheduler for SchedulerService {
             });
         }
         Ok(Response::new(v1::ReportWorkResponse {}))
+    }
+
+    async fn job_report(&self, req: Request<v1::JobReportRequest>) -> Result<Response<v1::JobReportResponse>, Status> {
+        let req = req.into_inner();
+        let (mut report, (probs, labels)) = {
+            let state = self.state.lock();
+            let job = state.jobs(Some(&req.job_id)).map_err(|e| status_of(&e))?[0];
+            let ps = state.shard_map().1.len() as u32;
+            let predictions = if req.with_test_predictions { job.test_predictions() } else { Default::default() };
+            (job.report(ps, unix_ms()), predictions)
+        };
+        // The servers' figures when the report is asked for; a server that does not answer
+        // leaves them out rather than failing the report.
+        match table_reports(&self.state, &self.credentials, &req.job_id).await {
+            Ok(tables) => report.tables = tables,
+            Err(e) => tracing::warn!(error = %e, "table figures for a report"),
+        }
+        let json = serde_json::to_string(&report).map_err(|e| refuse(Refusal::internal(e.to_string())))?;
+        Ok(Response::new(v1::JobReportResponse {
+            json,
+            test_predictions: bytemuck::cast_slice(&probs).to_vec().into(),
+            test_labels: bytemuck::cast_slice(&labels).to_vec().into(),
+        }))
     }
 
     async fn checkpoint(

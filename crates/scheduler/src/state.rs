@@ -10,19 +10,26 @@
 //! - A job trains every train item (per epoch), then hands out test items; it is evaluated only
 //!   once every train item is done. It fails, with the reason, when bad lines pass its
 //!   `max_bad_ratio` or a worker reports an error.
-//! - Jobs are persisted (temporary file, fsync, rename) after every change; members are not (they
-//!   re-register after a scheduler restart). Items assigned when the scheduler stopped are pending
-//!   again after it restarts.
+//! - Jobs are persisted (temporary file, fsync, rename); members are not (they re-register after
+//!   a scheduler restart). Submissions and recorded checkpoints and versions are written before
+//!   they are answered; work reports only mark the state dirty, and [`State::snapshot`] lets a
+//!   persister write it off the lock at a bounded rate (a crash loses at most that interval of
+//!   reports, whose items are then trained again: at least once, as for a worker that dies). Items
+//!   assigned when the scheduler stopped are pending again after it restarts.
+//! - Per-row hold-out predictions are kept in memory only; a scheduler that restarts during
+//!   evaluation evaluates again.
+//! - A job with `[publish]` succeeds only once the version published at the end of training is
+//!   recorded (so whoever waits for the job finds it); if that publish fails, the job fails.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ember_core::eval::{auc, logloss};
 use ember_core::JobSpec;
-use serde::{Deserialize, Serialize};
 
 use crate::plan::{self, Phase, Range};
+pub use crate::report::ItemReport;
+use crate::report::JobStats;
 
 /// Work item sizes: about 32 items per job so fast workers take more, at least 256 rows so a
 /// batch pipeline fills, at most 8,192 so a lost item is cheap to redo.
@@ -37,158 +44,10 @@ pub enum Role {
     Worker,
 }
 
-/// Why a request was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum SchedulerError {
-    /// Unknown member, or its lease expired: register again.
-    #[error("member {0:?} is not registered (its lease may have expired): register again")]
-    UnknownMember(String),
-    /// Unknown job.
-    #[error("job {0:?} not found")]
-    UnknownJob(String),
-    /// The job file does not parse or validate.
-    #[error(transparent)]
-    BadJob(#[from] ember_core::JobError),
-    /// The job's data cannot be planned.
-    #[error(transparent)]
-    Plan(#[from] plan::PlanError),
-    /// No ps-server registered yet.
-    #[error("no ps-server is registered yet")]
-    NoPs,
-    /// A work report whose figures its item cannot hold (see `report_check`).
-    #[error("report refused: {0}")]
-    BadReport(String),
-    /// The state file could not be written or read.
-    #[error("state file {}: {reason}", path.display())]
-    State {
-        /// The file.
-        path: PathBuf,
-        /// What failed.
-        reason: String,
-    },
-}
-
 struct Member {
     role: Role,
     address: String,
     expires: Instant,
-}
-
-/// Where a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum JobState {
-    /// Train items outstanding.
-    Training,
-    /// Test items outstanding.
-    Evaluating,
-    /// Done; metrics set.
-    Succeeded,
-    /// Stopped; `error` says why.
-    Failed,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-enum ItemStatus {
-    Pending,
-    Assigned,
-    Done,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Item {
-    id: u64,
-    range: Range,
-    status: ItemStatus,
-    #[serde(skip)]
-    holder: Option<String>,
-}
-
-/// A job and its progress (what is persisted).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Job {
-    /// Id.
-    pub id: String,
-    /// Submission order: work is handed out first come, first served.
-    seq: u64,
-    /// The job file text.
-    pub toml: String,
-    /// Name from the job file.
-    pub name: String,
-    /// State.
-    pub state: JobState,
-    items: Vec<Item>,
-    max_bad_ratio: f64,
-    /// Rows trained.
-    pub rows_trained: u64,
-    /// Rows read (trained, tested or bad).
-    rows_seen: u64,
-    /// Malformed lines.
-    pub bad_lines: u64,
-    /// The first few.
-    pub bad_line_samples: Vec<String>,
-    loss_sum: f64,
-    test_probs: Vec<f32>,
-    test_labels: Vec<f32>,
-    /// Test AUC once evaluated.
-    pub test_auc: Option<f64>,
-    /// Test logloss once evaluated.
-    pub test_logloss: Option<f64>,
-    /// Why the job failed.
-    pub error: Option<String>,
-    /// Cluster checkpoints taken during the job.
-    #[serde(default)]
-    pub checkpoints: Vec<CheckpointRecord>,
-    /// The job's checkpoint schedule.
-    #[serde(default)]
-    checkpoint_spec: ember_core::job::CheckpointSpec,
-    /// Where and how often the job publishes model versions.
-    #[serde(default)]
-    publish_spec: ember_core::job::PublishSpec,
-    /// Model versions published for the job (version, rows trained), oldest first.
-    #[serde(default)]
-    pub published: Vec<(u64, u64)>,
-    /// Seconds from submission to the end (or now).
-    pub elapsed_seconds: f64,
-    #[serde(skip)]
-    started: Option<Instant>,
-}
-
-impl Job {
-    /// (items done, items total).
-    pub fn items_progress(&self) -> (u64, u64) {
-        (self.items.iter().filter(|i| i.status == ItemStatus::Done).count() as u64, self.items.len() as u64)
-    }
-
-    /// Mean progressive logloss so far.
-    pub fn progressive_logloss(&self) -> f64 {
-        self.loss_sum / self.rows_trained.max(1) as f64
-    }
-
-    /// Test rows evaluated.
-    pub fn test_rows(&self) -> u64 {
-        self.test_labels.len() as u64
-    }
-
-    fn fail(&mut self, reason: String) {
-        self.state = JobState::Failed;
-        self.error = Some(reason);
-    }
-}
-
-impl ember_core::HasCode for SchedulerError {
-    fn code(&self) -> ember_core::Code {
-        use ember_core::Code;
-        match self {
-            SchedulerError::UnknownMember(_) | SchedulerError::UnknownJob(_) => Code::NotFound,
-            SchedulerError::Plan(plan::PlanError::Root(ember_model::DataRootError::Outside(_))) => {
-                Code::PermissionDenied
-            }
-            SchedulerError::BadJob(_) | SchedulerError::Plan(_) | SchedulerError::BadReport(_) => Code::InvalidArgument,
-            SchedulerError::NoPs => Code::FailedPrecondition,
-            // The state file could not be written (a full or failed disk): retry later.
-            SchedulerError::State { .. } => Code::Unavailable,
-        }
-    }
 }
 
 /// A work item handed to a worker.
@@ -202,6 +61,8 @@ pub struct Assignment {
     pub job_toml: String,
     /// The range.
     pub range: Range,
+    /// Rows per progressive-validation window.
+    pub window_rows: u64,
 }
 
 /// What a report makes due.
@@ -211,47 +72,34 @@ pub struct Due {
     pub checkpoint: Option<(bool, u64)>,
     /// A model version, at this many rows trained: each time `publish.every` more rows are
     /// trained, and when training ends (before evaluation, so the version is the evaluated model).
-    pub publish: Option<u64>,
+    pub publish: Option<Publish>,
 }
 
-/// What a worker reports for an item.
-#[derive(Debug, Clone, Default)]
-pub struct ItemReport {
-    /// Rows parsed.
+/// A model version due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Publish {
+    /// Rows trained.
     pub rows: u64,
-    /// Malformed lines.
-    pub bad_lines: u64,
-    /// The first few.
-    pub bad_line_samples: Vec<String>,
-    /// Train: summed progressive logloss.
-    pub loss_sum: f64,
-    /// Test: predictions.
-    pub probs: Vec<f32>,
-    /// Test: labels.
-    pub labels: Vec<f32>,
-    /// Set if the item failed.
-    pub error: Option<String>,
+    /// The version at the end of training (the job waits for it).
+    pub last: bool,
 }
 
-#[derive(Serialize, Deserialize, Default)]
-struct Persisted {
-    next_job: u64,
-    jobs: BTreeMap<String, Job>,
+/// A job file whose data has been split into items, ready to queue (planning reads every file,
+/// so it happens before the state is locked).
+pub struct Planned {
+    toml: String,
+    spec: JobSpec,
+    files: Vec<PathBuf>,
+    ranges: Vec<Range>,
 }
 
-/// One checkpoint of every ps-server.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CheckpointRecord {
-    /// The job's rows trained when it was taken.
-    pub label: u64,
-    /// Full or incremental.
-    pub full: bool,
-    /// Each server's checkpoint id, in shard-map order (empty if it failed).
-    pub ids: Vec<u64>,
-    /// When.
-    pub unix_ms: u64,
-    /// Why it failed, if it did.
-    pub error: Option<String>,
+/// Validates a job file and splits its data into items, reading only under `roots`.
+pub fn plan_job(toml: String, roots: &ember_model::DataRoots) -> Result<Planned, SchedulerError> {
+    let spec = JobSpec::from_toml(&toml)?;
+    let files = plan::expand(&spec.data.paths, roots)?;
+    let header_lines = u64::from(spec.data.schema.as_ref().is_some_and(|s| s.columns.is_none()));
+    let ranges = plan::plan(&files, header_lines, spec.data.test_split, ITEM_SIZE)?;
+    Ok(Planned { toml, spec, files, ranges })
 }
 
 /// The scheduler's state.
@@ -269,6 +117,8 @@ pub struct State {
     persisted: Persisted,
     /// Where job data may be read from (planning reads every file).
     data_roots: ember_model::DataRoots,
+    /// Changed since the last snapshot.
+    dirty: bool,
 }
 
 impl State {
@@ -294,10 +144,18 @@ impl State {
             Err(e) => return Err(err(e.to_string())),
         };
         for job in persisted.jobs.values_mut() {
+            // Hold-out predictions were not persisted: an evaluation in progress starts over.
+            let evaluating = job.state == JobState::Evaluating;
             for item in &mut job.items {
-                if item.status == ItemStatus::Assigned {
+                let lost = evaluating && item.range.phase == Phase::Test;
+                if item.status == ItemStatus::Assigned || (lost && item.status == ItemStatus::Done) {
                     item.status = ItemStatus::Pending;
                 }
+            }
+            if evaluating {
+                job.test_rows_done = 0;
+                // A publish in flight when the scheduler stopped is lost; evaluation goes on.
+                job.final_publish_pending = false;
             }
         }
         Ok(Self {
@@ -310,21 +168,29 @@ impl State {
             next_member: 1,
             persisted,
             data_roots: ember_model::DataRoots::unrestricted(),
+            dirty: false,
         })
     }
 
-    fn save(&self) -> Result<(), SchedulerError> {
-        let err = |reason: String| SchedulerError::State { path: self.state_file.clone(), reason };
-        let tmp = self.state_file.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(&self.persisted).map_err(|e| err(e.to_string()))?;
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.state_file)
-        };
-        write().map_err(|e| err(e.to_string()))
+    fn save(&mut self) -> Result<(), SchedulerError> {
+        write_state(&self.state_file, &self.persisted)?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Has the next snapshot written (after a failed write).
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// What to persist, if anything changed since the last snapshot or save: a copy taken under
+    /// the lock (cheap) to serialize and write without it.
+    pub fn snapshot(&mut self) -> Option<Snapshot> {
+        if !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        Some(Snapshot { path: self.state_file.clone(), persisted: self.persisted.clone() })
     }
 
     /// The lease length members must renew within.
@@ -385,13 +251,18 @@ impl State {
         (self.map_version, endpoints, owners)
     }
 
-    /// Validates a job file, splits its data into items, and queues it.
+    /// Validates a job file, splits its data into items, and queues it. (The service plans with
+    /// [`plan_job`] before it takes the lock and calls [`State::add_job`].)
     pub fn submit(&mut self, toml: String, now: Instant) -> Result<String, SchedulerError> {
-        let spec = JobSpec::from_toml(&toml)?;
-        let files = plan::expand(&spec.data.paths, &self.data_roots)?;
-        let header_lines = u64::from(spec.data.schema.as_ref().is_some_and(|s| s.columns.is_none()));
-        let ranges = plan::plan(&files, header_lines, spec.data.test_split, ITEM_SIZE)?;
+        let planned = plan_job(toml, &self.data_roots)?;
+        self.add_job(planned, now)
+    }
+
+    /// Queues a planned job; returns its id.
+    pub fn add_job(&mut self, planned: Planned, now: Instant) -> Result<String, SchedulerError> {
+        let Planned { toml, spec, files, ranges } = planned;
         let (train, test): (Vec<Range>, Vec<Range>) = ranges.into_iter().partition(|r| r.phase == Phase::Train);
+        let split_rows = (train.iter().map(|r| r.rows).sum::<u64>(), test.iter().map(|r| r.rows).sum::<u64>());
         let mut items = Vec::new();
         for _ in 0..spec.training.epochs {
             items.extend(train.iter().cloned());
@@ -417,8 +288,14 @@ impl State {
             bad_lines: 0,
             bad_line_samples: Vec::new(),
             loss_sum: 0.0,
-            test_probs: Vec::new(),
-            test_labels: Vec::new(),
+            test_results: BTreeMap::new(),
+            test_rows_done: 0,
+            test_bad_lines: 0,
+            files: files.iter().map(|f| f.display().to_string()).collect(),
+            split_rows,
+            rows_to_train: split_rows.0 * u64::from(spec.training.epochs),
+            stats: JobStats::default(),
+            final_publish_pending: false,
             test_auc: None,
             test_logloss: None,
             error: None,
@@ -452,11 +329,16 @@ impl State {
             {
                 item.status = ItemStatus::Assigned;
                 item.holder = Some(member.to_string());
+                let (item_id, range) = (item.id, item.range.clone());
+                if phase == Phase::Train && job.stats.train_started_ms.is_none() {
+                    job.stats.train_started_ms = Some(unix_ms());
+                }
                 return Ok(Some(Assignment {
                     job_id: job.id.clone(),
-                    item_id: item.id,
+                    item_id,
                     job_toml: job.toml.clone(),
-                    range: item.range.clone(),
+                    range,
+                    window_rows: job.window_rows(),
                 }));
             }
         }
@@ -500,33 +382,34 @@ impl State {
             Phase::Train => {
                 job.rows_trained += report.rows;
                 job.loss_sum += report.loss_sum;
+                job.stats.add(member, report.stats, &report.probs, &report.labels);
             }
             Phase::Test => {
-                job.test_probs.extend(report.probs);
-                job.test_labels.extend(report.labels);
+                job.test_bad_lines += report.bad_lines;
+                job.test_rows_done += report.labels.len() as u64;
+                job.test_results.insert(item_id, (report.probs, report.labels));
             }
         }
         if let Some(error) = report.error {
             job.fail(format!("worker {member}: {error}"));
         } else if job.bad_lines as f64 > job.max_bad_ratio * job.rows_seen.max(1) as f64 {
             job.fail(format!(
-                "{} of {} lines malformed (max_bad_ratio {}); first: {}",
+                "{} of {} lines malformed (max_bad_ratio {}; {} in the hold-out split); first: {}",
                 job.bad_lines,
                 job.rows_seen,
                 job.max_bad_ratio,
+                job.test_bad_lines,
                 job.bad_line_samples.join("; ")
             ));
         } else {
-            let all_done =
-                |p: Phase| job.items.iter().filter(|i| i.range.phase == p).all(|i| i.status == ItemStatus::Done);
-            if job.state == JobState::Training && all_done(Phase::Train) {
+            let trained =
+                job.items.iter().filter(|i| i.range.phase == Phase::Train).all(|i| i.status == ItemStatus::Done);
+            if job.state == JobState::Training && trained {
                 job.state = JobState::Evaluating;
+                job.stats.train_ended_ms = Some(unix_ms());
+                job.final_publish_pending = !job.publish_spec.model_dir.is_empty();
             }
-            if job.state == JobState::Evaluating && all_done(Phase::Test) {
-                job.test_auc = Some(auc(&job.test_probs, &job.test_labels));
-                job.test_logloss = Some(logloss(&job.test_probs, &job.test_labels));
-                job.state = JobState::Succeeded;
-            }
+            job.complete_if_done();
         }
         if let Some(started) = job.started {
             job.elapsed_seconds = now.duration_since(started).as_secs_f64();
@@ -536,15 +419,39 @@ impl State {
         let training_ended = was_training && matches!(job.state, JobState::Evaluating | JobState::Succeeded);
         let every = job.publish_spec.every;
         let crossed = every > 0 && job.rows_trained / every > rows_before / every && job.state == JobState::Training;
-        let publish = (publishing && (training_ended || crossed)).then_some(job.rows_trained);
-        self.save()?;
+        let publish = (publishing && (training_ended || crossed))
+            .then_some(Publish { rows: job.rows_trained, last: training_ended });
+        // A failed job's state, like a submission's, is written before it is answered.
+        let failed = job.state == JobState::Failed;
+        if failed {
+            self.save()?;
+        } else {
+            self.dirty = true;
+        }
         Ok(Due { checkpoint, publish })
     }
 
-    /// Records a model version published for a job.
-    pub fn record_published(&mut self, job_id: &str, version: u64, rows: u64) -> Result<(), SchedulerError> {
+    /// Records how publishing a version for a job went: the version, or why it failed. A
+    /// failed periodic version changes nothing (the previous ones keep serving, the next
+    /// schedule point tries again); a failed last version fails the job.
+    pub fn record_published(
+        &mut self,
+        job_id: &str,
+        due: Publish,
+        outcome: Result<u64, String>,
+    ) -> Result<(), SchedulerError> {
         let job = self.persisted.jobs.get_mut(job_id).ok_or_else(|| SchedulerError::UnknownJob(job_id.into()))?;
-        job.published.push((version, rows));
+        match outcome {
+            Ok(version) => job.published.push((version, due.rows)),
+            Err(e) if due.last && job.state != JobState::Failed => {
+                job.fail(format!("publishing the model version at the end of training failed: {e}"));
+            }
+            Err(_) => {}
+        }
+        if due.last {
+            job.final_publish_pending = false;
+            job.complete_if_done();
+        }
         self.save()
     }
 
@@ -573,6 +480,15 @@ impl State {
     }
 }
 
+mod error;
+mod job;
+mod persist;
 mod report_check;
+
+pub use error::SchedulerError;
+pub use job::{CheckpointRecord, Job, JobState};
+use job::{Item, ItemStatus};
+pub use persist::Snapshot;
+use persist::{unix_ms, write_state, Persisted};
 #[cfg(test)]
 mod tests;

@@ -24,9 +24,9 @@ use ember_proto::v1;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::model::IndexedBatch;
-use crate::reader::{expand_paths, read_range, BadLines, LineParser};
+use crate::reader::{expand_paths, read_lines, read_range, BadLines, LineParser};
 use crate::ssp::SspClock;
-use crate::train::{predict, train, ModelTables, Progress, TrainOptions};
+use crate::train::{predict, train, ModelTables, Progress, TrainOptions, Window, WorkerStats};
 
 /// Why the worker stopped.
 #[derive(Debug, thiserror::Error)]
@@ -120,12 +120,39 @@ fn spawn_reader(
     let (tx, rx) = mpsc::channel(8);
     let (parser, batch, path) = (ctx.parser.clone(), ctx.batch_size, PathBuf::from(&item.path));
     let (range, first_line, roots) = ((item.start, item.end), item.first_line, ctx.roots.clone());
+    let line_range = item.line_range;
     let reader = tokio::task::spawn_blocking(move || {
         let path = roots.check(&path).map_err(|e| e.to_string())?;
-        read_range(&path, &parser, range, first_line, batch, |b| tx.blocking_send(IndexedBatch::new(&b)).is_ok())
-            .map_err(|e| e.to_string())
+        let sink = |b: Vec<_>| tx.blocking_send(IndexedBatch::new(&b)).is_ok();
+        if line_range {
+            read_lines(&path, &parser, range, batch, sink)
+        } else {
+            read_range(&path, &parser, range, first_line, batch, sink)
+        }
+        .map_err(|e| e.to_string())
     });
     (rx, reader)
+}
+
+/// What the scheduler's report needs from one train item.
+fn train_stats(stats: &WorkerStats, windows: Vec<Window>) -> v1::TrainStats {
+    let h = &stats.staleness;
+    let used = h.counts.iter().rposition(|c| *c > 0).map_or(0, |i| i + 1);
+    v1::TrainStats {
+        bytes_pulled: stats.bytes_pulled,
+        bytes_pushed: stats.bytes_pushed,
+        sparse_bytes_pushed: stats.sparse_bytes_pushed,
+        dense_bytes_pushed: stats.dense_bytes_pushed,
+        bytes_pushed_by_table: stats.bytes_pushed_by_table.clone().into_iter().collect(),
+        staleness_counts: h.counts[..used].to_vec(),
+        staleness_sum: h.sum,
+        staleness_max: h.max,
+        clock_wait_seconds: stats.clock_wait_seconds,
+        windows: windows
+            .into_iter()
+            .map(|w| v1::ProgressWindow { rows: w.rows, loss_sum: w.loss_sum, auc: w.auc, end_unix_ms: w.end_unix_ms })
+            .collect(),
+    }
 }
 
 /// Runs one item; returns the report to send (errors included in it).
@@ -146,12 +173,16 @@ async fn run_item(ctx: &JobContext, item: &v1::WorkItem) -> v1::ReportWorkReques
         } else {
             let queue = Arc::new(Mutex::new(rx));
             ctx.finished.store(false, Ordering::Release);
-            let progress = Arc::new(Progress::default());
-            let stats = train(ctx.client.clone(), ctx.tables.clone(), queue, progress, ctx.options.clone())
-                .await
-                .map_err(|e| e.to_string())?;
+            let progress = Arc::new(Progress::with_windows(item.window_rows));
+            let stats =
+                train(ctx.client.clone(), ctx.tables.clone(), queue, Arc::clone(&progress), ctx.options.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
             report.rows = stats.examples;
             report.loss_sum = logloss(&stats.progressive_probs, &stats.progressive_labels) * stats.examples as f64;
+            report.predictions = bytemuck::cast_slice(&stats.progressive_probs).to_vec().into();
+            report.labels = bytemuck::cast_slice(&stats.progressive_labels).to_vec().into();
+            report.stats = Some(train_stats(&stats, progress.take_windows()));
         }
         Ok(())
     }

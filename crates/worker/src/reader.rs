@@ -469,6 +469,39 @@ pub fn read_range(
     read_from(&mut reader, path, parser, first_line, batch_size, sink)
 }
 
+/// Reads lines `[start, end)` of one file, `.gz` decompressed (0-based indexes over every line
+/// of the decompressed stream, header included): a scheduler work item of a compressed file,
+/// which cannot be cut into byte ranges. A stream that breaks off (truncated or corrupt) is one
+/// bad line, numbered where it broke, not an error: the lines before it count.
+pub fn read_lines(
+    path: &Path,
+    parser: &LineParser,
+    (start, end): (u64, u64),
+    batch_size: usize,
+    sink: impl FnMut(Vec<Example>) -> bool,
+) -> Result<BadLines, ReadError> {
+    let mut reader = open_lines(path)?;
+    let mut b = Batcher { parser, batch_size, batch: Vec::with_capacity(batch_size), bad: BadLines::default(), sink };
+    let mut buf = Vec::new();
+    let mut index = 0u64;
+    while index < end {
+        match read_line(&mut reader, &mut buf) {
+            Ok(None) => break,
+            Ok(Some(line)) => {
+                if index >= start && !b.line(path, index + 1, line) {
+                    break;
+                }
+            }
+            Err(e) => {
+                b.bad.record(path, index + 1, &format!("the compressed stream breaks off: {e}"));
+                break;
+            }
+        }
+        index += 1;
+    }
+    Ok(b.finish())
+}
+
 /// Reads every line of `reader` (named `path` in bad-line samples, its first line numbered
 /// `first_line`) into batches for `sink`, counting bad lines: what [`read_range`] does once the
 /// file is open, and what the fuzz targets drive with arbitrary bytes.

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use ember_client::{ClientError, Clock, PsClient};
 use ember_core::codec::Compression;
+use ember_core::eval::{auc, logloss};
 use ember_core::job::CompressionSpec;
 use ember_core::sync::StalenessHistogram;
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -55,30 +56,80 @@ pub enum TrainError {
     },
 }
 
-/// Counters shared by all workers of a job, read by progress reporting.
+/// Progress of one stretch of training, shared with whoever follows it: examples trained and
+/// progressive validation cut into windows of about `window_rows` rows (the job's curve points).
 #[derive(Debug, Default)]
 pub struct Progress {
     /// Examples trained.
     pub examples: AtomicU64,
-    /// Progressive (probability, label) pairs since the reporter last took them.
-    recent: std::sync::Mutex<(Vec<f32>, Vec<f32>)>,
-    /// Signalled after every trained batch (a permit is kept when nobody waits).
-    pub trained: tokio::sync::Notify,
+    window_rows: usize,
+    windows: std::sync::Mutex<Windows>,
+}
+
+#[derive(Debug, Default)]
+struct Windows {
+    probs: Vec<f32>,
+    labels: Vec<f32>,
+    done: Vec<Window>,
+}
+
+/// A window of progressive validation: rows predicted before they were trained on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    /// Rows in the window.
+    pub rows: u64,
+    /// Their summed logloss.
+    pub loss_sum: f64,
+    /// Their AUC (NaN with one class).
+    pub auc: f64,
+    /// When its last batch was trained, Unix ms.
+    pub end_unix_ms: u64,
+}
+
+impl Windows {
+    fn cut(&mut self) {
+        if self.probs.is_empty() {
+            return;
+        }
+        let end_unix_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.done.push(Window {
+            rows: self.probs.len() as u64,
+            loss_sum: logloss(&self.probs, &self.labels) * self.probs.len() as f64,
+            auc: auc(&self.probs, &self.labels),
+            end_unix_ms,
+        });
+        self.probs.clear();
+        self.labels.clear();
+    }
 }
 
 impl Progress {
-    fn record(&self, probs: &[f32], labels: &[f32]) {
-        self.examples.fetch_add(probs.len() as u64, Ordering::Relaxed);
-        if let Ok(mut recent) = self.recent.lock() {
-            recent.0.extend_from_slice(probs);
-            recent.1.extend_from_slice(labels);
-        }
-        self.trained.notify_one();
+    /// Progress that cuts windows of `window_rows` rows (0: one window per stretch).
+    pub fn with_windows(window_rows: u64) -> Self {
+        Self { window_rows: usize::try_from(window_rows).unwrap_or(usize::MAX), ..Default::default() }
     }
 
-    /// Takes the progressive predictions recorded since the last call: (probabilities, labels).
-    pub fn take_recent(&self) -> (Vec<f32>, Vec<f32>) {
-        self.recent.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
+    fn record(&self, probs: &[f32], labels: &[f32]) {
+        self.examples.fetch_add(probs.len() as u64, Ordering::Relaxed);
+        if let Ok(mut w) = self.windows.lock() {
+            w.probs.extend_from_slice(probs);
+            w.labels.extend_from_slice(labels);
+            if self.window_rows > 0 && w.probs.len() >= self.window_rows {
+                w.cut();
+            }
+        }
+    }
+
+    /// The windows so far, the partial last one included; the next window starts empty.
+    pub fn take_windows(&self) -> Vec<Window> {
+        self.windows
+            .lock()
+            .map(|mut w| {
+                w.cut();
+                std::mem::take(&mut w.done)
+            })
+            .unwrap_or_default()
     }
 }
 

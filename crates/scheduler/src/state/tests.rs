@@ -135,6 +135,9 @@ fn jobs_survive_a_restart_and_held_items_are_pending_again() {
         let a = s.next_work(&w, t0).unwrap().unwrap();
         s.report(&w, &id, a.item_id, report(a.range.rows), t0).unwrap();
         s.next_work(&w, t0).unwrap().unwrap(); // held when the scheduler stops
+                                               // Reports are written by the persister, off the lock: what it writes is what survives.
+        s.snapshot().expect("a report marks the state changed").write().unwrap();
+        assert!(s.snapshot().is_none(), "nothing changed since");
         id
     };
     let mut s = State::open(dir.path(), LEASE, 8).unwrap();
@@ -178,7 +181,8 @@ fn reports_an_item_cannot_hold_are_refused_and_change_nothing() {
         ItemReport { rows: n, bad_lines: 1, ..report(n) },
         ItemReport { loss_sum: -1e30, ..report(n) },
         ItemReport { loss_sum: f64::NAN, ..report(n) },
-        ItemReport { probs: vec![0.5; n as usize], labels: vec![1.0; n as usize], ..report(n) },
+        ItemReport { probs: vec![0.5; n as usize + 1], labels: vec![1.0; n as usize + 1], ..report(n) },
+        ItemReport { probs: vec![1.5; n as usize], labels: vec![1.0; n as usize], ..report(n) },
     ];
     for spoof in spoofs {
         let err = s.report(&w, &id, a.item_id, spoof, t0).unwrap_err();
@@ -195,4 +199,57 @@ fn reports_an_item_cannot_hold_are_refused_and_change_nothing() {
     let job = s.jobs(Some(&id)).unwrap()[0];
     assert_eq!(job.rows_trained, n - 1);
     assert!(job.bad_line_samples.iter().all(|l| l.len() <= 512), "samples are cut");
+}
+
+/// With `[publish]`, the job succeeds only once the version due at the end of training is
+/// recorded (whoever waits for the job then finds it); a failed one fails the job. The report
+/// adds up what workers sent, and hold-out predictions come back in data order.
+#[test]
+fn the_last_version_gates_success_and_the_report_adds_up_the_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = State::open(dir.path(), LEASE, 8).unwrap();
+    let t0 = Instant::now();
+    s.register(Role::Ps, "a:1".into(), t0);
+    let w = s.register(Role::Worker, "w".into(), t0);
+    let publish = format!("[publish]\nmodel_dir = \"{}\"\n", dir.path().join("models").display());
+    for fails in [false, true] {
+        let id = s.submit(format!("{}{publish}", job_file(dir.path(), 2_000, "")), t0).unwrap();
+        let (mut due, mut tested) = (Vec::new(), Vec::new());
+        while let Some(a) = s.next_work(&w, t0).unwrap() {
+            let n = a.range.rows as usize;
+            let report = if a.range.phase == Phase::Train {
+                let stats = crate::report::ItemStats {
+                    bytes_pushed: 100,
+                    windows: vec![crate::report::Window { rows: n as u64, loss_sum: 0.5, auc: 0.6, end_unix_ms: 1 }],
+                    ..Default::default()
+                };
+                let labels: Vec<f32> = (0..n).map(|i| (i % 2) as f32).collect();
+                ItemReport { rows: n as u64, probs: vec![0.5; n], labels, stats, ..Default::default() }
+            } else {
+                let probs: Vec<f32> = (0..n).map(|i| (a.item_id * 1000 + i as u64) as f32 / 1e6).collect();
+                tested.extend_from_slice(&probs);
+                ItemReport { rows: n as u64, labels: vec![1.0; n], probs, ..Default::default() }
+            };
+            due.extend(s.report(&w, &id, a.item_id, report, t0).unwrap().publish);
+        }
+        let last = *due.last().unwrap();
+        assert_eq!(last, Publish { rows: 1_500, last: true });
+        assert_eq!(s.jobs(Some(&id)).unwrap()[0].state, JobState::Evaluating, "waits for the last version");
+        let outcome = if fails { Err("disk full".to_string()) } else { Ok(7) };
+        s.record_published(&id, last, outcome).unwrap();
+        let job = s.jobs(Some(&id)).unwrap()[0];
+        if fails {
+            assert_eq!(job.state, JobState::Failed);
+            assert!(job.error.as_deref().unwrap().contains("disk full"));
+            continue;
+        }
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(job.test_predictions().0, tested, "data order");
+        let r = job.report(1, 0);
+        assert_eq!((r.rows_trained, r.test_rows, r.published.clone()), (1_500, 500, vec![7]));
+        assert_eq!(r.bytes_pushed, 100 * r.curve.len() as u64);
+        assert_eq!(r.curve.last().map(|p| p.examples), Some(1_500));
+        assert_eq!((r.cluster, r.state.as_str()), ((1, 1), "succeeded"));
+        assert!(r.progressive_auc.is_some_and(|a| (a - 0.5).abs() < 1e-9), "{:?}", r.progressive_auc);
+    }
 }

@@ -1,0 +1,47 @@
+//! Persisting the scheduler's jobs: one JSON file, written whole (temporary file, fsync, rename),
+//! from a snapshot taken under the lock and written without it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::SchedulerError;
+use super::job::Job;
+
+#[derive(Clone, Serialize, Deserialize, Default)]
+pub(crate) struct Persisted {
+    pub(crate) next_job: u64,
+    pub(crate) jobs: BTreeMap<String, Job>,
+}
+
+/// The persisted part of the state at one moment, to write off the lock.
+pub struct Snapshot {
+    pub(crate) path: PathBuf,
+    pub(crate) persisted: Persisted,
+}
+
+impl Snapshot {
+    /// Writes it (temporary file, fsync, rename).
+    pub fn write(&self) -> Result<(), SchedulerError> {
+        write_state(&self.path, &self.persisted)
+    }
+}
+
+pub(crate) fn write_state(path: &Path, persisted: &Persisted) -> Result<(), SchedulerError> {
+    let err = |reason: String| SchedulerError::State { path: path.to_path_buf(), reason };
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec(persisted).map_err(|e| err(e.to_string()))?;
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| err(e.to_string()))
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
