@@ -5,6 +5,7 @@
 //! address line, bench JSON) goes to stdout.
 
 mod bench;
+mod bench_scheduler;
 mod bench_serve;
 mod bench_verify;
 mod cluster;
@@ -112,6 +113,8 @@ enum BenchCommand {
     Serve(bench_serve::BenchServeArgs),
     /// Time from a push to a ps-server until a serving prediction reflects it.
     Freshness(bench_serve::BenchFreshnessArgs),
+    /// Heartbeat latency of a scheduler while it plans a many-file job under reports.
+    Scheduler(bench_scheduler::BenchSchedulerArgs),
 }
 
 /// Keeps freed memory in glibc's heap instead of returning it to the kernel.
@@ -193,6 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Bench(BenchCommand::Ps(args)) => bench::run(args).await,
             Command::Bench(BenchCommand::Serve(args)) => bench_serve::serve(args).await,
             Command::Bench(BenchCommand::Freshness(args)) => bench_serve::freshness(args).await,
+            Command::Bench(BenchCommand::Scheduler(args)) => bench_scheduler::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Train(args) => train::run(args).await,
             Command::Scheduler(args) => cluster_cmds::scheduler(args).await,

@@ -252,7 +252,18 @@ impl Scheduler for SchedulerService {
         let roots = self.state.lock().data_roots().clone();
         let job_id = tokio::task::spawn_blocking(move || {
             let planned = crate::state::plan_job(toml, &roots)?;
-            state.lock().add_job(planned, Instant::now())
+            let (id, snapshot) = {
+                let mut state = state.lock();
+                let id = state.add_job(planned, Instant::now())?;
+                (id, state.force_snapshot())
+            };
+            // Durable before it is answered, written without the lock.
+            if let Err(e) = snapshot.write() {
+                // Refused, so not run either.
+                state.lock().withdraw(&id);
+                return Err(e);
+            }
+            Ok(id)
         })
         .await
         .map_err(|e| refuse(Refusal::internal(e.to_string())))?

@@ -11,11 +11,12 @@
 //!   once every train item is done. It fails, with the reason, when bad lines pass its
 //!   `max_bad_ratio` or a worker reports an error.
 //! - Jobs are persisted (temporary file, fsync, rename); members are not (they re-register after
-//!   a scheduler restart). Submissions and recorded checkpoints and versions are written before
-//!   they are answered; work reports only mark the state dirty, and [`State::snapshot`] lets a
-//!   persister write it off the lock at a bounded rate (a crash loses at most that interval of
-//!   reports, whose items are then trained again: at least once, as for a worker that dies). Items
-//!   assigned when the scheduler stopped are pending again after it restarts.
+//!   a scheduler restart). No change writes under the lock: a change marks the state dirty, and
+//!   [`State::snapshot`] copies it for a persister to write off the lock at a bounded rate (a
+//!   crash loses at most that interval of reports, whose items are then trained again: at least
+//!   once, as for a worker that dies). A submission is answered only after a snapshot holding it
+//!   is written ([`State::force_snapshot`]). Items assigned when the scheduler stopped are
+//!   pending again after it restarts.
 //! - Per-row hold-out predictions are kept in memory only; a scheduler that restarts during
 //!   evaluation evaluates again.
 //! - A job with `[publish]` succeeds only once the version published at the end of training is
@@ -119,6 +120,10 @@ pub struct State {
     data_roots: ember_model::DataRoots,
     /// Changed since the last snapshot.
     dirty: bool,
+    /// Snapshots taken.
+    snapshots: u64,
+    /// The newest snapshot written (see [`Snapshot`]).
+    written: std::sync::Arc<parking_lot::Mutex<u64>>,
 }
 
 impl State {
@@ -157,6 +162,7 @@ impl State {
                 // A publish in flight when the scheduler stopped is lost; evaluation goes on.
                 job.final_publish_pending = false;
             }
+            job.count_open();
         }
         Ok(Self {
             lease,
@@ -169,13 +175,9 @@ impl State {
             persisted,
             data_roots: ember_model::DataRoots::unrestricted(),
             dirty: false,
+            snapshots: 0,
+            written: Default::default(),
         })
-    }
-
-    fn save(&mut self) -> Result<(), SchedulerError> {
-        write_state(&self.state_file, &self.persisted)?;
-        self.dirty = false;
-        Ok(())
     }
 
     /// Has the next snapshot written (after a failed write).
@@ -186,11 +188,20 @@ impl State {
     /// What to persist, if anything changed since the last snapshot or save: a copy taken under
     /// the lock (cheap) to serialize and write without it.
     pub fn snapshot(&mut self) -> Option<Snapshot> {
-        if !self.dirty {
-            return None;
-        }
+        self.dirty.then(|| self.force_snapshot())
+    }
+
+    /// A snapshot whether or not anything changed: whoever writes it knows the state it saw is
+    /// on disk (a submission is answered only then).
+    pub fn force_snapshot(&mut self) -> Snapshot {
         self.dirty = false;
-        Some(Snapshot { path: self.state_file.clone(), persisted: self.persisted.clone() })
+        self.snapshots += 1;
+        Snapshot {
+            path: self.state_file.clone(),
+            persisted: self.persisted.clone(),
+            seq: self.snapshots,
+            written: std::sync::Arc::clone(&self.written),
+        }
     }
 
     /// The lease length members must renew within.
@@ -233,11 +244,14 @@ impl State {
                 }
             }
             for job in self.persisted.jobs.values_mut() {
-                for item in job.items.iter_mut().filter(|i| i.holder.as_deref() == Some(id.as_str())) {
-                    if item.status == ItemStatus::Assigned {
-                        item.status = ItemStatus::Pending;
-                        item.holder = None;
-                    }
+                let held: Vec<usize> = (0..job.items.len())
+                    .filter(|i| {
+                        let item = &job.items[*i];
+                        item.status == ItemStatus::Assigned && item.holder.as_deref() == Some(id.as_str())
+                    })
+                    .collect();
+                for index in held {
+                    job.requeue(index);
                 }
             }
         }
@@ -291,6 +305,8 @@ impl State {
             test_results: BTreeMap::new(),
             test_rows_done: 0,
             test_bad_lines: 0,
+            cursor: 0,
+            open_items: (0, 0),
             files: files.iter().map(|f| f.display().to_string()).collect(),
             split_rows,
             rows_to_train: split_rows.0 * u64::from(spec.training.epochs),
@@ -306,9 +322,17 @@ impl State {
             elapsed_seconds: 0.0,
             started: Some(now),
         };
+        let mut job = job;
+        job.count_open();
         self.persisted.jobs.insert(id.clone(), job);
-        self.save()?;
+        self.dirty = true;
         Ok(id)
+    }
+
+    /// Removes a job whose submission could not be made durable (it was refused).
+    pub fn withdraw(&mut self, job_id: &str) {
+        self.persisted.jobs.remove(job_id);
+        self.dirty = true;
     }
 
     /// The next item for `member`, if any job has one ready.
@@ -325,8 +349,8 @@ impl State {
                 JobState::Evaluating => Phase::Test,
                 _ => continue,
             };
-            if let Some(item) = job.items.iter_mut().find(|i| i.status == ItemStatus::Pending && i.range.phase == phase)
-            {
+            if let Some(index) = job.next_pending(phase) {
+                let item = &mut job.items[index];
                 item.status = ItemStatus::Assigned;
                 item.holder = Some(member.to_string());
                 let (item_id, range) = (item.id, item.range.clone());
@@ -358,9 +382,12 @@ impl State {
         self.heartbeat(member, now)?;
         let job = self.persisted.jobs.get_mut(job_id).ok_or_else(|| SchedulerError::UnknownJob(job_id.into()))?;
         let rows_before = job.rows_trained;
-        let Some(item) = job.items.iter_mut().find(|i| i.id == item_id) else {
+        // Item ids are their indexes.
+        let index = usize::try_from(item_id).ok().filter(|i| job.items.get(*i).is_some_and(|it| it.id == item_id));
+        let Some(index) = index else {
             return Err(SchedulerError::UnknownJob(format!("{job_id} item {item_id}")));
         };
+        let item = &mut job.items[index];
         // A late report for an item that was requeued and done by someone else changes nothing.
         if item.status == ItemStatus::Done || matches!(job.state, JobState::Failed | JobState::Succeeded) {
             return Ok(Due::default());
@@ -368,9 +395,8 @@ impl State {
         let mut report = report;
         report_check::check(item, member, &mut report).map_err(SchedulerError::BadReport)?;
         let was_training = job.state == JobState::Training;
-        item.status = ItemStatus::Done;
-        item.holder = None;
         let phase = item.range.phase;
+        job.mark_done(index);
         job.bad_lines += report.bad_lines;
         job.rows_seen += report.rows + report.bad_lines;
         for s in report.bad_line_samples {
@@ -402,9 +428,7 @@ impl State {
                 job.bad_line_samples.join("; ")
             ));
         } else {
-            let trained =
-                job.items.iter().filter(|i| i.range.phase == Phase::Train).all(|i| i.status == ItemStatus::Done);
-            if job.state == JobState::Training && trained {
+            if job.state == JobState::Training && job.trained() {
                 job.state = JobState::Evaluating;
                 job.stats.train_ended_ms = Some(unix_ms());
                 job.final_publish_pending = !job.publish_spec.model_dir.is_empty();
@@ -421,13 +445,7 @@ impl State {
         let crossed = every > 0 && job.rows_trained / every > rows_before / every && job.state == JobState::Training;
         let publish = (publishing && (training_ended || crossed))
             .then_some(Publish { rows: job.rows_trained, last: training_ended });
-        // A failed job's state, like a submission's, is written before it is answered.
-        let failed = job.state == JobState::Failed;
-        if failed {
-            self.save()?;
-        } else {
-            self.dirty = true;
-        }
+        self.dirty = true;
         Ok(Due { checkpoint, publish })
     }
 
@@ -452,14 +470,16 @@ impl State {
             job.final_publish_pending = false;
             job.complete_if_done();
         }
-        self.save()
+        self.dirty = true;
+        Ok(())
     }
 
     /// Records a cluster checkpoint with a job.
     pub fn record_checkpoint(&mut self, job_id: &str, record: CheckpointRecord) -> Result<(), SchedulerError> {
         let job = self.persisted.jobs.get_mut(job_id).ok_or_else(|| SchedulerError::UnknownJob(job_id.into()))?;
         job.checkpoints.push(record);
-        self.save()
+        self.dirty = true;
+        Ok(())
     }
 
     /// A job's rows trained (a checkpoint's label).
@@ -489,6 +509,6 @@ pub use error::SchedulerError;
 pub use job::{CheckpointRecord, Job, JobState};
 use job::{Item, ItemStatus};
 pub use persist::Snapshot;
-use persist::{unix_ms, write_state, Persisted};
+use persist::{unix_ms, Persisted};
 #[cfg(test)]
 mod tests;

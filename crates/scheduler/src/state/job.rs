@@ -85,6 +85,13 @@ pub struct Job {
     /// Figures from the workers' reports.
     #[serde(default)]
     pub stats: JobStats,
+    /// No item before this index is pending (memory only; lowered when an item is requeued), so
+    /// handing out the next item does not scan the done ones.
+    #[serde(skip)]
+    pub(crate) cursor: usize,
+    /// Items not done yet: (train, test) (memory only; counted when the job is added or loaded).
+    #[serde(skip)]
+    pub(crate) open_items: (usize, usize),
     /// The version due at the end of training is not recorded yet.
     #[serde(default)]
     pub(crate) final_publish_pending: bool,
@@ -115,7 +122,8 @@ pub struct Job {
 impl Job {
     /// (items done, items total).
     pub fn items_progress(&self) -> (u64, u64) {
-        (self.items.iter().filter(|i| i.status == ItemStatus::Done).count() as u64, self.items.len() as u64)
+        let open = self.open_items.0 + self.open_items.1;
+        ((self.items.len() - open) as u64, self.items.len() as u64)
     }
 
     /// Mean progressive logloss so far.
@@ -133,9 +141,59 @@ impl Job {
         (self.split_rows.0 / 100).clamp(256, 1 << 16)
     }
 
+    /// Counts the items not done and rewinds the cursor (after loading).
+    pub(crate) fn count_open(&mut self) {
+        let open = |p: Phase| self.items.iter().filter(|i| i.range.phase == p && i.status != ItemStatus::Done).count();
+        self.open_items = (open(Phase::Train), open(Phase::Test));
+        self.cursor = 0;
+    }
+
+    /// Puts item `index` back in the queue.
+    pub(crate) fn requeue(&mut self, index: usize) {
+        if let Some(item) = self.items.get_mut(index) {
+            item.status = ItemStatus::Pending;
+            item.holder = None;
+            self.cursor = self.cursor.min(index);
+        }
+    }
+
+    /// Marks item `index` done.
+    pub(crate) fn mark_done(&mut self, index: usize) {
+        let Some(item) = self.items.get_mut(index) else { return };
+        if item.status != ItemStatus::Done {
+            item.status = ItemStatus::Done;
+            item.holder = None;
+            match item.range.phase {
+                Phase::Train => self.open_items.0 = self.open_items.0.saturating_sub(1),
+                Phase::Test => self.open_items.1 = self.open_items.1.saturating_sub(1),
+            }
+        }
+    }
+
+    /// The index of the next pending item from the cursor (moving the cursor to it), if it is of
+    /// `phase`.
+    pub(crate) fn next_pending(&mut self, phase: Phase) -> Option<usize> {
+        let from = self.cursor.min(self.items.len());
+        match self.items[from..].iter().position(|i| i.status == ItemStatus::Pending) {
+            Some(offset) => {
+                self.cursor = from + offset;
+                (self.items[self.cursor].range.phase == phase).then_some(self.cursor)
+            }
+            None => {
+                self.cursor = self.items.len();
+                None
+            }
+        }
+    }
+
+    /// Every train item is done.
+    pub(crate) fn trained(&self) -> bool {
+        self.open_items.0 == 0
+    }
+
     /// Succeeds once every test item is in and the final version is recorded.
     pub(crate) fn complete_if_done(&mut self) {
-        let tested = self.items.iter().filter(|i| i.range.phase == Phase::Test).all(|i| i.status == ItemStatus::Done);
+        let tested = self.open_items.1 == 0;
         if self.state != JobState::Evaluating || !tested || self.final_publish_pending {
             return;
         }

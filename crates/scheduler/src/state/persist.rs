@@ -3,6 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,12 +22,23 @@ pub(crate) struct Persisted {
 pub struct Snapshot {
     pub(crate) path: PathBuf,
     pub(crate) persisted: Persisted,
+    /// Snapshots are numbered in the order they were taken.
+    pub(crate) seq: u64,
+    /// The number of the newest snapshot written; held while writing, so two writers never
+    /// share the temporary file and an older snapshot never replaces a newer one.
+    pub(crate) written: Arc<Mutex<u64>>,
 }
 
 impl Snapshot {
-    /// Writes it (temporary file, fsync, rename).
+    /// Writes it (temporary file, fsync, rename), unless a newer one was written already.
     pub fn write(&self) -> Result<(), SchedulerError> {
-        write_state(&self.path, &self.persisted)
+        let mut written = self.written.lock();
+        if *written >= self.seq {
+            return Ok(());
+        }
+        write_state(&self.path, &self.persisted)?;
+        *written = self.seq;
+        Ok(())
     }
 }
 
