@@ -9,13 +9,13 @@
 //! - [`model`]: batch indexing and the models (LR, FM, DeepFM) over rows pulled from ps-servers.
 //! - [`tables`]: which ps tables hold a model and what shape it has.
 //! - [`registry`]: the model directory training publishes versions into and serving loads from.
-//! - [`publish`]: a version from the dense tables the ps-servers hold (used by `ember train` and
-//!   by the scheduler for cluster jobs).
+//!
+//! The crate does no network I/O: publishing a version (reading the ps-servers' dense tables) is
+//! the scheduler's (`ember_scheduler::publish`).
 
 pub mod data_roots;
 pub mod features;
 pub mod model;
-pub mod publish;
 pub mod registry;
 pub mod schema;
 pub mod tables;

@@ -14,7 +14,7 @@ use ember_core::job::{JobSpec, ModelKind};
 use ember_core::{Initializer, RowHead, TableSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{DeepFm, FmModel, IndexedBatch, Layer};
+use crate::model::{DeepFm, FmModel, Grads, IndexedBatch, Layer};
 
 /// The model a job trains.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,6 +164,50 @@ impl ModelTables {
     pub fn dense_names(&self) -> Vec<&str> {
         self.dense.iter().flat_map(|(w, b)| [w.as_str(), b.as_str()]).collect()
     }
+
+    /// The model's inputs from the rows of its joined sparse table, in key order: (linear
+    /// weights, embeddings). LR's rows are its weights, with nothing to split.
+    pub fn split_rows(&self, rows: Vec<f32>) -> (Vec<f32>, Vec<f32>) {
+        match self.k() {
+            0 => (rows, Vec::new()),
+            k => split_joined(&rows, k),
+        }
+    }
+
+    /// The rows of the joined sparse table's gradient, from the model's sparse gradients.
+    pub fn joined_grads<'a>(&self, grads: &'a Grads) -> std::borrow::Cow<'a, [f32]> {
+        match self.k() {
+            0 => std::borrow::Cow::Borrowed(&grads.w[..]),
+            k => std::borrow::Cow::Owned(join_rows(&grads.w, &grads.v, k)),
+        }
+    }
+
+    /// Values in a row of the joined sparse table.
+    pub fn row_width(&self) -> usize {
+        1 + self.k()
+    }
+
+    /// The model's dense layers from its dense tables' values, pulled in [`Self::dense_names`]
+    /// order; a table of the wrong size is `(its name, values, values the model needs)`.
+    pub fn dense_layers(&self, mut pulled: Vec<Vec<f32>>) -> Result<Vec<Layer>, (String, usize, usize)> {
+        let shapes = self.model.dense_shapes();
+        if pulled.len() != 2 * shapes.len() {
+            let name = self.dense.first().map_or_else(String::new, |(w, _)| w.clone());
+            return Err((name, pulled.len(), 2 * shapes.len()));
+        }
+        let mut layers = Vec::with_capacity(shapes.len());
+        for (i, (weights, biases)) in shapes.into_iter().enumerate() {
+            let b = std::mem::take(&mut pulled[2 * i + 1]);
+            let w = std::mem::take(&mut pulled[2 * i]);
+            for (name, got, want) in [(&self.dense[i].0, w.len(), weights), (&self.dense[i].1, b.len(), biases)] {
+                if got != want {
+                    return Err((name.clone(), got, want));
+                }
+            }
+            layers.push(Layer { w, b });
+        }
+        Ok(layers)
+    }
 }
 
 impl Model {
@@ -180,6 +224,32 @@ impl Model {
         match self {
             Model::Fm(_) => Vec::new(),
             Model::DeepFm(m) => m.layer_shapes().into_iter().map(|(i, o)| (i * o, o)).collect(),
+        }
+    }
+
+    /// Dense parameters in all (0 for LR and FM).
+    pub fn dense_values(&self) -> usize {
+        self.dense_shapes().iter().map(|(w, b)| w + b).sum()
+    }
+
+    /// One training step's forward and backward over `batch`, with `w` and `v` its keys' rows and
+    /// `dense` the dense layers: (probabilities, sparse gradients, dense gradients by layer).
+    pub fn train_batch(
+        &self,
+        batch: &IndexedBatch,
+        w: &[f32],
+        v: &[f32],
+        dense: &[Layer],
+    ) -> Result<(Vec<f32>, Grads, Vec<Layer>), String> {
+        match self {
+            Model::Fm(m) => {
+                let (probs, grads) = m.train_batch(batch, w, v);
+                Ok((probs, grads, Vec::new()))
+            }
+            Model::DeepFm(m) => {
+                let (probs, g) = m.train_batch(batch, w, v, dense)?;
+                Ok((probs, g.sparse, g.dense))
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 //! - [`state`]: every decision, in plain Rust with the clock passed in (unit-tested without a
 //!   network or sleeps).
 //! - [`plan`]: splitting a job's files into line-aligned byte ranges.
+//! - [`publish`]: a model version from the dense tables the ps-servers hold, into a model dir.
 //! - [`report`]: a job's figures from the workers' reports, and the JSON report built from them.
 //! - [`service`]: the `ember.v1.Scheduler` gRPC adapter (decode, lock, call, map the error).
 //!
@@ -12,6 +13,7 @@
 //! snapshots off the lock, at most every [`PERSIST_EVERY`].
 
 pub mod plan;
+pub mod publish;
 pub mod report;
 pub mod service;
 pub mod state;

@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use ember_client::Credentials;
 use ember_core::Refusal;
-use ember_model::publish::Publisher;
 use ember_model::{InputSchema, ModelDir, ModelTables};
 use ember_proto::auth;
 use ember_proto::v1::{self, scheduler_server::Scheduler};
@@ -13,6 +12,7 @@ use parking_lot::Mutex;
 use tonic::{Request, Response, Status};
 
 use crate::plan::Phase;
+use crate::publish::Publisher;
 use crate::report::{ItemStats, TableReport, Window};
 use crate::state::{CheckpointRecord, ItemReport, JobState, Role, SchedulerError, State};
 

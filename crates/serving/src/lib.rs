@@ -107,7 +107,7 @@ impl Serving {
         if let Err(e) = predictor.refresh().await {
             tracing::warn!(error = %e, "no model loaded at start; serving answers Unavailable until one is");
         }
-        let watcher = tokio::spawn(manager::watch(Arc::clone(&predictor), config.poll_interval));
+        let watcher = tokio::spawn(predictor::watch(Arc::clone(&predictor), config.poll_interval));
         Self { predictor, watcher }
     }
 }

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ember_core::TableSpec;
 use ember_model::model::{IndexedBatch, Layer};
@@ -16,7 +15,6 @@ use ember_model::{ModelDir, ModelManifest, PublishedModel, SparseLayout};
 use metrics::gauge;
 use parking_lot::{Mutex, RwLock};
 
-use crate::predictor::Predictor;
 use crate::ServingError;
 
 /// A version ready to answer requests.
@@ -149,17 +147,5 @@ impl ModelManager {
         metrics::counter!("ember_serving_model_loads_total", "outcome" => "swapped").increment(1);
         gauge!("ember_serving_model_version").set(version as f64);
         tracing::info!(version, "model version swapped in");
-    }
-}
-
-/// Follows the model directory every `interval` until aborted.
-pub async fn watch(predictor: Arc<Predictor>, interval: Duration) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = predictor.refresh().await {
-            tracing::warn!(error = %e, "checking the model directory");
-        }
     }
 }

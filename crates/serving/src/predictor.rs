@@ -8,12 +8,11 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ember_core::SplitMix64;
 use ember_model::features::{Example, Feature};
 use ember_model::model::IndexedBatch;
-use ember_model::tables::split_joined;
 use ember_model::{FieldKind, SparseLayout};
 use parking_lot::Mutex;
 
@@ -124,7 +123,7 @@ impl Predictor {
         let batch = IndexedBatch::new(&examples);
         let (w, v) = if matches!(m.manifest.tables.layout(), SparseLayout::Joined(_)) {
             let mut rows = self.rows.rows(&m.linear, &batch.keys).await?;
-            let (w, v) = split_joined(&rows.values, m.manifest.tables.k());
+            let (w, v) = m.manifest.tables.split_rows(std::mem::take(&mut rows.values));
             rows.values = v;
             (TableRows { values: w, misses: rows.misses, cache_hits: rows.cache_hits }, Some(rows))
         } else {
@@ -211,4 +210,16 @@ pub fn synthetic_samples(model: &LoadedModel, n: usize, rng: &mut SplitMix64) ->
             SampleIn { fields, ..Default::default() }
         })
         .collect()
+}
+
+/// Follows the model directory every `interval` until aborted.
+pub async fn watch(predictor: Arc<Predictor>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = predictor.refresh().await {
+            tracing::warn!(error = %e, "checking the model directory");
+        }
+    }
 }

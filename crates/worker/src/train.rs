@@ -28,7 +28,7 @@ use ember_core::sync::StalenessHistogram;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 
-use ember_model::tables::{join_rows, split_joined, SparseLayout};
+use ember_model::tables::SparseLayout;
 pub use ember_model::tables::{Model, ModelTables, TableToCreate};
 
 use crate::compress::Residuals;
@@ -212,22 +212,9 @@ fn trained_table(tables: &ModelTables) -> Result<&str, TrainError> {
     }
 }
 
-fn to_layers(tables: &ModelTables, mut pulled: Vec<(Vec<f32>, u64)>) -> Result<(Vec<Layer>, Vec<u64>), TrainError> {
-    let Model::DeepFm(m) = &tables.model else { return Ok((Vec::new(), Vec::new())) };
-    let versions = pulled.iter().map(|p| p.1).collect();
-    let mut layers = Vec::new();
-    for (i, (inputs, outputs)) in m.layer_shapes().into_iter().enumerate() {
-        let b = std::mem::take(&mut pulled[2 * i + 1].0);
-        let w = std::mem::take(&mut pulled[2 * i].0);
-        for (name, got, want) in
-            [(&tables.dense[i].0, w.len(), inputs * outputs), (&tables.dense[i].1, b.len(), outputs)]
-        {
-            if got != want {
-                return Err(TrainError::DenseShape { name: name.clone(), got, want });
-            }
-        }
-        layers.push(Layer { w, b });
-    }
+fn to_layers(tables: &ModelTables, pulled: Vec<(Vec<f32>, u64)>) -> Result<(Vec<Layer>, Vec<u64>), TrainError> {
+    let (values, versions): (Vec<Vec<f32>>, Vec<u64>) = pulled.into_iter().unzip();
+    let layers = tables.dense_layers(values).map_err(|(name, got, want)| TrainError::DenseShape { name, got, want })?;
     Ok((layers, versions))
 }
 
@@ -255,31 +242,17 @@ async fn pull_rows(
     };
     let (rows, dense) = tokio::try_join!(sparse, dense)?;
     let (dense, dense_versions) = to_layers(&tables, dense)?;
-    // LR's rows are its weights: no split to make.
-    let (w, v) = if tables.k() == 0 { (rows.values, Vec::new()) } else { split_joined(&rows.values, tables.k()) };
+    let (w, v) = tables.split_rows(rows.values);
     Ok(Pulled { w, v, dense, clock: rows.clock, dense_versions })
 }
 
 fn payload_bytes(keys: usize, tables: &ModelTables) -> u64 {
-    let dense: usize = match &tables.model {
-        Model::DeepFm(m) => m.layer_shapes().iter().map(|(i, o)| i * o + o).sum(),
-        Model::Fm(_) => 0,
-    };
-    (keys * 8 + keys * (1 + tables.k()) * 4 + dense * 4) as u64
+    (keys * 8 + keys * tables.row_width() * 4 + tables.model.dense_values() * 4) as u64
 }
 
 /// Forward and backward of one batch: probabilities, sparse gradients, dense gradients.
 fn compute(model: &Model, batch: &IndexedBatch, rows: &Pulled) -> Result<(Vec<f32>, Grads, Vec<Layer>), TrainError> {
-    match model {
-        Model::Fm(m) => {
-            let (probs, grads) = m.train_batch(batch, &rows.w, &rows.v);
-            Ok((probs, grads, Vec::new()))
-        }
-        Model::DeepFm(m) => {
-            let (probs, g) = m.train_batch(batch, &rows.w, &rows.v, &rows.dense).map_err(TrainError::Compute)?;
-            Ok((probs, g.sparse, g.dense))
-        }
-    }
+    model.train_batch(batch, &rows.w, &rows.v, &rows.dense).map_err(TrainError::Compute)
 }
 
 /// What one batch's push sent, and the staleness the servers measured.
@@ -313,11 +286,7 @@ async fn push_grads(
         Err(_) => Default::default(),
     };
     let table = trained_table(&tables)?;
-    let row_grads = if tables.k() == 0 {
-        std::borrow::Cow::Borrowed(&grads.w[..])
-    } else {
-        std::borrow::Cow::Owned(join_rows(&grads.w, &grads.v, tables.k()))
-    };
+    let row_grads = tables.joined_grads(&grads);
     let sparse = client.push_encoded(table, &keys, &row_grads, &rows.clock, sparse_codec, &mut rs);
     let names = tables.dense_names();
     let d = async {
@@ -364,7 +333,7 @@ pub async fn train(
     let TrainOptions { compression, ssp, pull_ahead } = options;
     let pull_ahead = pull_ahead && ssp.is_none();
     let mut stats = WorkerStats::default();
-    let residuals = Arc::new(std::sync::Mutex::new(Residuals::new(1 + tables.k())));
+    let residuals = Arc::new(std::sync::Mutex::new(Residuals::new(tables.row_width())));
     let next_batch = || async { queue.lock().await.recv().await };
     // `after` resolves when the push this pull must see has landed (or failed: the loop reports
     // that failure when it awaits the push itself).

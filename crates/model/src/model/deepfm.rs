@@ -10,17 +10,8 @@
 use ember_core::eval::sigmoid;
 use ember_core::SplitMix64;
 
-use super::mlp::MlpPass;
+use super::mlp::{Layer, MlpPass};
 use super::{FmModel, Grads, IndexedBatch};
-
-/// One dense layer's parameters: `w` is `inputs x outputs` row-major, `b` has `outputs` values.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Layer {
-    /// Weights.
-    pub w: Vec<f32>,
-    /// Biases.
-    pub b: Vec<f32>,
-}
 
 /// A DeepFM model's shape.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

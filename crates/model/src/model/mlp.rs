@@ -12,7 +12,14 @@
 //! row-major; every product runs on the calling thread (the worker shares its cores with a
 //! ps-server and the reader, and a pool's idle spinning cost more than it gave).
 
-use super::deepfm::Layer;
+/// One dense layer's parameters: `w` is `inputs x outputs` row-major, `b` has `outputs` values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layer {
+    /// Weights.
+    pub w: Vec<f32>,
+    /// Biases.
+    pub b: Vec<f32>,
+}
 
 /// A row-major matrix, or a transposed view of one.
 #[derive(Clone, Copy)]

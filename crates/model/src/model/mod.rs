@@ -16,8 +16,9 @@ use ember_core::U64Map;
 
 use crate::features::{bias_id, Example};
 
-pub use deepfm::{DeepFm, DeepFmGrads, Layer};
+pub use deepfm::{DeepFm, DeepFmGrads};
 pub use fm::{FmModel, Grads};
+pub use mlp::Layer;
 
 /// A mini-batch with its features mapped to positions in a deduplicated key list.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -6,10 +6,10 @@
 //! published with can then be restored together. Servers without a data dir refuse checkpoints
 //! (FailedPrecondition), and the manifest then names none.
 
-use crate::model::Layer;
-use crate::{InputSchema, ModelDir, ModelManifest, ModelTables, RegistryError, TableToCreate};
 use ember_client::{ClientError, PsClient};
 use ember_core::job::JobSpec;
+use ember_model::model::Layer;
+use ember_model::{InputSchema, ModelDir, ModelManifest, ModelTables, RegistryError, TableToCreate};
 
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
