@@ -10,8 +10,8 @@ use ember_proto::v1::{self};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use crate::predictor::{Predictor, SampleIn};
-use crate::{ServingConfig, ServingError};
+use crate::predictor::{ModelStatus, Predictor, SampleIn};
+use crate::ServingConfig;
 
 /// The gRPC adapter over a [`Predictor`].
 pub struct ServingService {
@@ -28,28 +28,20 @@ pub fn sample_of(s: v1::Sample) -> SampleIn {
 }
 
 /// The loaded model's status as a wire message.
-pub fn model_status(predictor: &Predictor) -> Result<v1::ModelStatusResponse, ServingError> {
-    let m = predictor.manager().current().ok_or(ServingError::NoModel)?;
-    let kind = |k| match k {
-        ember_model::FieldKind::Categorical => "categorical",
-        ember_model::FieldKind::Integer => "integer",
-        ember_model::FieldKind::Numeric => "numeric",
-    };
-    Ok(v1::ModelStatusResponse {
-        version: m.version(),
-        name: m.manifest.name.clone(),
-        rows_trained: m.manifest.rows_trained,
-        fields: m
-            .manifest
-            .schema
-            .fields()
-            .iter()
-            .map(|f| v1::InputFieldInfo { name: f.name.clone(), field: f.field, kind: kind(f.kind).into() })
+fn status_message(s: ModelStatus) -> v1::ModelStatusResponse {
+    v1::ModelStatusResponse {
+        version: s.version,
+        name: s.name,
+        rows_trained: s.rows_trained,
+        fields: s
+            .fields
+            .into_iter()
+            .map(|(name, field, kind)| v1::InputFieldInfo { name, field, kind: kind.into() })
             .collect(),
-        tables: m.manifest.tables.sparse_names().into_iter().map(String::from).collect(),
-        kept_versions: predictor.manager().kept_versions(),
-        data_format: format!("{:?}", m.manifest.data_format).to_lowercase(),
-    })
+        tables: s.tables,
+        kept_versions: s.kept_versions,
+        data_format: s.data_format,
+    }
 }
 
 #[tonic::async_trait]
@@ -73,7 +65,7 @@ impl ServingRpc for ServingService {
         &self,
         _req: Request<v1::ModelStatusRequest>,
     ) -> Result<Response<v1::ModelStatusResponse>, Status> {
-        model_status(&self.predictor).map(Response::new).map_err(|e| e.status())
+        self.predictor.status().map(|s| Response::new(status_message(s))).map_err(|e| e.status())
     }
 }
 

@@ -16,7 +16,6 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
 
-use crate::grpc::model_status;
 use crate::predictor::{Predictor, SampleIn};
 use crate::ServingError;
 
@@ -83,7 +82,7 @@ async fn predict(State(predictor): State<Arc<Predictor>>, Path(target): Path<Str
 }
 
 async fn status(State(predictor): State<Arc<Predictor>>, Path(name): Path<String>) -> Response {
-    match model_status(&predictor) {
+    match predictor.status() {
         Ok(s) if s.name == name || name.is_empty() => reply(
             StatusCode::OK,
             json!({
@@ -91,7 +90,7 @@ async fn status(State(predictor): State<Arc<Predictor>>, Path(name): Path<String
                 "version": s.version,
                 "rows_trained": s.rows_trained,
                 "kept_versions": s.kept_versions,
-                "fields": s.fields.iter().map(|f| json!({"name": f.name, "kind": f.kind})).collect::<Vec<_>>(),
+                "fields": s.fields.iter().map(|(name, _, kind)| json!({"name": name, "kind": kind})).collect::<Vec<_>>(),
             }),
         ),
         Ok(s) => reply(

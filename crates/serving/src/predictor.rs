@@ -212,6 +212,46 @@ pub fn synthetic_samples(model: &LoadedModel, n: usize, rng: &mut SplitMix64) ->
         .collect()
 }
 
+/// The loaded model, as `ModelStatus` (gRPC) and `GET /v1/models/NAME` (REST) show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelStatus {
+    /// Version.
+    pub version: u64,
+    /// Model name (the job's).
+    pub name: String,
+    /// Rows trained when it was published.
+    pub rows_trained: u64,
+    /// Input fields: (name, field id, `categorical` / `integer` / `numeric`).
+    pub fields: Vec<(String, u32, &'static str)>,
+    /// Sparse tables it reads.
+    pub tables: Vec<String>,
+    /// Versions kept loaded (for rollback).
+    pub kept_versions: Vec<u64>,
+    /// The data format its inputs came in.
+    pub data_format: String,
+}
+
+impl Predictor {
+    /// The loaded model's status.
+    pub fn status(&self) -> Result<ModelStatus, ServingError> {
+        let m = self.manager().current().ok_or(ServingError::NoModel)?;
+        let kind = |k| match k {
+            ember_model::FieldKind::Categorical => "categorical",
+            ember_model::FieldKind::Integer => "integer",
+            ember_model::FieldKind::Numeric => "numeric",
+        };
+        Ok(ModelStatus {
+            version: m.version(),
+            name: m.manifest.name.clone(),
+            rows_trained: m.manifest.rows_trained,
+            fields: m.manifest.schema.fields().iter().map(|f| (f.name.clone(), f.field, kind(f.kind))).collect(),
+            tables: m.manifest.tables.sparse_names().into_iter().map(String::from).collect(),
+            kept_versions: self.manager().kept_versions(),
+            data_format: format!("{:?}", m.manifest.data_format).to_lowercase(),
+        })
+    }
+}
+
 /// Follows the model directory every `interval` until aborted.
 pub async fn watch(predictor: Arc<Predictor>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
