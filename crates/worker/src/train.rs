@@ -121,13 +121,30 @@ impl Progress {
         }
     }
 
-    /// The windows so far, the partial last one included; the next window starts empty.
+    /// The windows so far, the partial last one included; the next window starts empty. A
+    /// partial window under half the size joins the one before it (its logloss exactly, its AUC
+    /// weighted by rows): an item's last few rows alone would make a noisy curve point.
     pub fn take_windows(&self) -> Vec<Window> {
         self.windows
             .lock()
             .map(|mut w| {
+                let short = !w.probs.is_empty() && w.probs.len() * 2 < self.window_rows;
                 w.cut();
-                std::mem::take(&mut w.done)
+                let mut done = std::mem::take(&mut w.done);
+                if short && done.len() >= 2 {
+                    if let Some(last) = done.pop() {
+                        if let Some(prev) = done.last_mut() {
+                            let rows = prev.rows + last.rows;
+                            if last.auc.is_finite() {
+                                prev.auc = (prev.auc * prev.rows as f64 + last.auc * last.rows as f64) / rows as f64;
+                            }
+                            prev.rows = rows;
+                            prev.loss_sum += last.loss_sum;
+                            prev.end_unix_ms = last.end_unix_ms;
+                        }
+                    }
+                }
+                done
             })
             .unwrap_or_default()
     }
@@ -412,4 +429,34 @@ pub async fn predict(client: &PsClient, tables: &ModelTables, batch: IndexedBatc
     })
     .await
     .map_err(|e| TrainError::Compute(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Windows are cut at the window size; an item's short tail joins the window before it,
+    /// a long one stands alone, and nothing is lost either way.
+    #[test]
+    fn progress_cuts_windows_and_folds_a_short_tail_into_the_last() {
+        let batch = |n: usize| (vec![0.25f32; n], (0..n).map(|i| (i % 2) as f32).collect::<Vec<f32>>());
+        for (tail, want) in [(10usize, vec![100u64, 110]), (60, vec![100, 100, 60]), (0, vec![100, 100])] {
+            let p = Progress::with_windows(100);
+            for n in [50, 50, 50, 50] {
+                let (probs, labels) = batch(n);
+                p.record(&probs, &labels);
+            }
+            if tail > 0 {
+                let (probs, labels) = batch(tail);
+                p.record(&probs, &labels);
+            }
+            let windows = p.take_windows();
+            assert_eq!(windows.iter().map(|w| w.rows).collect::<Vec<_>>(), want, "tail {tail}");
+            let loss: f64 = windows.iter().map(|w| w.loss_sum).sum();
+            let rows = (200 + tail) as f64;
+            assert!((loss / rows - logloss(&[0.25, 0.25], &[0.0, 1.0])).abs() < 1e-6, "tail {tail}: {loss}");
+            assert_eq!(p.examples.load(Ordering::Relaxed), 200 + tail as u64);
+            assert!(p.take_windows().is_empty(), "taken");
+        }
+    }
 }
