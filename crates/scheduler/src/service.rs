@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::plan::Phase;
 use crate::publish::Publisher;
 use crate::report::{ItemStats, TableReport, Window};
-use crate::state::{CheckpointRecord, ItemReport, JobState, Role, SchedulerError, State};
+use crate::state::{CheckpointRecord, ItemReport, JobState, Publish, Role, SchedulerError, State};
 
 /// The service over the shared state.
 #[derive(Clone)]
@@ -114,7 +114,7 @@ async fn publish_model(
     state: &Mutex<State>,
     credentials: &Credentials,
     job_id: &str,
-    rows: u64,
+    due: Publish,
 ) -> Result<u64, String> {
     let (toml, (_, endpoints, owners), roots) = {
         let s = state.lock();
@@ -132,7 +132,13 @@ async fn publish_model(
             .map_err(|e| e.to_string())?;
     let publisher = Publisher::new(ModelDir::new(&spec.publish.model_dir), &spec, job_id, tables, &specs, schema);
     let client = ember_client::PsClient::connect(map, credentials).await.map_err(|e| e.to_string())?;
-    publisher.publish(&client, rows).await.map_err(|e| e.to_string())
+    if due.last && spec.sync.buffers() {
+        // Every train item is reported, so every push of the job has landed: what the servers
+        // still buffer (softsync's partial last round) belongs in the trained model. Workers
+        // flush it too, but only when they next ask for work, which may be after this publish.
+        client.flush_pending().await.map_err(|e| format!("applying the last softsync gradients: {e}"))?;
+    }
+    publisher.publish(&client, due.rows).await.map_err(|e| e.to_string())
 }
 
 /// A worker's figures for an item, as the state keeps them.
@@ -361,7 +367,7 @@ impl Scheduler for SchedulerService {
         if let Some(publish) = due.publish {
             let (state, job, credentials) = (Arc::clone(&self.state), r.job_id.clone(), self.credentials.clone());
             tokio::spawn(async move {
-                let outcome = publish_model(&state, &credentials, &job, publish.rows).await;
+                let outcome = publish_model(&state, &credentials, &job, publish).await;
                 if let Err(e) = &outcome {
                     tracing::error!(job = %job, rows = publish.rows, error = %e, "publishing a model version failed");
                 }
