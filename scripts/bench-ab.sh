@@ -16,7 +16,8 @@ A_PS="${A_PS:-}"; B_PS="${B_PS:-}"; A_CLIENT="${A_CLIENT:-}"; B_CLIENT="${B_CLIE
 ROUNDS="${ROUNDS:-3}"; SECS="${SECS:-5}"; OPS="${OPS:-pull push}"
 WORK="$(mktemp -d /tmp/ember-ab.XXXXXX)"
 PS_PID=""
-trap '[ -n "$PS_PID" ] && kill "$PS_PID" 2>/dev/null; wait 2>/dev/null || true' EXIT
+# The ps data dirs hold gigabytes of checkpoints: removed at exit.
+trap '[ -n "$PS_PID" ] && kill "$PS_PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 run() { # run NAME BIN PSFLAGS CLIENTFLAGS ROUND -> prints "NAME ROUND OP KEYS_PER_SEC" lines
   local name="$1" bin="$2" psflags="$3" clientflags="$4" round="$5" dir="$WORK/$1-$5"

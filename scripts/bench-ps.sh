@@ -19,7 +19,7 @@ WORK="$(mktemp -d /tmp/ember-bench-ps.XXXXXX)"
 echo "machine: $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 "$EMBER" ps --listen 127.0.0.1:0 --data-dir "$WORK/ps" >"$WORK/ps.out" 2>"$WORK/ps.log" &
 PS_PID=$!
-trap 'kill "$PS_PID" 2>/dev/null; wait "$PS_PID" 2>/dev/null || true' EXIT
+trap 'kill "$PS_PID" 2>/dev/null; wait "$PS_PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 for _ in $(seq 100); do grep -q "listening on" "$WORK/ps.out" 2>/dev/null && break; sleep 0.1; done
 ADDR="$(sed -n 's/^ember ps listening on //p' "$WORK/ps.out")"
 [ -n "$ADDR" ] || { echo "ember ps did not start: $(cat "$WORK/ps.log")" >&2; exit 1; }

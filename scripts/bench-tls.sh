@@ -15,7 +15,7 @@ EMBER="${EMBER:-$ROOT/target/release/ember}"
 [ -x "$EMBER" ] || (cd "$ROOT" && cargo build --release -p ember-cli)
 WORK="$(mktemp -d /tmp/ember-tls.XXXXXX)"
 PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 # A CA and one certificate for 127.0.0.1, for servers and clients alike.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench CA" \
