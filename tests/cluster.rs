@@ -171,6 +171,19 @@ fn scheduler_ps_and_workers_as_processes_train_a_job() {
         .unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.contains("\"rows_trained\":9000") && listed.contains("\"name\":\"criteo-lr\""), "{listed}");
+    // Each version records every ps-server's row-delta cut (its sparse cut), in shard-map order.
+    let newest = std::fs::read_dir(dir.path().join("models"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("manifest.json").exists())
+        .max()
+        .unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(newest.join("manifest.json")).unwrap()).unwrap();
+    let cuts = manifest["sparse_cuts"].as_array().unwrap();
+    assert_eq!(cuts.len(), 2, "{manifest}");
+    assert!(cuts.iter().all(|c| c["stream_id"].as_u64() > Some(0) && c["seq"].as_u64() > Some(1)), "{manifest}");
+    assert_ne!(cuts[0]["stream_id"], cuts[1]["stream_id"], "each server has its own stream");
     let auc = done["test_auc"].as_f64().unwrap();
     assert!(auc > 0.70, "test AUC {auc}: {done}");
     assert!(done["progressive_logloss"].as_f64().unwrap() < 0.6, "{done}");

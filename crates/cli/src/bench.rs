@@ -126,6 +126,10 @@ pub struct BenchPsArgs {
     /// `--op verify`: fail unless every row exists and still holds its initial values.
     #[arg(long)]
     pub expect_initial: bool,
+    /// Also follow every server's row deltas during the run, a round every this many ms (what
+    /// a replica adds to a training server's load).
+    #[arg(long)]
+    pub follow_deltas_ms: Option<u32>,
 }
 
 /// The bench table's initializer and seed: `--op verify` recomputes every row's initial values.
@@ -182,6 +186,38 @@ pub struct BenchReport {
     pub hot_rows: u64,
     /// See `hot_rows`.
     pub cold_rows: u64,
+    /// With `--follow-deltas-ms`: delta rounds completed and rows (changed or deleted) received.
+    pub delta_rounds: u64,
+    /// See `delta_rounds`.
+    pub delta_rows: u64,
+}
+
+/// Follows every server's row deltas until `deadline`: (rounds, rows) received.
+async fn follow_deltas(client: PsClient, interval_ms: u32, deadline: Instant) -> anyhow::Result<(u64, u64)> {
+    let (mut rounds, mut rows) = (0u64, 0u64);
+    let mut streams = Vec::new();
+    for server in 0..client.endpoints().len() {
+        let request = ember_proto::v1::SubscribeDeltasRequest { interval_ms, ..Default::default() };
+        streams.push(client.subscribe_deltas(server, request).await?);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut stream in streams {
+        tasks.spawn(async move {
+            let (mut rounds, mut rows) = (0u64, 0u64);
+            let until = tokio::time::Instant::from_std(deadline);
+            while let Ok(Ok(Some(batch))) = tokio::time::timeout_at(until, stream.message()).await {
+                rows += (batch.keys.len() + batch.deleted.len()) as u64;
+                rounds += u64::from(batch.watermark != 0);
+            }
+            (rounds, rows)
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (r, n) = done.context("delta follower")?;
+        rounds += r;
+        rows += n;
+    }
+    Ok((rounds, rows))
 }
 
 /// (hot hits, cold hits, hot rows, cold rows) of `table` over every server.
@@ -302,6 +338,7 @@ pub async fn measure(args: &BenchPsArgs) -> anyhow::Result<BenchReport> {
 
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.seconds);
+    let follower = args.follow_deltas_ms.map(|ms| tokio::spawn(follow_deltas(clients[0].clone(), ms, deadline)));
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..args.concurrency.max(1) {
         let client = clients[task % clients.len()].clone();
@@ -344,6 +381,10 @@ pub async fn measure(args: &BenchPsArgs) -> anyhow::Result<BenchReport> {
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let (delta_rounds, delta_rows) = match follower {
+        Some(task) => task.await.context("delta follower")??,
+        None => (0, 0),
+    };
     let after = tier_counts(&clients[0], &args.table).await?;
     all.latencies_us.sort_unstable();
     let lat = &all.latencies_us;
@@ -375,6 +416,8 @@ pub async fn measure(args: &BenchPsArgs) -> anyhow::Result<BenchReport> {
         cold_hits: after[1] - before[1].min(after[1]),
         hot_rows: after[2],
         cold_rows: after[3],
+        delta_rounds,
+        delta_rows,
     })
 }
 

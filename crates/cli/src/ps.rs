@@ -40,6 +40,10 @@ pub struct PsArgs {
     /// Most keys accepted in one request.
     #[arg(long, default_value_t = StoreConfig::default().max_batch_keys)]
     max_batch_keys: usize,
+    /// Keys each sparse table's row-delta log keeps for replicas (16 bytes each); a replica
+    /// further behind resyncs from a snapshot. 0 turns row deltas off.
+    #[arg(long, default_value_t = StoreConfig::default().delta_log_keys)]
+    delta_log_keys: usize,
     /// Register with this scheduler (and heartbeat); without it the server runs standalone.
     #[arg(long)]
     scheduler: Option<String>,
@@ -70,7 +74,11 @@ pub async fn run(args: PsArgs) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let config = PsConfig {
         data_dir: args.data_dir,
-        store: StoreConfig { shard_bits: args.shard_bits, max_batch_keys: args.max_batch_keys },
+        store: StoreConfig {
+            shard_bits: args.shard_bits,
+            max_batch_keys: args.max_batch_keys,
+            delta_log_keys: args.delta_log_keys,
+        },
         dram_budget: args.dram_budget,
         checkpoint_every: (args.checkpoint_every > 0).then(|| Duration::from_secs(args.checkpoint_every)),
         full_every: args.full_every,

@@ -551,6 +551,39 @@ impl PsClient {
         try_join_all(calls).await
     }
 
+    /// Cuts every server's row-delta stream: (stream id, seq) per server, in shard-map order.
+    /// Every change a server made before the call is at or below its seq.
+    pub async fn cut_deltas(&self) -> Result<Vec<(u64, u64)>, ClientError> {
+        let calls = self.servers.iter().enumerate().map(|(server, client)| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .cut_deltas(v1::CutDeltasRequest {})
+                    .await
+                    .map(|r| {
+                        let r = r.into_inner();
+                        (r.stream_id, r.seq)
+                    })
+                    .map_err(self.rpc_err(server))
+            }
+        });
+        try_join_all(calls).await
+    }
+
+    /// Opens server `server`'s row-delta stream (`SubscribeDeltas`): rounds of batches, each
+    /// closed by a message carrying its watermark. The stream runs until dropped.
+    pub async fn subscribe_deltas(
+        &self,
+        server: usize,
+        request: v1::SubscribeDeltasRequest,
+    ) -> Result<tonic::Streaming<v1::DeltaBatch>, ClientError> {
+        let Some(client) = self.servers.get(server) else {
+            return Err(ClientError::InvalidArgument(format!("no server {server} of {}", self.servers.len())));
+        };
+        let reply = client.clone().subscribe_deltas(request).await.map_err(self.rpc_err(server))?;
+        Ok(reply.into_inner())
+    }
+
     /// Every row of a sparse table from every server: (dim, keys, weights), sorted by key, each
     /// key once. A tiered server may send a key twice (its disk copy, then its DRAM row): the
     /// later one is kept.

@@ -105,7 +105,11 @@ pub fn checkpoint(data: &[u8]) {
             return;
         }
         let Ok(checkpoints) = ember_store::Checkpointer::open(dir.path()) else { return };
-        let store = ember_store::Store::new(ember_store::StoreConfig { shard_bits: 1, max_batch_keys: 1024 });
+        let store = ember_store::Store::new(ember_store::StoreConfig {
+            shard_bits: 1,
+            max_batch_keys: 1024,
+            ..Default::default()
+        });
         if checkpoints.restore(&store, ember_store::IfNoIntactChain::Refuse).is_ok() {
             // Whatever the file held, no restored row is NaN or Inf.
             for table in store.all_tables() {

@@ -26,7 +26,7 @@ thread_local! {
 const MAX_FUZZ_DIM: u32 = 1 << 12;
 
 fn service() -> PsService {
-    let store = Arc::new(Store::new(StoreConfig { shard_bits: 1, max_batch_keys: 4096 }));
+    let store = Arc::new(Store::new(StoreConfig { shard_bits: 1, max_batch_keys: 4096, ..StoreConfig::default() }));
     let sgd = ember_core::Optimizer::Sgd { learning_rate: 0.1 };
     let _ = store.create_table(ember_core::TableSpec::sparse("t", 4, sgd), None);
     let _ = store.create_table(ember_core::TableSpec::dense("d", 4, sgd), None);

@@ -21,6 +21,6 @@ pub mod schema;
 pub mod tables;
 
 pub use data_roots::{DataRootError, DataRoots};
-pub use registry::{ModelDir, ModelManifest, PublishedModel, RegistryError};
+pub use registry::{ModelDir, ModelManifest, PublishedModel, RegistryError, SparseCut};
 pub use schema::{FieldKind, InputField, InputSchema};
 pub use tables::{Model, ModelTables, SparseLayout, TableToCreate};

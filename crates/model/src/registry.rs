@@ -84,10 +84,25 @@ pub struct ModelManifest {
     pub schema: InputSchema,
     /// Label of the cluster checkpoint of the ps tables taken with this version, if any.
     pub checkpoint: Option<u64>,
+    /// Each ps-server's delta cut taken with this version (its sparse cut), in shard-map order:
+    /// every row change on that server up to `seq` of stream `stream_id` is in the version.
+    /// Empty for versions published before delta streams existed.
+    #[serde(default)]
+    pub sparse_cuts: Vec<SparseCut>,
     /// f32 values in `dense.bin`.
     pub dense_values: u64,
     /// xxh3-64 of `dense.bin`.
     pub dense_xxh3: u64,
+}
+
+/// One ps-server's position in its row-delta stream (`SubscribeDeltas`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparseCut {
+    /// The server instance's stream.
+    pub stream_id: u64,
+    /// The cut: changes tagged up to it.
+    pub seq: u64,
 }
 
 /// A version read back: its manifest and dense layers.

@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`service`]: the `ember.v1.ParameterServer` handlers: decode, call the store off the async
 //!   runtime, map the error, record metrics. No logic of their own.
+//! - [`deltas`]: the `SubscribeDeltas` stream of changed rows that read-only replicas follow.
 //! - [`clocks`]: SSP clocks of workers' groups, for the `WorkerClock` rpc.
 //! - [`error`]: the one place store and conversion errors become gRPC status codes.
 //! - [`serve`]: runs the service plus `grpc.health.v1` on a listener until a shutdown future
@@ -20,10 +21,12 @@
 //! `ember_ps_tier{table,what}` (hot and cold rows, hits, promotions, demotions),
 //! `ember_ps_hot_bytes`, `ember_ps_dram_budget_bytes`, `ember_ps_cold_tier_memory_bytes{what}`
 //! (RocksDB's index and filter blocks and write buffers: DRAM outside the budget),
+//! `ember_ps_delta_subscribers`, `ember_ps_delta_rows_total{kind}` (changed, deleted, snapshot),
 //! `ember_ps_cold_tier_backlog{what}` (RocksDB's running flushes and compactions, L0 files,
 //! write throttling).
 
 pub mod clocks;
+pub mod deltas;
 pub mod error;
 pub mod run;
 pub mod service;

@@ -450,48 +450,35 @@ impl ParameterServer for PsService {
         let table = self.store.sparse(&req.into_inner().table).map_err(|e| status_of(&e))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
-            let dim = table.dim();
-            // No row moves between tiers during the export; cold records go first and DRAM rows
-            // after, so for a key in both the DRAM row comes last (the client keeps the last).
-            let _gate = table.is_tiered().then(|| table.tier_gate());
-            let (mut keys, mut values) = (Vec::with_capacity(EXPORT_CHUNK_ROWS), Vec::new());
-            let send = |keys: &mut Vec<u64>, values: &mut Vec<f32>| {
-                let chunk = v1::ExportChunk {
-                    dim: dim as u32,
-                    keys: std::mem::take(keys),
-                    values: f32s_to_bytes(std::mem::take(values)),
-                };
+            // Cold records first, then DRAM rows: for a key in both, the DRAM row comes last
+            // (the client keeps the last). Each chunk is sent after its shard lock is released.
+            let dim = table.dim() as u32;
+            let scanned = table.snapshot(&|_| true, EXPORT_CHUNK_ROWS, &mut |rows| {
+                let chunk = v1::ExportChunk { dim, keys: rows.keys, values: f32s_to_bytes(rows.values) };
                 tx.blocking_send(Ok(chunk)).is_ok()
-            };
-            let mut open = true;
-            let scanned = table.scan_cold(&mut |meta, row| {
-                if open {
-                    keys.push(meta.key);
-                    values.extend_from_slice(&row[..dim]);
-                    if keys.len() >= EXPORT_CHUNK_ROWS {
-                        open = send(&mut keys, &mut values);
-                    }
-                }
             });
             if let Err(e) = scanned {
                 let _ = tx.blocking_send(Err(status_of(&e)));
-                return;
-            }
-            // A chunk is sent only after the shard's lock is released.
-            for s in 0..table.shard_count() {
-                table.scan_shard(s, |key, row| {
-                    keys.push(key);
-                    values.extend_from_slice(row);
-                });
-                if keys.len() >= EXPORT_CHUNK_ROWS && open {
-                    open = send(&mut keys, &mut values);
-                }
-            }
-            if open && !keys.is_empty() {
-                send(&mut keys, &mut values);
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type SubscribeDeltasStream = ReceiverStream<Result<v1::DeltaBatch, Status>>;
+
+    async fn subscribe_deltas(
+        &self,
+        req: Request<v1::SubscribeDeltasRequest>,
+    ) -> Result<Response<Self::SubscribeDeltasStream>, Status> {
+        let subscription = crate::deltas::Subscription::new(req.into_inner(), &self.store)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(crate::deltas::run(Arc::clone(&self.store), subscription, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn cut_deltas(&self, _req: Request<v1::CutDeltasRequest>) -> Result<Response<v1::CutDeltasResponse>, Status> {
+        let clock = self.store.deltas();
+        Ok(Response::new(v1::CutDeltasResponse { stream_id: clock.stream_id(), seq: clock.cut() }))
     }
 
     async fn stats(&self, _req: Request<v1::StatsRequest>) -> Result<Response<v1::StatsResponse>, Status> {

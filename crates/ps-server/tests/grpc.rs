@@ -25,7 +25,7 @@ struct Server {
 async fn start(max_batch_keys: usize) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let store = Arc::new(Store::new(StoreConfig { shard_bits: 4, max_batch_keys }));
+    let store = Arc::new(Store::new(StoreConfig { shard_bits: 4, max_batch_keys, ..StoreConfig::default() }));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(listener, Arc::clone(&store), ServeConfig::default(), async {
         let _ = stopped.await;

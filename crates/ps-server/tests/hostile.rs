@@ -18,7 +18,7 @@ use tonic::Code;
 async fn start(max_batch_keys: usize) -> (String, tokio::sync::oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let store = Arc::new(Store::new(StoreConfig { shard_bits: 2, max_batch_keys }));
+    let store = Arc::new(Store::new(StoreConfig { shard_bits: 2, max_batch_keys, ..StoreConfig::default() }));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(serve(listener, store, ServeConfig::default(), async {
         let _ = stopped.await;

@@ -4,12 +4,14 @@
 //! When the ps-servers have data dirs, each publish first takes an incremental checkpoint labeled
 //! with the step, and the manifest names it: the version's dense part and the sparse rows it was
 //! published with can then be restored together. Servers without a data dir refuse checkpoints
-//! (FailedPrecondition), and the manifest then names none.
+//! (FailedPrecondition), and the manifest then names none. Before either, each server's row-delta
+//! stream is cut, and the manifest records the cuts: a replica following the deltas knows which
+//! of its states is the version's sparse part.
 
 use ember_client::{ClientError, PsClient};
 use ember_core::job::JobSpec;
 use ember_model::model::Layer;
-use ember_model::{InputSchema, ModelDir, ModelManifest, ModelTables, RegistryError, TableToCreate};
+use ember_model::{InputSchema, ModelDir, ModelManifest, ModelTables, RegistryError, SparseCut, TableToCreate};
 
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,9 @@ impl Publisher {
 
     /// Publishes the model as the servers hold it after `rows_trained` rows; returns the version.
     pub async fn publish(&self, client: &PsClient, rows_trained: u64) -> Result<u64, PublishError> {
+        // The sparse cut first: the checkpoint and the dense pull after it hold at least as much.
+        let sparse_cuts =
+            client.cut_deltas().await?.into_iter().map(|(stream_id, seq)| SparseCut { stream_id, seq }).collect();
         let checkpoint = match client.checkpoint(false, rows_trained).await {
             Ok(_) => Some(rows_trained),
             Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => None,
@@ -97,6 +102,7 @@ impl Publisher {
             data_format: self.data_format,
             schema: self.schema.clone(),
             checkpoint,
+            sparse_cuts,
             dense_values: 0,
             dense_xxh3: 0,
         };

@@ -18,6 +18,9 @@ compile_error!("ember-store reads and writes little-endian f32 in place; big-end
 mod admission;
 mod arena;
 pub mod checkpoint;
+pub mod delta;
+#[cfg(test)]
+mod delta_tests;
 pub mod dense;
 mod error;
 #[cfg(test)]
@@ -44,10 +47,11 @@ use ember_core::{TableKind, TableSpec};
 use parking_lot::RwLock;
 
 pub use checkpoint::{CheckpointError, CheckpointInfo, CheckpointKind, Checkpointer, IfNoIntactChain};
+pub use delta::DeltaClock;
 pub use dense::DenseTable;
 pub use error::StoreError;
 pub use shard::RowMeta;
-pub use sparse::{PushOutcome, SparseStats, SparseTable, TierStats};
+pub use sparse::{DeltaRows, PushOutcome, SparseStats, SparseTable, TierStats};
 pub use tier::{ColdTier, MemCold, TierError};
 
 /// Most values (keys x dim) one pull or lookup returns: 64 MiB of f32, the default message
@@ -61,13 +65,19 @@ pub struct StoreConfig {
     pub shard_bits: u32,
     /// Most keys accepted in one pull, lookup, push or delete.
     pub max_batch_keys: usize,
+    /// Entries each sparse table's delta log keeps before compacting (16 bytes each; 0 turns
+    /// row deltas off). A subscriber more than this many distinct changed keys behind resyncs.
+    pub delta_log_keys: usize,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { shard_bits: 6, max_batch_keys: 262_144 }
+        Self { shard_bits: 6, max_batch_keys: 262_144, delta_log_keys: DEFAULT_DELTA_LOG_KEYS }
     }
 }
+
+/// Default [`StoreConfig::delta_log_keys`]: 4M keys (64 MiB at most) per table.
+pub const DEFAULT_DELTA_LOG_KEYS: usize = 1 << 22;
 
 /// A table of either kind.
 #[derive(Debug, Clone)]
@@ -142,6 +152,8 @@ pub struct Store {
     dropped_since_checkpoint: AtomicBool,
     /// Unix seconds, read by row TTLs; advanced by [`Store::set_now`] (the server ticks it).
     clock: Arc<AtomicU64>,
+    /// Row-delta sequence and stream id ([`delta`]).
+    deltas: Arc<DeltaClock>,
     /// The cold tier and the DRAM budget (bytes) it enforces, if any.
     tiering: Option<(Arc<dyn ColdTier>, u64)>,
     /// Held by one demotion round over all tables at a time. Each round measures the hot tier
@@ -180,10 +192,14 @@ impl Store {
     /// An empty store.
     pub fn new(config: StoreConfig) -> Self {
         Self {
-            config,
+            config: config.clone(),
             tables: RwLock::default(),
             dropped_since_checkpoint: AtomicBool::new(false),
             clock: Arc::new(AtomicU64::new(unix_now())),
+            deltas: Arc::new(DeltaClock::new(match config.delta_log_keys {
+                0 => 0,
+                keys => (keys >> config.shard_bits).max(16),
+            })),
             tiering: None,
             demotion_round: parking_lot::Mutex::new(()),
         }
@@ -302,6 +318,11 @@ impl Store {
         Ok(evicted)
     }
 
+    /// The row-delta clock: stream id, current sequence, cuts.
+    pub fn deltas(&self) -> &DeltaClock {
+        &self.deltas
+    }
+
     /// The store's tunables.
     pub fn config(&self) -> &StoreConfig {
         &self.config
@@ -318,6 +339,7 @@ impl Store {
         let table = match spec.kind {
             TableKind::Sparse => {
                 let table = SparseTable::new(spec.clone(), self.config.shard_bits, Arc::clone(&self.clock));
+                table.attach_deltas(&self.deltas);
                 let table = match &self.tiering {
                     Some((cold, _)) => {
                         let tier_err = |e: TierError| StoreError::Tier { table: spec.name.clone(), reason: e.0 };

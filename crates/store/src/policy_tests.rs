@@ -9,7 +9,7 @@ fn le(v: &[f32]) -> Vec<u8> {
 }
 
 fn store_with(policy: FeaturePolicy) -> Store {
-    let store = Store::new(StoreConfig { shard_bits: 2, max_batch_keys: 1000 });
+    let store = Store::new(StoreConfig { shard_bits: 2, max_batch_keys: 1000, ..StoreConfig::default() });
     let spec = TableSpec::sparse("t", 2, Optimizer::Sgd { learning_rate: 1.0 })
         .with_initializer(Initializer::Uniform { low: 0.5, high: 1.0 }, 3)
         .with_policy(policy);
@@ -49,7 +49,7 @@ fn admission_counts_survive_a_checkpoint() {
     store.pull("t", &[8, 9]).unwrap();
     store.pull("t", &[8, 9]).unwrap();
     Checkpointer::open(dir.path()).unwrap().write(&store, CheckpointKind::Full, 0).unwrap();
-    let copy = Store::new(StoreConfig { shard_bits: 2, max_batch_keys: 1000 });
+    let copy = Store::new(StoreConfig { shard_bits: 2, max_batch_keys: 1000, ..StoreConfig::default() });
     Checkpointer::open(dir.path()).unwrap().restore(&copy, crate::IfNoIntactChain::Refuse).unwrap();
     assert_eq!(copy.sparse("t").unwrap().spec().policy, policy);
     copy.pull("t", &[8]).unwrap();
@@ -125,7 +125,7 @@ fn dense_tables_refuse_a_policy() {
 fn eviction_reaches_rows_on_disk_and_the_disk_copies_of_evicted_rows() {
     use std::sync::Arc;
     let store = Store::tiered(
-        StoreConfig { shard_bits: 2, max_batch_keys: 1000 },
+        StoreConfig { shard_bits: 2, max_batch_keys: 1000, ..StoreConfig::default() },
         Arc::new(crate::MemCold::default()),
         1 << 20,
     );

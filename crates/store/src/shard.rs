@@ -11,11 +11,15 @@
 //! deleted and re-created since then is only changed (its new row is what the next checkpoint
 //! must hold). A changed row that leaves DRAM takes its flag along as a mark in the cold tier
 //! (`sparse/tiered.rs`), so no per-key state here grows with the cold tier.
+//!
+//! Separately, every create, update and removal is noted in the shard's [`DeltaLog`] (for
+//! replicas' row deltas, `crate::delta`); restores, promotions and demotions are not changes.
 
 use ember_core::U64Map;
 
 use crate::admission::CountMin;
 use crate::arena::Arena;
+use crate::delta::DeltaLog;
 use crate::record::encode_keyed_row_into;
 
 /// Per-row metadata kept beside the values.
@@ -58,6 +62,13 @@ pub struct Shard {
     deleted: U64Map<()>,
     /// Admission counts, when the table's policy admits by count.
     sketch: Option<Box<CountMin>>,
+    /// Keys created, updated or removed, by delta sequence (replicas).
+    log: DeltaLog,
+    /// Parallel to `meta`: the low 32 bits of the delta sequence the row's key was last logged
+    /// at. A row changed again before the next cut is not logged again: a hot row pushed a
+    /// thousand times between two cuts costs one entry. (A false match needs a row untouched
+    /// for exactly a multiple of 2^32 cuts: decades at several cuts a second.)
+    noted: Vec<u32>,
 }
 
 impl Shard {
@@ -113,8 +124,18 @@ impl Shard {
         self.sketch = Some(Box::new(sketch));
     }
 
+    /// The shard's delta log (attach it to the store's clock; read changes from it).
+    pub fn delta_log(&mut self) -> &mut DeltaLog {
+        &mut self.log
+    }
+
+    /// The delta log, read-only.
+    pub fn deltas(&self) -> &DeltaLog {
+        &self.log
+    }
+
     /// Appends a row for `key` (which must be absent), created at `step` and `time`, letting
-    /// `init` fill its `stride` values.
+    /// `init` fill its `stride` values. A change: noted in the delta log.
     #[inline]
     pub fn insert_with(
         &mut self,
@@ -124,6 +145,21 @@ impl Shard {
         time: u64,
         init: impl FnOnce(&mut [f32]),
     ) -> usize {
+        let pos = self.place(key, stride, step, time, init);
+        self.note_row(pos);
+        pos
+    }
+
+    /// Logs the change of the row at `pos`, once per cut.
+    #[inline]
+    fn note_row(&mut self, pos: usize) {
+        if let Some(seq) = self.log.note_once(self.meta[pos].key, self.noted[pos]) {
+            self.noted[pos] = seq;
+        }
+    }
+
+    /// [`Self::insert_with`] without the delta-log note (restores and promotions).
+    fn place(&mut self, key: u64, stride: usize, step: u64, time: u64, init: impl FnOnce(&mut [f32])) -> usize {
         let pos = self.meta.len();
         if self.meta.len() == self.meta.capacity() {
             self.grow(stride);
@@ -134,6 +170,7 @@ impl Shard {
         self.changed.push(true);
         self.heat.push(1);
         self.dirty.push(true);
+        self.noted.push(0);
         self.index.insert(key, pos as u32);
         self.deleted.remove(&key);
         pos
@@ -146,7 +183,7 @@ impl Shard {
         let pos = match self.find(meta.key) {
             Some(pos) => pos,
             None => {
-                let pos = self.insert_with(meta.key, stride, 0, 0, |_| {});
+                let pos = self.place(meta.key, stride, 0, 0, |_| {});
                 self.changed[pos] = false;
                 pos
             }
@@ -165,6 +202,7 @@ impl Shard {
     /// The values and metadata of the row at `pos`, mutably; flags the row changed.
     #[inline]
     pub fn row_mut(&mut self, pos: usize, stride: usize) -> (&mut [f32], &mut RowMeta) {
+        self.note_row(pos);
         self.changed[pos] = true;
         self.touch(pos);
         self.dirty[pos] = true;
@@ -206,6 +244,7 @@ impl Shard {
         let removed = self.take_out(key, stride);
         if removed {
             self.deleted.insert(key, ());
+            self.log.note(key);
         }
         removed
     }
@@ -213,6 +252,7 @@ impl Shard {
     /// Records `key` as deleted for the next checkpoint (a delete that found only a cold copy).
     pub fn note_deleted(&mut self, key: u64) {
         self.deleted.insert(key, ());
+        self.log.note(key);
     }
 
     /// Moves `key`'s row out of the hot tier (its record, and its change mark if it has changes no
@@ -226,7 +266,7 @@ impl Shard {
     /// tier, and the next checkpoint writes it from there or from here. Returns its position.
     pub fn promote(&mut self, meta: RowMeta, values: &[f32]) -> usize {
         let stride = values.len();
-        let pos = self.insert_with(meta.key, stride, meta.last_step, meta.last_time, |row| row.copy_from_slice(values));
+        let pos = self.place(meta.key, stride, meta.last_step, meta.last_time, |row| row.copy_from_slice(values));
         self.meta[pos] = meta;
         self.changed[pos] = false;
         self.dirty[pos] = false;
@@ -248,6 +288,7 @@ impl Shard {
         self.changed.reserve_exact(more);
         self.heat.reserve_exact(more);
         self.dirty.reserve_exact(more);
+        self.noted.reserve_exact(more);
     }
 
     /// Gives memory back after demotions emptied much of the shard: the arena, metadata and
@@ -263,6 +304,7 @@ impl Shard {
             self.changed.shrink_to(keep);
             self.heat.shrink_to(keep);
             self.dirty.shrink_to(keep);
+            self.noted.shrink_to(keep);
             self.index.shrink_to(keep);
         }
     }
@@ -283,12 +325,14 @@ impl Shard {
             self.changed[pos] = self.changed[last];
             self.heat[pos] = self.heat[last];
             self.dirty[pos] = self.dirty[last];
+            self.noted[pos] = self.noted[last];
             self.index.insert(self.meta[pos].key, pos as u32);
         }
         self.meta.pop();
         self.changed.pop();
         self.heat.pop();
         self.dirty.pop();
+        self.noted.pop();
         self.data.truncate(last * stride);
         true
     }
@@ -339,10 +383,11 @@ impl Shard {
     /// hash indexes at their table size ([`hash_table_bytes`]).
     pub fn heap_bytes(&self) -> usize {
         self.data.capacity() * 4
-            + self.meta.capacity() * (std::mem::size_of::<RowMeta>() + 3)
+            + self.meta.capacity() * (std::mem::size_of::<RowMeta>() + 3 + 4)
             + hash_table_bytes(self.index.capacity(), std::mem::size_of::<(u64, u32)>())
             + hash_table_bytes(self.deleted.capacity(), std::mem::size_of::<u64>())
             + self.sketch.as_ref().map_or(0, |s| s.heap_bytes())
+            + self.log.heap_bytes()
     }
 }
 

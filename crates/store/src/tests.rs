@@ -11,7 +11,7 @@ fn le_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn store_with(spec: TableSpec) -> Store {
-    let store = Store::new(StoreConfig { shard_bits: 3, max_batch_keys: 1000 });
+    let store = Store::new(StoreConfig { shard_bits: 3, max_batch_keys: 1000, ..StoreConfig::default() });
     assert!(store.create_table(spec, None).unwrap());
     store
 }

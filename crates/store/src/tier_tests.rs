@@ -24,7 +24,7 @@ fn spec(demote: DemotePolicy) -> TableSpec {
 }
 
 fn config() -> StoreConfig {
-    StoreConfig { shard_bits: 2, max_batch_keys: 10_000 }
+    StoreConfig { shard_bits: 2, max_batch_keys: 10_000, ..StoreConfig::default() }
 }
 
 /// A store whose budget holds about 20 rows of the 200-key space.

@@ -23,6 +23,7 @@ fn manifest() -> (ModelManifest, Vec<Layer>) {
         data_format: DataFormat::Criteo,
         schema: InputSchema::criteo(),
         checkpoint: Some(1000),
+        sparse_cuts: vec![SparseCut { stream_id: 7, seq: 42 }],
         dense_values: 0,
         dense_xxh3: 0,
     };

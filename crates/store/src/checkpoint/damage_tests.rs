@@ -47,7 +47,7 @@ fn names(dir: &Path) -> Vec<String> {
 }
 
 fn empty_store() -> Store {
-    Store::new(StoreConfig { shard_bits: 3, max_batch_keys: 100_000 })
+    Store::new(StoreConfig { shard_bits: 3, max_batch_keys: 100_000, ..StoreConfig::default() })
 }
 
 /// Checkpoints of one churned store: `kinds[i]` written after more churn, with the store's

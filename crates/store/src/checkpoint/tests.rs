@@ -15,7 +15,7 @@ fn le(v: &[f32]) -> Vec<u8> {
 }
 
 fn new_store() -> Store {
-    let store = Store::new(StoreConfig { shard_bits: 3, max_batch_keys: 100_000 });
+    let store = Store::new(StoreConfig { shard_bits: 3, max_batch_keys: 100_000, ..StoreConfig::default() });
     let emb =
         TableSpec::sparse("emb", 4, Optimizer::Adagrad { learning_rate: 0.1, initial_accumulator: 0.1, epsilon: 1e-8 })
             .with_initializer(Initializer::Normal { mean: 0.0, stddev: 0.1 }, 7);
@@ -71,7 +71,7 @@ fn churn(store: &Store, rng: &mut SplitMix64, steps: usize) {
 }
 
 fn restored(dir: &Path) -> (Store, Vec<CheckpointInfo>) {
-    let store = Store::new(StoreConfig { shard_bits: 3, max_batch_keys: 100_000 });
+    let store = Store::new(StoreConfig { shard_bits: 3, max_batch_keys: 100_000, ..StoreConfig::default() });
     let chain = Checkpointer::open(dir).unwrap().restore(&store, IfNoIntactChain::Refuse).unwrap();
     (store, chain)
 }
@@ -232,7 +232,7 @@ fn reopen_loop_loses_nothing_checkpointed_and_invents_nothing() {
         let expected = contents(&store);
         churn(&store, &mut rng, 5); // updates after the checkpoint: lost by the crash, by design
         drop(ckpt);
-        store = Store::new(StoreConfig { shard_bits: 3, max_batch_keys: 100_000 });
+        store = Store::new(StoreConfig { shard_bits: 3, max_batch_keys: 100_000, ..StoreConfig::default() });
         let check = Checkpointer::open(dir.path()).unwrap();
         check.restore(&store, IfNoIntactChain::Refuse).unwrap();
         assert_eq!(contents(&store), expected, "round {round}");
@@ -244,7 +244,7 @@ fn garbage_and_foreign_files_are_not_restored() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("0000000000000001-full.ckpt"), b"not a checkpoint at all, just text").unwrap();
     fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
-    let store = Store::new(StoreConfig { shard_bits: 3, max_batch_keys: 100_000 });
+    let store = Store::new(StoreConfig { shard_bits: 3, max_batch_keys: 100_000, ..StoreConfig::default() });
     let ckpt = Checkpointer::open(dir.path()).unwrap();
     // A checkpoint file is there, so starting empty is refused unless allowed.
     let err = ckpt.restore(&store, IfNoIntactChain::Refuse).unwrap_err();

@@ -30,8 +30,10 @@ use crate::softsync::Pending;
 use crate::tier::ColdTier;
 use crate::StoreError;
 
+mod deltas;
 mod tiered;
 
+pub use deltas::DeltaRows;
 pub use tiered::TierStats;
 
 /// Result of a push.
