@@ -83,6 +83,8 @@ impl Subscription {
             }
             held
         };
+        // From here on the shards log their changes (until the server stops).
+        store.deltas().activate();
         let same_stream = req.stream_id == store.deltas().stream_id();
         let now = store.deltas().current();
         if same_stream && req.from_seq >= now {

@@ -27,6 +27,7 @@ fn store(log_keys: usize, tiered: bool) -> Store {
     let config = StoreConfig { shard_bits: 2, max_batch_keys: 10_000, delta_log_keys: log_keys };
     let store = if tiered { Store::tiered(config, Arc::new(MemCold::default()), 1 << 30) } else { Store::new(config) };
     store.create_table(spec(), None).unwrap();
+    store.deltas().activate();
     store
 }
 

@@ -153,9 +153,39 @@ impl Shard {
     /// Logs the change of the row at `pos`, once per cut.
     #[inline]
     fn note_row(&mut self, pos: usize) {
+        // Nobody follows: not even the row's `noted` slot is read (a cache miss per row).
+        if !self.log.is_logging() {
+            return;
+        }
         if let Some(seq) = self.log.note_once(self.meta[pos].key, self.noted[pos]) {
             self.noted[pos] = seq;
+            if self.log.is_full() {
+                self.compact_log();
+            }
         }
+    }
+
+    /// Notes a removed key (no row to remember it by).
+    fn note_gone(&mut self, key: u64) {
+        self.log.note(key);
+        if self.log.is_full() {
+            self.compact_log();
+        }
+    }
+
+    /// Drops log entries that are not their key's newest, in place: a live row's newest is the
+    /// one tagged with its `noted` sequence. Entries of keys not in DRAM (removed, or demoted
+    /// with changes a subscriber may not have read) and of rows whose last entry is unknown
+    /// (`noted` 0: restored or promoted) are kept.
+    fn compact_log(&mut self) {
+        let (index, noted) = (&self.index, &self.noted);
+        self.log.compact(|seq, key| match index.get(&key) {
+            Some(&pos) => {
+                let last = noted[pos as usize];
+                last == 0 || last == seq as u32
+            }
+            None => true,
+        });
     }
 
     /// [`Self::insert_with`] without the delta-log note (restores and promotions).
@@ -244,7 +274,7 @@ impl Shard {
         let removed = self.take_out(key, stride);
         if removed {
             self.deleted.insert(key, ());
-            self.log.note(key);
+            self.note_gone(key);
         }
         removed
     }
@@ -252,7 +282,7 @@ impl Shard {
     /// Records `key` as deleted for the next checkpoint (a delete that found only a cold copy).
     pub fn note_deleted(&mut self, key: u64) {
         self.deleted.insert(key, ());
-        self.log.note(key);
+        self.note_gone(key);
     }
 
     /// Moves `key`'s row out of the hot tier (its record, and its change mark if it has changes no
