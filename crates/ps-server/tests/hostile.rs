@@ -36,6 +36,7 @@ async fn bytes_that_are_no_message_are_invalid_argument_on_every_method() {
         "/ember.v1.ParameterServer/PullTables",
         "/ember.v1.ParameterServer/PushDense",
         "/ember.v1.ParameterServer/WorkerClock",
+        "/ember.v1.ParameterServer/SubscribeDeltas",
         "/ember.v1.ParameterServer/Checkpoint",
     ];
     // A truncated length prefix, an unknown wire type, a varint that never ends, and noise.
