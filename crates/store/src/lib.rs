@@ -6,6 +6,8 @@
 //! - [`sparse`]: elastic key -> row tables, sharded internally, optimizer applied in place.
 //! - [`dense`]: named f32 vectors.
 //! - `shard`: one shard's index and row arena.
+//! - [`delta`]: row-delta sequence and per-shard change logs, for read-only replicas.
+//! - [`segment`]: immutable memory-mapped row files (sorted keys, checksummed) for replicas.
 //!
 //! Invariants: a refused operation changes nothing; each shard lock is taken once per batch; the
 //! store never blocks on I/O or async work while holding a lock. [`checkpoint`] writes the store
@@ -26,6 +28,7 @@ mod error;
 #[cfg(test)]
 mod policy_tests;
 mod record;
+pub mod segment;
 mod shard;
 mod softsync;
 pub mod sparse;
@@ -50,6 +53,7 @@ pub use checkpoint::{CheckpointError, CheckpointInfo, CheckpointKind, Checkpoint
 pub use delta::DeltaClock;
 pub use dense::DenseTable;
 pub use error::StoreError;
+pub use segment::{Segment, SegmentError, SegmentWriter};
 pub use shard::RowMeta;
 pub use sparse::{DeltaRows, PushOutcome, SparseStats, SparseTable, TierStats};
 pub use tier::{ColdTier, MemCold, TierError};
