@@ -31,6 +31,8 @@ const MAX_INTERVAL_MS: u32 = 60_000;
 /// Default and largest rows per message.
 const DEFAULT_BATCH_ROWS: u32 = 16_384;
 const MAX_BATCH_ROWS: u32 = 65_536;
+/// Most f32 values in one message (16 MiB).
+const MAX_MESSAGE_VALUES: usize = 4 << 20;
 /// Largest slot count a subscriber may filter by.
 const MAX_SLOTS: u32 = 1 << 20;
 
@@ -183,13 +185,15 @@ fn round(store: &Store, sub: &mut Subscription, tx: &Sender) -> Result<bool, Sto
     };
     for (name, table) in &tables {
         let dim = table.dim();
+        // Messages stay under 16 MiB of values however wide the rows.
+        let batch_rows = sub.batch_rows.min((MAX_MESSAGE_VALUES / dim.max(1)).max(1));
         let keep = |key: u64| sub.keeps(key);
         let changes = if sub.from == 0 { None } else { table.changes_since(sub.from, &keep)? };
         match changes {
             Some(rows) => {
                 counter!("ember_ps_delta_rows_total", "kind" => "changed").increment(rows.keys.len() as u64);
                 counter!("ember_ps_delta_rows_total", "kind" => "deleted").increment(rows.deleted.len() as u64);
-                for part in split(rows, dim, sub.batch_rows) {
+                for part in split(rows, dim, batch_rows) {
                     if !send(name, dim, false, part) {
                         return Ok(false);
                     }
@@ -199,7 +203,7 @@ fn round(store: &Store, sub: &mut Subscription, tx: &Sender) -> Result<bool, Sto
                 // Every row, the first batch flagged: the subscriber drops what it held.
                 let mut first = true;
                 let mut open = true;
-                table.snapshot(&keep, sub.batch_rows, &mut |rows| {
+                table.snapshot(&keep, batch_rows, &mut |rows| {
                     counter!("ember_ps_delta_rows_total", "kind" => "snapshot").increment(rows.keys.len() as u64);
                     open = send(name, dim, std::mem::take(&mut first), rows);
                     open

@@ -8,6 +8,7 @@
 //! - `shard`: one shard's index and row arena.
 //! - [`delta`]: row-delta sequence and per-shard change logs, for read-only replicas.
 //! - [`segment`]: immutable memory-mapped row files (sorted keys, checksummed) for replicas.
+//! - [`replica`]: a replica's copy of a table: a segment, overlay layers, pinned versions.
 //!
 //! Invariants: a refused operation changes nothing; each shard lock is taken once per batch; the
 //! store never blocks on I/O or async work while holding a lock. [`checkpoint`] writes the store
@@ -28,6 +29,7 @@ mod error;
 #[cfg(test)]
 mod policy_tests;
 mod record;
+pub mod replica;
 pub mod segment;
 mod shard;
 mod softsync;

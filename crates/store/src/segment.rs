@@ -218,7 +218,7 @@ impl Segment {
 /// merge pass. Returns the rows written.
 pub fn merge(
     base: Option<&Segment>,
-    overlay: &BTreeMap<u64, Option<Vec<f32>>>,
+    overlay: &BTreeMap<u64, Option<&[f32]>>,
     dim: usize,
     path: &Path,
 ) -> Result<u64, SegmentError> {
@@ -308,7 +308,8 @@ mod tests {
                     None => model.remove(k),
                 };
             }
-            let rows = merge(Some(&base), &overlay, dim, &dir.path().join("next.seg")).unwrap();
+            let borrowed = overlay.iter().map(|(k, r)| (*k, r.as_deref())).collect();
+            let rows = merge(Some(&base), &borrowed, dim, &dir.path().join("next.seg")).unwrap();
             let next = Segment::open(&dir.path().join("next.seg")).unwrap();
             prop_assert_eq!(rows as usize, model.len());
             let got: BTreeMap<u64, Vec<f32>> = (0..next.len()).map(|i| (next.row(i).0, next.row(i).1.to_vec())).collect();
