@@ -192,34 +192,6 @@ pub struct BenchReport {
     pub delta_rows: u64,
 }
 
-/// Follows every server's row deltas until `deadline`: (rounds, rows) received.
-async fn follow_deltas(client: PsClient, interval_ms: u32, deadline: Instant) -> anyhow::Result<(u64, u64)> {
-    let (mut rounds, mut rows) = (0u64, 0u64);
-    let mut streams = Vec::new();
-    for server in 0..client.endpoints().len() {
-        let request = ember_proto::v1::SubscribeDeltasRequest { interval_ms, ..Default::default() };
-        streams.push(client.subscribe_deltas(server, request).await?);
-    }
-    let mut tasks = tokio::task::JoinSet::new();
-    for mut stream in streams {
-        tasks.spawn(async move {
-            let (mut rounds, mut rows) = (0u64, 0u64);
-            let until = tokio::time::Instant::from_std(deadline);
-            while let Ok(Ok(Some(batch))) = tokio::time::timeout_at(until, stream.message()).await {
-                rows += (batch.keys.len() + batch.deleted.len()) as u64;
-                rounds += u64::from(batch.watermark != 0);
-            }
-            (rounds, rows)
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        let (r, n) = done.context("delta follower")?;
-        rounds += r;
-        rows += n;
-    }
-    Ok((rounds, rows))
-}
-
 /// (hot hits, cold hits, hot rows, cold rows) of `table` over every server.
 async fn tier_counts(client: &PsClient, table: &str) -> anyhow::Result<[u64; 4]> {
     let mut sums = [0u64; 4];
@@ -338,7 +310,9 @@ pub async fn measure(args: &BenchPsArgs) -> anyhow::Result<BenchReport> {
 
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.seconds);
-    let follower = args.follow_deltas_ms.map(|ms| tokio::spawn(follow_deltas(clients[0].clone(), ms, deadline)));
+    let follower = args
+        .follow_deltas_ms
+        .map(|ms| tokio::spawn(crate::bench_follow::follow_deltas(clients[0].clone(), ms, deadline)));
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..args.concurrency.max(1) {
         let client = clients[task % clients.len()].clone();

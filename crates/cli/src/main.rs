@@ -5,6 +5,7 @@
 //! address line, bench JSON) goes to stdout.
 
 mod bench;
+mod bench_follow;
 mod bench_scheduler;
 mod bench_serve;
 mod bench_verify;

@@ -85,14 +85,14 @@ impl Subscription {
             }
             held
         };
-        // From here on the shards log their changes (until the server stops).
-        store.deltas().activate();
         let same_stream = req.stream_id == store.deltas().stream_id();
         let now = store.deltas().current();
         if same_stream && req.from_seq >= now {
             let msg = format!("from_seq {} is ahead of this stream (next sequence {now})", req.from_seq);
             return Err(status_of(&Refusal::invalid(msg)));
         }
+        // A valid subscription: from here on the shards log their changes (until the server stops).
+        store.deltas().activate();
         let interval = match req.interval_ms {
             0 => DEFAULT_INTERVAL_MS,
             ms => ms.clamp(MIN_INTERVAL_MS, MAX_INTERVAL_MS),

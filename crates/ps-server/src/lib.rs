@@ -5,6 +5,7 @@
 //!   runtime, map the error, record metrics. No logic of their own.
 //! - [`deltas`]: the `SubscribeDeltas` stream of changed rows that read-only replicas follow.
 //! - [`clocks`]: SSP clocks of workers' groups, for the `WorkerClock` rpc.
+//! - [`gauges`]: per-table gauges from a stats snapshot.
 //! - [`error`]: the one place store and conversion errors become gRPC status codes.
 //! - [`serve`]: runs the service plus `grpc.health.v1` on a listener until a shutdown future
 //!   resolves, then drains in-flight requests.
@@ -28,6 +29,7 @@
 pub mod clocks;
 pub mod deltas;
 pub mod error;
+pub mod gauges;
 pub mod run;
 pub mod service;
 
@@ -182,7 +184,7 @@ async fn refresh_gauges(store: Arc<Store>, every: Duration) {
         let store = Arc::clone(&store);
         // Stats take every shard lock briefly: keep that off the async workers.
         if let Ok(stats) = tokio::task::spawn_blocking(move || store.stats()).await {
-            service::record_table_gauges(&stats);
+            gauges::record_table_gauges(&stats);
         }
     }
 }

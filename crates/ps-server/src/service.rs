@@ -11,13 +11,14 @@ use ember_core::TableSpec;
 use ember_proto::v1::parameter_server_server::ParameterServer;
 use ember_proto::v1::{self, DenseValues};
 use ember_proto::{f32s_to_bytes, ConvertError};
-use ember_store::{CheckpointKind, Checkpointer, DensePush, PushOutcome, Store, StoreError, TableStats};
+use ember_store::{CheckpointKind, Checkpointer, DensePush, PushOutcome, Store, StoreError};
 use metrics::{counter, gauge, histogram};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::clocks::ClockBoard;
 use crate::error::status_of;
+use crate::gauges::record_table_gauges;
 use ember_core::Refusal;
 
 /// The service over one store.
@@ -82,36 +83,6 @@ fn observe<T>(
     counter!("ember_ps_keys_total", "method" => method).increment(keys as u64);
     histogram!("ember_ps_request_duration_seconds", "method" => method).record(started.elapsed().as_secs_f64());
     result.map(Response::new)
-}
-
-/// Sets the per-table gauges from a stats snapshot.
-pub fn record_table_gauges(stats: &[TableStats]) {
-    for t in stats {
-        gauge!("ember_ps_table_rows", "table" => t.spec.name.clone()).set(t.counters.rows as f64);
-        gauge!("ember_ps_table_bytes", "table" => t.spec.name.clone()).set(t.counters.bytes as f64);
-        let tier = &t.counters.tier;
-        if tier.demoted > 0 || tier.cold_rows > 0 {
-            for (what, value) in [
-                ("hot_rows", t.counters.rows),
-                ("cold_rows", tier.cold_rows),
-                ("hot_hits", tier.hot_hits),
-                ("cold_hits", tier.cold_hits),
-                ("promoted", tier.promoted),
-                ("demoted", tier.demoted),
-            ] {
-                gauge!("ember_ps_tier", "table" => t.spec.name.clone(), "what" => what).set(value as f64);
-            }
-        }
-        if !t.spec.policy.is_off() {
-            let c = &t.counters;
-            for (what, value) in
-                [("admitted", c.admitted), ("filtered", c.filtered), ("dropped", c.dropped), ("evicted", c.evicted)]
-            {
-                gauge!("ember_ps_feature_policy_rows", "table" => t.spec.name.clone(), "what" => what)
-                    .set(value as f64);
-            }
-        }
-    }
 }
 
 /// The codec a push names; an unknown encoding number is InvalidArgument.
