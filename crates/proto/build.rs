@@ -2,7 +2,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["ps", "scheduler", "serving"].map(|f| root.join(format!("ember/v1/{f}.proto")));
+    let files = ["ps", "replica", "scheduler", "serving"].map(|f| root.join(format!("ember/v1/{f}.proto")));
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

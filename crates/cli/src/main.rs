@@ -17,6 +17,7 @@ mod https;
 mod observability;
 mod plot;
 mod ps;
+mod replica;
 mod security;
 mod serve_cmds;
 mod store_cmds;
@@ -64,6 +65,8 @@ enum Command {
     Export(store_cmds::ExportArgs),
     /// Run a serving node: predictions from the model directory's current version.
     Serve(serve_cmds::ServeArgs),
+    /// Run a read-only embedding replica: follows the ps-servers' row deltas, answers lookups.
+    Replica(replica::ReplicaArgs),
     /// Send a data file through a serving node; one probability per line (and the AUC).
     Predict(serve_cmds::PredictArgs),
     /// Manage a model directory's versions.
@@ -208,6 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Checkpoint(args) => store_cmds::checkpoint(args).await,
             Command::Export(args) => store_cmds::export(args).await,
             Command::Serve(args) => serve_cmds::serve(args).await,
+            Command::Replica(args) => replica::run(args).await,
             Command::Predict(args) => serve_cmds::predict(args).await,
             Command::Model(cmd) => serve_cmds::model(cmd),
             Command::Plot(args) => plot_reports(args),

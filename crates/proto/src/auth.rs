@@ -73,6 +73,7 @@ pub fn allowed(role: Role, path: &str) -> bool {
             _ => &[],
         },
         ("ember.v1.Serving", "Predict" | "ModelStatus") => &[Serving, Reader],
+        ("ember.v1.Replica", "Lookup" | "Status") => &[Serving, Reader],
         _ => &[],
     };
     roles.contains(&role)

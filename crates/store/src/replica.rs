@@ -1,7 +1,7 @@
 //! A read-only replica's copy of one sparse table: an immutable memory-mapped [`Segment`] plus
 //! in-memory overlay layers of the delta rounds applied since, and the views of the last K
-//! published versions (docs/serving.md). This is the data structure; the `ember replica` role
-//! that feeds it from `SubscribeDeltas` and serves lookups from it is not built yet.
+//! published versions (docs/serving.md). The `ember replica` role (crates/replica) feeds it from
+//! `SubscribeDeltas` and serves lookups from it.
 //!
 //! Invariants:
 //! - A [`View`] never changes: applying a round or compacting builds a new view and swaps one
@@ -10,11 +10,13 @@
 //! - A round is applied whole (its rows become one layer) or not at all.
 //! - Compaction merges a view's segment and layers into a new segment file off the lock, then
 //!   swaps in a view with the layers that arrived meanwhile; if a reset replaced the segment
-//!   meanwhile, the result is dropped. A segment file is removed when no view holds it.
+//!   meanwhile, the result is dropped. A segment file is removed once something newer replaced
+//!   it and no view holds it; the newest segment stays on disk, so a restarted replica maps it
+//!   again ([`ReplicaTable::open`]) instead of loading its rows.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ember_core::U64Map;
@@ -25,13 +27,30 @@ use crate::segment::{self, Segment, SegmentError};
 /// One delta round's rows of a table: a row, or `None` for a deleted key.
 pub type Layer = U64Map<Option<Box<[f32]>>>;
 
-/// A segment file that is removed when its last view drops it.
+/// A segment file, removed when its last view drops it after something newer replaced it.
 #[derive(Debug)]
-struct Owned(Segment);
+struct Owned {
+    segment: Segment,
+    superseded: AtomicBool,
+}
+
+impl Owned {
+    fn new(segment: Segment) -> Arc<Self> {
+        Arc::new(Self { segment, superseded: AtomicBool::new(false) })
+    }
+}
 
 impl Drop for Owned {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.0.path());
+        if self.superseded.load(Ordering::Relaxed) {
+            let _ = std::fs::remove_file(self.segment.path());
+        }
+    }
+}
+
+fn supersede(segment: Option<&Arc<Owned>>) {
+    if let Some(s) = segment {
+        s.superseded.store(true, Ordering::Relaxed);
     }
 }
 
@@ -42,6 +61,8 @@ pub struct View {
     /// Oldest first.
     layers: Vec<Arc<Layer>>,
     watermark: u64,
+    /// The segment holds everything up to this watermark.
+    segment_watermark: u64,
 }
 
 impl View {
@@ -52,7 +73,7 @@ impl View {
                 return row.as_deref();
             }
         }
-        self.segment.as_ref()?.0.get(key)
+        self.segment.as_ref()?.segment.get(key)
     }
 
     /// The delta watermark this state holds everything up to.
@@ -64,6 +85,31 @@ impl View {
     pub fn layers(&self) -> usize {
         self.layers.len()
     }
+
+    /// The segment's file and the watermark it holds everything up to (what a restart can
+    /// resume from); None before the first compaction.
+    pub fn segment(&self) -> Option<(&Path, u64)> {
+        self.segment.as_ref().map(|s| (s.segment.path(), self.segment_watermark))
+    }
+
+    /// Rows in the segment.
+    pub fn segment_rows(&self) -> usize {
+        self.segment.as_ref().map_or(0, |s| s.segment.len())
+    }
+
+    /// Entries (rows and deletions) in the overlay layers; a key in two layers counts twice.
+    pub fn overlay_rows(&self) -> usize {
+        self.layers.iter().map(|l| l.len()).sum()
+    }
+}
+
+/// What a compaction wrote: the new segment and the watermark it holds everything up to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compacted {
+    /// The segment file (stays on disk until something newer replaces it).
+    pub path: PathBuf,
+    /// The watermark of the rounds merged into it.
+    pub watermark: u64,
 }
 
 /// A replica's copy of one table.
@@ -94,6 +140,34 @@ impl ReplicaTable {
         }
     }
 
+    /// A table that starts from a segment a previous run left in `dir`, holding everything up to
+    /// `watermark`: the file is mapped and its checksum checked, not loaded. A damaged file is
+    /// an error (the caller drops it and starts from a snapshot).
+    pub fn open(dir: &Path, segment: &Path, watermark: u64, keep: usize) -> Result<Self, SegmentError> {
+        let segment = Segment::open(segment)?;
+        let number = segment
+            .path()
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.strip_prefix("segment-"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        let table = Self::new(dir, segment.dim(), keep);
+        table.next_file.store(number + 1, Ordering::Relaxed);
+        *table.current.write() = Arc::new(View {
+            segment: Some(Owned::new(segment)),
+            layers: Vec::new(),
+            watermark,
+            segment_watermark: watermark,
+        });
+        Ok(table)
+    }
+
+    /// Values per row.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
     /// The newest state.
     pub fn view(&self) -> Arc<View> {
         Arc::clone(&self.current.read())
@@ -103,13 +177,32 @@ impl ReplicaTable {
     pub fn apply(&self, reset: bool, rows: Layer, watermark: u64) {
         let mut current = self.current.write();
         let next = if reset {
-            View { segment: None, layers: vec![Arc::new(rows)], watermark }
+            supersede(current.segment.as_ref());
+            View { segment: None, layers: vec![Arc::new(rows)], watermark, segment_watermark: 0 }
         } else {
             let mut layers = current.layers.clone();
             layers.push(Arc::new(rows));
-            View { segment: current.segment.clone(), layers, watermark }
+            View { segment: current.segment.clone(), layers, watermark, segment_watermark: current.segment_watermark }
         };
         *current = Arc::new(next);
+    }
+
+    /// Moves the newest state's watermark to `watermark` without a change (a round that
+    /// carried no rows of this table).
+    pub fn advance(&self, watermark: u64) {
+        let mut current = self.current.write();
+        if current.watermark < watermark {
+            // With no layers the segment is the whole state, so it now holds up to here too.
+            let segment_watermark = if current.layers.is_empty() { watermark } else { current.segment_watermark };
+            let next =
+                View { segment: current.segment.clone(), layers: current.layers.clone(), watermark, segment_watermark };
+            *current = Arc::new(next);
+        }
+    }
+
+    /// Marks the newest segment for removal once no view holds it: the table is being dropped.
+    pub fn retire(&self) {
+        supersede(self.current.read().segment.as_ref());
     }
 
     /// Keeps the newest state as `version`'s (dropping the oldest past `keep`).
@@ -133,13 +226,13 @@ impl ReplicaTable {
         self.versions.lock().iter().map(|(v, _)| *v).collect()
     }
 
-    /// Merges the newest state's layers into a new segment and swaps it in. Returns whether it
-    /// did (false: nothing to merge, or a reset came meanwhile).
-    pub fn compact(&self) -> Result<bool, SegmentError> {
+    /// Merges the newest state's layers into a new segment and swaps it in. Returns what it
+    /// wrote (None: nothing to merge, or a reset came meanwhile).
+    pub fn compact(&self) -> Result<Option<Compacted>, SegmentError> {
         let _one = self.compacting.lock();
         let base = self.view();
         if base.layers.is_empty() {
-            return Ok(false);
+            return Ok(None);
         }
         let mut overlay: BTreeMap<u64, Option<&[f32]>> = BTreeMap::new();
         for layer in &base.layers {
@@ -149,8 +242,8 @@ impl ReplicaTable {
         }
         let n = self.next_file.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.join(format!("segment-{n:08}.seg"));
-        segment::merge(base.segment.as_ref().map(|s| &s.0), &overlay, self.dim, &path)?;
-        let merged = Arc::new(Owned(Segment::open(&path)?));
+        segment::merge(base.segment.as_ref().map(|s| &s.segment), &overlay, self.dim, &path)?;
+        let merged = Owned::new(Segment::open(&path)?);
         let mut current = self.current.write();
         let same_base = match (&current.segment, &base.segment) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -160,11 +253,14 @@ impl ReplicaTable {
         let prefix = current.layers.len() >= base.layers.len()
             && current.layers.iter().zip(&base.layers).all(|(a, b)| Arc::ptr_eq(a, b));
         if !same_base || !prefix {
-            return Ok(false);
+            supersede(Some(&merged));
+            return Ok(None);
         }
+        supersede(current.segment.as_ref());
         let layers = current.layers[base.layers.len()..].to_vec();
-        *current = Arc::new(View { segment: Some(merged), layers, watermark: current.watermark });
-        Ok(true)
+        let segment_watermark = if layers.is_empty() { current.watermark } else { base.watermark };
+        *current = Arc::new(View { segment: Some(merged), layers, watermark: current.watermark, segment_watermark });
+        Ok(Some(Compacted { path, watermark: base.watermark }))
     }
 }
 
@@ -193,7 +289,7 @@ mod tests {
             [Some(1.0), Some(20.0), None, Some(4.0), None]
         );
 
-        assert!(table.compact().unwrap());
+        assert!(table.compact().unwrap().is_some());
         let after = table.view();
         assert_eq!(after.layers(), 0);
         assert_eq!(after.watermark(), 11);
@@ -213,7 +309,7 @@ mod tests {
 
         // A reset drops everything held; old segment files go when no view holds them.
         table.apply(true, layer(&[(9, Some(9.0))]), 13);
-        assert!(table.compact().unwrap());
+        assert!(table.compact().unwrap().is_some());
         drop((before, after));
         table.pin(4);
         table.pin(5);
@@ -243,5 +339,36 @@ mod tests {
             assert_eq!(value(&view, key).is_some(), key >= 290, "key {key}");
         }
         assert_eq!(view.watermark(), 300);
+    }
+
+    #[test]
+    fn the_newest_segment_outlives_the_table_and_reopens_as_a_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let compacted = {
+            let table = ReplicaTable::new(dir.path(), 2, 2);
+            table.apply(true, layer(&[(1, Some(1.0)), (2, Some(2.0))]), 5);
+            table.compact().unwrap().unwrap();
+            table.apply(false, layer(&[(2, None), (3, Some(3.0))]), 7);
+            let second = table.compact().unwrap().unwrap();
+            table.apply(false, layer(&[(4, Some(4.0))]), 9);
+            second
+        };
+        assert_eq!(compacted.watermark, 7, "the watermark of the rounds merged, not of later ones");
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(files, vec![compacted.path.clone()], "superseded segments are gone, the newest stays");
+
+        let table = ReplicaTable::open(dir.path(), &compacted.path, compacted.watermark, 2).unwrap();
+        let view = table.view();
+        assert_eq!(view.watermark(), 7);
+        assert_eq!((1..=4).map(|k| value(&view, k)).collect::<Vec<_>>(), [Some(1.0), None, Some(3.0), None]);
+        table.apply(false, layer(&[(5, Some(5.0))]), 8);
+        let next = table.compact().unwrap().unwrap();
+        assert_ne!(next.path, compacted.path, "a reopened table does not overwrite its own file");
+
+        let mut bytes = std::fs::read(&next.path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&next.path, bytes).unwrap();
+        assert!(matches!(ReplicaTable::open(dir.path(), &next.path, 8, 2), Err(SegmentError::Corrupt { .. })));
     }
 }

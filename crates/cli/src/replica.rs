@@ -1,0 +1,99 @@
+//! `ember replica`: parses arguments and runs the replica role (`ember_replica::run`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use ember_replica::ReplicaConfig;
+
+use crate::observability;
+use crate::security::ServerSecurityArgs;
+use crate::store_cmds::Targets;
+
+/// Arguments of `ember replica`.
+#[derive(Debug, clap::Args)]
+pub struct ReplicaArgs {
+    /// gRPC address to listen on (port 0 picks one; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Where segments and manifests live; a restart maps them and resumes from there.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The training ps-servers to follow.
+    #[command(flatten)]
+    targets: Targets,
+    /// Slots to hold, e.g. `0-511,1000` (of the shard map's slots); all when absent.
+    #[arg(long)]
+    slots: Option<String>,
+    /// Published versions' sparse states kept per table.
+    #[arg(long, default_value_t = 3)]
+    keep_versions: usize,
+    /// Round interval asked of the training servers, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    interval_ms: u64,
+    /// Compact a table once it has this many overlay layers.
+    #[arg(long, default_value_t = 16)]
+    compact_layers: usize,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    security: ServerSecurityArgs,
+}
+
+/// Parses `0-511,1000` into slot numbers.
+fn parse_slots(text: &str) -> anyhow::Result<Vec<u32>> {
+    let mut slots = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("--slots: {part:?} is not a slot or a range like 0-511");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.trim().parse().with_context(bad)?, b.trim().parse().with_context(bad)?);
+                anyhow::ensure!(a <= b, "--slots: {part:?} is an empty range");
+                slots.extend(a..=b);
+            }
+            None => slots.push(part.parse().with_context(bad)?),
+        }
+    }
+    anyhow::ensure!(!slots.is_empty(), "--slots names no slot");
+    Ok(slots)
+}
+
+/// Runs a replica until SIGINT/SIGTERM.
+pub async fn run(args: ReplicaArgs) -> anyhow::Result<()> {
+    let (security, credentials) = (args.security.server()?, args.security.credentials()?);
+    let slots = args.slots.as_deref().map(parse_slots).transpose()?;
+    if let Some(addr) = args.metrics_listen {
+        let bound = observability::serve_metrics(addr, &security).await?;
+        println!("ember replica metrics on {}://{bound}/metrics", crate::https::scheme(&security));
+    }
+    let client = args.targets.client(&credentials).await?;
+    let config = ReplicaConfig {
+        dir: args.dir,
+        slots,
+        keep_versions: args.keep_versions,
+        interval: Duration::from_millis(args.interval_ms.max(10)),
+        compact_layers: args.compact_layers.max(1),
+        security,
+        ..ReplicaConfig::default()
+    };
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    println!("ember replica listening on {}", listener.local_addr()?);
+    ember_replica::run(listener, client, config, observability::shutdown_signal()).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_lists_and_ranges_parse_and_nonsense_is_refused() {
+        assert_eq!(parse_slots("0-3, 7,9-9").unwrap(), vec![0, 1, 2, 3, 7, 9]);
+        assert!(parse_slots("5-2").unwrap_err().to_string().contains("empty range"));
+        assert!(parse_slots("x").unwrap_err().to_string().contains("not a slot"));
+        assert!(parse_slots(",").unwrap_err().to_string().contains("no slot"));
+    }
+}
