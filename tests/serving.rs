@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -18,77 +18,8 @@ use ember_proto::v1;
 
 mod support;
 
+use support::serving::{samples, train, train_with, Trained};
 use support::{ember, start, Proc, EMBER};
-
-/// A ps-server holding a trained DeepFM, its model directory, and the hold-out rows.
-struct Trained {
-    _ps: Proc,
-    ps: String,
-    models: PathBuf,
-    test_data: PathBuf,
-    /// The training side's predictions of the hold-out rows.
-    test_probs: Vec<f32>,
-    _dir: tempfile::TempDir,
-}
-
-fn train() -> Trained {
-    train_with("")
-}
-
-/// `train` with `extra` appended to the job file.
-fn train_with(extra: &str) -> Trained {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("synth.tsv");
-    ember(&["gen-data", "--rows", "5000", "--seed", "3", "--out", data.to_str().unwrap()]);
-    let job = format!(
-        r#"
-        version = 1
-        name = "ctr"
-        [data]
-        format = "criteo"
-        paths = ["{}"]
-        test_split = 0.1
-        [model]
-        kind = "deepfm"
-        embedding_dim = 4
-        hidden = [16]
-        [training]
-        batch_size = 256
-        [publish]
-        every = 500
-        keep = 10
-        {extra}
-        "#,
-        data.display()
-    );
-    let job_path = dir.path().join("job.toml");
-    std::fs::write(&job_path, job).unwrap();
-    let ps_dir = dir.path().join("ps");
-    let (ps_proc, ps) =
-        start(&["ps", "--listen", "127.0.0.1:0", "--data-dir", ps_dir.to_str().unwrap()], &["ember ps listening on "]);
-    let ps = ps[0].clone();
-    let models = dir.path().join("models");
-    let preds = dir.path().join("train-preds.txt");
-    ember(&[
-        "train",
-        job_path.to_str().unwrap(),
-        "--ps",
-        &ps,
-        "--model-dir",
-        models.to_str().unwrap(),
-        "--test-predictions",
-        preds.to_str().unwrap(),
-        "--workdir",
-        dir.path().to_str().unwrap(),
-    ]);
-    let test_probs: Vec<f32> = std::fs::read_to_string(&preds).unwrap().lines().map(|l| l.parse().unwrap()).collect();
-    let text = std::fs::read_to_string(&data).unwrap();
-    let test_data = dir.path().join("test.tsv");
-    let test_lines: Vec<&str> = text.lines().skip(4500).collect();
-    assert_eq!(test_lines.len(), test_probs.len());
-    std::fs::write(&test_data, test_lines.join("\n") + "\n").unwrap();
-    Trained { _ps: ps_proc, ps, models, test_data, test_probs, _dir: dir }
-}
 
 fn serve(t: &Trained, extra: &[&str]) -> (Proc, String, String) {
     let (p, addrs) = start(
@@ -227,21 +158,6 @@ async fn hammer(client: ServingClient, samples: Vec<v1::Sample>, until: Instant)
         }
     }
     (seen, errors)
-}
-
-fn samples(path: &Path, n: usize) -> Vec<v1::Sample> {
-    let text = std::fs::read_to_string(path).unwrap();
-    text.lines()
-        .take(n)
-        .map(|line| {
-            let mut s = v1::Sample::default();
-            for (i, cell) in line.split('\t').skip(1).enumerate() {
-                let name = if i < 13 { format!("I{}", i + 1) } else { format!("C{}", i - 12) };
-                s.fields.insert(name, cell.to_string());
-            }
-            s
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use ember_client::ServingClient;
+use ember_client::{HedgePolicy, ReplicaSet, ServingClient};
 use ember_core::eval::{auc, logloss};
 use ember_core::job::{DataFormat, DataSpec};
 use ember_model::ModelDir;
 use ember_proto::v1;
-use ember_serving::{LookupFailure, Serving, ServingConfig};
+use ember_serving::{LookupFailure, Serving, ServingConfig, SparseSource};
 use ember_worker::reader::{open_lines, LineParser};
 
 use crate::observability;
@@ -27,8 +27,20 @@ pub struct ServeArgs {
     /// The model directory training publishes into.
     #[arg(long)]
     model_dir: PathBuf,
+    /// Where sparse rows come from without --replicas: the training servers.
     #[command(flatten)]
     targets: Targets,
+    /// Read-only embedding replicas (`ember replica`) to look rows up in, comma-separated; the
+    /// training servers then get no lookups from serving. One of --ps, --scheduler, --replicas.
+    #[arg(long, value_delimiter = ',', group = "Targets")]
+    replicas: Vec<String>,
+    /// Send a backup lookup to another replica after this many milliseconds (default: the
+    /// replica group's recent p95 latency, at least --hedge-floor-ms).
+    #[arg(long)]
+    hedge_ms: Option<u64>,
+    /// Shortest p95-based backup delay, in milliseconds.
+    #[arg(long, default_value_t = 1.0)]
+    hedge_floor_ms: f64,
     /// Also answer TF-Serving-style REST on this address.
     #[arg(long)]
     http_listen: Option<SocketAddr>,
@@ -82,8 +94,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         security: security.clone(),
         ..ServingConfig::default()
     };
-    let client = args.targets.client(&credentials).await?;
-    let serving = Serving::start(ModelDir::new(&args.model_dir), client, config.clone()).await;
+    let rows: SparseSource = if args.replicas.is_empty() {
+        args.targets.client(&credentials).await?.into()
+    } else {
+        let policy = HedgePolicy {
+            fixed: args.hedge_ms.map(Duration::from_millis),
+            floor: Duration::from_secs_f64(args.hedge_floor_ms.max(0.0) / 1e3),
+            ..HedgePolicy::default()
+        };
+        let set = ReplicaSet::connect(&args.replicas, &credentials, policy, Duration::from_secs(1)).await?;
+        if let Err(e) = set.wait_ready(Duration::from_secs(30)).await {
+            tracing::warn!(error = %e, "starting anyway: lookups fail until a replica holds each slot");
+        }
+        set.into()
+    };
+    let serving = Serving::start(ModelDir::new(&args.model_dir), rows, config.clone()).await;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     if let Some(addr) = args.http_listen {

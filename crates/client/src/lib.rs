@@ -5,6 +5,7 @@
 //! - [`ps`]: [`PsClient`], the parameter-server client: splits a batch per server, fans the parts
 //!   out concurrently, and reassembles rows in request order.
 //! - [`scheduler`]: the scheduler client and [`Membership`] (register + heartbeat leases).
+//! - [`replica`]: [`ReplicaSet`], lookups against read-only replicas with backup requests.
 //! - [`serving`]: the serving client (predictions, model status).
 //! - [`Credentials`]: TLS and a role token for every connection the clients make.
 //! - [`health`]: is a server up and serving (the scheduler's check of a registering ps).
@@ -18,6 +19,7 @@ mod error;
 pub mod health;
 pub mod ps;
 pub mod raw;
+pub mod replica;
 pub mod scheduler;
 pub mod serving;
 pub mod shard_map;
@@ -25,6 +27,7 @@ pub mod shard_map;
 pub use credentials::{BearerToken, Credentials, Transport};
 pub use error::ClientError;
 pub use ps::{Clock, DensePushed, PsClient, PulledRows, PushResult, RetryPolicy, TableGradients};
+pub use replica::{HedgePolicy, ReplicaSet, ReplicaStats};
 pub use scheduler::{Membership, SchedulerClient};
 pub use serving::ServingClient;
 pub use shard_map::ShardMap;

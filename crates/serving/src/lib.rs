@@ -36,7 +36,7 @@ use std::time::Duration;
 pub use error::ServingError;
 pub use manager::{LoadedModel, ModelManager};
 pub use predictor::{Prediction, Predictor, SampleIn};
-pub use rows::{LookupFailure, RowSource};
+pub use rows::{LookupFailure, RowSource, SparseSource};
 
 /// Counts a request and its latency under its API and outcome.
 pub(crate) fn record<T>(api: &'static str, started: std::time::Instant, result: &Result<T, ServingError>) {
@@ -100,8 +100,8 @@ pub struct Serving {
 
 impl Serving {
     /// Loads the current version of `models` (if any) and starts following the directory.
-    pub async fn start(models: ember_model::ModelDir, client: ember_client::PsClient, config: ServingConfig) -> Self {
-        let rows = RowSource::new(client, &config);
+    pub async fn start(models: ember_model::ModelDir, rows: impl Into<SparseSource>, config: ServingConfig) -> Self {
+        let rows = RowSource::new(rows.into(), &config);
         let manager = Arc::new(ModelManager::new(models, config.keep_versions));
         let predictor = Arc::new(Predictor::new(Arc::clone(&manager), rows, &config));
         if let Err(e) = predictor.refresh().await {

@@ -1,4 +1,6 @@
-//! A request's sparse rows: from the cache, else one read-only `Lookup` per table for the misses.
+//! A request's sparse rows: from the cache, else one read-only `Lookup` per table for the misses,
+//! against embedding replicas ([`SparseSource::Replicas`], with backup requests; the training
+//! servers then get no lookups at all) or, without replicas, the training ps-servers.
 //!
 //! Lookups never create rows; a key no server has reads as the initializer's value (the server
 //! fills it) and is counted as a lookup miss. A lookup that fails or outlives the timeout either
@@ -10,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ember_client::PsClient;
+use ember_client::{ClientError, PsClient, PulledRows, ReplicaSet};
 use ember_core::TableSpec;
 use metrics::counter;
 use parking_lot::Mutex;
@@ -27,6 +29,36 @@ pub enum LookupFailure {
     Initializer,
 }
 
+/// Where sparse rows are looked up.
+#[derive(Debug, Clone)]
+pub enum SparseSource {
+    /// Read-only embedding replicas (`ember replica`).
+    Replicas(ReplicaSet),
+    /// The training ps-servers themselves (no replicas deployed).
+    Ps(PsClient),
+}
+
+impl SparseSource {
+    async fn lookup(&self, table: &str, keys: &[u64]) -> Result<PulledRows, ClientError> {
+        match self {
+            SparseSource::Replicas(r) => r.lookup(table, keys).await,
+            SparseSource::Ps(p) => p.lookup(table, keys).await,
+        }
+    }
+}
+
+impl From<PsClient> for SparseSource {
+    fn from(client: PsClient) -> Self {
+        SparseSource::Ps(client)
+    }
+}
+
+impl From<ReplicaSet> for SparseSource {
+    fn from(set: ReplicaSet) -> Self {
+        SparseSource::Replicas(set)
+    }
+}
+
 /// Rows of one table for one request.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TableRows {
@@ -40,7 +72,7 @@ pub struct TableRows {
 
 /// Reads rows through the cache.
 pub struct RowSource {
-    client: PsClient,
+    source: SparseSource,
     caches: Mutex<HashMap<String, Arc<TableCache>>>,
     ttl: Duration,
     max_rows: usize,
@@ -49,10 +81,10 @@ pub struct RowSource {
 }
 
 impl RowSource {
-    /// Rows from `client`'s servers, cached and timed out as `config` says.
-    pub fn new(client: PsClient, config: &ServingConfig) -> Self {
+    /// Rows from `source`, cached and timed out as `config` says.
+    pub fn new(source: SparseSource, config: &ServingConfig) -> Self {
         Self {
-            client,
+            source,
             caches: Mutex::new(HashMap::new()),
             ttl: config.cache_ttl,
             max_rows: config.cache_rows,
@@ -87,7 +119,7 @@ impl RowSource {
         }
         let miss_keys: Vec<u64> = missed.iter().map(|i| keys[*i]).collect();
         let read_at = Instant::now();
-        let looked_up = match tokio::time::timeout(self.timeout, self.client.lookup(&spec.name, &miss_keys)).await {
+        let looked_up = match tokio::time::timeout(self.timeout, self.source.lookup(&spec.name, &miss_keys)).await {
             Ok(Ok(rows)) if rows.dim == dim => Ok(rows),
             Ok(Ok(rows)) => Err(format!("rows of dim {} for a table of dim {dim}", rows.dim)),
             Ok(Err(e)) => Err(e.to_string()),
