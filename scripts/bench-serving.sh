@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # The whole serving path on this machine: two ps-servers, a short DeepFM training on the Criteo
-# slice publishing into a model directory, a serving node on it; then the open-loop bench without
-# and with model swaps, the freshness probe, and the hold-out rows through the serving node.
+# slice publishing into a model directory, REPLICAS embedding replicas (`ember replica`, default
+# 2) following the ps-servers, a serving node reading the replicas; then the open-loop bench
+# without model swaps (one replica is SIGKILLed half-way through it unless KILL=0, and restarted
+# on its directory after it), with model swaps, the freshness probe, and the hold-out rows through
+# the serving node. REPLICAS=0 serves from the training ps-servers as before.
 # Prints as its last line one JSON object with p99_ms, p999_steady_ms, p999_swap_ms, errors,
-# freshness_ms, serving_auc, training_auc.
+# freshness_ms, serving_auc, training_auc, replicas, replica_killed, hedged_requests,
+# failover_retries, training_ps_lookups, rollback_exact (null: not built yet), freshness_p99_ms,
+# replica_restart_to_ready_s.
 #
-# Usage: scripts/bench-serving.sh [QPS=300] [SECONDS=30] [OUT=/tmp/ember-serving]
+# Usage: [REPLICAS=2] [KILL=1] scripts/bench-serving.sh [QPS=300] [SECONDS=30] [OUT=/tmp/ember-serving]
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 QPS="${1:-300}"
 SECONDS_EACH="${2:-30}"
 OUT="${3:-/tmp/ember-serving}"
+REPLICAS="${REPLICAS:-2}"
+KILL="${KILL:-1}"
 EMBER="${EMBER:-$ROOT/target/release/ember}"
 DATA="$ROOT/../shared/data/criteo/train_10k.tsv"
 [ -x "$EMBER" ] || (cd "$ROOT" && cargo build --release -p ember-cli)
@@ -26,6 +33,7 @@ start() {
   local name="$1" prefix="$2"; shift 2
   "$@" >"$OUT/$name.out" 2>"$OUT/$name.log" &
   echo $! >>"$OUT/pids"
+  echo $! >"$OUT/$name.pid"
   for _ in $(seq 1 600); do
     local v; v=$(sed -n "s/^$prefix//p" "$OUT/$name.out" | head -1)
     [ -n "$v" ] && { echo "$v"; return 0; }
@@ -34,9 +42,25 @@ start() {
   echo "$name did not start (see $OUT/$name.log)" >&2; exit 1
 }
 
-PS0=$(start ps0 "ember ps listening on " "$EMBER" ps --listen 127.0.0.1:0 --data-dir "$OUT/ps0" --checkpoint-every 0)
-PS1=$(start ps1 "ember ps listening on " "$EMBER" ps --listen 127.0.0.1:0 --data-dir "$OUT/ps1" --checkpoint-every 0)
+PS0=$(start ps0 "ember ps listening on " "$EMBER" ps --listen 127.0.0.1:0 --data-dir "$OUT/ps0" --checkpoint-every 0 \
+  --metrics-listen 127.0.0.1:0)
+PS1=$(start ps1 "ember ps listening on " "$EMBER" ps --listen 127.0.0.1:0 --data-dir "$OUT/ps1" --checkpoint-every 0 \
+  --metrics-listen 127.0.0.1:0)
 PS="$PS0,$PS1"
+PS_METRICS="$(sed -n 's/^ember ps metrics on //p' "$OUT/ps0.out"),$(sed -n 's/^ember ps metrics on //p' "$OUT/ps1.out")"
+# metric URLS NAME LABEL: the sum of a counter's series (with LABEL in their labels) over URLS.
+metric() {
+  python3 - "$@" <<'PY'
+import sys, urllib.request
+urls, name, label = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
+total = 0.0
+for url in urls:
+    for line in urllib.request.urlopen(url).read().decode().splitlines():
+        if line.startswith(name) and line[len(name)] in "{ " and label in line:
+            total += float(line.rsplit(" ", 1)[1])
+print(int(total))
+PY
+}
 echo "ps-servers: $PS" >&2
 
 # The job: examples/criteo-deepfm.toml; its first 9,000 rows train, the last 1,000 are held out.
@@ -45,8 +69,22 @@ echo "ps-servers: $PS" >&2
 TRAIN_AUC=$(python3 -c "import json;print(json.load(open('$OUT/train/report.json'))['test_auc'])")
 echo "training: $(tail -2 "$OUT/train.out" | head -1)" >&2
 
-SERVE=$(start serve "ember serve listening on " "$EMBER" serve --listen 127.0.0.1:0 --ps "$PS" \
+PS_LOOKUPS_BEFORE=$(metric "$PS_METRICS" ember_ps_requests_total 'method="lookup"')
+REPLICA_ADDRS=()
+for i in $(seq 0 $((REPLICAS - 1))); do
+  REPLICA_ADDRS+=("$(start "replica$i" "ember replica listening on " "$EMBER" replica --ps "$PS" \
+    --dir "$OUT/replica$i" --listen 127.0.0.1:0)")
+  "$EMBER" replica-status --target "${REPLICA_ADDRS[$i]}" --wait-secs 120 >/dev/null
+done
+if [ "$REPLICAS" -gt 0 ]; then
+  ROWS_FROM=(--replicas "$(IFS=,; echo "${REPLICA_ADDRS[*]}")")
+  echo "replicas: ${REPLICA_ADDRS[*]}" >&2
+else
+  ROWS_FROM=(--ps "$PS")
+fi
+SERVE=$(start serve "ember serve listening on " "$EMBER" serve --listen 127.0.0.1:0 "${ROWS_FROM[@]}" \
   --model-dir "$OUT/models" --metrics-listen 127.0.0.1:0 --cache-ttl-ms 500)
+SERVE_METRICS=$(sed -n 's/^ember serve metrics on //p' "$OUT/serve.out")
 echo "serving node: $SERVE" >&2
 
 # Hold-out rows through the serving node (rows 9001-10000 of the slice).
@@ -56,21 +94,43 @@ SERVING_AUC=$(sed -n 's/.*AUC \([0-9.]*\),.*/\1/p' "$OUT/predict.out")
 echo "serving: $(cat "$OUT/predict.out")" >&2
 
 echo "bench without swaps: $QPS qps x 64 samples for ${SECONDS_EACH}s" >&2
+KILLED=false
+if [ "$REPLICAS" -gt 1 ] && [ "$KILL" = 1 ]; then
+  KILLED=true
+  (sleep "$((SECONDS_EACH / 2))"; kill -9 "$(cat "$OUT/replica0.pid")"; echo "SIGKILLed replica0 at $(date +%T)" >&2) &
+  KILLER=$!
+fi
 "$EMBER" bench serve --target "$SERVE" --qps "$QPS" --batch 64 --seconds "$SECONDS_EACH" --data "$DATA" --json \
   >"$OUT/steady.json"
 cat "$OUT/steady.json" >&2
+RESTART_S=null
+if [ "$KILLED" = true ]; then
+  wait "$KILLER"
+  T0=$(date +%s.%N)
+  start replica0-restarted "ember replica listening on " "$EMBER" replica --ps "$PS" --dir "$OUT/replica0" \
+    --listen "${REPLICA_ADDRS[0]}" >/dev/null
+  "$EMBER" replica-status --target "${REPLICA_ADDRS[0]}" --wait-secs 120 >/dev/null
+  RESTART_S=$(python3 -c "import time; print(round(time.time() - $T0, 2))")
+  echo "replica0 restarted on its segments, ready in ${RESTART_S}s" >&2
+fi
 # Four times as long: a p999 inside swap windows needs a few thousand requests in them.
 echo "bench with a swap every 10 s" >&2
 "$EMBER" bench serve --target "$SERVE" --qps "$QPS" --batch 64 --seconds "$((SECONDS_EACH * 4))" --data "$DATA" \
   --swap-every 10 --model-dir "$OUT/models" --json >"$OUT/swaps.json"
 cat "$OUT/swaps.json" >&2
-"$EMBER" bench freshness --target "$SERVE" --ps "$PS" --trials 9 --json >"$OUT/freshness.json"
+"$EMBER" bench freshness --target "$SERVE" --ps "$PS" --trials 20 --json >"$OUT/freshness.json"
 cat "$OUT/freshness.json" >&2
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+PS_LOOKUPS=$(( $(metric "$PS_METRICS" ember_ps_requests_total 'method="lookup"') - PS_LOOKUPS_BEFORE ))
+HEDGED=$(metric "$SERVE_METRICS" ember_replica_client_requests_total 'kind="backup"')
+RETRIES=$(metric "$SERVE_METRICS" ember_replica_client_requests_total 'kind="retry"')
 
-python3 - "$OUT" "$SERVING_AUC" "$TRAIN_AUC" "$QPS" <<'PY'
+python3 - "$OUT" "$SERVING_AUC" "$TRAIN_AUC" "$QPS" "$REPLICAS" "$KILLED" "$HEDGED" "$RETRIES" "$PS_LOOKUPS" \
+  "$RESTART_S" <<'PY'
 import json, sys
 out, serving_auc, training_auc, qps = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+replicas, killed, hedged, retries, ps_lookups = int(sys.argv[5]), sys.argv[6] == "true", int(sys.argv[7]), int(sys.argv[8]), int(sys.argv[9])
+restart = json.loads(sys.argv[10])
 steady = json.load(open(f"{out}/steady.json"))
 swaps = json.load(open(f"{out}/swaps.json"))
 fresh = json.load(open(f"{out}/freshness.json"))
@@ -82,5 +142,8 @@ print(json.dumps({
     "swaps": swaps["swaps"], "errors": steady["errors"] + swaps["errors"],
     "freshness_ms": fresh["freshness_median_ms"], "freshness_max_ms": fresh["freshness_max_ms"],
     "serving_auc": serving_auc, "training_auc": training_auc,
+    "replicas": replicas, "replica_killed": killed, "hedged_requests": hedged, "failover_retries": retries,
+    "training_ps_lookups": ps_lookups, "rollback_exact": None, "freshness_p99_ms": fresh["freshness_p99_ms"],
+    "replica_restart_to_ready_s": restart,
 }))
 PY

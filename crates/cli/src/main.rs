@@ -67,6 +67,8 @@ enum Command {
     Serve(serve_cmds::ServeArgs),
     /// Run a read-only embedding replica: follows the ps-servers' row deltas, answers lookups.
     Replica(replica::ReplicaArgs),
+    /// Show what a replica holds and how far it has followed the training servers.
+    ReplicaStatus(replica::ReplicaStatusArgs),
     /// Send a data file through a serving node; one probability per line (and the AUC).
     Predict(serve_cmds::PredictArgs),
     /// Manage a model directory's versions.
@@ -146,8 +148,11 @@ fn keep_freed_memory() {}
 
 /// Makes every allocation of 4 MiB or more its own mapping, given back to the kernel on free.
 ///
-/// Every ps-server: checkpoints copy each shard's rows into a buffer of tens of MB and free it,
-/// which raises glibc's dynamic mmap threshold, so the shards' row arenas, growing as rows are
+/// Every replica: it frees a snapshot round's layer (hundreds of MB) once it is compacted into a
+/// segment. At 5M rows, this setting together with one buffer per layer (instead of a box per
+/// row) took its RSS after bootstrap from 1,175 to 571 MB; the two were not measured apart
+/// (docs/serving.md). Every ps-server: checkpoints copy each shard's rows into a buffer of tens of
+/// MB and free it, which raises glibc's dynamic mmap threshold, so the shards' row arenas, growing as rows are
 /// created, then come from the heap and what their reallocations free stays there. With a
 /// checkpoint every 5 s, 12M rows (dim 16, Adagrad) took 3,805 MB of RSS against 2,588 MB
 /// without checkpoints; with this, 2,587 against 2,517 (`scripts/bench-ckpt-memory.sh`,
@@ -186,7 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if matches!(cli.command, Command::Train(_) | Command::Demo(_) | Command::Worker(_)) {
         keep_freed_memory();
     }
-    if matches!(&cli.command, Command::Ps(_)) {
+    if matches!(&cli.command, Command::Ps(_) | Command::Replica(_)) {
         return_large_blocks();
     }
     // The embedded cluster's roles log as they would as processes; behind a progress bar only
@@ -212,6 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Export(args) => store_cmds::export(args).await,
             Command::Serve(args) => serve_cmds::serve(args).await,
             Command::Replica(args) => replica::run(args).await,
+            Command::ReplicaStatus(args) => replica::status(args).await,
             Command::Predict(args) => serve_cmds::predict(args).await,
             Command::Model(cmd) => serve_cmds::model(cmd),
             Command::Plot(args) => plot_reports(args),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use ember_proto::v1::{self, replica_client::ReplicaClient};
 use ember_replica::ReplicaConfig;
 
 use crate::observability;
@@ -40,6 +41,87 @@ pub struct ReplicaArgs {
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     security: ServerSecurityArgs,
+}
+
+/// Arguments of `ember replica-status`.
+#[derive(Debug, clap::Args)]
+pub struct ReplicaStatusArgs {
+    /// The replica.
+    #[arg(long)]
+    target: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Wait until the replica is ready (up to this many seconds), then print.
+    #[arg(long, default_value_t = 0)]
+    wait_secs: u64,
+}
+
+/// Prints what a replica holds and how far it has followed each training server.
+pub async fn status(args: ReplicaStatusArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(args.wait_secs);
+    let status = loop {
+        let asked = async {
+            let mut client = ReplicaClient::connect(endpoint(&args.target)).await?;
+            anyhow::Ok(client.status(v1::ReplicaStatusRequest {}).await?.into_inner())
+        };
+        match asked.await {
+            Ok(s) if s.ready || std::time::Instant::now() >= deadline => break s,
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e.context(format!("asking {}", args.target))),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let (segment_rows, overlay_rows): (u64, u64) =
+        status.tables.iter().fold((0, 0), |(s, o), t| (s + t.segment_rows, o + t.overlay_rows));
+    if args.json {
+        let sources: Vec<_> = status
+            .sources
+            .iter()
+            .map(|s| {
+                serde_json::json!({ "endpoint": s.endpoint, "stream_id": s.stream_id, "watermark": s.watermark,
+                "connected": s.connected, "rounds": s.rounds })
+            })
+            .collect();
+        let tables: Vec<_> = status
+            .tables
+            .iter()
+            .map(|t| {
+                serde_json::json!({ "name": t.name, "dim": t.dim, "segment_rows": t.segment_rows,
+                "overlay_rows": t.overlay_rows })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "ready": status.ready, "num_slots": status.num_slots, "slots": status.slots.len(),
+                "segment_rows": segment_rows, "overlay_rows": overlay_rows, "sources": sources, "tables": tables,
+                "waited_ms": started.elapsed().as_millis() as u64 })
+        );
+    } else {
+        let held = if status.slots.is_empty() { "every".to_string() } else { status.slots.len().to_string() };
+        println!("ready: {}; holds {held} of {} slots", status.ready, status.num_slots);
+        for s in &status.sources {
+            println!(
+                "  {}: stream {} watermark {} ({} rounds, connected: {})",
+                s.endpoint, s.stream_id, s.watermark, s.rounds, s.connected
+            );
+        }
+        for t in &status.tables {
+            println!(
+                "  table {} (dim {}): {} rows in segments, {} in the overlay",
+                t.name, t.dim, t.segment_rows, t.overlay_rows
+            );
+        }
+    }
+    Ok(())
+}
+
+fn endpoint(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
 }
 
 /// Parses `0-511,1000` into slot numbers.

@@ -114,18 +114,23 @@ fn decode(mut round: Round, batch: v1::DeltaBatch) -> Result<Round, String> {
         table.reset = true;
         table.rows.clear();
     }
+    if table.rows.is_empty() && table.rows.dim() != dim && dim != 0 {
+        table.rows = ember_store::replica::Layer::new(dim);
+    }
+    let mut row = vec![0f32; dim];
     for (i, key) in batch.keys.iter().enumerate() {
-        let row: Box<[f32]> = batch.values[i * dim * 4..(i + 1) * dim * 4]
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        for (v, b) in row.iter_mut().zip(batch.values[i * dim * 4..(i + 1) * dim * 4].chunks_exact(4)) {
+            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
         if let Some(bad) = row.iter().find(|v| !v.is_finite()) {
             return Err(format!("table {}: key {key} has a non-finite weight {bad}", batch.table));
         }
-        table.rows.insert(*key, Some(row));
+        if !table.rows.put(*key, &row) {
+            return Err(format!("table {}: a row of {dim} values in a layer of {}", batch.table, table.rows.dim()));
+        }
     }
     for key in &batch.deleted {
-        table.rows.insert(*key, None);
+        table.rows.delete(*key);
     }
     Ok(round)
 }

@@ -19,13 +19,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ember_core::U64Map;
 use parking_lot::{Mutex, RwLock};
 
 use crate::segment::{self, Segment, SegmentError};
 
-/// One delta round's rows of a table: a row, or `None` for a deleted key.
-pub type Layer = U64Map<Option<Box<[f32]>>>;
+mod layer;
+
+pub use layer::Layer;
 
 /// A segment file, removed when its last view drops it after something newer replaced it.
 #[derive(Debug)]
@@ -69,8 +69,8 @@ impl View {
     /// `key`'s row in this state, if the table has one.
     pub fn get(&self, key: u64) -> Option<&[f32]> {
         for layer in self.layers.iter().rev() {
-            if let Some(row) = layer.get(&key) {
-                return row.as_deref();
+            if let Some(row) = layer.get(key) {
+                return row;
             }
         }
         self.segment.as_ref()?.segment.get(key)
@@ -237,7 +237,7 @@ impl ReplicaTable {
         let mut overlay: BTreeMap<u64, Option<&[f32]>> = BTreeMap::new();
         for layer in &base.layers {
             for (key, row) in layer.iter() {
-                overlay.insert(*key, row.as_deref());
+                overlay.insert(key, row);
             }
         }
         let n = self.next_file.fetch_add(1, Ordering::Relaxed);
@@ -269,7 +269,14 @@ mod tests {
     use super::*;
 
     fn layer(rows: &[(u64, Option<f32>)]) -> Layer {
-        rows.iter().map(|(k, v)| (*k, v.map(|x| vec![x, -x].into_boxed_slice()))).collect()
+        let mut layer = Layer::new(2);
+        for (k, v) in rows {
+            match v {
+                Some(x) => assert!(layer.put(*k, &[*x, -*x])),
+                None => layer.delete(*k),
+            }
+        }
+        layer
     }
 
     fn value(view: &View, key: u64) -> Option<f32> {
