@@ -1,5 +1,7 @@
 //! Replica segments (memory-mapped, sorted keys) against the store's DRAM pull on the same 1M
-//! rows of dim 16: reading 4096 uniform random rows, and opening a segment (map + checksum).
+//! rows of dim 16: reading 4096 uniform random rows through the segment's sampled index, through
+//! a plain binary search over its keys (the lookup before the index), and from the store; and
+//! opening a segment (map + checksum + index).
 //! The page cache holds the file, as it does on a replica whose segments fit in memory.
 
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -45,6 +47,20 @@ fn segment_benches(c: &mut Criterion) {
                 let mut out = Vec::with_capacity(BATCH * DIM);
                 for key in keys {
                     out.extend_from_slice(segment.get(key).unwrap());
+                }
+                out
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("segment_binary_search_4096x16", |b| {
+        b.iter_batched(
+            batch(1),
+            |keys| {
+                let mut out = Vec::with_capacity(BATCH * DIM);
+                for key in keys {
+                    let i = segment.keys().binary_search(&key).unwrap();
+                    out.extend_from_slice(segment.row(i).1);
                 }
                 out
             },

@@ -12,8 +12,10 @@
 //!
 //! Invariants: a segment on disk is whole or absent (written under a temporary name, fsynced,
 //! renamed, the directory fsynced). [`Segment::open`] refuses a file whose size, header or
-//! checksum is wrong, so a damaged segment is never served. Keys strictly increase, so a lookup
-//! is a binary search.
+//! checksum is wrong, so a damaged segment is never served. Keys strictly increase. A lookup
+//! searches a sampled index in memory (every [`INDEX_EVERY`]th key: 1/32 of the keys' size,
+//! built while `open` checks the key order) and then one block of keys in the map, so it
+//! touches a few cache lines of the map instead of a binary search's ~20 scattered ones.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -23,6 +25,8 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::Xxh3;
 
 const MAGIC: &[u8; 8] = b"EMBSEG01";
+/// One index entry per this many keys.
+pub const INDEX_EVERY: usize = 32;
 const HEADER: usize = 32;
 
 /// Why a segment could not be written or opened.
@@ -137,6 +141,8 @@ pub struct Segment {
     dim: usize,
     rows: usize,
     keys_at: usize,
+    /// Every [`INDEX_EVERY`]th key, from the first.
+    index: Vec<u64>,
 }
 
 impl Segment {
@@ -165,10 +171,11 @@ impl Segment {
         if xxhash_rust::xxh3::xxh3_64(&map[HEADER..]) != word(24) {
             return Err(corrupt("checksum mismatch".into()));
         }
-        let segment = Self { map, path: path.to_path_buf(), dim, rows, keys_at };
+        let mut segment = Self { map, path: path.to_path_buf(), dim, rows, keys_at, index: Vec::new() };
         if segment.keys().windows(2).any(|w| w[0] >= w[1]) {
             return Err(corrupt("keys out of order".into()));
         }
+        segment.index = segment.keys().iter().step_by(INDEX_EVERY).copied().collect();
         Ok(segment)
     }
 
@@ -209,7 +216,12 @@ impl Segment {
 
     /// `key`'s row, if held.
     pub fn get(&self, key: u64) -> Option<&[f32]> {
-        let i = self.keys().binary_search(&key).ok()?;
+        // The block whose first key is the last one <= key.
+        let block = self.index.partition_point(|k| *k <= key).checked_sub(1)?;
+        let start = block * INDEX_EVERY;
+        let keys = self.keys();
+        let end = (start + INDEX_EVERY).min(keys.len());
+        let i = start + keys[start..end].binary_search(&key).ok()?;
         Some(self.row(i).1)
     }
 }
@@ -287,9 +299,9 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
         #[test]
-        fn a_merge_equals_the_map_with_the_overlay_applied(
-            base in prop::collection::btree_set(0u64..200, 0..80),
-            overlay in prop::collection::btree_map(0u64..200, any::<bool>(), 0..80),
+        fn a_merge_equals_the_map_with_the_overlay_applied_and_every_key_is_found_through_the_index(
+            base in prop::collection::btree_set(0u64..1000, 0..300),
+            overlay in prop::collection::btree_map(0u64..1000, any::<bool>(), 0..150),
             dim in 1usize..6,
         ) {
             let dir = tempfile::tempdir().unwrap();
@@ -313,7 +325,11 @@ mod tests {
             let next = Segment::open(&dir.path().join("next.seg")).unwrap();
             prop_assert_eq!(rows as usize, model.len());
             let got: BTreeMap<u64, Vec<f32>> = (0..next.len()).map(|i| (next.row(i).0, next.row(i).1.to_vec())).collect();
-            prop_assert_eq!(got, model);
+            prop_assert_eq!(&got, &model);
+            // Every key in and around the range, so block edges and the ends are probed.
+            for k in 0..1001u64 {
+                prop_assert_eq!(next.get(k), model.get(&k).map(|r| &r[..]), "key {}", k);
+            }
         }
     }
 }
