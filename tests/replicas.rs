@@ -17,7 +17,7 @@ use ember_proto::v1::{self, replica_client::ReplicaClient};
 mod support;
 
 use support::serving::{samples, train};
-use support::{counter, http_get, start, start_one, Proc};
+use support::{counter, ember, http_get, start, start_one, Proc};
 
 fn replica(ps: &str, dir: &Path, listen: &str) -> (Proc, String) {
     start_one(
@@ -141,4 +141,91 @@ async fn serving_through_two_replicas_survives_a_sigkill_and_the_restarted_repli
     for (g, w) in got.iter().zip(&t.test_probs) {
         assert!((g - w).abs() < 1e-5);
     }
+}
+
+/// Waits until `client` answers `batch` with `version`, returns the probabilities.
+async fn answer_of(client: &ServingClient, batch: &[v1::Sample], version: u64) -> Vec<f32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.predict("", batch.to_vec()).await {
+            if r.version == version {
+                return r.probabilities;
+            }
+        }
+        assert!(Instant::now() < deadline, "version {version} never answered");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+fn bits(p: &[f32]) -> Vec<u32> {
+    p.iter().map(|x| x.to_bits()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_predicts_with_the_versions_own_sparse_rows_bit_for_bit_while_training_goes_on() {
+    let t = tokio::task::spawn_blocking(train).await.unwrap();
+    let dirs = tempfile::tempdir().unwrap();
+    let models = t.models.to_str().unwrap();
+    let (_replica, r) = start_one(
+        &[
+            "replica",
+            "--ps",
+            &t.ps,
+            "--dir",
+            dirs.path().join("r").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--interval-ms",
+            "50",
+            "--model-dir",
+            models,
+            "--keep-versions",
+            "10",
+        ],
+        "ember replica listening on ",
+    );
+    let dir = ember_model::ModelDir::new(&t.models);
+    let first = dir.current().unwrap().unwrap();
+    let serve = |freshness: &'static str| {
+        let args = ["serve", "--replicas", &r, "--model-dir", models, "--freshness", freshness];
+        start_one(&[&args[..], &["--cache-ttl-ms", "0", "--poll-ms", "20"]].concat(), "ember serve listening on ")
+    };
+    let ((_p, pinned), (_l, latest)) = (serve("pinned"), serve("latest"));
+    let none = Default::default();
+    let (pinned, latest) =
+        (ServingClient::connect(&pinned, &none).await.unwrap(), ServingClient::connect(&latest, &none).await.unwrap());
+    let batch = samples(&t.test_data, 64);
+    let recorded = answer_of(&pinned, &batch, first).await;
+
+    // Training goes on: every row of every table moves.
+    let ps = ember_client::PsClient::connect_one(&t.ps).await.unwrap();
+    for spec in ps.list_tables().await.unwrap().into_iter().filter(|s| s.kind == v1::TableKind::Sparse as i32) {
+        let (dim, keys, _) = ps.export(&spec.name).await.unwrap();
+        let pulled = ps.pull(&spec.name, &keys).await.unwrap();
+        ps.push(&spec.name, &keys, &vec![0.7; keys.len() * dim], &pulled.clock).await.unwrap();
+    }
+    // The node following the latest rows sees it within a second; the pinned one never does.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bits(&answer_of(&latest, &batch, first).await) == bits(&recorded) {
+        assert!(Instant::now() < deadline, "the latest rows never reached predictions");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(bits(&answer_of(&pinned, &batch, first).await), bits(&recorded), "pinned: only what was published");
+
+    // A new version, published with the sparse rows as they are now (a checkpoint of them).
+    let ids: Vec<u64> = ps.checkpoint(false, 1).await.unwrap().iter().map(|c| c.id).collect();
+    let mut m = dir.load(first).unwrap();
+    m.manifest.sparse_checkpoints = ids;
+    let second = dir.publish(m.manifest, &m.dense, 10).unwrap();
+    let moved = answer_of(&pinned, &batch, second).await;
+    assert_ne!(bits(&moved), bits(&recorded), "version {second} holds the moved rows");
+    answer_of(&latest, &batch, second).await;
+
+    // Roll back: both nodes predict exactly what first predicted, although the rows moved on.
+    ember(&["model", "rollback", "--model-dir", models, "--to", &first.to_string()]);
+    assert_eq!(bits(&answer_of(&pinned, &batch, first).await), bits(&recorded), "pinned node after the rollback");
+    assert_eq!(bits(&answer_of(&latest, &batch, first).await), bits(&recorded), "latest node after the rollback");
+    let status = ReplicaClient::connect(format!("http://{r}")).await.unwrap();
+    let versions = status.clone().status(v1::ReplicaStatusRequest {}).await.unwrap().into_inner().versions;
+    assert!(versions.contains(&first) && versions.contains(&second), "{versions:?}");
 }

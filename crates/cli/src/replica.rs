@@ -27,7 +27,12 @@ pub struct ReplicaArgs {
     /// Slots to hold, e.g. `0-511,1000` (of the shard map's slots); all when absent.
     #[arg(long)]
     slots: Option<String>,
-    /// Published versions' sparse states kept per table.
+    /// The model directory training publishes into: the replica then also holds the sparse state
+    /// of its newest --keep-versions versions (read from the checkpoints their publishes took),
+    /// for pinned serving and exact rollbacks.
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// Published versions' sparse states kept.
     #[arg(long, default_value_t = 3)]
     keep_versions: usize,
     /// Round interval asked of the training servers, in milliseconds.
@@ -95,11 +100,12 @@ pub async fn status(args: ReplicaStatusArgs) -> anyhow::Result<()> {
             "{}",
             serde_json::json!({ "ready": status.ready, "num_slots": status.num_slots, "slots": status.slots.len(),
                 "segment_rows": segment_rows, "overlay_rows": overlay_rows, "sources": sources, "tables": tables,
+                "versions": status.versions,
                 "waited_ms": started.elapsed().as_millis() as u64 })
         );
     } else {
         let held = if status.slots.is_empty() { "every".to_string() } else { status.slots.len().to_string() };
-        println!("ready: {}; holds {held} of {} slots", status.ready, status.num_slots);
+        println!("ready: {}; holds {held} of {} slots; versions {:?}", status.ready, status.num_slots, status.versions);
         for s in &status.sources {
             println!(
                 "  {}: stream {} watermark {} ({} rounds, connected: {})",
@@ -154,6 +160,7 @@ pub async fn run(args: ReplicaArgs) -> anyhow::Result<()> {
     let config = ReplicaConfig {
         dir: args.dir,
         slots,
+        model_dir: args.model_dir,
         keep_versions: args.keep_versions,
         interval: Duration::from_millis(args.interval_ms.max(10)),
         compact_layers: args.compact_layers.max(1),

@@ -11,7 +11,7 @@ use ember_core::eval::{auc, logloss};
 use ember_core::job::{DataFormat, DataSpec};
 use ember_model::ModelDir;
 use ember_proto::v1;
-use ember_serving::{LookupFailure, Serving, ServingConfig, SparseSource};
+use ember_serving::{Freshness, LookupFailure, Serving, ServingConfig, SparseSource};
 use ember_worker::reader::{open_lines, LineParser};
 
 use crate::observability;
@@ -38,6 +38,11 @@ pub struct ServeArgs {
     /// replica group's recent p95 latency, at least --hedge-floor-ms).
     #[arg(long)]
     hedge_ms: Option<u64>,
+    /// With --replicas: `latest` (training's updates reach predictions within a second; a version
+    /// rolled back to reads its own published rows) or `pinned` (every version reads only its own
+    /// published rows; the replicas need --model-dir).
+    #[arg(long, default_value = "latest", value_parser = ["latest", "pinned"])]
+    freshness: String,
     /// Shortest p95-based backup delay, in milliseconds.
     #[arg(long, default_value_t = 1.0)]
     hedge_floor_ms: f64,
@@ -91,6 +96,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             LookupFailure::Fail
         },
+        freshness: if args.freshness == "pinned" { Freshness::Pinned } else { Freshness::Latest },
         security: security.clone(),
         ..ServingConfig::default()
     };

@@ -183,6 +183,13 @@ impl ReplicaSet {
     /// Rows of `keys` in `table` (`missing` flags keys no replica had a row for; their values
     /// are the table's initializer's).
     pub async fn lookup(&self, table: &str, keys: &[u64]) -> Result<PulledRows, ClientError> {
+        self.lookup_at(table, keys, 0).await
+    }
+
+    /// [`Self::lookup`] of published model version `version`'s sparse state (0: the latest
+    /// rows). A replica that does not hold the version yet answers NotFound and the next one of
+    /// the group is asked; NotFound from all of them fails the lookup with NotFound.
+    pub async fn lookup_at(&self, table: &str, keys: &[u64], version: u64) -> Result<PulledRows, ClientError> {
         let routing = Arc::clone(&self.inner.routing.read());
         if routing.num_slots == 0 {
             return Err(self.no_replica("no replica is ready"));
@@ -202,7 +209,8 @@ impl ReplicaSet {
                 None => parts.push((group as usize, vec![*key], vec![i as u32])),
             }
         }
-        let calls = parts.iter().map(|(group, part_keys, _)| self.hedged(&routing.groups[*group], table, part_keys));
+        let calls =
+            parts.iter().map(|(group, part_keys, _)| self.hedged(&routing.groups[*group], table, part_keys, version));
         let replies = futures_util::future::try_join_all(calls).await?;
         let dim = replies.first().map_or(0, |r| r.0);
         let mut values = vec![0f32; keys.len() * dim];
@@ -222,12 +230,7 @@ impl ReplicaSet {
 
     /// One group's part: first replica, a backup after the hedge delay, the next at once after a
     /// failure; the first answer wins.
-    async fn hedged(
-        &self,
-        group: &Group,
-        table: &str,
-        keys: &[u64],
-    ) -> Result<(usize, Vec<f32>, Vec<bool>), ClientError> {
+    async fn hedged(&self, group: &Group, table: &str, keys: &[u64], version: u64) -> Result<PartRows, ClientError> {
         let inner = &self.inner;
         inner.parts.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
@@ -236,7 +239,7 @@ impl ReplicaSet {
         let mut attempts = FuturesUnordered::new();
         let mut sent = 0usize;
         let mut last_err = None;
-        attempts.push(self.attempt(order[0], table, keys));
+        attempts.push(self.attempt(order[0], table, keys, version));
         sent += 1;
         let hedge = tokio::time::sleep(delay);
         tokio::pin!(hedge);
@@ -259,16 +262,20 @@ impl ReplicaSet {
                             return Ok(rows);
                         }
                         Err(err) => {
-                            let retry = err.code().is_none_or(|c| matches!(c,
+                            // A replica may not hold a version yet that another one holds.
+                            let not_yet = version != 0 && err.code() == Some(tonic::Code::NotFound);
+                            let retry = not_yet || err.code().is_none_or(|c| matches!(c,
                                 tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
                                 | tonic::Code::DeadlineExceeded | tonic::Code::FailedPrecondition));
                             if !retry {
                                 return Err(err);
                             }
-                            *inner.members[member].dead_until.lock() = Some(Instant::now() + DEAD_FOR);
+                            if !not_yet {
+                                *inner.members[member].dead_until.lock() = Some(Instant::now() + DEAD_FOR);
+                            }
                             last_err = Some(err);
                             if sent < order.len() {
-                                attempts.push(self.attempt(order[sent], table, keys));
+                                attempts.push(self.attempt(order[sent], table, keys, version));
                                 sent += 1;
                                 inner.retried.fetch_add(1, Ordering::Relaxed);
                                 metrics::counter!("ember_replica_client_requests_total", "kind" => "retry").increment(1);
@@ -279,7 +286,7 @@ impl ReplicaSet {
                 () = &mut hedge, if hedge_armed => {
                     hedge_armed = false;
                     if sent < order.len() {
-                        attempts.push(self.attempt(order[sent], table, keys));
+                        attempts.push(self.attempt(order[sent], table, keys, version));
                         sent += 1;
                         inner.hedged.fetch_add(1, Ordering::Relaxed);
                         metrics::counter!("ember_replica_client_requests_total", "kind" => "backup").increment(1);
@@ -304,10 +311,11 @@ impl ReplicaSet {
         member: usize,
         table: &str,
         keys: &[u64],
+        version: u64,
     ) -> impl std::future::Future<Output = (usize, Result<PartRows, ClientError>)> + 'static {
         let m = &self.inner.members[member];
         let (mut client, endpoint) = (m.client.clone(), m.endpoint.clone());
-        let request = v1::ReplicaLookupRequest { table: table.to_string(), keys: keys.to_vec() };
+        let request = v1::ReplicaLookupRequest { table: table.to_string(), keys: keys.to_vec(), version };
         let n = keys.len();
         metrics::counter!("ember_replica_client_requests_total", "kind" => "first").increment(1);
         async move {

@@ -89,6 +89,11 @@ pub struct ModelManifest {
     /// Empty for versions published before delta streams existed.
     #[serde(default)]
     pub sparse_cuts: Vec<SparseCut>,
+    /// Each ps-server's id of the checkpoint taken with this version, in shard-map order: the
+    /// chain ending there is the version's sparse state, which replicas read to serve the
+    /// version exactly (`ReadCheckpoints`). Empty when the servers keep no checkpoints.
+    #[serde(default)]
+    pub sparse_checkpoints: Vec<u64>,
     /// f32 values in `dense.bin`.
     pub dense_values: u64,
     /// xxh3-64 of `dense.bin`.

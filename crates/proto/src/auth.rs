@@ -60,7 +60,9 @@ pub fn allowed(role: Role, path: &str) -> bool {
             "Pull" | "Push" | "PullTables" | "PushTables" | "PushDense" | "CreateTable" | "FlushPending"
             | "WorkerClock" => &[Worker],
             "PullDense" => &[Worker, Serving],
-            "Lookup" | "ListTables" | "Stats" | "Export" | "SubscribeDeltas" => &[Worker, Serving, Reader],
+            "Lookup" | "ListTables" | "Stats" | "Export" | "SubscribeDeltas" | "ReadCheckpoints" => {
+                &[Worker, Serving, Reader]
+            }
             // CutDeltas marks a model version: admin (the scheduler) only, as Checkpoint.
             // DropTable, DeleteKeys, Checkpoint: admin only.
             _ => &[],

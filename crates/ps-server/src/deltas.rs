@@ -36,6 +36,27 @@ const MAX_MESSAGE_VALUES: usize = 4 << 20;
 /// Largest slot count a subscriber may filter by.
 const MAX_SLOTS: u32 = 1 << 20;
 
+/// `held[slot]` for a request's slot filter (empty: every key), checked.
+pub(crate) fn slot_filter(num_slots: u32, slots: &[u32]) -> Result<Vec<bool>, Status> {
+    if num_slots == 0 {
+        if !slots.is_empty() {
+            return Err(status_of(&Refusal::invalid("slots given without num_slots")));
+        }
+        return Ok(Vec::new());
+    }
+    if num_slots > MAX_SLOTS {
+        return Err(status_of(&Refusal::invalid(format!("num_slots {num_slots} is over {MAX_SLOTS}"))));
+    }
+    let mut held = vec![false; num_slots as usize];
+    for &slot in slots {
+        let Some(h) = held.get_mut(slot as usize) else {
+            return Err(status_of(&Refusal::invalid(format!("slot {slot} is out of range for num_slots {num_slots}"))));
+        };
+        *h = true;
+    }
+    Ok(held)
+}
+
 /// What one subscriber asked for, checked.
 #[derive(Debug)]
 pub struct Subscription {
@@ -65,26 +86,7 @@ impl Subscription {
                 return Err(status_of(&Refusal::invalid(format!("table {name} is named twice"))));
             }
         }
-        let slots = if req.num_slots == 0 {
-            if !req.slots.is_empty() {
-                return Err(status_of(&Refusal::invalid("slots given without num_slots")));
-            }
-            Vec::new()
-        } else {
-            if req.num_slots > MAX_SLOTS {
-                let msg = format!("num_slots {} is over {MAX_SLOTS}", req.num_slots);
-                return Err(status_of(&Refusal::invalid(msg)));
-            }
-            let mut held = vec![false; req.num_slots as usize];
-            for &slot in &req.slots {
-                let Some(h) = held.get_mut(slot as usize) else {
-                    let msg = format!("slot {slot} is out of range for num_slots {}", req.num_slots);
-                    return Err(status_of(&Refusal::invalid(msg)));
-                };
-                *h = true;
-            }
-            held
-        };
+        let slots = slot_filter(req.num_slots, &req.slots)?;
         let same_stream = req.stream_id == store.deltas().stream_id();
         let now = store.deltas().current();
         if same_stream && req.from_seq >= now {

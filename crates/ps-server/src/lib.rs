@@ -26,6 +26,7 @@
 //! `ember_ps_cold_tier_backlog{what}` (RocksDB's running flushes and compactions, L0 files,
 //! write throttling).
 
+pub mod chain;
 pub mod clocks;
 pub mod deltas;
 pub mod error;

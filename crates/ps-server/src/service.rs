@@ -435,6 +435,15 @@ impl ParameterServer for PsService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    type ReadCheckpointsStream = ReceiverStream<Result<v1::DeltaBatch, Status>>;
+
+    async fn read_checkpoints(
+        &self,
+        req: Request<v1::ReadCheckpointsRequest>,
+    ) -> Result<Response<Self::ReadCheckpointsStream>, Status> {
+        crate::chain::read(self.checkpoints.clone(), req.into_inner()).map(Response::new)
+    }
+
     type SubscribeDeltasStream = ReceiverStream<Result<v1::DeltaBatch, Status>>;
 
     async fn subscribe_deltas(

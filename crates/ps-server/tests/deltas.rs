@@ -251,3 +251,63 @@ async fn bad_subscriptions_are_refused_with_the_right_code() {
     let other = PsClient::connect_one(&off).await.unwrap().cut_deltas().await.unwrap()[0];
     assert_ne!(other.0, c1.0);
 }
+
+/// Reads a `ReadCheckpoints` stream to its last message into per-table rows (the follower's
+/// rules: a reset drops the table's rows).
+async fn read_chain(client: &PsClient, after: u64, upto: u64, slots: &[u32]) -> Result<Follower, tonic::Status> {
+    let request = v1::ReadCheckpointsRequest {
+        after_id: after,
+        upto_id: upto,
+        num_slots: if slots.is_empty() { 0 } else { 64 },
+        slots: slots.to_vec(),
+    };
+    let mut stream = match client.read_checkpoints(0, request).await {
+        Ok(s) => s,
+        Err(ember_client::ClientError::Rpc { status, .. }) => return Err(status),
+        Err(e) => panic!("{e}"),
+    };
+    let mut f = Follower::default();
+    f.round(&mut stream).await;
+    assert_eq!(f.watermark, upto, "the last message carries the checkpoint read up to");
+    Ok(f)
+}
+
+#[tokio::test]
+async fn a_checkpoint_chain_streams_the_weights_it_holds_filtered_by_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let store = Arc::new(Store::new(StoreConfig { shard_bits: 4, ..StoreConfig::default() }));
+    let checkpoints = Arc::new(ember_store::Checkpointer::open(dir.path()).unwrap());
+    let config = ServeConfig { checkpoints: Some(checkpoints), ..ServeConfig::default() };
+    tokio::spawn(serve(listener, store, config, std::future::pending()));
+    let client = PsClient::connect_one(&addr).await.unwrap();
+    client.create_table(&spec("a"), None).await.unwrap();
+    train(&client, "a", &(0..1_000).collect::<Vec<_>>(), 0.1).await;
+    let full = client.checkpoint(true, 1).await.unwrap()[0].id;
+    let at_full = exported(&client, "a").await;
+    train(&client, "a", &(500..1_500).collect::<Vec<_>>(), 0.2).await;
+    client.delete_keys("a", &[1, 2]).await.unwrap();
+    let incr = client.checkpoint(false, 2).await.unwrap()[0].id;
+    let at_incr = exported(&client, "a").await;
+    train(&client, "a", &(0..1_500).collect::<Vec<_>>(), 0.3).await;
+
+    let whole = read_chain(&client, 0, incr, &[]).await.unwrap();
+    assert_eq!(whole.tables["a"], at_incr, "the chain's rows, not the live ones");
+    assert_eq!(whole.last_resets, vec!["a".to_string()], "a full checkpoint resets the table");
+    assert_eq!(read_chain(&client, 0, full, &[]).await.unwrap().tables["a"], at_full);
+    let only_incr = read_chain(&client, full, incr, &[]).await.unwrap();
+    assert!(only_incr.last_resets.is_empty(), "holding the full: only the incremental, no reset");
+    assert!(only_incr.tables["a"].len() < at_incr.len());
+    let half = read_chain(&client, 0, incr, &(0..32).collect::<Vec<_>>()).await.unwrap();
+    let want: BTreeMap<u64, Vec<f32>> = at_incr.into_iter().filter(|(k, _)| slot_of(*k, 64) < 32).collect();
+    assert_eq!(half.tables["a"], want);
+
+    let err = read_chain(&client, 0, 99, &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+    let err = read_chain(&client, 0, 0, &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let (plain, _stop) = start(1 << 10).await;
+    let err = read_chain(&PsClient::connect_one(&plain).await.unwrap(), 0, 1, &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "a server without --data-dir has no checkpoints");
+}

@@ -25,6 +25,14 @@ pub enum ReplicaError {
         /// The replica's slot-map version.
         map_version: u64,
     },
+    /// A published version whose sparse state this replica does not hold.
+    #[error("this replica does not hold model version {version} (it holds {kept:?})")]
+    VersionNotKept {
+        /// The version asked for.
+        version: u64,
+        /// The versions held.
+        kept: Vec<u64>,
+    },
     /// Still catching up after a start.
     #[error("not ready: {0}")]
     NotReady(String),
@@ -51,7 +59,7 @@ impl HasCode for ReplicaError {
     fn code(&self) -> Code {
         match self {
             ReplicaError::InvalidArgument(_) => Code::InvalidArgument,
-            ReplicaError::UnknownTable(_) => Code::NotFound,
+            ReplicaError::UnknownTable(_) | ReplicaError::VersionNotKept { .. } => Code::NotFound,
             ReplicaError::NotOwned { .. } => Code::FailedPrecondition,
             ReplicaError::NotReady(_) | ReplicaError::Segment(_) | ReplicaError::Io { .. } => Code::Unavailable,
             ReplicaError::Transport(_) | ReplicaError::Internal(_) => Code::Internal,

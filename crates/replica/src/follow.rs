@@ -80,7 +80,7 @@ async fn read_rounds(
         round.stream_id = stream_id;
         round.watermark = watermark;
         let done = std::mem::take(&mut round);
-        let specs = match specs_for(replica, client, source, &done).await {
+        let specs = match specs_for(replica, client, source, &done, false).await {
             Ok(s) => s,
             Err(reason) => return reason,
         };
@@ -92,7 +92,7 @@ async fn read_rounds(
 }
 
 /// Adds one batch's rows to the round being read.
-fn decode(mut round: Round, batch: v1::DeltaBatch) -> Result<Round, String> {
+pub(crate) fn decode(mut round: Round, batch: v1::DeltaBatch) -> Result<Round, String> {
     if batch.keys.is_empty() && batch.deleted.is_empty() && !batch.reset {
         return Ok(round);
     }
@@ -135,14 +135,16 @@ fn decode(mut round: Round, batch: v1::DeltaBatch) -> Result<Round, String> {
     Ok(round)
 }
 
-/// Specs of the round's tables the source does not hold yet, from the training server.
-async fn specs_for(
+/// Specs of the round's tables the source does not hold yet (in its versions' tables when
+/// `pinned`), from the training server.
+pub(crate) async fn specs_for(
     replica: &Replica,
     client: &PsClient,
     source: usize,
     round: &Round,
+    pinned: bool,
 ) -> Result<BTreeMap<String, TableSpec>, String> {
-    let unknown = replica.unknown_tables(source, round.tables.keys());
+    let unknown = replica.unknown_tables(source, round.tables.keys(), pinned);
     let mut specs = BTreeMap::new();
     if unknown.is_empty() {
         return Ok(specs);

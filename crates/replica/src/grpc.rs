@@ -37,7 +37,7 @@ impl ReplicaRpc for ReplicaService {
         let result = if req.keys.len() > MAX_KEYS {
             Err(ReplicaError::InvalidArgument(format!("{} keys in one lookup; at most {MAX_KEYS}", req.keys.len())))
         } else {
-            self.replica.lookup(&req.table, &req.keys)
+            self.replica.lookup(&req.table, &req.keys, req.version)
         };
         let code = match &result {
             Ok(_) => "ok",
@@ -99,6 +99,7 @@ impl ReplicaRpc for ReplicaService {
             ready: r.ready(),
             sources,
             tables,
+            versions: r.versions(),
         }))
     }
 }

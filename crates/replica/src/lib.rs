@@ -14,6 +14,8 @@
 //! - [`persist`]: the per-server manifest (stream, watermark, segment per table), written after a
 //!   compaction and read at start, so a restart maps its segments and resumes the stream instead
 //!   of loading a snapshot.
+//! - [`versions`]: published versions' sparse states, read from the checkpoint chains their
+//!   publishes took, so a lookup can ask for version V exactly.
 //! - [`maintain`]: the compaction thread.
 //! - [`grpc`]: the thin gRPC adapter and health.
 //!
@@ -33,6 +35,7 @@ pub mod grpc;
 pub mod maintain;
 pub mod persist;
 pub mod state;
+pub mod versions;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,7 +54,10 @@ pub struct ReplicaConfig {
     pub slots: Option<Vec<u32>>,
     /// Version of the slot assignment, reported in FailedPrecondition (0: given by flags).
     pub map_version: u64,
-    /// Published versions' states kept per table.
+    /// The model directory whose published versions' sparse states are held (None: only the
+    /// latest rows).
+    pub model_dir: Option<PathBuf>,
+    /// Published versions' sparse states kept.
     pub keep_versions: usize,
     /// The training servers' round interval asked for.
     pub interval: Duration,
@@ -71,6 +77,7 @@ impl Default for ReplicaConfig {
             dir: PathBuf::from("ember-replica"),
             slots: None,
             map_version: 0,
+            model_dir: None,
             keep_versions: 3,
             interval: Duration::from_millis(200),
             compact_layers: 16,
@@ -94,9 +101,20 @@ pub async fn run(
     let followers: Vec<_> = (0..client.endpoints().len())
         .map(|source| tokio::spawn(follow::follow(Arc::clone(&replica), client.clone(), source, config.interval)))
         .collect();
+    let versions = config.model_dir.as_ref().map(|dir| {
+        let models = ember_model::ModelDir::new(dir);
+        let every = Duration::from_millis(200);
+        tokio::spawn(versions::follow_versions(
+            Arc::clone(&replica),
+            client.clone(),
+            models,
+            config.keep_versions,
+            every,
+        ))
+    });
     let compactor = maintain::Compactor::spawn(Arc::clone(&replica), config.compact_layers, config.compact_every)?;
     let served = grpc::serve(listener, Arc::clone(&replica), &config, shutdown).await;
-    for f in &followers {
+    for f in followers.iter().chain(&versions) {
         f.abort();
     }
     let last = tokio::task::spawn_blocking(move || compactor.stop()).await;

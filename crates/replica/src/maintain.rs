@@ -78,6 +78,13 @@ fn pass(replica: &Replica, source: &Source, layers: usize, saved: &mut Option<u6
         segment_rows += view.segment_rows();
         overlay_rows += view.overlay_rows();
     }
+    // Versions' tables: compacted the same way (a pinned version keeps the views it was pinned
+    // with), never persisted (they are read again from the checkpoints at start).
+    for (_, held) in source.pinned_tables() {
+        if held.table.view().layers() >= layers && held.table.compact()?.is_some() {
+            metrics::counter!("ember_replica_compactions_total").increment(1);
+        }
+    }
     metrics::gauge!("ember_replica_segment_rows", "source" => source.endpoint.clone()).set(segment_rows as f64);
     metrics::gauge!("ember_replica_overlay_rows", "source" => source.endpoint.clone()).set(overlay_rows as f64);
     let unchanged = if changed { None } else { *saved };

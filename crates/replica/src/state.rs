@@ -48,6 +48,10 @@ pub struct Source {
     pub(crate) dir: PathBuf,
     pub(crate) tables: RwLock<BTreeMap<String, Arc<Held>>>,
     pub(crate) progress: Mutex<Progress>,
+    /// Published versions' sparse state: the checkpoint chain read so far, pinned per version.
+    pub(crate) pinned: RwLock<BTreeMap<String, Arc<Held>>>,
+    /// The last checkpoint of this server applied to `pinned` (0: none).
+    pub(crate) pinned_checkpoint: Mutex<u64>,
     next_subdir: Mutex<u64>,
 }
 
@@ -62,10 +66,21 @@ impl Source {
         self.tables.read().iter().map(|(n, h)| (n.clone(), Arc::clone(h))).collect()
     }
 
-    fn new_subdir(&self) -> String {
+    /// Its published versions' tables, by name.
+    pub fn pinned_tables(&self) -> Vec<(String, Arc<Held>)> {
+        self.pinned.read().iter().map(|(n, h)| (n.clone(), Arc::clone(h))).collect()
+    }
+
+    /// The last checkpoint of this server whose chain the pinned tables hold.
+    pub fn pinned_checkpoint(&self) -> u64 {
+        *self.pinned_checkpoint.lock()
+    }
+
+    /// A fresh directory name: `t<n>` for latest tables, `v<n>` for versions' (not persisted).
+    fn new_subdir(&self, prefix: char) -> String {
         let mut next = self.next_subdir.lock();
         *next += 1;
-        format!("t{}", *next)
+        format!("{prefix}{}", *next)
     }
 }
 
@@ -112,6 +127,8 @@ pub struct Replica {
     slots: Vec<u32>,
     map_version: u64,
     keep: usize,
+    /// Published versions whose sparse state every source holds, oldest first.
+    versions: Mutex<std::collections::VecDeque<u64>>,
 }
 
 impl Replica {
@@ -148,10 +165,20 @@ impl Replica {
                     watermark: restored.watermark,
                     ..Progress::default()
                 }),
+                pinned: RwLock::default(),
+                pinned_checkpoint: Mutex::new(0),
                 next_subdir: Mutex::new(next.unwrap_or(0)),
             });
         }
-        Ok(Self { sources, map: map.clone(), held, slots, map_version: config.map_version, keep: config.keep_versions })
+        Ok(Self {
+            sources,
+            map: map.clone(),
+            held,
+            slots,
+            map_version: config.map_version,
+            keep: config.keep_versions.max(1),
+            versions: Mutex::default(),
+        })
     }
 
     /// The sources, in shard-map server order.
@@ -180,10 +207,22 @@ impl Replica {
         self.sources.iter().all(|s| s.progress.lock().rounds > 0)
     }
 
-    /// Table names `source` lacks among `names`.
-    pub(crate) fn unknown_tables<'a>(&self, source: usize, names: impl Iterator<Item = &'a String>) -> Vec<String> {
-        let tables = self.sources[source].tables.read();
+    /// Table names `source` lacks among `names` (in its published versions' tables when
+    /// `pinned`).
+    pub(crate) fn unknown_tables<'a>(
+        &self,
+        source: usize,
+        names: impl Iterator<Item = &'a String>,
+        pinned: bool,
+    ) -> Vec<String> {
+        let src = &self.sources[source];
+        let tables = if pinned { src.pinned.read() } else { src.tables.read() };
         names.filter(|n| !tables.contains_key(*n)).cloned().collect()
+    }
+
+    /// Published versions held, oldest first.
+    pub fn versions(&self) -> Vec<u64> {
+        self.versions.lock().iter().copied().collect()
     }
 
     /// Applies a whole round of `source` (`specs` has a spec for every table it does not hold).
@@ -191,9 +230,63 @@ impl Replica {
     pub(crate) fn apply(&self, source: usize, round: Round, specs: &BTreeMap<String, TableSpec>) -> Result<(), String> {
         let src = &self.sources[source];
         let new_stream = src.progress.lock().stream_id != round.stream_id;
+        let watermark = round.watermark;
+        let stream_id = round.stream_id;
+        let applied = self.apply_to(src, &src.tables, 't', round, specs, new_stream)?;
+        let mut progress = src.progress.lock();
+        progress.stream_id = stream_id;
+        progress.watermark = watermark;
+        progress.rounds += 1;
+        metrics::counter!("ember_replica_rounds_total").increment(1);
+        metrics::counter!("ember_replica_rows_applied_total").increment(applied);
+        metrics::gauge!("ember_replica_watermark", "source" => source.to_string()).set(watermark as f64);
+        Ok(())
+    }
+
+    /// Applies a checkpoint chain read of `source` (its watermark: the last checkpoint read) to
+    /// its versions' tables.
+    pub(crate) fn apply_checkpoints(
+        &self,
+        source: usize,
+        round: Round,
+        specs: &BTreeMap<String, TableSpec>,
+    ) -> Result<(), String> {
+        let src = &self.sources[source];
+        let checkpoint = round.watermark;
+        self.apply_to(src, &src.pinned, 'v', round, specs, false)?;
+        *src.pinned_checkpoint.lock() = checkpoint;
+        Ok(())
+    }
+
+    /// Keeps every source's versions' tables as `version`'s state (dropping the oldest version
+    /// past `keep`).
+    pub(crate) fn pin(&self, version: u64) {
+        for src in &self.sources {
+            for (_, held) in src.pinned_tables() {
+                held.table.pin(version);
+            }
+        }
+        let mut versions = self.versions.lock();
+        versions.retain(|v| *v != version);
+        versions.push_back(version);
+        while versions.len() > self.keep {
+            versions.pop_front();
+        }
+    }
+
+    /// Applies `round` to one of `src`'s table maps; returns the rows applied.
+    fn apply_to(
+        &self,
+        src: &Source,
+        map: &RwLock<BTreeMap<String, Arc<Held>>>,
+        prefix: char,
+        round: Round,
+        specs: &BTreeMap<String, TableSpec>,
+        new_stream: bool,
+    ) -> Result<u64, String> {
         let mut fresh = BTreeMap::new();
         {
-            let tables = src.tables.read();
+            let tables = map.read();
             for (name, rt) in &round.tables {
                 let replace = match tables.get(name) {
                     Some(h) if h.table.dim() == rt.dim || rt.rows.is_empty() => false,
@@ -214,7 +307,7 @@ impl Replica {
                     if spec.dim as usize != rt.dim {
                         return Err(format!("table {name}: rows of dim {} for a spec of dim {}", rt.dim, spec.dim));
                     }
-                    let subdir = src.new_subdir();
+                    let subdir = src.new_subdir(prefix);
                     let dir = src.dir.join(&subdir);
                     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                     let table = ReplicaTable::new(&dir, rt.dim, self.keep);
@@ -222,7 +315,7 @@ impl Replica {
                 }
             }
         }
-        let mut tables = src.tables.write();
+        let mut tables = map.write();
         if new_stream {
             tables.retain(|name, held| {
                 let keep = round.tables.get(name).is_some_and(|t| t.reset);
@@ -247,19 +340,12 @@ impl Replica {
         for held in tables.values() {
             held.table.advance(round.watermark);
         }
-        drop(tables);
-        let mut progress = src.progress.lock();
-        progress.stream_id = round.stream_id;
-        progress.watermark = round.watermark;
-        progress.rounds += 1;
-        metrics::counter!("ember_replica_rounds_total").increment(1);
-        metrics::counter!("ember_replica_rows_applied_total").increment(applied);
-        metrics::gauge!("ember_replica_watermark", "source" => source.to_string()).set(round.watermark as f64);
-        Ok(())
+        Ok(applied)
     }
 
-    /// Rows of `keys` in `table`, as the training servers last sent them.
-    pub fn lookup(&self, table: &str, keys: &[u64]) -> Result<Rows, ReplicaError> {
+    /// Rows of `keys` in `table`: as the training servers last sent them (`version` 0), or as
+    /// published model version `version` holds them.
+    pub fn lookup(&self, table: &str, keys: &[u64], version: u64) -> Result<Rows, ReplicaError> {
         if !self.ready() {
             return Err(ReplicaError::NotReady("catching up with the training servers".into()));
         }
@@ -272,12 +358,29 @@ impl Replica {
                 }
             }
         }
-        let held: Vec<Option<Arc<Held>>> = self.sources.iter().map(|s| s.tables.read().get(table).cloned()).collect();
+        if version != 0 && !self.versions.lock().contains(&version) {
+            return Err(ReplicaError::VersionNotKept { version, kept: self.versions() });
+        }
+        let held: Vec<Option<Arc<Held>>> = self
+            .sources
+            .iter()
+            .map(|s| if version == 0 { s.tables.read() } else { s.pinned.read() }.get(table).cloned())
+            .collect();
         let Some(any) = held.iter().flatten().next() else {
             return Err(ReplicaError::UnknownTable(table.to_string()));
         };
         let (spec, dim) = (any.spec.clone(), any.table.dim());
-        let views: Vec<Option<Arc<View>>> = held.iter().map(|h| h.as_ref().map(|h| h.table.view())).collect();
+        let views: Vec<Option<Arc<View>>> = held
+            .iter()
+            .map(|h| {
+                let h = h.as_ref()?;
+                if version == 0 {
+                    Some(h.table.view())
+                } else {
+                    h.table.version(version)
+                }
+            })
+            .collect();
         let mut values = vec![0f32; keys.len() * dim];
         let mut missing = vec![false; keys.len()];
         let single = views.len() == 1;

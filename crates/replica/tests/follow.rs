@@ -104,7 +104,10 @@ async fn lookup(
     table: &str,
     keys: &[u64],
 ) -> Result<(Vec<f32>, Vec<bool>), tonic::Status> {
-    let r = replica.lookup(v1::ReplicaLookupRequest { table: table.into(), keys: keys.to_vec() }).await?.into_inner();
+    let r = replica
+        .lookup(v1::ReplicaLookupRequest { table: table.into(), keys: keys.to_vec(), version: 0 })
+        .await?
+        .into_inner();
     let values = r.values.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     Ok((values, r.missing))
 }
@@ -241,6 +244,10 @@ async fn a_replica_of_some_slots_serves_only_those_and_refuses_the_rest() {
     assert!(err.message().contains(&format!("slot {}", slot_of(foreign, 64))), "{}", err.message());
     let err = lookup(&mut replica, "nope", &[0]).await.unwrap_err();
     assert_eq!((err.code(), err.message().contains("nope")), (Code::NotFound, true));
+    // Without --model-dir no published version is held: asking for one is NotFound naming it.
+    let err =
+        replica.lookup(v1::ReplicaLookupRequest { table: "emb".into(), keys: vec![0], version: 7 }).await.unwrap_err();
+    assert_eq!((err.code(), err.message().contains("version 7")), (Code::NotFound, true), "{}", err.message());
     running.shut_down().await;
 
     let bad = ReplicaConfig { slots: Some(vec![64]), ..config(dir.path(), None) };

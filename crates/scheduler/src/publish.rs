@@ -5,8 +5,9 @@
 //! with the step, and the manifest names it: the version's dense part and the sparse rows it was
 //! published with can then be restored together. Servers without a data dir refuse checkpoints
 //! (FailedPrecondition), and the manifest then names none. Before either, each server's row-delta
-//! stream is cut, and the manifest records the cuts: a replica following the deltas knows which
-//! of its states is the version's sparse part.
+//! stream is cut, and the manifest records the cuts. It also records each server's checkpoint
+//! id: the chain ending there is the version's sparse part, which replicas read to serve the
+//! version exactly.
 
 use ember_client::{ClientError, PsClient};
 use ember_core::job::JobSpec;
@@ -71,9 +72,9 @@ impl Publisher {
         // The sparse cut first: the checkpoint and the dense pull after it hold at least as much.
         let sparse_cuts =
             client.cut_deltas().await?.into_iter().map(|(stream_id, seq)| SparseCut { stream_id, seq }).collect();
-        let checkpoint = match client.checkpoint(false, rows_trained).await {
-            Ok(_) => Some(rows_trained),
-            Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => None,
+        let (checkpoint, sparse_checkpoints) = match client.checkpoint(false, rows_trained).await {
+            Ok(replies) => (Some(rows_trained), replies.iter().map(|r| r.id).collect()),
+            Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => (None, Vec::new()),
             Err(e) => return Err(e.into()),
         };
         let names = self.tables.dense_names();
@@ -103,6 +104,7 @@ impl Publisher {
             schema: self.schema.clone(),
             checkpoint,
             sparse_cuts,
+            sparse_checkpoints,
             dense_values: 0,
             dense_xxh3: 0,
         };

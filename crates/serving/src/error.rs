@@ -19,6 +19,9 @@ pub enum ServingError {
         /// The ps-server's error or the timeout.
         reason: String,
     },
+    /// The replicas do not hold this version's sparse state (yet): a swap to it waits.
+    #[error("no replica holds the sparse state of model version {0} yet")]
+    SparseNotReady(u64),
     /// A model version could not be read.
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -32,7 +35,7 @@ impl ember_core::HasCode for ServingError {
         use ember_core::Code;
         match self {
             ServingError::InvalidArgument(_) => Code::InvalidArgument,
-            ServingError::NoModel | ServingError::Lookup { .. } => Code::Unavailable,
+            ServingError::NoModel | ServingError::Lookup { .. } | ServingError::SparseNotReady(_) => Code::Unavailable,
             ServingError::Registry(_) | ServingError::Compute(_) => Code::Internal,
         }
     }

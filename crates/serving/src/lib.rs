@@ -48,6 +48,16 @@ pub(crate) fn record<T>(api: &'static str, started: std::time::Instant, result: 
     metrics::histogram!("ember_serving_request_seconds", "api" => api).record(started.elapsed().as_secs_f64());
 }
 
+/// Which sparse rows a model version predicts with, when rows come from replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// The latest rows (training's updates reach predictions within a second), except after a
+    /// rollback: a version older than the newest published one reads its own sparse state.
+    Latest,
+    /// Always the version's own sparse state: only what was published reaches predictions.
+    Pinned,
+}
+
 /// Tunables of a serving node.
 #[derive(Debug, Clone)]
 pub struct ServingConfig {
@@ -65,6 +75,8 @@ pub struct ServingConfig {
     pub lookup_timeout: Duration,
     /// What a failed lookup does.
     pub on_lookup_failure: LookupFailure,
+    /// Which sparse rows a version predicts with (when reading replicas).
+    pub freshness: Freshness,
     /// Requests a new version answers before it is swapped in (recorded ones first, synthetic
     /// ones when too few were recorded).
     pub warmup_requests: usize,
@@ -84,6 +96,7 @@ impl Default for ServingConfig {
             cache_rows: 1 << 20,
             lookup_timeout: Duration::from_millis(500),
             on_lookup_failure: LookupFailure::Fail,
+            freshness: Freshness::Latest,
             warmup_requests: 8,
             max_message_bytes: 16 << 20,
             security: ember_proto::tls::ServerSecurity::default(),

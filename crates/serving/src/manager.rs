@@ -80,6 +80,10 @@ pub struct ModelManager {
     kept: Mutex<Vec<Arc<LoadedModel>>>,
     /// Versions that failed, with why (not retried).
     failed: Mutex<HashMap<u64, String>>,
+    /// The newest version published in the directory, and the one its CURRENT names, as of
+    /// the last look.
+    newest: std::sync::atomic::AtomicU64,
+    named: std::sync::atomic::AtomicU64,
 }
 
 impl ModelManager {
@@ -91,7 +95,17 @@ impl ModelManager {
             current: RwLock::new(None),
             kept: Mutex::new(Vec::new()),
             failed: Mutex::new(HashMap::new()),
+            newest: std::sync::atomic::AtomicU64::new(0),
+            named: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Whether `version` was rolled back to: the directory names it as current (as of the last
+    /// look) although a newer version was published. (Right after a publish, the directory
+    /// names the new version while the old one still serves: that is not a rollback.)
+    pub fn rolled_back(&self, version: u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.named.load(Relaxed) == version && version < self.newest.load(Relaxed)
     }
 
     /// The version answering requests now.
@@ -107,9 +121,14 @@ impl ModelManager {
     /// The version the directory wants served, when it is neither current nor known to fail.
     pub(crate) async fn wanted(&self) -> Result<Option<u64>, ServingError> {
         let dir = self.dir.clone();
-        let wanted = tokio::task::spawn_blocking(move || dir.current())
-            .await
-            .map_err(|e| ServingError::Compute(e.to_string()))??;
+        let (wanted, newest) =
+            tokio::task::spawn_blocking(move || Ok::<_, ember_model::RegistryError>((dir.current()?, dir.versions()?)))
+                .await
+                .map_err(|e| ServingError::Compute(e.to_string()))??;
+        if let Some(newest) = newest.last() {
+            self.newest.store(*newest, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.named.store(wanted.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
         let current = self.current().map(|m| m.version());
         Ok(wanted.filter(|v| Some(*v) != current && !self.failed.lock().contains_key(v)))
     }

@@ -50,6 +50,7 @@ pub struct Predictor {
     warmup_requests: usize,
     recorded: Mutex<VecDeque<Arc<Vec<SampleIn>>>>,
     requests: AtomicU64,
+    freshness: crate::Freshness,
 }
 
 impl Predictor {
@@ -62,6 +63,20 @@ impl Predictor {
             warmup_requests: config.warmup_requests,
             recorded: Mutex::new(VecDeque::new()),
             requests: AtomicU64::new(0),
+            freshness: config.freshness,
+        }
+    }
+
+    /// The sparse state `m` predicts with: 0 (the latest rows), or `m`'s own published state
+    /// when the node is pinned or `m` was rolled back to.
+    /// Only replicas hold published states, and only of versions that took checkpoints.
+    fn sparse_version(&self, m: &LoadedModel) -> u64 {
+        let own = self.rows.versioned() && !m.manifest.sparse_checkpoints.is_empty();
+        let pinned = self.freshness == crate::Freshness::Pinned || self.manager.rolled_back(m.version());
+        if own && pinned {
+            m.version()
+        } else {
+            0
         }
     }
 
@@ -121,15 +136,16 @@ impl Predictor {
             return Ok(Prediction { version: m.version(), probabilities: Vec::new(), lookup_misses: 0 });
         }
         let batch = IndexedBatch::new(&examples);
+        let sparse = self.sparse_version(m);
         let (w, v) = if matches!(m.manifest.tables.layout(), SparseLayout::Joined(_)) {
-            let mut rows = self.rows.rows(&m.linear, &batch.keys).await?;
+            let mut rows = self.rows.rows(&m.linear, &batch.keys, sparse).await?;
             let (w, v) = m.manifest.tables.split_rows(std::mem::take(&mut rows.values));
             rows.values = v;
             (TableRows { values: w, misses: rows.misses, cache_hits: rows.cache_hits }, Some(rows))
         } else {
-            tokio::try_join!(self.rows.rows(&m.linear, &batch.keys), async {
+            tokio::try_join!(self.rows.rows(&m.linear, &batch.keys, sparse), async {
                 match &m.embedding {
-                    Some(spec) => self.rows.rows(spec, &batch.keys).await.map(Some),
+                    Some(spec) => self.rows.rows(spec, &batch.keys, sparse).await.map(Some),
                     None => Ok(None),
                 }
             })?
@@ -160,6 +176,11 @@ impl Predictor {
                 self.manager.swap_in(model);
                 metrics::histogram!("ember_serving_swap_seconds").record(started.elapsed().as_secs_f64());
                 Ok(Some(version))
+            }
+            Err(ServingError::SparseNotReady(v)) => {
+                // The replicas are still reading this version's checkpoints: try at the next look.
+                tracing::info!(version = v, "waiting for the replicas to hold this version's sparse state");
+                Ok(None)
             }
             Err(e) => {
                 self.manager.mark_failed(version, &e);

@@ -39,11 +39,18 @@ pub enum SparseSource {
 }
 
 impl SparseSource {
-    async fn lookup(&self, table: &str, keys: &[u64]) -> Result<PulledRows, ClientError> {
+    /// Rows of `keys`: the latest (`version` 0) or a published version's. The training servers
+    /// hold only the latest rows, so they ignore `version`.
+    async fn lookup(&self, table: &str, keys: &[u64], version: u64) -> Result<PulledRows, ClientError> {
         match self {
-            SparseSource::Replicas(r) => r.lookup(table, keys).await,
+            SparseSource::Replicas(r) => r.lookup_at(table, keys, version).await,
             SparseSource::Ps(p) => p.lookup(table, keys).await,
         }
+    }
+
+    /// Whether rows can be read as of a published version (replicas) or only the latest.
+    pub fn versioned(&self) -> bool {
+        matches!(self, SparseSource::Replicas(_))
     }
 }
 
@@ -73,7 +80,8 @@ pub struct TableRows {
 /// Reads rows through the cache.
 pub struct RowSource {
     source: SparseSource,
-    caches: Mutex<HashMap<String, Arc<TableCache>>>,
+    /// By table and sparse version (0: latest).
+    caches: Mutex<HashMap<(String, u64), Arc<TableCache>>>,
     ttl: Duration,
     max_rows: usize,
     timeout: Duration,
@@ -93,10 +101,23 @@ impl RowSource {
         }
     }
 
-    fn cache(&self, spec: &TableSpec) -> Arc<TableCache> {
+    /// Whether rows can be read as of a published version.
+    pub fn versioned(&self) -> bool {
+        self.source.versioned()
+    }
+
+    fn cache(&self, spec: &TableSpec, version: u64) -> Arc<TableCache> {
         let mut caches = self.caches.lock();
+        if !caches.contains_key(&(spec.name.clone(), version)) {
+            // A table's rows of versions no longer asked for are dead weight: keep only the
+            // latest and the newest pinned version.
+            let newest = caches.keys().filter(|(t, v)| *t == spec.name && *v != 0).map(|(_, v)| *v).max();
+            if version != 0 && newest.is_some_and(|n| n < version) {
+                caches.retain(|(t, v), _| *t != spec.name || *v == 0);
+            }
+        }
         let cache = caches
-            .entry(spec.name.clone())
+            .entry((spec.name.clone(), version))
             .or_insert_with(|| Arc::new(TableCache::new(spec.dim as usize, self.max_rows, self.ttl)));
         if cache.dim() != spec.dim as usize {
             // The table was recreated with another width: its cached rows mean nothing now.
@@ -105,10 +126,11 @@ impl RowSource {
         Arc::clone(cache)
     }
 
-    /// The rows of distinct `keys` in table `spec`.
-    pub async fn rows(&self, spec: &TableSpec, keys: &[u64]) -> Result<TableRows, ServingError> {
+    /// The rows of distinct `keys` in table `spec`: the latest (`version` 0) or as published
+    /// version `version` holds them.
+    pub async fn rows(&self, spec: &TableSpec, keys: &[u64], version: u64) -> Result<TableRows, ServingError> {
         let dim = spec.dim as usize;
-        let cache = self.cache(spec);
+        let cache = self.cache(spec, version);
         let mut values = vec![0f32; keys.len() * dim];
         let missed = cache.get(keys, Instant::now(), &mut values);
         let cache_hits = (keys.len() - missed.len()) as u64;
@@ -119,12 +141,16 @@ impl RowSource {
         }
         let miss_keys: Vec<u64> = missed.iter().map(|i| keys[*i]).collect();
         let read_at = Instant::now();
-        let looked_up = match tokio::time::timeout(self.timeout, self.source.lookup(&spec.name, &miss_keys)).await {
-            Ok(Ok(rows)) if rows.dim == dim => Ok(rows),
-            Ok(Ok(rows)) => Err(format!("rows of dim {} for a table of dim {dim}", rows.dim)),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
-        };
+        let looked_up =
+            match tokio::time::timeout(self.timeout, self.source.lookup(&spec.name, &miss_keys, version)).await {
+                Ok(Ok(rows)) if rows.dim == dim => Ok(rows),
+                Ok(Ok(rows)) => Err(format!("rows of dim {} for a table of dim {dim}", rows.dim)),
+                Ok(Err(e)) if version != 0 && e.code() == Some(tonic::Code::NotFound) => {
+                    return Err(ServingError::SparseNotReady(version));
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+            };
         match looked_up {
             Ok(rows) => {
                 for (j, i) in missed.iter().enumerate() {

@@ -56,6 +56,20 @@ impl PsClient {
         Ok(reply.into_inner())
     }
 
+    /// Opens server `server`'s stream of a checkpoint chain's sparse weights (`ReadCheckpoints`):
+    /// batches as `subscribe_deltas` sends them, then one message carrying `upto_id`.
+    pub async fn read_checkpoints(
+        &self,
+        server: usize,
+        request: v1::ReadCheckpointsRequest,
+    ) -> Result<tonic::Streaming<v1::DeltaBatch>, ClientError> {
+        let Some(client) = self.servers.get(server) else {
+            return Err(ClientError::InvalidArgument(format!("no server {server} of {}", self.servers.len())));
+        };
+        let reply = client.clone().read_checkpoints(request).await.map_err(self.rpc_err(server))?;
+        Ok(reply.into_inner())
+    }
+
     /// Every row of a sparse table from every server: (dim, keys, weights), sorted by key, each
     /// key once. A tiered server may send a key twice (its disk copy, then its DRAM row): the
     /// later one is kept.

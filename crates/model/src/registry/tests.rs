@@ -24,6 +24,7 @@ fn manifest() -> (ModelManifest, Vec<Layer>) {
         schema: InputSchema::criteo(),
         checkpoint: Some(1000),
         sparse_cuts: vec![SparseCut { stream_id: 7, seq: 42 }],
+        sparse_checkpoints: vec![3, 5],
         dense_values: 0,
         dense_xxh3: 0,
     };

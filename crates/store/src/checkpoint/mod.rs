@@ -28,6 +28,7 @@
 //!   opened (one process owns a checkpoint directory).
 
 mod format;
+mod read;
 mod restore;
 mod write;
 
@@ -36,6 +37,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
+
+pub use read::ChainEvent;
 
 use crate::{Store, StoreError};
 pub use format::{seal, CheckpointKind, Header};
@@ -74,6 +77,17 @@ pub enum CheckpointError {
         /// Each file that was present, with why it cannot start a chain.
         damaged: Vec<String>,
     },
+    /// A checkpoint asked for is not (or no longer) in the directory.
+    #[error("checkpoint {id} is not in {dir} (never written here, or pruned)")]
+    Missing {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// The id asked for.
+        id: u64,
+    },
+    /// Whoever was reading a chain stopped (e.g. the client went away).
+    #[error("reading stopped: {0}")]
+    Stopped(String),
 }
 
 impl ember_core::HasCode for CheckpointError {
@@ -84,6 +98,8 @@ impl ember_core::HasCode for CheckpointError {
             CheckpointError::Io { .. } => Code::Unavailable,
             CheckpointError::Corrupt { .. } | CheckpointError::NoIntactChain { .. } => Code::FailedPrecondition,
             CheckpointError::Store(e) => ember_core::HasCode::code(e),
+            CheckpointError::Missing { .. } => Code::NotFound,
+            CheckpointError::Stopped(_) => Code::Unavailable,
         }
     }
 }

@@ -260,3 +260,97 @@ fn garbage_and_foreign_files_are_not_restored() {
 
 #[path = "damage_tests.rs"]
 mod damage;
+
+/// Weights (no optimizer state) of every sparse table.
+fn weights(store: &Store) -> BTreeMap<String, BTreeMap<u64, Vec<f32>>> {
+    let mut all = BTreeMap::new();
+    for table in store.all_tables() {
+        if let Table::Sparse(t) = &table {
+            let dim = table.spec().dim as usize;
+            let mut rows = BTreeMap::new();
+            t.scan(|k, v, _| {
+                rows.insert(k, v[..dim].to_vec());
+            });
+            all.insert(table.spec().name.clone(), rows);
+        }
+    }
+    all
+}
+
+/// Applies a chain's events to `held` as a replica would.
+fn apply_chain(
+    ck: &Checkpointer,
+    after: u64,
+    upto: u64,
+    held: &mut BTreeMap<String, BTreeMap<u64, Vec<f32>>>,
+) -> Vec<u64> {
+    let mut table = String::new();
+    ck.read_chain(after, upto, |event| {
+        match event {
+            ChainEvent::Table { spec, reset } => {
+                table = spec.name.clone();
+                let rows = held.entry(table.clone()).or_default();
+                if reset {
+                    rows.clear();
+                }
+            }
+            ChainEvent::Rows { keys, weights } => {
+                let rows = held.get_mut(&table).unwrap();
+                let dim = weights.len() / keys.len();
+                for (k, w) in keys.iter().zip(weights.chunks_exact(dim)) {
+                    rows.insert(*k, w.to_vec());
+                }
+            }
+            ChainEvent::Deleted(keys) => {
+                let rows = held.get_mut(&table).unwrap();
+                for k in keys {
+                    rows.remove(k);
+                }
+            }
+        }
+        Ok(())
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_chain_read_without_a_store_holds_each_checkpoints_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = Checkpointer::open(dir.path()).unwrap();
+    let store = new_store();
+    let mut rng = SplitMix64::new(5);
+    let mut at = BTreeMap::new();
+    for (i, kind) in
+        [CheckpointKind::Full, CheckpointKind::Incremental, CheckpointKind::Incremental].into_iter().enumerate()
+    {
+        churn(&store, &mut rng, 40);
+        let info = ck.write(&store, kind, i as u64).unwrap();
+        at.insert(info.id, weights(&store));
+    }
+    let ids: Vec<u64> = at.keys().copied().collect();
+    // From nothing: the whole chain, each prefix equal to the store when that file was written.
+    for (n, id) in ids.iter().enumerate() {
+        let mut held = BTreeMap::new();
+        assert_eq!(apply_chain(&ck, 0, *id, &mut held), ids[..=n].to_vec());
+        assert_eq!(held, at[id], "chain up to {id}");
+    }
+    // Holding the first: only the files after it.
+    let mut held = at[&ids[0]].clone();
+    assert_eq!(apply_chain(&ck, ids[0], ids[2], &mut held), ids[1..].to_vec());
+    assert_eq!(held, at[&ids[2]]);
+    // A newer full checkpoint starts a new chain: reading up to it resets, whatever is held.
+    churn(&store, &mut rng, 40);
+    let full = ck.write(&store, CheckpointKind::Full, 9).unwrap();
+    let mut held = at[&ids[2]].clone();
+    held.insert("stale".into(), BTreeMap::from([(1, vec![1.0])]));
+    assert_eq!(apply_chain(&ck, ids[2], full.id, &mut held), vec![full.id]);
+    held.remove("stale");
+    assert_eq!(held, weights(&store));
+    // An older version is still readable from its own files.
+    let mut held = BTreeMap::new();
+    apply_chain(&ck, 0, ids[1], &mut held);
+    assert_eq!(held, at[&ids[1]]);
+
+    let err = ck.read_chain(0, 99, |_| Ok(())).unwrap_err();
+    assert_eq!(ember_core::HasCode::code(&err), ember_core::Code::NotFound, "{err}");
+}
