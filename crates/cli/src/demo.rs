@@ -4,10 +4,12 @@
 //! oracle, and writes the JSON report and a PNG of the training curves into its workdir. Training
 //! publishes the model into WORKDIR/models, and publishing has the ps-servers checkpoint their rows
 //! into WORKDIR/checkpoints first. The servers then stop; a new set restores those checkpoints
-//! (the demo refuses to go on unless they are the ones the published version names), and a
-//! serving node (in this process, real gRPC) on the published model and the restored servers
-//! answers the hold-out rows. The demo prints its AUC beside the training evaluation's: equal AUCs
-//! show that the checkpoint and the published version together are the trained model.
+//! (the demo refuses to go on unless they are the ones the published version names). An embedding
+//! replica follows the restored servers and reads the published version's sparse rows from the
+//! checkpoints its publish took, and a serving node pinned to the published version (in this
+//! process, real gRPC between all of them) answers the hold-out rows from the replica. The demo
+//! prints its AUC beside the training evaluation's: equal AUCs show that the checkpoint and the
+//! published version together are the trained model.
 
 use std::path::PathBuf;
 
@@ -17,10 +19,14 @@ use ember_core::JobSpec;
 use std::path::Path;
 use std::sync::Arc;
 
-use ember_client::{PsClient, ServingClient};
+use std::time::Duration;
+
+use ember_client::{HedgePolicy, PsClient, ReplicaSet, ServingClient};
+use ember_proto::v1::{self, replica_client::ReplicaClient};
+use ember_replica::ReplicaConfig;
 use ember_core::eval::{auc, logloss};
 use ember_model::ModelDir;
-use ember_serving::{Serving, ServingConfig};
+use ember_serving::{Freshness, Serving, ServingConfig};
 
 use crate::cluster::{EmbeddedCluster, PsServers};
 use crate::serve_cmds::predict_file;
@@ -140,18 +146,49 @@ fn demo_job(data: &Path, models: &Path) -> anyhow::Result<(String, JobSpec)> {
     job_text(&toml::to_string(&doc)?, Some(&data), Some(models), &std::env::current_dir()?)
 }
 
-/// Starts a serving node on the published model and `cluster`'s rows, sends the hold-out rows
-/// through it over gRPC, and describes the result beside the training side's evaluation of the
-/// same rows.
+/// Starts an embedding replica of `cluster`'s servers holding the published version's rows, and
+/// a serving node pinned to that version reading the replica; sends the hold-out rows through it
+/// over gRPC, and describes the result beside the training side's evaluation of the same rows.
 async fn serve_hold_out(
     cluster: &EmbeddedCluster,
     models: &Path,
     data: &Path,
     run: &Trained,
 ) -> anyhow::Result<String> {
-    let client = PsClient::connect(cluster.shard_map(), &ember_client::Credentials::none()).await?;
-    let config = ServingConfig::default();
-    let serving = Serving::start(ModelDir::new(models), client, config.clone()).await;
+    let none = ember_client::Credentials::none();
+    let client = PsClient::connect(cluster.shard_map(), &none).await?;
+    let replica_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let replica_addr = replica_listener.local_addr()?.to_string();
+    let replica_dir = models.with_file_name("replica");
+    let replica_config = ReplicaConfig {
+        dir: replica_dir,
+        model_dir: Some(models.to_path_buf()),
+        ..ReplicaConfig::default()
+    };
+    let (stop_replica, replica_stopped) = tokio::sync::oneshot::channel::<()>();
+    let replica = tokio::spawn(ember_replica::run(replica_listener, client, replica_config, async {
+        let _ = replica_stopped.await;
+    }));
+    let result = serve_from_replica(&replica_addr, models, data, run).await;
+    let _ = stop_replica.send(());
+    replica.await.context("replica task")??;
+    result
+}
+
+/// The serving half of [`serve_hold_out`].
+async fn serve_from_replica(replica: &str, models: &Path, data: &Path, run: &Trained) -> anyhow::Result<String> {
+    let none = ember_client::Credentials::none();
+    let set = ReplicaSet::connect(&[replica.to_string()], &none, HedgePolicy::default(), Duration::from_secs(1)).await?;
+    set.wait_ready(Duration::from_secs(60)).await?;
+    // Pinned serving swaps a version in once the replica holds its rows: wait for that here.
+    let current = ModelDir::new(models).current()?.context("nothing was published")?;
+    let started = std::time::Instant::now();
+    while !replica_versions(replica).await?.contains(&current) {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "the replica never held version {current}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let config = ServingConfig { freshness: Freshness::Pinned, ..ServingConfig::default() };
+    let serving = Serving::start(ModelDir::new(models), set, config.clone()).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -166,7 +203,7 @@ async fn serve_hold_out(
         let seconds = started.elapsed().as_secs_f64();
         let max_diff = p.probs.iter().zip(&run.test_probs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         Ok::<_, anyhow::Error>(format!(
-            "serving (model version {:?} on {addr}): {} hold-out rows in {:.2}s as batches of 64, test AUC {:.4} (training evaluation {:.4}), logloss {:.4}; largest difference from training's predictions {:.1e}",
+            "serving (model version {:?} on {addr}, its sparse rows from the replica on {replica}): {} hold-out rows in {:.2}s as batches of 64, test AUC {:.4} (training evaluation {:.4}), logloss {:.4}; largest difference from training's predictions {:.1e}",
             p.versions,
             p.probs.len(),
             seconds,
@@ -180,4 +217,10 @@ async fn serve_hold_out(
     let _ = stop.send(());
     server.await.context("serving task")??;
     result
+}
+
+/// The published versions a replica holds.
+async fn replica_versions(addr: &str) -> anyhow::Result<Vec<u64>> {
+    let mut client = ReplicaClient::connect(format!("http://{addr}")).await?;
+    Ok(client.status(v1::ReplicaStatusRequest {}).await?.into_inner().versions)
 }
