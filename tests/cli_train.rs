@@ -289,7 +289,7 @@ fn demo_trains_checkpoints_restores_serves_and_writes_report_and_plot() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("deepfm: test AUC") && stdout.contains("(oracle "), "{stdout}");
     // The published version's checkpoint is restored into new ps-servers, and the demo serves the
-    // hold-out rows from them and the published model: same AUC as training's.
+    // hold-out rows from a replica of them and the published model: same AUC as training's.
     let restored = stdout.lines().find(|l| l.starts_with("checkpoint: version")).unwrap_or_else(|| panic!("{stdout}"));
     assert!(restored.contains("labeled 5400;"), "{restored}");
     let rows: u64 = restored.split("restored it (").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
@@ -306,6 +306,10 @@ fn demo_trains_checkpoints_restores_serves_and_writes_report_and_plot() {
         rest[..6].parse().unwrap()
     };
     assert_eq!(auc_after("test AUC "), auc_after("(training evaluation "), "{serving}");
+    // Serving read an embedded replica pinned to the published version: its rows came from the
+    // checkpoints the publish took, and the replica left its segments behind.
+    assert!(serving.contains("its sparse rows from the replica on"), "{serving}");
+    assert!(dir.path().join("replica/source-0/MANIFEST.json").exists());
     assert!(dir.path().join("models/CURRENT").exists());
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();

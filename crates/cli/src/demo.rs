@@ -22,10 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ember_client::{HedgePolicy, PsClient, ReplicaSet, ServingClient};
-use ember_proto::v1::{self, replica_client::ReplicaClient};
-use ember_replica::ReplicaConfig;
 use ember_core::eval::{auc, logloss};
 use ember_model::ModelDir;
+use ember_proto::v1::{self, replica_client::ReplicaClient};
+use ember_replica::ReplicaConfig;
 use ember_serving::{Freshness, Serving, ServingConfig};
 
 use crate::cluster::{EmbeddedCluster, PsServers};
@@ -160,11 +160,8 @@ async fn serve_hold_out(
     let replica_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let replica_addr = replica_listener.local_addr()?.to_string();
     let replica_dir = models.with_file_name("replica");
-    let replica_config = ReplicaConfig {
-        dir: replica_dir,
-        model_dir: Some(models.to_path_buf()),
-        ..ReplicaConfig::default()
-    };
+    let replica_config =
+        ReplicaConfig { dir: replica_dir, model_dir: Some(models.to_path_buf()), ..ReplicaConfig::default() };
     let (stop_replica, replica_stopped) = tokio::sync::oneshot::channel::<()>();
     let replica = tokio::spawn(ember_replica::run(replica_listener, client, replica_config, async {
         let _ = replica_stopped.await;
@@ -178,7 +175,8 @@ async fn serve_hold_out(
 /// The serving half of [`serve_hold_out`].
 async fn serve_from_replica(replica: &str, models: &Path, data: &Path, run: &Trained) -> anyhow::Result<String> {
     let none = ember_client::Credentials::none();
-    let set = ReplicaSet::connect(&[replica.to_string()], &none, HedgePolicy::default(), Duration::from_secs(1)).await?;
+    let set =
+        ReplicaSet::connect(&[replica.to_string()], &none, HedgePolicy::default(), Duration::from_secs(1)).await?;
     set.wait_ready(Duration::from_secs(60)).await?;
     // Pinned serving swaps a version in once the replica holds its rows: wait for that here.
     let current = ModelDir::new(models).current()?.context("nothing was published")?;
