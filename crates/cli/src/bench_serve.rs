@@ -23,6 +23,7 @@ use ember_proto::v1;
 use serde::Serialize;
 
 use crate::bench::percentile;
+use crate::bench_swap::{republish, RowChanger};
 use crate::security::ClientSecurityArgs;
 use crate::serve_cmds::SampleReader;
 use crate::store_cmds::Targets;
@@ -51,6 +52,23 @@ pub struct BenchServeArgs {
     /// Requests due within this many milliseconds after a publish count as "in swap".
     #[arg(long, default_value_t = 1000)]
     swap_window_ms: u64,
+    /// With --swap-every: before each publish, change this many rows of --swap-table on
+    /// --swap-ps and checkpoint them; the version names those checkpoints (replicas serving it
+    /// pinned read that many changed rows). 0: publish copies of the current version.
+    #[arg(long, default_value_t = 0)]
+    swap_rows: u64,
+    /// The ps-servers whose rows --swap-rows changes.
+    #[arg(long, value_delimiter = ',')]
+    swap_ps: Vec<String>,
+    /// The table --swap-rows changes.
+    #[arg(long, default_value = "")]
+    swap_table: String,
+    /// Key space of --swap-rows.
+    #[arg(long, default_value_t = 5_000_000)]
+    swap_keys: u64,
+    /// Create every row of --swap-keys before the run.
+    #[arg(long)]
+    swap_preload: bool,
     /// Samples from this file (the model's training format); synthetic values otherwise.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -162,13 +180,6 @@ struct Outcome {
     result: Result<u64, String>,
 }
 
-/// Publishes the current version's parameters as a new version; returns its number.
-fn republish(dir: &ModelDir) -> anyhow::Result<u64> {
-    let current = dir.current()?.context("the model directory has no version")?;
-    let m = dir.load(current)?;
-    Ok(dir.publish(m.manifest, &m.dense, 10)?)
-}
-
 /// Runs `ember bench serve`.
 pub async fn serve(args: BenchServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.qps > 0.0 && args.seconds > 0.0 && args.batch > 0, "--qps, --seconds and --batch must be > 0");
@@ -181,6 +192,18 @@ pub async fn serve(args: BenchServeArgs) -> anyhow::Result<()> {
     let warmup = Duration::from_secs(1);
     let total = warmup + Duration::from_secs_f64(args.seconds);
     let n = (total.as_secs_f64() * args.qps) as u64;
+    let mut changer = None;
+    if args.swap_rows > 0 {
+        let table = args.swap_table.clone();
+        anyhow::ensure!(!table.is_empty(), "--swap-rows needs --swap-table");
+        let c = RowChanger::connect(&args.swap_ps, &credentials, table, args.swap_rows, args.swap_keys).await?;
+        if args.swap_preload {
+            let started = Instant::now();
+            let rows = c.preload().await?;
+            eprintln!("preloaded {rows} rows of {} in {:.1}s", args.swap_table, started.elapsed().as_secs_f64());
+        }
+        changer = Some(c);
+    }
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
     let swapper = match (args.swap_every, &args.model_dir) {
         (Some(every), Some(dir)) => {
@@ -189,11 +212,34 @@ pub async fn serve(args: BenchServeArgs) -> anyhow::Result<()> {
             Some(tokio::spawn(async move {
                 let mut publishes = Vec::new();
                 let mut at = start + warmup + every / 2;
+                let mut label = 1_000_000u64;
                 while at < start + total {
                     tokio::time::sleep_until(at).await;
                     let d = dir.clone();
+                    let checkpoints = match changer.as_mut() {
+                        Some(c) => {
+                            label += 1;
+                            let started = Instant::now();
+                            match c.change_and_checkpoint(label).await {
+                                Ok(ids) => {
+                                    tracing::info!(
+                                        seconds = started.elapsed().as_secs_f64(),
+                                        ?ids,
+                                        "rows changed and checkpointed"
+                                    );
+                                    Some(ids)
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %e, "changing rows");
+                                    at += every;
+                                    continue;
+                                }
+                            }
+                        }
+                        None => None,
+                    };
                     let published_at = start.elapsed();
-                    match tokio::task::spawn_blocking(move || republish(&d)).await {
+                    match tokio::task::spawn_blocking(move || republish(&d, checkpoints)).await {
                         Ok(Ok(v)) => publishes.push((published_at, v)),
                         Ok(Err(e)) => tracing::error!(error = %e, "publishing a version"),
                         Err(e) => tracing::error!(error = %e, "publishing task"),

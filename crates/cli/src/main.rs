@@ -8,6 +8,7 @@ mod bench;
 mod bench_follow;
 mod bench_scheduler;
 mod bench_serve;
+mod bench_swap;
 mod bench_verify;
 mod cluster;
 mod cluster_cmds;

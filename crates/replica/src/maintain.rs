@@ -1,6 +1,8 @@
-//! The compaction thread: merges a table's overlay layers into a new segment once it has enough
-//! of them (or holds no segment yet), then rewrites its source's manifest, so overlays stay
-//! short (a lookup probes each layer) and a restart resumes from recent segments.
+//! The compaction thread. Once a table has enough overlay layers (a lookup probes each one), it
+//! merges them: into one in-memory layer while they hold fewer entries than an eighth of the
+//! segment's rows (rewriting a 5M-row segment for a few hundred thousand changed rows would cost
+//! far more than it saves), else into a new segment (also when there is no segment yet), after
+//! which it rewrites the source's manifest so a restart resumes from recent segments.
 //!
 //! It is a plain thread, not a blocking task: it runs for the replica's life and does disk
 //! writes. Lookups never wait on it (a compaction swaps one pointer when done).
@@ -33,7 +35,7 @@ impl Compactor {
                 let mut saved = vec![None; held.sources().len()];
                 while !stopped.load(Ordering::Relaxed) {
                     for (i, source) in held.sources().iter().enumerate() {
-                        if let Err(e) = pass(&held, source, layers.max(1), &mut saved[i]) {
+                        if let Err(e) = pass(&held, source, layers.max(1), &mut saved[i], false) {
                             tracing::error!(error = %e, source = %source.endpoint, "compaction failed; retrying");
                         }
                     }
@@ -52,20 +54,32 @@ impl Compactor {
             return Err(ReplicaError::Internal("the compaction thread panicked".into()));
         }
         for source in self.replica.sources() {
-            pass(&self.replica, source, 1, &mut None)?;
+            pass(&self.replica, source, 1, &mut None, true)?;
         }
         Ok(())
     }
 }
 
-/// One look at a source: compact what needs it; write the manifest when a segment changed.
-fn pass(replica: &Replica, source: &Source, layers: usize, saved: &mut Option<u64>) -> Result<(), ReplicaError> {
+/// One look at a source: merge or compact what needs it (`force`: compact every layer into
+/// segments); write the manifest when a segment changed.
+fn pass(
+    replica: &Replica,
+    source: &Source,
+    layers: usize,
+    saved: &mut Option<u64>,
+    force: bool,
+) -> Result<(), ReplicaError> {
     let mut changed = false;
     let (mut segment_rows, mut overlay_rows) = (0usize, 0usize);
     for (name, held) in source.tables() {
         let view = held.table.view();
         let due = view.layers() >= layers || (view.segment().is_none() && view.layers() > 0);
-        if due {
+        let small = !force && view.segment().is_some() && view.overlay_rows() * 8 < view.segment_rows();
+        if due && small {
+            if held.table.merge_layers() {
+                metrics::counter!("ember_replica_layer_merges_total").increment(1);
+            }
+        } else if due {
             let started = std::time::Instant::now();
             if let Some(done) = held.table.compact()? {
                 changed = true;
@@ -81,7 +95,13 @@ fn pass(replica: &Replica, source: &Source, layers: usize, saved: &mut Option<u6
     // Versions' tables: compacted the same way (a pinned version keeps the views it was pinned
     // with), never persisted (they are read again from the checkpoints at start).
     for (_, held) in source.pinned_tables() {
-        if held.table.view().layers() >= layers && held.table.compact()?.is_some() {
+        let view = held.table.view();
+        if view.layers() < layers {
+            continue;
+        }
+        if view.segment().is_some() && view.overlay_rows() * 8 < view.segment_rows() {
+            held.table.merge_layers();
+        } else if held.table.compact()?.is_some() {
             metrics::counter!("ember_replica_compactions_total").increment(1);
         }
     }

@@ -226,6 +226,48 @@ impl ReplicaTable {
         self.versions.lock().iter().map(|(v, _)| *v).collect()
     }
 
+    /// Merges the newest state's layers into one in-memory layer (the segment is not rewritten):
+    /// cheap when the layers are small beside the segment, and a lookup then probes one layer.
+    /// Returns whether it did (false: fewer than two layers, or a reset came meanwhile).
+    pub fn merge_layers(&self) -> bool {
+        let _one = self.compacting.lock();
+        let base = self.view();
+        if base.layers.len() < 2 {
+            return false;
+        }
+        let mut merged = Layer::new(self.dim);
+        for layer in &base.layers {
+            for (key, row) in layer.iter() {
+                match row {
+                    Some(row) => {
+                        merged.put(key, row);
+                    }
+                    None => merged.delete(key),
+                }
+            }
+        }
+        let mut current = self.current.write();
+        let same_base = match (&current.segment, &base.segment) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let prefix = current.layers.len() >= base.layers.len()
+            && current.layers.iter().zip(&base.layers).all(|(a, b)| Arc::ptr_eq(a, b));
+        if !same_base || !prefix {
+            return false;
+        }
+        let mut layers = vec![Arc::new(merged)];
+        layers.extend(current.layers[base.layers.len()..].iter().cloned());
+        *current = Arc::new(View {
+            segment: current.segment.clone(),
+            layers,
+            watermark: current.watermark,
+            segment_watermark: current.segment_watermark,
+        });
+        true
+    }
+
     /// Merges the newest state's layers into a new segment and swaps it in. Returns what it
     /// wrote (None: nothing to merge, or a reset came meanwhile).
     pub fn compact(&self) -> Result<Option<Compacted>, SegmentError> {
@@ -346,6 +388,26 @@ mod tests {
             assert_eq!(value(&view, key).is_some(), key >= 290, "key {key}");
         }
         assert_eq!(view.watermark(), 300);
+    }
+
+    #[test]
+    fn merging_layers_in_memory_keeps_every_answer_and_the_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = ReplicaTable::new(dir.path(), 2, 2);
+        table.apply(true, layer(&[(1, Some(1.0)), (2, Some(2.0)), (3, Some(3.0))]), 1);
+        table.compact().unwrap().unwrap();
+        table.apply(false, layer(&[(2, Some(20.0)), (4, Some(4.0))]), 2);
+        table.apply(false, layer(&[(2, None), (5, Some(5.0)), (4, Some(40.0))]), 3);
+        table.apply(false, layer(&[(2, Some(200.0))]), 4);
+        let before = table.view();
+        assert!(table.merge_layers());
+        let after = table.view();
+        assert_eq!((after.layers(), after.watermark(), after.segment_rows()), (1, 4, 3));
+        assert_eq!(after.segment().map(|s| s.1), Some(1), "the segment still holds up to 1");
+        for k in 0..7 {
+            assert_eq!(value(&after, k), value(&before, k), "key {k}");
+        }
+        assert!(!table.merge_layers(), "one layer: nothing to merge");
     }
 
     #[test]
