@@ -86,11 +86,18 @@ for addr in "${REPLICA_ADDRS[@]}"; do
 done
 echo "grown to $ROWS rows, version $GROWN held by the replicas after $(python3 -c "import time; print(round(time.time() - $T0, 1))") s" >&2
 
+# CPU seconds (user + system) of each process over the measured run.
+cpu() { for n in ps0 ps1 $(seq -f "replica%g" 0 $((REPLICAS - 1))) serve; do
+  echo "$n $(awk '{print ($14 + $15) / 100}' "/proc/$(cat "$OUT/$n.pid")/stat")"; done; }
+cpu >"$OUT/cpu-before.txt"
 echo "bench: $QPS qps x 64 for ${SECONDS_RUN}s, a version changing $CHANGE rows every ${EVERY}s" >&2
 "$EMBER" bench serve --target "$SERVE" --qps "$QPS" --batch 64 --seconds "$SECONDS_RUN" --data "$DATA" --json \
   --swap-every "$EVERY" --swap-window-ms "$WINDOW" --model-dir "$OUT/models" --swap-rows "$CHANGE" \
   --swap-ps "$PS" --swap-table "$TABLE" --swap-keys "$ROWS" >"$OUT/swaps.json" 2>"$OUT/swaps.log"
 cat "$OUT/swaps.json" >&2
+cpu >"$OUT/cpu-after.txt"
+CPU=$(paste "$OUT/cpu-before.txt" "$OUT/cpu-after.txt" | awk '{printf "%s\"%s\": %.1f", (NR > 1 ? ", " : ""), $1, $4 - $2}')
+echo "CPU seconds over the run: {$CPU}" >&2
 RSS=()
 for i in $(seq 0 $((REPLICAS - 1))); do
   RSS+=("$(awk '/VmRSS/ {print $2}' "/proc/$(cat "$OUT/replica$i.pid")/status")")
@@ -98,9 +105,10 @@ done
 "$EMBER" replica-status --target "${REPLICA_ADDRS[0]}" --json >"$OUT/replica-status.json"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
-python3 - "$OUT" "$ROWS" "$CHANGE" "$WINDOW" "${RSS[0]}" <<'PY'
+python3 - "$OUT" "$ROWS" "$CHANGE" "$WINDOW" "${RSS[0]}" "{$CPU}" <<'PY'
 import json, sys
 out, rows, change, window, rss = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+cpu = json.loads(sys.argv[6])
 r = json.load(open(f"{out}/swaps.json"))
 status = json.load(open(f"{out}/replica-status.json"))
 s, o = r["in_swap"], r["steady"]
@@ -112,5 +120,6 @@ print(json.dumps({
     "p999_swap_over_steady": round(s["p999_ms"] / o["p999_ms"], 2) if o["p999_ms"] else None,
     "replica_rss_mb": round(rss / 1024, 1),
     "replica_segment_rows": status["segment_rows"], "replica_versions": status["versions"],
+    "cpu_seconds": cpu,
 }))
 PY
