@@ -133,7 +133,7 @@ fn serving_predictions_equal_training_predictions_over_grpc_and_rest() {
     let (code, body) = http(&rest, "POST", "/v1/models/ctr:predict", r#"{"instances": [{"I1": "abc"}]}"#);
     assert!(code == 400 && body["error"].as_str().unwrap().contains("not an integer"), "{code} {body}");
     let (code, _) = http(&rest, "POST", "/v1/models/other:predict", &instances(&t.test_data, 1));
-    assert_eq!(code, 400, "unknown model");
+    assert_eq!(code, 404, "unknown model");
     let too_many = Command::new(EMBER)
         .args(["predict", "--serving", &grpc, "--data", t.test_data.to_str().unwrap(), "--batch", "200", "--out"])
         .arg(dir.path().join("x"))
@@ -254,4 +254,85 @@ async fn a_dead_ps_fails_lookups_fast_or_degrades_to_initializer_values_as_confi
     assert_eq!(degraded.probabilities.len(), 8);
     assert!(degraded.lookup_misses > before.lookup_misses, "initializer values are counted as misses");
     assert_ne!(degraded.probabilities, before.probabilities);
+}
+
+/// Copies model directory `from` to `to`, renaming the model in every version's manifest.
+fn copy_model(from: &Path, to: &Path, name: &str) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_model(&path, &target, name);
+        } else if path.file_name().unwrap() == "manifest.json" {
+            let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            m["name"] = serde_json::Value::String(name.into());
+            std::fs::write(&target, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_serves_several_models_and_versions_named_in_requests() {
+    let t = tokio::task::spawn_blocking(train).await.unwrap();
+    let other = t._dir.path().join("models-b");
+    copy_model(&t.models, &other, "ctr-b");
+    let (a, b) = (t.models.to_str().unwrap(), other.to_str().unwrap());
+    let (_serve, addrs) = start(
+        &[
+            "serve",
+            "--ps",
+            &t.ps,
+            "--model-dir",
+            a,
+            "--model-dir",
+            b,
+            "--http-listen",
+            "127.0.0.1:0",
+            "--poll-ms",
+            "20",
+        ],
+        &["ember serve listening on ", "ember serve http on "],
+    );
+    let client = ServingClient::connect(&addrs[0], &ember_client::Credentials::none()).await.unwrap();
+    let batch = samples(&t.test_data, 8);
+    let first = client.predict("ctr", batch.clone()).await.unwrap();
+    let second = client.predict("ctr-b", batch.clone()).await.unwrap();
+    assert_eq!(first.probabilities, second.probabilities, "the same weights under two names");
+    assert_eq!(client.model_status("ctr-b").await.unwrap().name, "ctr-b");
+    let err = client.predict("", batch.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::InvalidArgument));
+    assert!(err.to_string().contains("ctr-b"), "names the models served: {err}");
+    assert_eq!(client.predict("nope", batch.clone()).await.unwrap_err().code(), Some(tonic::Code::NotFound));
+
+    // A new version of "ctr" only; the old one stays loaded and can be asked for by number.
+    let models = ModelDir::new(&t.models);
+    let mut m = models.load(first.version).unwrap();
+    let last = m.dense.len() - 1;
+    m.dense[last].b[0] += 0.5;
+    let newer = models.publish(m.manifest, &m.dense, 10).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.predict("ctr", batch.clone()).await.unwrap().version != newer {
+        assert!(Instant::now() < deadline, "version {newer} never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = client.predict_version("ctr", first.version, batch.clone()).await.unwrap();
+    assert_eq!((again.version, again.probabilities), (first.version, first.probabilities.clone()));
+    assert_ne!(client.predict("ctr", batch.clone()).await.unwrap().probabilities, first.probabilities);
+    assert_eq!(client.predict("ctr-b", batch.clone()).await.unwrap().version, second.version, "ctr-b unchanged");
+    let err = client.predict_version("ctr", 999, batch.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::NotFound));
+    assert!(err.to_string().contains("999"), "{err}");
+
+    // The same over REST (TF Serving's paths).
+    let rest = &addrs[1];
+    let body = instances(&t.test_data, 2);
+    let (code, reply) = http(rest, "POST", &format!("/v1/models/ctr/versions/{}:predict", first.version), &body);
+    assert_eq!((code, reply["model_version"].as_u64()), (200, Some(first.version)), "{reply}");
+    let (code, reply) = http(rest, "POST", "/v1/models/ctr-b:predict", &body);
+    assert_eq!((code, reply["model_version"].as_u64()), (200, Some(second.version)), "{reply}");
+    assert_eq!(http(rest, "POST", "/v1/models/ctr/versions/999:predict", &body).0, 404);
+    assert_eq!(http(rest, "GET", "/v1/models/ctr-b", "").1["name"], "ctr-b");
 }

@@ -186,18 +186,18 @@ async fn serve_from_replica(replica: &str, models: &Path, data: &Path, run: &Tra
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let config = ServingConfig { freshness: Freshness::Pinned, ..ServingConfig::default() };
-    let serving = Serving::start(ModelDir::new(models), set, config.clone()).await;
+    let serving = Serving::start(vec![ModelDir::new(models)], set, config.clone()).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(ember_serving::grpc::serve(listener, Arc::clone(&serving.predictor), config, async {
+    let server = tokio::spawn(ember_serving::grpc::serve(listener, Arc::clone(&serving.models), config, async {
         let _ = stopped.await;
     }));
     let result = async {
         let serving_client = ServingClient::connect(&addr, &ember_client::Credentials::none()).await?;
         let r = &run.report;
         let started = std::time::Instant::now();
-        let p = predict_file(&serving_client, data, r.train_rows, r.test_rows, 64, "label").await?;
+        let p = predict_file(&serving_client, data, r.train_rows, r.test_rows, 64, "label", "").await?;
         let seconds = started.elapsed().as_secs_f64();
         let max_diff = p.probs.iter().zip(&run.test_probs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         Ok::<_, anyhow::Error>(format!(

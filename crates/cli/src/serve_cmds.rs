@@ -24,9 +24,10 @@ pub struct ServeArgs {
     /// gRPC address to listen on (port 0 picks one; the bound address is printed).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// The model directory training publishes into.
-    #[arg(long)]
-    model_dir: PathBuf,
+    /// A model directory training publishes into; repeat it to serve several models (requests
+    /// then name their model).
+    #[arg(long, required = true)]
+    model_dir: Vec<PathBuf>,
     /// Where sparse rows come from without --replicas: the training servers.
     #[command(flatten)]
     targets: Targets,
@@ -114,13 +115,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         set.into()
     };
-    let serving = Serving::start(ModelDir::new(&args.model_dir), rows, config.clone()).await;
+    let dirs = args.model_dir.iter().map(ModelDir::new).collect();
+    let serving = Serving::start(dirs, rows, config.clone()).await;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     if let Some(addr) = args.http_listen {
         let http = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         println!("ember serve http on {}", http.local_addr()?);
-        let app = ember_serving::http::router(std::sync::Arc::clone(&serving.predictor));
+        let app = ember_serving::http::router(std::sync::Arc::clone(&serving.models));
         tokio::spawn(async move {
             if let Err(err) = crate::https::serve(http, app, &security, observability::shutdown_signal()).await {
                 tracing::error!(%err, "http endpoint stopped");
@@ -130,7 +132,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("ember serve listening on {}", listener.local_addr()?);
     ember_serving::grpc::serve(
         listener,
-        std::sync::Arc::clone(&serving.predictor),
+        std::sync::Arc::clone(&serving.models),
         config,
         observability::shutdown_signal(),
     )
@@ -156,6 +158,9 @@ pub struct PredictArgs {
     /// CSV: the label column (others not in the model are ignored).
     #[arg(long, default_value = "label")]
     label_column: String,
+    /// The model to ask (needed when the node serves several).
+    #[arg(long, default_value = "")]
+    model: String,
     #[command(flatten)]
     security: ClientSecurityArgs,
 }
@@ -256,8 +261,9 @@ pub async fn predict_file(
     take: u64,
     batch: usize,
     label_column: &str,
+    model: &str,
 ) -> anyhow::Result<FilePredictions> {
-    let status = client.status().await.context("asking the serving node for its model")?;
+    let status = client.model_status(model).await.context("asking the serving node for its model")?;
     let mut reader = SampleReader::new(&status, label_column)?;
     let mut out = FilePredictions { probs: Vec::new(), labels: Vec::new(), versions: Vec::new() };
     let mut pending: Vec<(v1::Sample, u64)> = Vec::new();
@@ -265,7 +271,10 @@ pub async fn predict_file(
     let send = |pending: Vec<(v1::Sample, u64)>| async move {
         let first_line = pending.first().map_or(0, |p| p.1);
         let samples: Vec<v1::Sample> = pending.into_iter().map(|p| p.0).collect();
-        client.predict("", samples).await.with_context(|| format!("predicting the batch starting at line {first_line}"))
+        client
+            .predict(model, samples)
+            .await
+            .with_context(|| format!("predicting the batch starting at line {first_line}"))
     };
     for (i, line) in open_lines(path)?.lines().enumerate() {
         let line = line.with_context(|| format!("reading {}", path.display()))?;
@@ -305,7 +314,7 @@ pub async fn predict_file(
 /// Runs `ember predict`.
 pub async fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let client = ServingClient::connect(&args.serving, &args.security.credentials()?).await?;
-    let p = predict_file(&client, &args.data, 0, u64::MAX, args.batch, &args.label_column).await?;
+    let p = predict_file(&client, &args.data, 0, u64::MAX, args.batch, &args.label_column, &args.model).await?;
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?,
     );

@@ -20,9 +20,19 @@ impl ServingClient {
         Ok(Self { inner, endpoint: endpoint.to_string() })
     }
 
-    /// Predicts `samples` with model `model` (empty: whichever the node serves).
+    /// Predicts `samples` with the current version of model `model` (empty: the node's only model).
     pub async fn predict(&self, model: &str, samples: Vec<v1::Sample>) -> Result<v1::PredictResponse, ClientError> {
-        let req = v1::PredictRequest { model: model.to_string(), samples };
+        self.predict_version(model, 0, samples).await
+    }
+
+    /// Predicts `samples` with version `version` of model `model` (0: the current one).
+    pub async fn predict_version(
+        &self,
+        model: &str,
+        version: u64,
+        samples: Vec<v1::Sample>,
+    ) -> Result<v1::PredictResponse, ClientError> {
+        let req = v1::PredictRequest { model: model.to_string(), samples, version };
         self.inner
             .clone()
             .predict(req)
@@ -31,11 +41,16 @@ impl ServingClient {
             .map_err(|status| ClientError::Rpc { endpoint: self.endpoint.clone(), status })
     }
 
-    /// The loaded model's status.
+    /// The loaded model's status (the node's only model).
     pub async fn status(&self) -> Result<v1::ModelStatusResponse, ClientError> {
+        self.model_status("").await
+    }
+
+    /// Model `model`'s status (empty: the node's only model).
+    pub async fn model_status(&self, model: &str) -> Result<v1::ModelStatusResponse, ClientError> {
         self.inner
             .clone()
-            .model_status(v1::ModelStatusRequest {})
+            .model_status(v1::ModelStatusRequest { model: model.to_string() })
             .await
             .map(|r| r.into_inner())
             .map_err(|status| ClientError::Rpc { endpoint: self.endpoint.clone(), status })

@@ -145,7 +145,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &root,
         "serving_request",
         "predict",
-        &v1::PredictRequest { model: String::new(), samples: vec![sample, by_row] }.encode_to_vec(),
+        &v1::PredictRequest { model: String::new(), samples: vec![sample, by_row], version: 0 }.encode_to_vec(),
     )?;
     put(
         &root,

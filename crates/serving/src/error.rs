@@ -8,6 +8,24 @@ pub enum ServingError {
     /// The request is malformed (unknown field, bad value, too many samples, unknown model).
     #[error("{0}")]
     InvalidArgument(String),
+    /// The request names a model this node does not serve.
+    #[error("unknown model {name:?} (this node serves {serving:?})")]
+    UnknownModel {
+        /// The name asked for.
+        name: String,
+        /// The models served.
+        serving: Vec<String>,
+    },
+    /// The request names a version not held in memory.
+    #[error("model {model:?} version {version} is not loaded (loaded: {kept:?})")]
+    UnknownVersion {
+        /// The model.
+        model: String,
+        /// The version asked for.
+        version: u64,
+        /// The versions held.
+        kept: Vec<u64>,
+    },
     /// No model version is loaded yet.
     #[error("no model loaded yet")]
     NoModel,
@@ -35,6 +53,7 @@ impl ember_core::HasCode for ServingError {
         use ember_core::Code;
         match self {
             ServingError::InvalidArgument(_) => Code::InvalidArgument,
+            ServingError::UnknownModel { .. } | ServingError::UnknownVersion { .. } => Code::NotFound,
             ServingError::NoModel | ServingError::Lookup { .. } | ServingError::SparseNotReady(_) => Code::Unavailable,
             ServingError::Registry(_) | ServingError::Compute(_) => Code::Internal,
         }

@@ -1,4 +1,4 @@
-//! The `ember.v1.Serving` gRPC service: decode, call the predictor, map the error.
+//! The `ember.v1.Serving` gRPC service: decode, pick the model, call its predictor, map the error.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,12 +10,13 @@ use ember_proto::v1::{self};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use crate::predictor::{ModelStatus, Predictor, SampleIn};
+use crate::predictor::{ModelStatus, SampleIn};
+use crate::Models;
 use crate::ServingConfig;
 
-/// The gRPC adapter over a [`Predictor`].
+/// The gRPC adapter over a node's [`Models`].
 pub struct ServingService {
-    predictor: Arc<Predictor>,
+    models: Arc<Models>,
 }
 
 /// A wire sample as the predictor's.
@@ -50,7 +51,7 @@ impl ServingRpc for ServingService {
         let started = Instant::now();
         let req = req.into_inner();
         let samples = req.samples.into_iter().map(sample_of).collect();
-        let result = self.predictor.predict(&req.model, samples).await;
+        let result = self.models.predict(&req.model, req.version, samples).await;
         crate::record("grpc", started, &result);
         let p = result.map_err(|e| e.status())?;
         Ok(Response::new(v1::PredictResponse {
@@ -63,28 +64,29 @@ impl ServingRpc for ServingService {
 
     async fn model_status(
         &self,
-        _req: Request<v1::ModelStatusRequest>,
+        req: Request<v1::ModelStatusRequest>,
     ) -> Result<Response<v1::ModelStatusResponse>, Status> {
-        self.predictor.status().map(|s| Response::new(status_message(s))).map_err(|e| e.status())
+        let status = self.models.pick(&req.into_inner().model).and_then(|p| p.status());
+        status.map(|s| Response::new(status_message(s))).map_err(|e| e.status())
     }
 }
 
 /// Serves `ember.v1.Serving` and `grpc.health.v1` on `listener` until `shutdown` resolves.
-/// Health reports SERVING once a model version is loaded.
+/// Health reports SERVING once every model has a version loaded.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    predictor: Arc<Predictor>,
+    models: Arc<Models>,
     config: ServingConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let mut builder = config.security.server_builder()?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<ServingServer<ServingService>>().await;
-    let watched = Arc::clone(&predictor);
+    let watched = Arc::clone(&models);
     let health_task = tokio::spawn(async move {
         let mut serving = false;
         loop {
-            let loaded = watched.manager().current().is_some();
+            let loaded = watched.all_loaded();
             if loaded != serving {
                 serving = loaded;
                 if loaded {
@@ -96,7 +98,7 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let service = ServingServer::new(ServingService { predictor })
+    let service = ServingServer::new(ServingService { models })
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     let result = builder

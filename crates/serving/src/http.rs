@@ -1,8 +1,9 @@
 //! HTTP/JSON in TF Serving's REST shape.
 //!
 //! `POST /v1/models/{name}:predict` with `{"instances": [{"I1": 3, "C1": "68fd1e64"}, ...]}`
-//! answers `{"predictions": [0.12, ...], "model_version": 7}`; `GET /v1/models/{name}` answers
-//! the model's status. A value may be a string or a number (written as training data writes it);
+//! answers `{"predictions": [0.12, ...], "model_version": 7}`;
+//! `POST /v1/models/{name}/versions/{v}:predict` asks version `v` (one held in memory);
+//! `GET /v1/models/{name}` answers the model's status. An unknown model or version is a 404. A value may be a string or a number (written as training data writes it);
 //! null means missing; anything else is a 400 naming the sample and field.
 
 use std::sync::Arc;
@@ -16,12 +17,15 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
 
-use crate::predictor::{Predictor, SampleIn};
-use crate::ServingError;
+use crate::predictor::SampleIn;
+use crate::{Models, ServingError};
 
-/// The REST routes over `predictor`.
-pub fn router(predictor: Arc<Predictor>) -> Router {
-    Router::new().route("/v1/models/{target}", get(status).post(predict)).with_state(predictor)
+/// The REST routes over a node's `models`.
+pub fn router(models: Arc<Models>) -> Router {
+    Router::new()
+        .route("/v1/models/{target}", get(status).post(predict))
+        .route("/v1/models/{name}/versions/{target}", axum::routing::post(predict_version))
+        .with_state(models)
 }
 
 fn reply(code: StatusCode, body: Value) -> Response {
@@ -62,16 +66,35 @@ pub fn parse_instances(body: &[u8]) -> Result<Vec<SampleIn>, ServingError> {
         .collect()
 }
 
-async fn predict(State(predictor): State<Arc<Predictor>>, Path(target): Path<String>, body: Bytes) -> Response {
-    let started = Instant::now();
+async fn predict(State(models): State<Arc<Models>>, Path(target): Path<String>, body: Bytes) -> Response {
     let Some(name) = target.strip_suffix(":predict") else {
         return reply(
             StatusCode::NOT_FOUND,
             json!({ "error": format!("unknown method in {target:?}; use NAME:predict") }),
         );
     };
-    let result = match parse_instances(&body) {
-        Ok(samples) => predictor.predict(name, samples).await,
+    answer(&models, name, 0, &body).await
+}
+
+async fn predict_version(
+    State(models): State<Arc<Models>>,
+    Path((name, target)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let version = target.strip_suffix(":predict").and_then(|v| v.parse::<u64>().ok());
+    let Some(version) = version.filter(|v| *v > 0) else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            json!({ "error": format!("{target:?} is not VERSION:predict (a version number > 0)") }),
+        );
+    };
+    answer(&models, &name, version, &body).await
+}
+
+async fn answer(models: &Models, name: &str, version: u64, body: &[u8]) -> Response {
+    let started = Instant::now();
+    let result = match parse_instances(body) {
+        Ok(samples) => models.predict(name, version, samples).await,
         Err(e) => Err(e),
     };
     crate::record("http", started, &result);
@@ -81,9 +104,9 @@ async fn predict(State(predictor): State<Arc<Predictor>>, Path(target): Path<Str
     }
 }
 
-async fn status(State(predictor): State<Arc<Predictor>>, Path(name): Path<String>) -> Response {
-    match predictor.status() {
-        Ok(s) if s.name == name || name.is_empty() => reply(
+async fn status(State(models): State<Arc<Models>>, Path(name): Path<String>) -> Response {
+    match models.pick(&name).and_then(|p| p.status()) {
+        Ok(s) => reply(
             StatusCode::OK,
             json!({
                 "name": s.name,
@@ -92,10 +115,6 @@ async fn status(State(predictor): State<Arc<Predictor>>, Path(name): Path<String
                 "kept_versions": s.kept_versions,
                 "fields": s.fields.iter().map(|(name, _, kind)| json!({"name": name, "kind": kind})).collect::<Vec<_>>(),
             }),
-        ),
-        Ok(s) => reply(
-            StatusCode::NOT_FOUND,
-            json!({ "error": format!("unknown model {name:?} (this node serves {:?})", s.name) }),
         ),
         Err(e) => error(&e),
     }

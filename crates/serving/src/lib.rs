@@ -7,6 +7,7 @@
 //!   the misses, with a timeout; on failure either fail fast or use the initializer's values.
 //! - [`manager`]: watches the model directory, loads and warms a new version off the request
 //!   path, swaps it in atomically, keeps the last K versions, follows rollbacks.
+//! - [`models`]: the node's models, one predictor per model directory, picked by name.
 //! - [`predictor`]: one request: samples -> examples (hashed as training hashed them) -> rows ->
 //!   the model's forward pass, all against one model version.
 //! - [`grpc`] and [`http`]: thin adapters (`ember.v1.Serving`, and TF Serving's REST shape
@@ -27,6 +28,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod manager;
+pub mod models;
 pub mod predictor;
 pub mod rows;
 
@@ -35,6 +37,7 @@ use std::time::Duration;
 
 pub use error::ServingError;
 pub use manager::{LoadedModel, ModelManager};
+pub use models::Models;
 pub use predictor::{Prediction, Predictor, SampleIn};
 pub use rows::{LookupFailure, RowSource, SparseSource};
 
@@ -104,29 +107,38 @@ impl Default for ServingConfig {
     }
 }
 
-/// A running serving node's core: the predictor and the task that follows the model directory.
+/// A running serving node's core: its models and the tasks that follow their directories.
 pub struct Serving {
     /// Answers requests.
-    pub predictor: Arc<Predictor>,
-    watcher: tokio::task::JoinHandle<()>,
+    pub models: Arc<Models>,
+    watchers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Serving {
-    /// Loads the current version of `models` (if any) and starts following the directory.
-    pub async fn start(models: ember_model::ModelDir, rows: impl Into<SparseSource>, config: ServingConfig) -> Self {
-        let rows = RowSource::new(rows.into(), &config);
-        let manager = Arc::new(ModelManager::new(models, config.keep_versions));
-        let predictor = Arc::new(Predictor::new(Arc::clone(&manager), rows, &config));
-        if let Err(e) = predictor.refresh().await {
-            tracing::warn!(error = %e, "no model loaded at start; serving answers Unavailable until one is");
+    /// Loads the current version of each of `dirs` (if any) and starts following them. Every
+    /// model reads its sparse rows from `rows` (one cache shared by all).
+    pub async fn start(dirs: Vec<ember_model::ModelDir>, rows: impl Into<SparseSource>, config: ServingConfig) -> Self {
+        let rows = Arc::new(RowSource::new(rows.into(), &config));
+        let mut predictors = Vec::with_capacity(dirs.len());
+        let mut watchers = Vec::with_capacity(dirs.len());
+        for dir in dirs {
+            let root = dir.root().display().to_string();
+            let manager = Arc::new(ModelManager::new(dir, config.keep_versions));
+            let predictor = Arc::new(Predictor::new(Arc::clone(&manager), Arc::clone(&rows), &config));
+            if let Err(e) = predictor.refresh().await {
+                tracing::warn!(dir = %root, error = %e, "no model loaded at start; it answers Unavailable until one is");
+            }
+            watchers.push(tokio::spawn(predictor::watch(Arc::clone(&predictor), config.poll_interval)));
+            predictors.push(predictor);
         }
-        let watcher = tokio::spawn(predictor::watch(Arc::clone(&predictor), config.poll_interval));
-        Self { predictor, watcher }
+        Self { models: Arc::new(Models::new(predictors)), watchers }
     }
 }
 
 impl Drop for Serving {
     fn drop(&mut self) {
-        self.watcher.abort();
+        for w in &self.watchers {
+            w.abort();
+        }
     }
 }

@@ -113,6 +113,11 @@ impl ModelManager {
         self.current.read().clone()
     }
 
+    /// Version `version`, if held in memory.
+    pub fn kept(&self, version: u64) -> Option<Arc<LoadedModel>> {
+        self.kept.lock().iter().find(|m| m.version() == version).cloned()
+    }
+
     /// Versions in memory, most recently swapped in first.
     pub fn kept_versions(&self) -> Vec<u64> {
         self.kept.lock().iter().map(|m| m.version()).collect()

@@ -45,7 +45,7 @@ pub struct Prediction {
 /// Answers requests; warms up new versions.
 pub struct Predictor {
     manager: Arc<ModelManager>,
-    rows: RowSource,
+    rows: Arc<RowSource>,
     max_samples: usize,
     warmup_requests: usize,
     recorded: Mutex<VecDeque<Arc<Vec<SampleIn>>>>,
@@ -54,8 +54,8 @@ pub struct Predictor {
 }
 
 impl Predictor {
-    /// A predictor over `manager`'s versions and `rows`.
-    pub fn new(manager: Arc<ModelManager>, rows: RowSource, config: &ServingConfig) -> Self {
+    /// A predictor over `manager`'s versions and `rows` (shared by every model of a node).
+    pub fn new(manager: Arc<ModelManager>, rows: Arc<RowSource>, config: &ServingConfig) -> Self {
         Self {
             manager,
             rows,
@@ -68,11 +68,12 @@ impl Predictor {
     }
 
     /// The sparse state `m` predicts with: 0 (the latest rows), or `m`'s own published state
-    /// when the node is pinned or `m` was rolled back to.
-    /// Only replicas hold published states, and only of versions that took checkpoints.
-    fn sparse_version(&self, m: &LoadedModel) -> u64 {
+    /// when the node is pinned, `m` was rolled back to, or the request named `m`'s version
+    /// (`named`). Only replicas hold published states, and only of versions that took
+    /// checkpoints.
+    fn sparse_version(&self, m: &LoadedModel, named: bool) -> u64 {
         let own = self.rows.versioned() && !m.manifest.sparse_checkpoints.is_empty();
-        let pinned = self.freshness == crate::Freshness::Pinned || self.manager.rolled_back(m.version());
+        let pinned = named || self.freshness == crate::Freshness::Pinned || self.manager.rolled_back(m.version());
         if own && pinned {
             m.version()
         } else {
@@ -85,15 +86,24 @@ impl Predictor {
         &self.manager
     }
 
-    /// Predicts `samples` with the current version; `model` must be its name or empty.
-    pub async fn predict(&self, model: &str, samples: Vec<SampleIn>) -> Result<Prediction, ServingError> {
-        let m = self.manager.current().ok_or(ServingError::NoModel)?;
-        if !model.is_empty() && model != m.manifest.name {
-            return Err(ServingError::InvalidArgument(format!(
-                "unknown model {model:?} (this node serves {:?})",
-                m.manifest.name
-            )));
-        }
+    /// The current version's model name, once one is loaded.
+    pub fn name(&self) -> Option<String> {
+        self.manager.current().map(|m| m.manifest.name.clone())
+    }
+
+    /// Predicts `samples` with version `version` (0: the current one; else one held in memory).
+    pub async fn predict(&self, version: u64, samples: Vec<SampleIn>) -> Result<Prediction, ServingError> {
+        let current = self.manager.current().ok_or(ServingError::NoModel)?;
+        let (m, named) = if version == 0 || version == current.version() {
+            (current, false)
+        } else {
+            let held = self.manager.kept(version).ok_or_else(|| ServingError::UnknownVersion {
+                model: current.manifest.name.clone(),
+                version,
+                kept: self.manager.kept_versions(),
+            })?;
+            (held, true)
+        };
         if samples.len() > self.max_samples {
             return Err(ServingError::InvalidArgument(format!(
                 "{} samples in one request; at most {}",
@@ -103,7 +113,7 @@ impl Predictor {
         }
         metrics::counter!("ember_serving_samples_total").increment(samples.len() as u64);
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
-        let prediction = self.predict_with(&m, &samples).await?;
+        let prediction = self.predict_with(&m, &samples, named).await?;
         // A sample of real traffic for warming up the next version: the first requests, then
         // one in 64 (copying every request would cost more than it teaches).
         if self.warmup_requests > 0 && (n < self.warmup_requests as u64 || n.is_multiple_of(64)) {
@@ -116,7 +126,12 @@ impl Predictor {
         Ok(prediction)
     }
 
-    async fn predict_with(&self, m: &Arc<LoadedModel>, samples: &[SampleIn]) -> Result<Prediction, ServingError> {
+    async fn predict_with(
+        &self,
+        m: &Arc<LoadedModel>,
+        samples: &[SampleIn],
+        named: bool,
+    ) -> Result<Prediction, ServingError> {
         let examples = samples
             .iter()
             .enumerate()
@@ -136,7 +151,7 @@ impl Predictor {
             return Ok(Prediction { version: m.version(), probabilities: Vec::new(), lookup_misses: 0 });
         }
         let batch = IndexedBatch::new(&examples);
-        let sparse = self.sparse_version(m);
+        let sparse = self.sparse_version(m, named);
         let (w, v) = if matches!(m.manifest.tables.layout(), SparseLayout::Joined(_)) {
             let mut rows = self.rows.rows(&m.linear, &batch.keys, sparse).await?;
             let (w, v) = m.manifest.tables.split_rows(std::mem::take(&mut rows.values));
@@ -198,7 +213,7 @@ impl Predictor {
                 Some(r) => Arc::clone(r),
                 None => Arc::new(synthetic_samples(model, 64, &mut rng)),
             };
-            match self.predict_with(model, &samples).await {
+            match self.predict_with(model, &samples, false).await {
                 // Recorded traffic may predate a schema change; only the model's own failures count.
                 Err(ServingError::InvalidArgument(_)) if i < recorded.len() => continue,
                 Err(e) => return Err(e),
