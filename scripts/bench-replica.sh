@@ -17,22 +17,9 @@ EMBER="${EMBER:-$ROOT/target/release/ember}"
 rm -rf "$OUT" && mkdir -p "$OUT"
 echo "machine: $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
-cleanup() { [ -f "$OUT/pids" ] && while read -r p; do kill -9 "$p" 2>/dev/null || true; done <"$OUT/pids"; }
-trap cleanup EXIT
-
-# start NAME PREFIX CMD...: runs CMD in the background and echoes what follows PREFIX on its stdout.
-start() {
-  local name="$1" prefix="$2"; shift 2
-  "$@" >"$OUT/$name.out" 2>"$OUT/$name.log" &
-  echo $! >>"$OUT/pids"
-  echo $! >"$OUT/$name.pid"
-  for _ in $(seq 1 600); do
-    local v; v=$(sed -n "s/^$prefix//p" "$OUT/$name.out" | head -1)
-    [ -n "$v" ] && { echo "$v"; return 0; }
-    sleep 0.1
-  done
-  echo "$name did not start (see $OUT/$name.log)" >&2; exit 1
-}
+# shellcheck source=scripts/ps-lib.sh
+. "$ROOT/scripts/ps-lib.sh"
+trap 'stop_started KILL' EXIT
 now() { date +%s.%N; }
 kb() { awk -v k="$2" '$1 == k":" { print $2 }' "/proc/$1/status"; }
 

@@ -25,23 +25,9 @@ DATA="$ROOT/../shared/data/criteo/train_10k.tsv"
 rm -rf "$OUT" && mkdir -p "$OUT"
 echo "machine: $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
-# start runs in a command substitution (a subshell), so pids go through a file.
-cleanup() { [ -f "$OUT/pids" ] && while read -r p; do kill "$p" 2>/dev/null || true; done <"$OUT/pids"; }
-trap cleanup EXIT
-
-# start NAME PREFIX CMD...: runs CMD in the background and echoes what follows PREFIX on its stdout.
-start() {
-  local name="$1" prefix="$2"; shift 2
-  "$@" >"$OUT/$name.out" 2>"$OUT/$name.log" &
-  echo $! >>"$OUT/pids"
-  echo $! >"$OUT/$name.pid"
-  for _ in $(seq 1 600); do
-    local v; v=$(sed -n "s/^$prefix//p" "$OUT/$name.out" | head -1)
-    [ -n "$v" ] && { echo "$v"; return 0; }
-    sleep 0.1
-  done
-  echo "$name did not start (see $OUT/$name.log)" >&2; exit 1
-}
+# shellcheck source=scripts/ps-lib.sh
+. "$ROOT/scripts/ps-lib.sh"
+trap 'stop_started' EXIT
 
 PS0=$(start ps0 "ember ps listening on " "$EMBER" ps --listen 127.0.0.1:0 --data-dir "$OUT/ps0" --checkpoint-every 0 \
   --metrics-listen 127.0.0.1:0)

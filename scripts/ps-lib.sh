@@ -19,3 +19,27 @@ start_ps() {
   echo "ps at $dir did not start (log: $dir.log)" >&2
   exit 1
 }
+
+# start NAME PREFIX CMD...: runs CMD in the background (stdout in $OUT/NAME.out, logs in
+# $OUT/NAME.log, its pid in $OUT/NAME.pid and appended to $OUT/pids) and echoes what follows
+# PREFIX on its stdout once printed (up to 60 s); exits the script if it never is. It is called in
+# command substitutions (subshells), so pids go through files.
+start() {
+  local name="$1" prefix="$2"; shift 2
+  "$@" >"$OUT/$name.out" 2>"$OUT/$name.log" &
+  echo $! >>"$OUT/pids"
+  echo $! >"$OUT/$name.pid"
+  for _ in $(seq 1 600); do
+    local v; v=$(sed -n "s/^$prefix//p" "$OUT/$name.out" | head -1)
+    [ -n "$v" ] && { echo "$v"; return 0; }
+    sleep 0.1
+  done
+  echo "$name did not start (see $OUT/$name.log)" >&2; exit 1
+}
+
+# stop_started [SIGNAL]: sends SIGNAL (default TERM) to every process `start` started; for an EXIT
+# trap.
+stop_started() {
+  [ -f "$OUT/pids" ] || return 0
+  while read -r p; do kill "-${1:-TERM}" "$p" 2>/dev/null || true; done <"$OUT/pids"
+}

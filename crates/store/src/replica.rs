@@ -66,6 +66,20 @@ pub struct View {
 }
 
 impl View {
+    /// Whether this view is `base` with layers appended (same segment, `base`'s layers as a
+    /// prefix): what a merge built from `base` may replace. A reset or a compaction in between
+    /// breaks it.
+    fn grew_from(&self, base: &View) -> bool {
+        let same_segment = match (&self.segment, &base.segment) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        same_segment
+            && self.layers.len() >= base.layers.len()
+            && self.layers.iter().zip(&base.layers).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+
     /// `key`'s row in this state, if the table has one.
     pub fn get(&self, key: u64) -> Option<&[f32]> {
         for layer in self.layers.iter().rev() {
@@ -247,14 +261,7 @@ impl ReplicaTable {
             }
         }
         let mut current = self.current.write();
-        let same_base = match (&current.segment, &base.segment) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        let prefix = current.layers.len() >= base.layers.len()
-            && current.layers.iter().zip(&base.layers).all(|(a, b)| Arc::ptr_eq(a, b));
-        if !same_base || !prefix {
+        if !current.grew_from(&base) {
             return false;
         }
         let mut layers = vec![Arc::new(merged)];
@@ -287,14 +294,7 @@ impl ReplicaTable {
         segment::merge(base.segment.as_ref().map(|s| &s.segment), &overlay, self.dim, &path)?;
         let merged = Owned::new(Segment::open(&path)?);
         let mut current = self.current.write();
-        let same_base = match (&current.segment, &base.segment) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        let prefix = current.layers.len() >= base.layers.len()
-            && current.layers.iter().zip(&base.layers).all(|(a, b)| Arc::ptr_eq(a, b));
-        if !same_base || !prefix {
+        if !current.grew_from(&base) {
             supersede(Some(&merged));
             return Ok(None);
         }
