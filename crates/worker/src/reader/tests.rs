@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use ember_core::job::{CsvSchema, DataFormat, DataSpec};
 
 use super::*;
+use crate::features::{feature_id, Feature};
 
 fn shared(rel: &str) -> Option<PathBuf> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(rel);
