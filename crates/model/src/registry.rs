@@ -241,7 +241,12 @@ impl ModelDir {
     }
 
     fn write_current(&self, version: u64) -> Result<(), RegistryError> {
-        let tmp = self.root.join(format!(".{CURRENT}.tmp-{}", std::process::id()));
+        // A name of its own per call: two publishes of one process (the scheduler publishes a
+        // job's last version while a periodic one may still run) must not rename each other's
+        // file away, which failed one of them with "CURRENT: No such file or directory".
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.root.join(format!(".{CURRENT}.tmp-{}-{n}", std::process::id()));
         write_synced(&tmp, format!("{version}\n").as_bytes())?;
         let path = self.root.join(CURRENT);
         fs::rename(&tmp, &path).map_err(io(&path))?;

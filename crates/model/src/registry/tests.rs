@@ -100,3 +100,23 @@ fn a_stray_temporary_directory_is_not_a_version() {
     assert_eq!(models.versions().unwrap(), Vec::<u64>::new());
     assert!(models.current().unwrap().is_none());
 }
+
+#[test]
+fn concurrent_publishes_of_one_process_all_succeed() {
+    // Each publish renames its own temporary CURRENT into place; sharing one name made one of two
+    // concurrent publishes fail with "CURRENT: No such file or directory".
+    let dir = tempfile::tempdir().unwrap();
+    let models = ModelDir::new(dir.path());
+    let (m, dense) = manifest();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..25 {
+                    models.publish(m.clone(), &dense, 200).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(models.versions().unwrap().len(), 100, "every publish wrote a version");
+    assert!(models.current().unwrap().is_some());
+}
