@@ -24,7 +24,6 @@ use std::time::Duration;
 use ember_client::{HedgePolicy, PsClient, ReplicaSet, ServingClient};
 use ember_core::eval::{auc, logloss};
 use ember_model::ModelDir;
-use ember_proto::v1::{self, replica_client::ReplicaClient};
 use ember_replica::ReplicaConfig;
 use ember_serving::{Freshness, Serving, ServingConfig};
 
@@ -219,6 +218,5 @@ async fn serve_from_replica(replica: &str, models: &Path, data: &Path, run: &Tra
 
 /// The published versions a replica holds.
 async fn replica_versions(addr: &str) -> anyhow::Result<Vec<u64>> {
-    let mut client = ReplicaClient::connect(format!("http://{addr}")).await?;
-    Ok(client.status(v1::ReplicaStatusRequest {}).await?.into_inner().versions)
+    Ok(ember_client::replica_status(addr, &ember_client::Credentials::none()).await?.versions)
 }

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use ember_proto::v1::{self, replica_client::ReplicaClient};
+use ember_client::replica_status;
 use ember_replica::ReplicaConfig;
 
 use crate::observability;
-use crate::security::ServerSecurityArgs;
+use crate::security::{ClientSecurityArgs, ServerSecurityArgs};
 use crate::store_cmds::Targets;
 
 /// Arguments of `ember replica`.
@@ -60,20 +60,19 @@ pub struct ReplicaStatusArgs {
     /// Wait until the replica is ready (up to this many seconds), then print.
     #[arg(long, default_value_t = 0)]
     wait_secs: u64,
+    #[command(flatten)]
+    security: ClientSecurityArgs,
 }
 
 /// Prints what a replica holds and how far it has followed each training server.
 pub async fn status(args: ReplicaStatusArgs) -> anyhow::Result<()> {
+    let credentials = args.security.credentials()?;
     let started = std::time::Instant::now();
     let deadline = started + Duration::from_secs(args.wait_secs);
     let status = loop {
-        let asked = async {
-            let mut client = ReplicaClient::connect(endpoint(&args.target)).await?;
-            anyhow::Ok(client.status(v1::ReplicaStatusRequest {}).await?.into_inner())
-        };
-        match asked.await {
+        match replica_status(&args.target, &credentials).await {
             Ok(s) if s.ready || std::time::Instant::now() >= deadline => break s,
-            Err(e) if std::time::Instant::now() >= deadline => return Err(e.context(format!("asking {}", args.target))),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e.into()),
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     };
@@ -120,14 +119,6 @@ pub async fn status(args: ReplicaStatusArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn endpoint(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
 }
 
 /// Parses `0-511,1000` into slot numbers.

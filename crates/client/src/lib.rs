@@ -27,7 +27,7 @@ pub mod shard_map;
 pub use credentials::{BearerToken, Credentials, Transport};
 pub use error::ClientError;
 pub use ps::{Clock, DensePushed, PsClient, PulledRows, PushResult, RetryPolicy, TableGradients};
-pub use replica::{HedgePolicy, ReplicaSet, ReplicaStats};
+pub use replica::{replica_status, HedgePolicy, ReplicaSet, ReplicaStats};
 pub use scheduler::{Membership, SchedulerClient};
 pub use serving::ServingClient;
 pub use shard_map::ShardMap;

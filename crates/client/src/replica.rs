@@ -211,7 +211,12 @@ impl ReplicaSet {
         }
         let calls =
             parts.iter().map(|(group, part_keys, _)| self.hedged(&routing.groups[*group], table, part_keys, version));
-        let replies = futures_util::future::try_join_all(calls).await?;
+        let mut replies = futures_util::future::try_join_all(calls).await?;
+        if parts.len() == 1 {
+            // One group holds every key: its answer is already in key order.
+            let (dim, values, missing) = replies.remove(0);
+            return Ok(PulledRows { dim, values, clock: crate::Clock::default(), missing });
+        }
         let dim = replies.first().map_or(0, |r| r.0);
         let mut values = vec![0f32; keys.len() * dim];
         let mut missing = vec![false; keys.len()];
@@ -350,6 +355,17 @@ impl ReplicaSet {
     fn protocol(&self, reason: String) -> ClientError {
         ClientError::Protocol { endpoint: self.endpoints().join(","), reason }
     }
+}
+
+/// One replica's `Status`: what it holds, how far it has followed each training server, and the
+/// published versions it holds.
+pub async fn replica_status(
+    endpoint: &str,
+    credentials: &Credentials,
+) -> Result<v1::ReplicaStatusResponse, ClientError> {
+    let mut client = ReplicaClient::new(credentials.channel(endpoint).await?);
+    let reply = client.status(v1::ReplicaStatusRequest {}).await;
+    reply.map(tonic::Response::into_inner).map_err(|status| ClientError::Rpc { endpoint: endpoint.to_string(), status })
 }
 
 /// Asks every replica what it holds and rebuilds the routing from the ready ones.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use ember_core::TableSpec;
 use ember_store::replica::ReplicaTable;
 
-use crate::state::{table_dir, Held, Source};
+use crate::state::{Held, Source};
 
 const MANIFEST: &str = "MANIFEST.json";
 
@@ -83,7 +83,7 @@ fn read(dir: &Path, num_slots: u32, slots: &[u32], keep: usize) -> Result<Option
     }
     let mut tables = BTreeMap::new();
     for e in m.tables {
-        let tdir = table_dir(dir, &e.subdir);
+        let tdir = dir.join(&e.subdir);
         if e.subdir.contains(['/', '\\']) || e.segment.contains(['/', '\\']) {
             return Err(format!("bad file name in the manifest: {}/{}", e.subdir, e.segment));
         }

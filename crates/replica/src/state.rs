@@ -6,7 +6,7 @@
 //! [`crate::follow`]); a lookup clones the views it needs and reads them without any lock.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use ember_client::ShardMap;
@@ -397,9 +397,4 @@ impl Replica {
         }
         Ok(Rows { dim, values, missing })
     }
-}
-
-/// The directory of a source's table.
-pub(crate) fn table_dir(source_dir: &Path, subdir: &str) -> PathBuf {
-    source_dir.join(subdir)
 }

@@ -190,13 +190,19 @@ async fn a_replica_holds_the_training_rows_follows_training_and_restarts_from_it
     running.shut_down().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_segment_is_never_served_the_rows_are_fetched_again() {
-    let (a, _stop) = start_ps().await;
+/// One ps-server of 64 slots whose table holds 2,000 trained rows.
+async fn one_trained_server() -> (ShardMap, PsClient, oneshot::Sender<()>) {
+    let (a, stop) = start_ps().await;
     let map = ShardMap::round_robin(vec![a], 64).unwrap();
     let client = PsClient::connect(map.clone(), &Default::default()).await.unwrap();
     client.create_table(&spec(), None).await.unwrap();
     train(&client, &(0..2_000).collect::<Vec<_>>(), 0.1).await;
+    (map, client, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_segment_is_never_served_the_rows_are_fetched_again() {
+    let (map, client, _stop) = one_trained_server().await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), None);
     let running = start_replica(&client, &config).await;
@@ -221,11 +227,7 @@ async fn a_damaged_segment_is_never_served_the_rows_are_fetched_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_of_some_slots_serves_only_those_and_refuses_the_rest() {
-    let (a, _stop) = start_ps().await;
-    let map = ShardMap::round_robin(vec![a], 64).unwrap();
-    let client = PsClient::connect(map.clone(), &Default::default()).await.unwrap();
-    client.create_table(&spec(), None).await.unwrap();
-    train(&client, &(0..2_000).collect::<Vec<_>>(), 0.1).await;
+    let (map, client, _stop) = one_trained_server().await;
     let dir = tempfile::tempdir().unwrap();
     let running = start_replica(&client, &config(dir.path(), Some((0..32).collect()))).await;
     let mut replica = running.client().await;

@@ -107,18 +107,18 @@ impl RowSource {
     }
 
     fn cache(&self, spec: &TableSpec, version: u64) -> Arc<TableCache> {
+        let key = (spec.name.clone(), version);
         let mut caches = self.caches.lock();
-        if !caches.contains_key(&(spec.name.clone(), version)) {
-            // A table's rows of versions no longer asked for are dead weight: keep only the
-            // latest and the newest pinned version.
+        if version != 0 && !caches.contains_key(&key) {
+            // A table's rows of versions no longer asked for are dead weight: a newer pinned
+            // version drops the older ones (the latest rows' cache stays).
             let newest = caches.keys().filter(|(t, v)| *t == spec.name && *v != 0).map(|(_, v)| *v).max();
-            if version != 0 && newest.is_some_and(|n| n < version) {
+            if newest.is_some_and(|n| n < version) {
                 caches.retain(|(t, v), _| *t != spec.name || *v == 0);
             }
         }
-        let cache = caches
-            .entry((spec.name.clone(), version))
-            .or_insert_with(|| Arc::new(TableCache::new(spec.dim as usize, self.max_rows, self.ttl)));
+        let cache =
+            caches.entry(key).or_insert_with(|| Arc::new(TableCache::new(spec.dim as usize, self.max_rows, self.ttl)));
         if cache.dim() != spec.dim as usize {
             // The table was recreated with another width: its cached rows mean nothing now.
             *cache = Arc::new(TableCache::new(spec.dim as usize, self.max_rows, self.ttl));
