@@ -58,6 +58,7 @@ pub use checkpoint::{CheckpointError, CheckpointInfo, CheckpointKind, Checkpoint
 pub use delta::DeltaClock;
 pub use dense::DenseTable;
 pub use error::StoreError;
+pub use record::f32s_from_le_bytes;
 pub use segment::{Segment, SegmentError, SegmentWriter};
 pub use shard::RowMeta;
 pub use sparse::{DeltaRows, PushOutcome, SparseStats, SparseTable, TierStats};
@@ -171,15 +172,6 @@ fn unix_now() -> u64 {
 impl Default for Store {
     fn default() -> Self {
         Self::new(StoreConfig::default())
-    }
-}
-
-/// Reads little-endian f32 from `bytes`, without copying when they happen to be aligned.
-/// `None` if the length is not a multiple of 4.
-pub fn f32s_from_le_bytes(bytes: &[u8]) -> Option<Cow<'_, [f32]>> {
-    match bytemuck::try_cast_slice(bytes) {
-        Ok(aligned) => Some(Cow::Borrowed(aligned)),
-        Err(_) => ember_core::codec::f32s_from_le(bytes).map(Cow::Owned),
     }
 }
 

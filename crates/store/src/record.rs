@@ -48,6 +48,15 @@ pub fn decode_keyed_row(record: &[u8], values: &mut [f32]) -> Option<RowMeta> {
     decode_row(key, &record[8..], values)
 }
 
+/// Reads little-endian f32 from `bytes`, without copying when they happen to be aligned.
+/// `None` if the length is not a multiple of 4.
+pub fn f32s_from_le_bytes(bytes: &[u8]) -> Option<std::borrow::Cow<'_, [f32]>> {
+    match bytemuck::try_cast_slice(bytes) {
+        Ok(aligned) => Some(std::borrow::Cow::Borrowed(aligned)),
+        Err(_) => ember_core::codec::f32s_from_le(bytes).map(std::borrow::Cow::Owned),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
