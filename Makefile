@@ -2,7 +2,7 @@
 CARGO ?= cargo
 RUN_EMBER = $(CARGO) run --release --quiet -p ember-cli --
 
-.PHONY: all deps build release install test lint fmt fmt-check demo bench bench-ps compare-peers clean
+.PHONY: all deps build release install test lint fmt fmt-check demo bench bench-ps compare-peers deploy-check clean
 
 all: build
 
@@ -23,6 +23,11 @@ install: deps
 ## test: the whole suite (unit, gRPC round trips, real-process integration tests)
 test: deps
 	$(CARGO) test --workspace
+
+## deploy-check: render, validate (kubernetes-validate, checkov) and flag-check deploy/kustomize (also in make test)
+deploy-check: deps
+	$(CARGO) build -p ember-cli
+	scripts/check-deploy.sh "$${CARGO_TARGET_DIR:-target}/debug/ember"
 
 ## lint: formatting and clippy exactly as CI checks them
 lint: deps fmt-check

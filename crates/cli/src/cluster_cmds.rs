@@ -50,6 +50,20 @@ impl DataRootArgs {
     }
 }
 
+impl SchedulerArgs {
+    /// `--check-config`: what this scheduler would start with, every file it names loaded,
+    /// nothing bound or written. Data roots are resolved at start, not here.
+    pub fn check(&self) -> anyhow::Result<String> {
+        Ok(format!(
+            "scheduler: listen {}, state dir {}, lease {} ms; {}",
+            self.listen,
+            self.state_dir.display(),
+            self.lease_ms,
+            self.security.summary()?
+        ))
+    }
+}
+
 /// Runs the scheduler until SIGINT/SIGTERM.
 pub async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     let data_roots = args.data.roots()?;
@@ -82,6 +96,13 @@ pub struct WorkerArgs {
     data: DataRootArgs,
     #[command(flatten)]
     security: ClientSecurityArgs,
+}
+
+impl WorkerArgs {
+    /// `--check-config`: what this worker would start with, every file it names loaded.
+    pub fn check(&self) -> anyhow::Result<String> {
+        Ok(format!("worker: scheduler {}; {}", self.scheduler, self.security.summary()?))
+    }
 }
 
 /// Runs a worker until SIGINT/SIGTERM.

@@ -14,6 +14,7 @@ mod cluster;
 mod cluster_cmds;
 mod demo;
 mod gen_data;
+mod health;
 mod https;
 mod observability;
 mod plot;
@@ -35,6 +36,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "ember", version, about)]
 struct Cli {
+    /// Parse the flags, load every file they name (certificates, keys, token files), print what
+    /// the role would start with and exit, without binding a port or touching a data directory.
+    /// Deployments check their manifests' command lines with it.
+    #[arg(long, global = true)]
+    check_config: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,6 +81,8 @@ enum Command {
     /// Manage a model directory's versions.
     #[command(subcommand)]
     Model(serve_cmds::ModelCommand),
+    /// Ask a server's gRPC health service whether it is serving (exit 0) or not (exit 1).
+    Health(health::HealthArgs),
     /// Plot several training reports' progressive AUC against examples seen, in one PNG.
     Plot(PlotArgs),
 }
@@ -199,6 +207,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // their warnings and errors are shown (RUST_LOG=info shows the rest).
     let embedded = matches!(cli.command, Command::Train(_) | Command::Demo(_));
     observability::init_tracing(if embedded { "warn" } else { "info" });
+    if cli.check_config {
+        let summary = match &cli.command {
+            Command::Ps(args) => args.check()?,
+            Command::Scheduler(args) => args.check()?,
+            Command::Worker(args) => args.check()?,
+            Command::Serve(args) => args.check()?,
+            Command::Replica(args) => args.check()?,
+            Command::Health(args) => args.check()?,
+            _ => anyhow::bail!("--check-config applies to ps, scheduler, worker, serve, replica and health"),
+        };
+        println!("configuration ok: {summary}");
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
@@ -221,6 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::ReplicaStatus(args) => replica::status(args).await,
             Command::Predict(args) => serve_cmds::predict(args).await,
             Command::Model(cmd) => serve_cmds::model(cmd),
+            Command::Health(args) => health::run(args).await,
             Command::Plot(args) => plot_reports(args),
         }
     })

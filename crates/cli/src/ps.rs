@@ -48,7 +48,7 @@ pub struct PsArgs {
     #[arg(long)]
     scheduler: Option<String>,
     /// Address to register with the scheduler (default: the bound address).
-    #[arg(long)]
+    #[arg(long, requires = "scheduler")]
     advertise: Option<String>,
     /// log2 of the internal lock shards per table.
     #[arg(long, default_value_t = StoreConfig::default().shard_bits, value_parser = clap::value_parser!(u32).range(0..=12))]
@@ -60,6 +60,21 @@ pub struct PsArgs {
     allow_empty_restore: bool,
     #[command(flatten)]
     security: ServerSecurityArgs,
+}
+
+impl PsArgs {
+    /// `--check-config`: what this server would start with, every file it names loaded, nothing
+    /// bound or written.
+    pub fn check(&self) -> anyhow::Result<String> {
+        let budget = self.dram_budget.map_or("none".to_string(), |b| format!("{} MiB", b >> 20));
+        Ok(format!(
+            "ps: listen {}, data dir {}, dram budget {budget}, scheduler {}; {}",
+            self.listen,
+            self.data_dir.display(),
+            self.scheduler.as_deref().unwrap_or("none"),
+            self.security.summary()?
+        ))
+    }
 }
 
 /// Runs a ps-server until SIGINT/SIGTERM (the life itself is `ember_ps_server::run`).

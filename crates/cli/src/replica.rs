@@ -64,6 +64,24 @@ pub struct ReplicaStatusArgs {
     security: ClientSecurityArgs,
 }
 
+impl ReplicaArgs {
+    /// `--check-config`: what this replica would start with, every file it names loaded, nothing
+    /// bound or written.
+    pub fn check(&self) -> anyhow::Result<String> {
+        let slots = match &self.slots {
+            Some(text) => format!("{} slots", parse_slots(text)?.len()),
+            None => "every slot".to_string(),
+        };
+        Ok(format!(
+            "replica: listen {}, dir {}, {slots}, {}; {}",
+            self.listen,
+            self.dir.display(),
+            self.targets.describe(),
+            self.security.summary()?
+        ))
+    }
+}
+
 /// Prints what a replica holds and how far it has followed each training server.
 pub async fn status(args: ReplicaStatusArgs) -> anyhow::Result<()> {
     let credentials = args.security.credentials()?;

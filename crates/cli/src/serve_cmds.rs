@@ -18,6 +18,36 @@ use crate::observability;
 use crate::security::{ClientSecurityArgs, ServerSecurityArgs};
 use crate::store_cmds::Targets;
 
+impl ServeArgs {
+    /// What clap cannot say about flags that depend on each other.
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.freshness == "latest" || !self.replicas.is_empty(),
+            "--freshness {} needs --replicas (only replicas hold published versions' rows)",
+            self.freshness
+        );
+        Ok(())
+    }
+
+    /// `--check-config`: what this node would start with, every file it names loaded, nothing
+    /// bound or read from the model directories.
+    pub fn check(&self) -> anyhow::Result<String> {
+        self.validate()?;
+        let rows = if self.replicas.is_empty() {
+            self.targets.describe()
+        } else {
+            format!("replicas {} ({})", self.replicas.join(","), self.freshness)
+        };
+        let dirs: Vec<String> = self.model_dir.iter().map(|d| d.display().to_string()).collect();
+        Ok(format!(
+            "serve: listen {}, models {}, rows from {rows}; {}",
+            self.listen,
+            dirs.join(","),
+            self.security.summary()?
+        ))
+    }
+}
+
 /// Arguments of `ember serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -80,6 +110,7 @@ pub struct ServeArgs {
 
 /// Runs a serving node until SIGINT/SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    args.validate()?;
     let (security, credentials) = (args.security.server()?, args.security.credentials()?);
     if let Some(addr) = args.metrics_listen {
         let bound = observability::serve_metrics(addr, &security).await?;

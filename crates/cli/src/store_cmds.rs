@@ -30,6 +30,14 @@ impl Targets {
         anyhow::ensure!(!map.endpoints().is_empty(), "the scheduler knows no ps-servers yet");
         Ok(PsClient::connect(map, credentials).await?)
     }
+
+    /// Where the servers come from, for `--check-config`.
+    pub(crate) fn describe(&self) -> String {
+        match &self.scheduler {
+            Some(addr) => format!("ps-servers from scheduler {addr}"),
+            None => format!("ps-servers {}", self.ps.join(",")),
+        }
+    }
 }
 
 /// Arguments of `ember checkpoint`.

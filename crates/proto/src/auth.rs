@@ -100,12 +100,12 @@ fn refusal(code: Code, message: impl Into<String>) -> Status {
 #[derive(Debug, thiserror::Error)]
 pub enum TokenFileError {
     /// Unreadable.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: String,
-        /// Cause.
-        source: std::io::Error,
+        /// Cause (in the message, not a `source()`, so a chain prints it once).
+        cause: std::io::Error,
     },
     /// A line that is not `ROLE TOKEN`, an unknown role, a short or repeated token.
     #[error("{path}:{line}: {reason}")]
@@ -139,8 +139,7 @@ impl Tokens {
     /// Reads `ROLE TOKEN` lines; blank lines and `#` comments are skipped.
     pub fn load(path: &Path) -> Result<Self, TokenFileError> {
         let shown = path.display().to_string();
-        let text =
-            std::fs::read_to_string(path).map_err(|source| TokenFileError::Io { path: shown.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|cause| TokenFileError::Io { path: shown.clone(), cause })?;
         Self::parse(&text).map_err(|(line, reason)| TokenFileError::Line { path: shown, line, reason })
     }
 

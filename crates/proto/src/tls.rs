@@ -13,12 +13,12 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A PEM file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
+        /// Cause (in the message, not a `source()`, so a chain prints it once).
+        cause: std::io::Error,
     },
     /// The files do not make a usable configuration.
     #[error("TLS: {0}")]
@@ -26,7 +26,7 @@ pub enum TlsError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|cause| TlsError::Read { path: path.to_path_buf(), cause })
 }
 
 /// A certificate chain and its private key, in PEM.
