@@ -3,6 +3,7 @@
 // Each test binary uses a different subset; a failed unwrap is a failed test.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod pki;
 pub mod serving;
 
 use std::io::{BufRead, BufReader, Read, Write};
