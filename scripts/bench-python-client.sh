@@ -14,14 +14,10 @@ REPS="${3:-3}"
 OUT="${4:-/tmp/ember-pyclient}"
 EMBER="${EMBER:-$ROOT/target/release/ember}"
 DATA="$ROOT/../shared/data/criteo/train_10k.tsv"
-[ -x "$EMBER" ] || (cd "$ROOT" && cargo build --release -p ember-cli)
-rm -rf "$OUT" && mkdir -p "$OUT"
-echo "machine: $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-PY=$("$ROOT/scripts/python-client.sh")
-
 # shellcheck source=scripts/ps-lib.sh
 . "$ROOT/scripts/ps-lib.sh"
-trap 'stop_started' EXIT
+bench_init
+PY=$("$ROOT/scripts/python-client.sh")
 PS=$(start ps "ember ps listening on " "$EMBER" ps --listen 127.0.0.1:0 --data-dir "$OUT/ps" --checkpoint-every 0)
 "$EMBER" train "$ROOT/examples/criteo-deepfm.toml" --data "$DATA" --ps "$PS" --model-dir "$OUT/models" \
   --workdir "$OUT/train" >"$OUT/train.out" 2>"$OUT/train.log"

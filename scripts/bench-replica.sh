@@ -13,13 +13,9 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 ROWS="${1:-5000000}"
 OUT="${2:-/tmp/ember-replica-bench}"
 EMBER="${EMBER:-$ROOT/target/release/ember}"
-[ -x "$EMBER" ] || (cd "$ROOT" && cargo build --release -p ember-cli)
-rm -rf "$OUT" && mkdir -p "$OUT"
-echo "machine: $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-
 # shellcheck source=scripts/ps-lib.sh
 . "$ROOT/scripts/ps-lib.sh"
-trap 'stop_started KILL' EXIT
+bench_init KILL
 now() { date +%s.%N; }
 kb() { awk -v k="$2" '$1 == k":" { print $2 }' "/proc/$1/status"; }
 

@@ -21,13 +21,9 @@ REPLICAS="${REPLICAS:-2}"
 KILL="${KILL:-1}"
 EMBER="${EMBER:-$ROOT/target/release/ember}"
 DATA="$ROOT/../shared/data/criteo/train_10k.tsv"
-[ -x "$EMBER" ] || (cd "$ROOT" && cargo build --release -p ember-cli)
-rm -rf "$OUT" && mkdir -p "$OUT"
-echo "machine: $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-
 # shellcheck source=scripts/ps-lib.sh
 . "$ROOT/scripts/ps-lib.sh"
-trap 'stop_started' EXIT
+bench_init
 
 PS0=$(start ps0 "ember ps listening on " "$EMBER" ps --listen 127.0.0.1:0 --data-dir "$OUT/ps0" --checkpoint-every 0 \
   --metrics-listen 127.0.0.1:0)

@@ -26,6 +26,7 @@ start_ps() {
 # command substitutions (subshells), so pids go through files.
 start() {
   local name="$1" prefix="$2"; shift 2
+  : >"$OUT/$name.out"  # exists before the first read below, whenever the child opens it
   "$@" >"$OUT/$name.out" 2>"$OUT/$name.log" &
   echo $! >>"$OUT/pids"
   echo $! >"$OUT/$name.pid"
@@ -42,4 +43,15 @@ start() {
 stop_started() {
   [ -f "$OUT/pids" ] || return 0
   while read -r p; do kill "-${1:-TERM}" "$p" 2>/dev/null || true; done <"$OUT/pids"
+}
+
+# bench_init [SIGNAL]: the common start of a bench script (with ROOT, EMBER and OUT set): builds
+# the release binary if it is missing, empties OUT, prints the machine line, and on exit sends
+# SIGNAL (default TERM) to everything `start` started.
+bench_init() {
+  [ -x "$EMBER" ] || (cd "$ROOT" && cargo build --release -p ember-cli)
+  rm -rf "$OUT" && mkdir -p "$OUT"
+  echo "machine: $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  # shellcheck disable=SC2064
+  trap "stop_started ${1:-TERM}" EXIT
 }

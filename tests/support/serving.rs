@@ -26,6 +26,11 @@ pub fn train() -> Trained {
 
 /// `train` with `extra` appended to the job file.
 pub fn train_with(extra: &str) -> Trained {
+    train_with_ps(extra, &[])
+}
+
+/// `train_with`, the ps-server started with `ps_flags` too.
+pub fn train_with_ps(extra: &str, ps_flags: &[&str]) -> Trained {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("synth.tsv");
     ember(&["gen-data", "--rows", "5000", "--seed", "3", "--out", data.to_str().unwrap()]);
@@ -53,10 +58,17 @@ pub fn train_with(extra: &str) -> Trained {
     let job_path = dir.path().join("job.toml");
     std::fs::write(&job_path, job).unwrap();
     let ps_dir = dir.path().join("ps");
-    let (ps_proc, found) = start(
-        &["ps", "--listen", "127.0.0.1:0", "--data-dir", ps_dir.to_str().unwrap(), "--metrics-listen", "127.0.0.1:0"],
-        &["ember ps listening on ", "ember ps metrics on "],
-    );
+    let mut args = vec![
+        "ps",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        ps_dir.to_str().unwrap(),
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(ps_flags);
+    let (ps_proc, found) = start(&args, &["ember ps listening on ", "ember ps metrics on "]);
     let (ps, ps_metrics) = (found[0].clone(), found[1].clone());
     let models = dir.path().join("models");
     let preds = dir.path().join("train-preds.txt");

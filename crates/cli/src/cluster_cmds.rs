@@ -27,6 +27,9 @@ pub struct SchedulerArgs {
     data: DataRootArgs,
     #[command(flatten)]
     security: ServerSecurityArgs,
+    /// Trace export (`--otlp-endpoint`).
+    #[command(flatten)]
+    pub trace: crate::otlp::TraceArgs,
 }
 
 /// Where a process may read job data.
@@ -55,11 +58,12 @@ impl SchedulerArgs {
     /// nothing bound or written. Data roots are resolved at start, not here.
     pub fn check(&self) -> anyhow::Result<String> {
         Ok(format!(
-            "scheduler: listen {}, state dir {}, lease {} ms; {}",
+            "scheduler: listen {}, state dir {}, lease {} ms; {}; {}",
             self.listen,
             self.state_dir.display(),
             self.lease_ms,
-            self.security.summary()?
+            self.security.summary()?,
+            self.trace.summary()
         ))
     }
 }
@@ -96,12 +100,15 @@ pub struct WorkerArgs {
     data: DataRootArgs,
     #[command(flatten)]
     security: ClientSecurityArgs,
+    /// Trace export (`--otlp-endpoint`).
+    #[command(flatten)]
+    pub trace: crate::otlp::TraceArgs,
 }
 
 impl WorkerArgs {
     /// `--check-config`: what this worker would start with, every file it names loaded.
     pub fn check(&self) -> anyhow::Result<String> {
-        Ok(format!("worker: scheduler {}; {}", self.scheduler, self.security.summary()?))
+        Ok(format!("worker: scheduler {}; {}; {}", self.scheduler, self.security.summary()?, self.trace.summary()))
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_follow;
+mod bench_otlp;
 mod bench_scheduler;
 mod bench_serve;
 mod bench_swap;
@@ -17,6 +18,7 @@ mod gen_data;
 mod health;
 mod https;
 mod observability;
+mod otlp;
 mod plot;
 mod ps;
 mod replica;
@@ -130,6 +132,8 @@ enum BenchCommand {
     Freshness(bench_serve::BenchFreshnessArgs),
     /// Heartbeat latency of a scheduler while it plans a many-file job under reports.
     Scheduler(bench_scheduler::BenchSchedulerArgs),
+    /// An OTLP trace receiver that counts spans (the tracing benchmarks export to it).
+    OtlpSink(bench_otlp::OtlpSinkArgs),
 }
 
 /// Keeps freed memory in glibc's heap instead of returning it to the kernel.
@@ -206,7 +210,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // The embedded cluster's roles log as they would as processes; behind a progress bar only
     // their warnings and errors are shown (RUST_LOG=info shows the rest).
     let embedded = matches!(cli.command, Command::Train(_) | Command::Demo(_));
-    observability::init_tracing(if embedded { "warn" } else { "info" });
+    let trace = match &cli.command {
+        Command::Ps(args) => Some((&args.trace, "ember-ps")),
+        Command::Scheduler(args) => Some((&args.trace, "ember-scheduler")),
+        Command::Worker(args) => Some((&args.trace, "ember-worker")),
+        Command::Serve(args) => Some((&args.trace, "ember-serve")),
+        Command::Replica(args) => Some((&args.trace, "ember-replica")),
+        _ => None,
+    };
+    // --check-config exports nothing.
+    let trace = trace.filter(|_| !cli.check_config);
+    let _exporting = observability::init_tracing(if embedded { "warn" } else { "info" }, trace)?;
     if cli.check_config {
         let summary = match &cli.command {
             Command::Ps(args) => args.check()?,
@@ -228,6 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Bench(BenchCommand::Serve(args)) => bench_serve::serve(args).await,
             Command::Bench(BenchCommand::Freshness(args)) => bench_serve::freshness(args).await,
             Command::Bench(BenchCommand::Scheduler(args)) => bench_scheduler::run(args).await,
+            Command::Bench(BenchCommand::OtlpSink(args)) => bench_otlp::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Train(args) => train::run(args).await,
             Command::Scheduler(args) => cluster_cmds::scheduler(args).await,

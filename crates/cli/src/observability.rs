@@ -7,13 +7,38 @@ use ember_proto::tls::ServerSecurity;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
+use crate::otlp::{self, TraceArgs};
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `default`: `info` for a role, `warn` for a
-/// command that runs an embedded cluster behind a progress bar).
-pub fn init_tracing(default: &str) {
+/// command that runs an embedded cluster behind a progress bar). With `--otlp-endpoint`, also
+/// exports the spans of `ember_proto::trace` (whatever `RUST_LOG` says; the log skips them);
+/// the returned guard flushes them when dropped.
+pub fn init_tracing(default: &str, trace: Option<(&TraceArgs, &str)>) -> anyhow::Result<Option<otlp::Exporting>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Colours only for a terminal: a log file or a supervisor's capture gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let log = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() != ember_proto::trace::TARGET))
+        .with_filter(filter);
+    let (guard, spans) = match trace {
+        Some((args, service)) => match otlp::start(args, service)? {
+            Some((guard, tracer)) => {
+                let only_ours = tracing_subscriber::filter::Targets::new()
+                    .with_target(ember_proto::trace::TARGET, tracing::Level::INFO);
+                (Some(guard), Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(only_ours)))
+            }
+            None => (None, None),
+        },
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(log).with(spans).init();
+    Ok(guard)
 }
 
 /// Installs the Prometheus recorder and serves `/metrics` on `addr` (port 0 picks one), with

@@ -60,6 +60,9 @@ pub struct PsArgs {
     allow_empty_restore: bool,
     #[command(flatten)]
     security: ServerSecurityArgs,
+    /// Trace export (`--otlp-endpoint`).
+    #[command(flatten)]
+    pub trace: crate::otlp::TraceArgs,
 }
 
 impl PsArgs {
@@ -68,11 +71,12 @@ impl PsArgs {
     pub fn check(&self) -> anyhow::Result<String> {
         let budget = self.dram_budget.map_or("none".to_string(), |b| format!("{} MiB", b >> 20));
         Ok(format!(
-            "ps: listen {}, data dir {}, dram budget {budget}, scheduler {}; {}",
+            "ps: listen {}, data dir {}, dram budget {budget}, scheduler {}; {}; {}",
             self.listen,
             self.data_dir.display(),
             self.scheduler.as_deref().unwrap_or("none"),
-            self.security.summary()?
+            self.security.summary()?,
+            self.trace.summary()
         ))
     }
 }

@@ -46,6 +46,9 @@ pub struct ReplicaArgs {
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     security: ServerSecurityArgs,
+    /// Trace export (`--otlp-endpoint`).
+    #[command(flatten)]
+    pub trace: crate::otlp::TraceArgs,
 }
 
 /// Arguments of `ember replica-status`.
@@ -73,11 +76,12 @@ impl ReplicaArgs {
             None => "every slot".to_string(),
         };
         Ok(format!(
-            "replica: listen {}, dir {}, {slots}, {}; {}",
+            "replica: listen {}, dir {}, {slots}, {}; {}; {}",
             self.listen,
             self.dir.display(),
             self.targets.describe(),
-            self.security.summary()?
+            self.security.summary()?,
+            self.trace.summary()
         ))
     }
 }

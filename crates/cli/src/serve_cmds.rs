@@ -40,10 +40,11 @@ impl ServeArgs {
         };
         let dirs: Vec<String> = self.model_dir.iter().map(|d| d.display().to_string()).collect();
         Ok(format!(
-            "serve: listen {}, models {}, rows from {rows}; {}",
+            "serve: listen {}, models {}, rows from {rows}; {}; {}",
             self.listen,
             dirs.join(","),
-            self.security.summary()?
+            self.security.summary()?,
+            self.trace.summary()
         ))
     }
 }
@@ -106,6 +107,9 @@ pub struct ServeArgs {
     max_samples: usize,
     #[command(flatten)]
     security: ServerSecurityArgs,
+    /// Trace export (`--otlp-endpoint`).
+    #[command(flatten)]
+    pub trace: crate::otlp::TraceArgs,
 }
 
 /// Runs a serving node until SIGINT/SIGTERM.

@@ -89,7 +89,8 @@ impl Credentials {
     }
 }
 
-/// Adds `authorization: Bearer TOKEN` to every call (nothing when anonymous).
+/// Adds `authorization: Bearer TOKEN` to every call (nothing when anonymous), and the trace
+/// context when tracing is on.
 #[derive(Clone)]
 pub struct BearerToken(Option<MetadataValue<Ascii>>);
 
@@ -98,6 +99,8 @@ impl Interceptor for BearerToken {
         if let Some(token) = &self.0 {
             req.metadata_mut().insert("authorization", token.clone());
         }
+        // The caller's span becomes the parent of the server's (a no-op unless tracing is on).
+        ember_proto::trace::inject(req.metadata_mut());
         Ok(req)
     }
 }

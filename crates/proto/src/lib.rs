@@ -10,6 +10,7 @@ pub mod codec;
 mod convert;
 pub mod error;
 pub mod tls;
+pub mod trace;
 
 /// Generated code for package `ember.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

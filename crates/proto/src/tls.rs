@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
+/// The layers every Ember server runs its services in: a trace span, then role tokens.
+pub type ServerLayers =
+    tower_layer::Stack<crate::auth::AuthLayer, tower_layer::Stack<crate::trace::TraceLayer, tower_layer::Identity>>;
+
 /// Why TLS settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -130,16 +134,12 @@ pub struct ServerSecurity {
 impl ServerSecurity {
     /// A tonic server builder with this security applied: TLS if set, and the token layer
     /// (which lets everything through when no tokens are set).
-    pub fn server_builder(
-        &self,
-    ) -> Result<
-        tonic::transport::Server<tower_layer::Stack<crate::auth::AuthLayer, tower_layer::Identity>>,
-        tonic::transport::Error,
-    > {
+    pub fn server_builder(&self) -> Result<tonic::transport::Server<ServerLayers>, tonic::transport::Error> {
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &self.tls {
             builder = builder.tls_config(tls.tonic())?;
         }
-        Ok(builder.layer(crate::auth::AuthLayer::new(self.tokens.clone())))
+        // The trace span is outermost, so a refused call is traced too.
+        Ok(builder.layer(crate::trace::TraceLayer).layer(crate::auth::AuthLayer::new(self.tokens.clone())))
     }
 }

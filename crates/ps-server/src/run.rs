@@ -207,7 +207,8 @@ async fn checkpoint_periodically(store: Arc<Store>, checkpoints: Arc<Checkpointe
         tick.tick().await;
         let kind = if n % full_every.max(1) == 0 { CheckpointKind::Full } else { CheckpointKind::Incremental };
         let (store, checkpoints) = (Arc::clone(&store), Arc::clone(&checkpoints));
-        match tokio::task::spawn_blocking(move || checkpoints.write(&store, kind, 0)).await {
+        let span = ember_proto::trace::root_span("checkpoint");
+        match tokio::task::spawn_blocking(move || span.in_scope(|| checkpoints.write(&store, kind, 0))).await {
             Ok(Ok(info)) => {
                 tracing::debug!(id = info.id, kind = info.kind.as_str(), rows = info.rows, "periodic checkpoint")
             }

@@ -52,8 +52,19 @@ impl PsService {
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, Status> {
+        self.blocking_in("store", f).await
+    }
+
+    /// [`Self::blocking`] inside a trace span `name` (child of the request's span; `apply` for
+    /// pushes).
+    async fn blocking_in<T: Send + 'static>(
+        &self,
+        name: &'static str,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Status> {
         let store = Arc::clone(&self.store);
-        match tokio::task::spawn_blocking(move || f(&store)).await {
+        let span = ember_proto::trace::span(name);
+        match tokio::task::spawn_blocking(move || span.in_scope(|| f(&store))).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => {
                 if let StoreError::NonFinite { table, .. } = &err {
@@ -204,7 +215,7 @@ impl ParameterServer for PsService {
         let (table, gradient_version) = (req.table.clone(), req.version);
         let encoding = encoding_of(req.encoding)?;
         let result = self
-            .blocking(move |s| {
+            .blocking_in("apply", move |s| {
                 s.push_versioned(&req.table, &req.keys, encoding, &req.gradients, Some(gradient_version))
             })
             .await
@@ -257,7 +268,7 @@ impl ParameterServer for PsService {
             Err(status) => return observe("push_tables", keys, started, Err(status)),
         };
         let result = self
-            .blocking(move |s| {
+            .blocking_in("apply", move |s| {
                 req.tables
                     .iter()
                     .zip(encodings)
@@ -299,7 +310,7 @@ impl ParameterServer for PsService {
         }
         let encodings = grads.iter().map(|g| encoding_of(g.encoding)).collect::<Result<Vec<_>, Status>>()?;
         let result = self
-            .blocking(move |s| {
+            .blocking_in("apply", move |s| {
                 let parts: Vec<DensePush> = grads
                     .iter()
                     .zip(encodings)
@@ -378,7 +389,8 @@ impl ParameterServer for PsService {
         let req = req.into_inner();
         let kind = if req.full { CheckpointKind::Full } else { CheckpointKind::Incremental };
         let store = Arc::clone(&self.store);
-        let result = tokio::task::spawn_blocking(move || checkpoints.write(&store, kind, req.label))
+        let span = ember_proto::trace::span("checkpoint");
+        let result = tokio::task::spawn_blocking(move || span.in_scope(|| checkpoints.write(&store, kind, req.label)))
             .await
             .map_err(|e| status_of(&Refusal::internal(format!("checkpoint task failed: {e}"))))?;
         match result {

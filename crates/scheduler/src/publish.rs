@@ -69,6 +69,12 @@ impl Publisher {
 
     /// Publishes the model as the servers hold it after `rows_trained` rows; returns the version.
     pub async fn publish(&self, client: &PsClient, rows_trained: u64) -> Result<u64, PublishError> {
+        use tracing::Instrument;
+        // One trace: the cut, the checkpoint and the dense pull on every server are its children.
+        self.publish_now(client, rows_trained).instrument(ember_proto::trace::root_span("publish")).await
+    }
+
+    async fn publish_now(&self, client: &PsClient, rows_trained: u64) -> Result<u64, PublishError> {
         // The sparse cut first: the checkpoint and the dense pull after it hold at least as much.
         let sparse_cuts =
             client.cut_deltas().await?.into_iter().map(|(stream_id, seq)| SparseCut { stream_id, seq }).collect();

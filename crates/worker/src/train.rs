@@ -19,6 +19,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use tracing::Instrument;
 
 use ember_client::{ClientError, Clock, PsClient};
 use ember_core::codec::Compression;
@@ -355,7 +356,9 @@ pub async fn train(
     // `after` resolves when the push this pull must see has landed (or failed: the loop reports
     // that failure when it awaits the push itself).
     let start = |batch: IndexedBatch, after: Option<oneshot::Receiver<()>>| {
-        let pull = pull_rows(client.clone(), tables.clone(), batch.keys.clone(), false);
+        // A trace per pull and per push (sampled at the root): the servers' spans are its children.
+        let pull = pull_rows(client.clone(), tables.clone(), batch.keys.clone(), false)
+            .instrument(ember_proto::trace::client_span("pull"));
         let pull = tokio::spawn(async move {
             if let Some(landed) = after {
                 let _ = landed.await;
@@ -395,7 +398,8 @@ pub async fn train(
             stats.add_pushed(previous.await.map_err(task_err)??);
         }
         let residuals = Arc::clone(&residuals);
-        let push = push_grads(client.clone(), tables.clone(), batch.keys, grads, dense, rows, compression, residuals);
+        let push = push_grads(client.clone(), tables.clone(), batch.keys, grads, dense, rows, compression, residuals)
+            .instrument(ember_proto::trace::client_span("push"));
         if pull_ahead {
             let (landed, wait) = oneshot::channel();
             push_landed = Some(wait);
