@@ -31,6 +31,7 @@ pub mod clocks;
 pub mod deltas;
 pub mod error;
 pub mod gauges;
+mod requests;
 pub mod run;
 pub mod service;
 

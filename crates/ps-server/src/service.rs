@@ -6,12 +6,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ember_core::codec::Compression;
 use ember_core::TableSpec;
 use ember_proto::v1::parameter_server_server::ParameterServer;
 use ember_proto::v1::{self, DenseValues};
 use ember_proto::{f32s_to_bytes, ConvertError};
-use ember_store::{CheckpointKind, Checkpointer, DensePush, PushOutcome, Store, StoreError};
+use ember_store::{CheckpointKind, Checkpointer, DensePush, Store, StoreError};
 use metrics::{counter, gauge, histogram};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -19,6 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::clocks::ClockBoard;
 use crate::error::status_of;
 use crate::gauges::record_table_gauges;
+use crate::requests::{check_tables, encoding_of, pull_reply, push_reply};
 use ember_core::Refusal;
 
 /// The service over one store.
@@ -94,62 +94,6 @@ fn observe<T>(
     counter!("ember_ps_keys_total", "method" => method).increment(keys as u64);
     histogram!("ember_ps_request_duration_seconds", "method" => method).record(started.elapsed().as_secs_f64());
     result.map(Response::new)
-}
-
-/// The codec a push names; an unknown encoding number is InvalidArgument.
-fn encoding_of(wire: i32) -> Result<Compression, Status> {
-    match v1::GradientEncoding::try_from(wire) {
-        Ok(v1::GradientEncoding::F32) => Ok(Compression::None),
-        Ok(v1::GradientEncoding::Fp16) => Ok(Compression::Fp16),
-        Ok(v1::GradientEncoding::Onebit) => Ok(Compression::Onebit),
-        Err(_) => Err(status_of(&Refusal::invalid(format!("unknown gradient encoding {wire}")))),
-    }
-}
-
-/// Most tables one multi-table or dense request may name.
-const MAX_TABLES_PER_REQUEST: usize = 256;
-
-/// Bounds the work of a request that names several tables: each at most once (a pull that
-/// listed one table 200 times took a server from 16 MB to 1.68 GB), at most
-/// [`MAX_TABLES_PER_REQUEST`] of them, and `keys` x tables within the server's key limit.
-fn check_tables<'a>(names: impl ExactSizeIterator<Item = &'a str>, keys: usize, max_keys: usize) -> Result<(), Status> {
-    let n = names.len();
-    if n > MAX_TABLES_PER_REQUEST {
-        return Err(status_of(&Refusal::invalid(format!(
-            "{n} tables in one request; the limit is {MAX_TABLES_PER_REQUEST}"
-        ))));
-    }
-    let mut seen = std::collections::HashSet::with_capacity(n);
-    for name in names {
-        if !seen.insert(name) {
-            return Err(status_of(&Refusal::invalid(format!("table {name:?} is named twice in one request"))));
-        }
-    }
-    let total = keys.saturating_mul(n);
-    if total > max_keys {
-        return Err(status_of(&StoreError::BatchTooLarge { got: total, limit: max_keys }));
-    }
-    Ok(())
-}
-
-/// The reply to a pull of one table.
-fn pull_reply(rows: ember_store::Rows) -> v1::PullResponse {
-    v1::PullResponse { dim: rows.dim, values: f32s_to_bytes(rows.values), version: rows.version }
-}
-
-/// The reply to a push to `table`, whose staleness goes into the histogram.
-fn push_reply(table: &str, out: PushOutcome) -> v1::PushResponse {
-    histogram!("ember_ps_push_staleness", "table" => table.to_string()).record(out.staleness as f64);
-    if out.rows_rejected > 0 {
-        counter!("ember_ps_rejected_nonfinite_total", "table" => table.to_string()).increment(out.rows_rejected);
-    }
-    v1::PushResponse {
-        rows_updated: out.rows_updated,
-        version: out.version,
-        staleness: out.staleness,
-        buffered: out.buffered,
-        rows_rejected: out.rows_rejected,
-    }
 }
 
 #[tonic::async_trait]
