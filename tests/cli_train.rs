@@ -318,3 +318,28 @@ fn demo_trains_checkpoints_restores_serves_and_writes_report_and_plot() {
     let png = std::fs::read(dir.path().join("curves.png")).unwrap();
     assert_eq!(&png[..4], b"\x89PNG");
 }
+
+#[test]
+fn gen_data_writes_a_stream_of_windows_and_refuses_a_bad_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("stream");
+    let run = |extra: &[&str]| {
+        Command::new(EMBER)
+            .args(["gen-data", "--stream", "--windows", "3", "--rows", "200", "--out"])
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let done = run(&["--poison", "1..1"]);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(String::from_utf8_lossy(&done.stdout).contains("wrote 3 windows of 200 rows"));
+    for n in 0..3 {
+        let rows = std::fs::read_to_string(out.join(format!("part-{n:06}.tsv"))).unwrap();
+        assert_eq!(rows.lines().count(), 200);
+    }
+    let bad = run(&["--poison", "5..2"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("--poison") && err.contains("empty range") && !err.contains("panicked"), "{err}");
+}

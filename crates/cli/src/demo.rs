@@ -62,7 +62,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             let mut out = std::io::BufWriter::new(std::fs::File::create(&data)?);
             let mut o = std::io::BufWriter::new(std::fs::File::create(&oracle)?);
             ember_worker::synth::generate(
-                ember_worker::synth::SynthConfig { rows: args.rows, seed: 1 },
+                ember_worker::synth::SynthConfig { rows: args.rows, seed: 1, window: None },
                 &mut out,
                 Some(&mut o),
             )?;

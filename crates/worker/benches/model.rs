@@ -54,7 +54,12 @@ fn parse_benches(c: &mut Criterion) {
     use ember_core::job::{DataFormat, DataSpec};
     use ember_worker::reader::LineParser;
     let mut data = Vec::new();
-    ember_worker::synth::generate(ember_worker::synth::SynthConfig { rows: 4096, seed: 1 }, &mut data, None).unwrap();
+    ember_worker::synth::generate(
+        ember_worker::synth::SynthConfig { rows: 4096, seed: 1, window: None },
+        &mut data,
+        None,
+    )
+    .unwrap();
     let text = String::from_utf8(data).unwrap();
     let spec =
         DataSpec { format: DataFormat::Criteo, paths: vec![], test_split: 0.1, max_bad_ratio: 0.0, schema: None };

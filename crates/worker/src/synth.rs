@@ -7,6 +7,11 @@
 //! represent them exactly, an LR cannot). Weights are pure functions of (seed, field, value): the
 //! same seed always gives the same model. The oracle file holds sigmoid(logit) per row, so the best
 //! achievable AUC on a sample is known.
+//!
+//! A [`Window`] makes the rows one window of a time-ordered stream whose hidden model drifts: a
+//! share of the weights moves linearly from one draw to another over the stream, the large
+//! categorical fields' ids slide (new ids appear, old ones fade), and a poisoned window's labels
+//! are flipped. Window 0 of a stream without drift is the plain generator's model.
 
 use std::io::Write;
 
@@ -14,6 +19,8 @@ use ember_core::eval::sigmoid;
 use ember_core::{mix64, Initializer, SplitMix64, Zipf};
 
 use crate::features::bucketize;
+
+pub mod stream;
 
 /// Distinct values per categorical field (capped real Criteo cardinalities, scaled down).
 const CARDINALITY: [u64; 26] = [
@@ -36,7 +43,28 @@ pub struct SynthConfig {
     pub rows: u64,
     /// Seeds both the hidden model and the sampling.
     pub seed: u64,
+    /// Where in a drifting stream these rows are (None: the plain, fixed model).
+    pub window: Option<Window>,
 }
+
+/// One window of a drifting stream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    /// The window's number (it also seeds the window's sampling).
+    pub index: u64,
+    /// Position in the stream, 0 at its start and 1 at its end: how far drifting weights have
+    /// moved.
+    pub progress: f32,
+    /// Share (0..=1) of the weights that drift.
+    pub drift: f32,
+    /// How far the large categorical fields' ids slide per window.
+    pub id_shift: u64,
+    /// Labels flipped (a poisoned source).
+    pub poisoned: bool,
+}
+
+/// Categorical fields with at least this many values slide their ids in a stream.
+const SLIDING_CARDINALITY: u64 = 10_000;
 
 /// What was generated.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,6 +80,24 @@ fn weight(seed: u64, field: usize, value: u64, stddev: f32) -> f32 {
     let mut w = [0f32];
     Initializer::Normal { mean: 0.0, stddev }.fill(mix64(seed ^ field as u64), value, &mut w);
     w[0]
+}
+
+/// The weight at a point of a drifting stream: the drifting share moves linearly from its first
+/// draw to a second, independent one.
+fn weight_at(seed: u64, field: usize, value: u64, stddev: f32, window: Option<&Window>) -> f32 {
+    let w0 = weight(seed, field, value, stddev);
+    match window {
+        Some(w) if w.drift > 0.0 => {
+            let pick = mix64(seed ^ 0xd21f7 ^ ((field as u64) << 40) ^ value) >> 11;
+            if (pick as f64) < f64::from(w.drift) * (1u64 << 53) as f64 {
+                let w1 = weight(seed ^ 0xd21f7, field, value, stddev);
+                w0 + (w1 - w0) * w.progress
+            } else {
+                w0
+            }
+        }
+        _ => w0,
+    }
 }
 
 fn factor(seed: u64, pair: usize, side: usize, value: u64) -> [f32; RANK] {
@@ -70,7 +116,8 @@ pub fn generate(
     out: &mut impl Write,
     mut oracle: Option<&mut dyn Write>,
 ) -> std::io::Result<SynthSummary> {
-    let mut rng = SplitMix64::new(mix64(config.seed ^ 0x5eed));
+    let window = config.window.as_ref();
+    let mut rng = SplitMix64::new(mix64(config.seed ^ 0x5eed ^ window.map_or(0, |w| mix64(w.index + 1))));
     let zipfs: Vec<Zipf> = CARDINALITY.iter().map(|n| Zipf::new(*n, 1.1)).collect();
     let mut positives = 0u64;
     let mut line = String::with_capacity(256);
@@ -91,7 +138,7 @@ pub fn generate(
             let x = ((0.5 + 0.25 * j as f64) + 1.3 * z).exp().floor() as i64 - 1;
             let bucket = bucketize(x);
             *value = bucket as u64;
-            logit += weight(config.seed, j, bucket as u64, 0.25);
+            logit += weight_at(config.seed, j, bucket as u64, 0.25, window);
         }
         for (c, zipf) in zipfs.iter().enumerate() {
             let field = 13 + c;
@@ -99,9 +146,12 @@ pub fn generate(
                 values[field] = u64::MAX;
                 continue;
             }
-            let rank = zipf.draw(&mut rng);
+            let mut rank = zipf.draw(&mut rng);
+            if let Some(w) = window.filter(|_| CARDINALITY[c] >= SLIDING_CARDINALITY) {
+                rank += w.index * w.id_shift;
+            }
             values[field] = rank;
-            logit += weight(config.seed, field, rank, 0.35);
+            logit += weight_at(config.seed, field, rank, 0.35, window);
         }
         for (p, (a, b)) in PAIRS.iter().enumerate() {
             if values[*a] != u64::MAX && values[*b] != u64::MAX {
@@ -110,7 +160,8 @@ pub fn generate(
             }
         }
         let prob = sigmoid(logit);
-        let label = u8::from(rng.next_f32() < prob);
+        let clicked = rng.next_f32() < prob;
+        let label = u8::from(clicked != window.is_some_and(|w| w.poisoned));
         positives += u64::from(label);
         line.push(char::from(b'0' + label));
         for value in values.iter().take(13) {
@@ -159,7 +210,8 @@ mod tests {
     #[test]
     fn rows_parse_as_criteo_and_the_oracle_is_informative() {
         let (mut data, mut oracle) = (Vec::new(), Vec::new());
-        let summary = generate(SynthConfig { rows: 5_000, seed: 3 }, &mut data, Some(&mut oracle)).unwrap();
+        let summary =
+            generate(SynthConfig { rows: 5_000, seed: 3, window: None }, &mut data, Some(&mut oracle)).unwrap();
         assert!((0.1..0.45).contains(&summary.positive_rate), "{summary:?}");
         let spec =
             DataSpec { format: DataFormat::Criteo, paths: vec![], test_split: 0.1, max_bad_ratio: 0.0, schema: None };
@@ -173,7 +225,7 @@ mod tests {
         assert!(best > 0.75, "the oracle must separate the classes well, AUC {best}");
         // Same seed, same data.
         let mut again = Vec::new();
-        generate(SynthConfig { rows: 5_000, seed: 3 }, &mut again, None).unwrap();
+        generate(SynthConfig { rows: 5_000, seed: 3, window: None }, &mut again, None).unwrap();
         assert_eq!(again, data);
     }
 
