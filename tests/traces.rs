@@ -124,14 +124,16 @@ fn tree(spans: &[Received], trace: &str) -> String {
 }
 
 /// A serving node over `trained`'s ps-server that traces everything to `endpoint`; returns it,
-/// its address and its `/metrics` URL.
-fn serve_traced(trained: &support::serving::Trained, endpoint: &str) -> (support::Proc, String, String) {
+/// its gRPC address, its `/metrics` URL and its REST address.
+fn serve_traced(trained: &support::serving::Trained, endpoint: &str) -> (support::Proc, String, String, String) {
     let models = trained.models.display().to_string();
     let args = [
         "serve",
         "--listen",
         "127.0.0.1:0",
         "--metrics-listen",
+        "127.0.0.1:0",
+        "--http-listen",
         "127.0.0.1:0",
         "--model-dir",
         &models,
@@ -142,8 +144,9 @@ fn serve_traced(trained: &support::serving::Trained, endpoint: &str) -> (support
         "--trace-sample-rate",
         "1",
     ];
-    let (proc, found) = support::start(&args, &["ember serve listening on ", "ember serve metrics on "]);
-    (proc, found[0].clone(), found[1].clone())
+    let (proc, found) =
+        support::start(&args, &["ember serve listening on ", "ember serve metrics on ", "ember serve http on "]);
+    (proc, found[0].clone(), found[1].clone(), found[2].clone())
 }
 
 /// `ember predict` of the hold-out rows through `serving`; returns how many answers it wrote.
@@ -170,7 +173,7 @@ async fn one_predict_is_one_trace_across_serving_and_the_ps_server() {
     })
     .await
     .unwrap();
-    let (_serve, serving, _) = serve_traced(&trained, &endpoint);
+    let (_serve, serving, _, rest) = serve_traced(&trained, &endpoint);
     assert_eq!(predict(&serving, &trained).await, trained.test_probs.len());
 
     // A Lookup on the ps-server whose parent is a Predict on serving, in the same trace.
@@ -207,14 +210,47 @@ async fn one_predict_is_one_trace_across_serving_and_the_ps_server() {
         spans.iter().filter(|s| s.service == "ember-ps" && !serving_traces.contains(&s.trace.as_str())).collect();
     assert!(orphans.is_empty(), "ps-server spans outside serving's traces: {orphans:#?}");
     assert!(!spans.iter().any(|s| s.name == "apply"), "no push was traced");
-    println!("{}", tree(&receiver.0.lock().unwrap(), &predict.trace));
+    // REST: a request carrying a sampled `traceparent` is a child of the caller's span.
+    let body = r#"{"instances": [{"I1": 3, "C1": "68fd1e64"}]}"#;
+    let request = format!(
+        "POST /v1/models/ctr:predict HTTP/1.1\r\nHost: {rest}\r\nContent-Type: application/json\r\n\
+         traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let reply = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&rest).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        reply
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.contains("predictions"), "{reply}");
+    receiver
+        .wait_for("the REST predict as the caller's child", |spans| {
+            spans
+                .iter()
+                .find(|s| {
+                    s.service == "ember-serve"
+                        && s.name == "v1/models/ctr:predict"
+                        && s.trace == "0af7651916cd43dd8448eb211c80319c"
+                        && s.parent == "b7ad6b7169203331"
+                })
+                .cloned()
+        })
+        .await;
+    let spans = receiver.0.lock().unwrap().clone();
+    println!("{}\n{}", tree(&spans, &predict.trace), tree(&spans, "0af7651916cd43dd8448eb211c80319c"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_is_down_costs_predictions_nothing_and_lost_spans_are_counted() {
     let trained = tokio::task::spawn_blocking(support::serving::train).await.unwrap();
     // Port 1 on loopback: nothing listens, every export fails.
-    let (_serve, serving, metrics) = serve_traced(&trained, "http://127.0.0.1:1");
+    let (_serve, serving, metrics, _) = serve_traced(&trained, "http://127.0.0.1:1");
     for _ in 0..3 {
         assert_eq!(predict(&serving, &trained).await, trained.test_probs.len(), "every prediction answered");
     }
@@ -226,11 +262,7 @@ async fn a_collector_that_is_down_costs_predictions_nothing_and_lost_spans_are_c
         })
         .await
         .unwrap();
-        let dropped: f64 = text
-            .lines()
-            .filter(|l| l.starts_with("ember_trace_spans_dropped_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let dropped = support::counter(&text, "ember_trace_spans_dropped_total", &[]);
         if dropped > 0.0 {
             assert!(!text.contains("ember_trace_spans_exported_total"), "nothing was exported: {text}");
             break;

@@ -4,7 +4,8 @@
 //! answers `{"predictions": [0.12, ...], "model_version": 7}`;
 //! `POST /v1/models/{name}/versions/{v}:predict` asks version `v` (one held in memory);
 //! `GET /v1/models/{name}` answers the model's status. An unknown model or version is a 404. A value may be a string or a number (written as training data writes it);
-//! null means missing; anything else is a 400 naming the sample and field.
+//! null means missing; anything else is a 400 naming the sample and field. Requests are traced
+//! like gRPC ones (`ember_proto::trace`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,6 +27,8 @@ pub fn router(models: Arc<Models>) -> Router {
         .route("/v1/models/{target}", get(status).post(predict))
         .route("/v1/models/{name}/versions/{target}", axum::routing::post(predict_version))
         .with_state(models)
+        // A span per request, child of the caller's `traceparent` (as on the gRPC port).
+        .layer(ember_proto::trace::TraceLayer)
 }
 
 fn reply(code: StatusCode, body: Value) -> Response {
