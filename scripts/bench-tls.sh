@@ -14,8 +14,18 @@ ROUNDS="${1:-3}"; SECS="${2:-5}"
 EMBER="${EMBER:-$ROOT/target/release/ember}"
 [ -x "$EMBER" ] || (cd "$ROOT" && cargo build --release -p ember-cli)
 WORK="$(mktemp -d /tmp/ember-tls.XXXXXX)"
-PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+OUT="$WORK"
+# shellcheck source=scripts/ps-lib.sh
+. "$ROOT/scripts/ps-lib.sh"
+# Stop the servers and wait for them (a ps-server writes a last checkpoint) before removing WORK.
+cleanup() {
+  stop_started
+  for p in $(cat "$OUT/pids" 2>/dev/null); do
+    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
 
 # A CA and one certificate for 127.0.0.1, for servers and clients alike.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench CA" \
@@ -32,18 +42,6 @@ echo "ps: plaintext (A) vs TLS (B)" >&2
 PS_JSON="$(A_BIN="$EMBER" B_BIN="$EMBER" B_PS="$TLS_SERVER" B_CLIENT="$TLS_CLIENT" ROUNDS="$ROUNDS" SECS="$SECS" \
   "$ROOT/scripts/bench-ab.sh" | tail -1)"
 
-# start NAME PREFIX CMD...: runs CMD in the background, echoes what follows PREFIX on its stdout.
-start() {
-  local name="$1" prefix="$2"; shift 2
-  "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
-  PIDS+=($!)
-  for _ in $(seq 1 600); do
-    local v; v=$(sed -n "s/^$prefix//p" "$WORK/$name.out" | head -1)
-    [ -n "$v" ] && { echo "$v"; return 0; }
-    sleep 0.1
-  done
-  echo "$name did not start (see $WORK/$name.log)" >&2; exit 1
-}
 echo "serve: training a DeepFM on 20k synthetic rows to serve" >&2
 "$EMBER" gen-data --rows 20000 --out "$WORK/data.tsv" >/dev/null
 PS=$(start ps "ember ps listening on " "$EMBER" ps --listen 127.0.0.1:0 --data-dir "$WORK/ps" --checkpoint-every 0)

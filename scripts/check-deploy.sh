@@ -14,8 +14,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EMBER=${1:?usage: scripts/check-deploy.sh EMBER_BINARY}
-TOOLS=${EMBER_TOOLS:-/var/tmp/ember-tools}
-VENV="$TOOLS/deploy-venv"
 PINS="kubernetes-validate==1.37.0 checkov==3.3.30 cryptography==51.0.1 PyYAML==6.0.4"
 
 if ! kubectl kustomize --help >/dev/null 2>&1; then
@@ -25,15 +23,9 @@ if ! kubectl kustomize --help >/dev/null 2>&1; then
   $SUDO apt-get update -q >&2
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends kubernetes-client >&2
 fi
-if [ "$(cat "$VENV/pins" 2>/dev/null)" != "$PINS" ]; then
-  echo "check-deploy: installing $PINS into $VENV" >&2
-  rm -rf "$VENV"
-  mkdir -p "$TOOLS"
-  python3 -m venv "$VENV"
-  # shellcheck disable=SC2086
-  "$VENV/bin/pip" install -q --disable-pip-version-check $PINS >&2
-  echo "$PINS" >"$VENV/pins"
-fi
+# shellcheck source=scripts/venv-lib.sh
+. scripts/venv-lib.sh
+ensure_venv deploy-venv "$PINS"
 
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT

@@ -27,7 +27,7 @@ WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 TOKENS = {role: f"{role}-token-{'x' * 24}" for role in ("admin", "worker", "serving", "reader")}
 
 
-def make_secrets(root):
+def make_secrets():
     """The Secrets the overlays expect (docs/deploy.md): name -> key -> file contents."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -88,7 +88,7 @@ class Checker:
     def __init__(self, ember, docs, root):
         self.ember = ember
         self.root = root
-        self.secrets = make_secrets(root)
+        self.secrets = make_secrets()
         self.configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d and d["kind"] == "ConfigMap"}
         self.failures = []
         self.checked = 0

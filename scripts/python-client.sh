@@ -6,18 +6,10 @@
 # versions; the package itself is rebuilt on every run, so it always matches proto/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TOOLS=${EMBER_TOOLS:-/var/tmp/ember-tools}
-VENV="$TOOLS/python-client-venv"
 PINS="grpcio==1.85.4 grpcio-tools==1.85.4 protobuf==7.36.2 setuptools==84.2.1 wheel==0.48.0"
-if [ "$(cat "$VENV/pins" 2>/dev/null)" != "$PINS" ]; then
-  echo "python-client: installing $PINS into $VENV" >&2
-  rm -rf "$VENV"
-  mkdir -p "$TOOLS"
-  python3 -m venv "$VENV"
-  # shellcheck disable=SC2086
-  "$VENV/bin/pip" install -q --disable-pip-version-check $PINS >&2
-  echo "$PINS" >"$VENV/pins"
-fi
+# shellcheck source=scripts/venv-lib.sh
+. scripts/venv-lib.sh
+ensure_venv python-client-venv "$PINS"
 # The build's requirements (setuptools, grpcio-tools) are the venv's own: no second download.
 "$VENV/bin/pip" install -q --disable-pip-version-check --no-build-isolation --no-deps --force-reinstall \
   ./clients/python >&2

@@ -50,8 +50,9 @@ pub struct GenDataArgs {
     /// Seed of the hidden model and the sampling.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Also write each row's true click probability here, one per line.
-    #[arg(long)]
+    /// Also write each row's true click probability here, one per line (--stream writes its
+    /// oracle files under --out).
+    #[arg(long, conflicts_with = "stream")]
     oracle: Option<PathBuf>,
 }
 
@@ -80,7 +81,6 @@ pub fn run(args: GenDataArgs) -> anyhow::Result<()> {
             serving_log: args.serving_log,
             label_delay_ms: args.label_delay_seconds.saturating_mul(1000),
         };
-        anyhow::ensure!(args.oracle.is_none(), "--stream writes its oracle files under --out; drop --oracle");
         let summary = write_stream(&args.out, &spec).with_context(|| format!("writing {}", args.out.display()))?;
         println!(
             "wrote {} windows of {} rows to {} ({:.1}% positive)",

@@ -18,6 +18,7 @@
 pub mod codec;
 pub mod error_code;
 pub mod eval;
+pub mod files;
 pub mod hash;
 pub mod init;
 pub mod job;

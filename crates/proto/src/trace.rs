@@ -21,10 +21,11 @@
 //! does not export traces pays one relaxed atomic load per request. Spans go to the `tracing`
 //! target [`TARGET`]; the binary's OpenTelemetry layer exports them, its log output skips them.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
+use ember_core::SplitMix64;
 use opentelemetry::propagation::{Extractor, Injector};
 use tonic::codegen::http;
 use tracing::instrument::{Instrument, Instrumented};
@@ -51,27 +52,22 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// Whether a new root trace is sampled: a per-thread splitmix64 stream against the threshold.
+/// Whether a new root trace is sampled: a per-thread SplitMix64 stream against the threshold.
 fn sample_root() -> bool {
     thread_local! {
-        static STATE: Cell<u64> = Cell::new(seed());
+        static DRAWS: RefCell<SplitMix64> = RefCell::new(SplitMix64::new(seed()));
     }
     let threshold = THRESHOLD.load(Ordering::Relaxed);
-    if threshold == u64::MAX {
-        return true;
-    }
-    let draw = STATE.with(|s| {
-        let next = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-        s.set(next);
-        ember_core::hash::mix64(next)
-    });
-    draw < threshold
+    threshold == u64::MAX || DRAWS.with(|d| d.borrow_mut().next_u64()) < threshold
 }
 
+/// A different seed per thread and process: the clock mixed with the thread's id.
 fn seed() -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::thread::current().id().hash(&mut h);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let local = 0u8;
-    nanos ^ (std::ptr::addr_of!(local) as u64)
+    ember_core::mix64(nanos ^ h.finish())
 }
 
 fn internal(name: &'static str, kind: &'static str) -> tracing::Span {

@@ -44,16 +44,8 @@ impl Snapshot {
 
 pub(crate) fn write_state(path: &Path, persisted: &Persisted) -> Result<(), SchedulerError> {
     let err = |reason: String| SchedulerError::State { path: path.to_path_buf(), reason };
-    let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec(persisted).map_err(|e| err(e.to_string()))?;
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| err(e.to_string()))
+    ember_core::files::write_atomically(path, &bytes).map_err(|e| err(e.to_string()))
 }
 
 pub(crate) fn unix_ms() -> u64 {

@@ -15,8 +15,9 @@
 //!
 //! Window N's rows carry times in `[start + N * window, start + (N + 1) * window)`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use ember_core::files::write_atomically;
 
 use super::{generate, SynthConfig, Window};
 
@@ -60,17 +61,6 @@ fn part(dir: &Path, n: u64, ext: &str) -> PathBuf {
     dir.join(format!("part-{n:06}.{ext}"))
 }
 
-/// Writes `bytes` to `path` through a dot-named temporary file in the same directory, renamed
-/// into place once complete.
-fn publish(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 /// Writes the stream into `dir` (created if missing).
 pub fn write_stream(dir: &Path, spec: &StreamSpec) -> std::io::Result<StreamSummary> {
     let invalid = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, m.to_string());
@@ -97,13 +87,13 @@ pub fn write_stream(dir: &Path, spec: &StreamSpec) -> std::io::Result<StreamSumm
         let (mut rows, mut oracle) = (Vec::new(), Vec::new());
         let config = SynthConfig { rows: spec.rows_per_window, seed: spec.seed, window: Some(window) };
         generate(config, &mut rows, Some(&mut oracle))?;
-        publish(&part(&dir.join("oracle"), n, "txt"), &oracle)?;
+        write_atomically(&part(&dir.join("oracle"), n, "txt"), &oracle)?;
         let text = String::from_utf8_lossy(&rows);
         summary.rows += spec.rows_per_window;
         summary.positives += text.lines().filter(|l| l.starts_with('1')).count() as u64;
         if !spec.serving_log {
             let path = part(dir, n, "tsv");
-            publish(&path, &rows)?;
+            write_atomically(&path, &rows)?;
             summary.files.push(path);
             continue;
         }
@@ -123,15 +113,15 @@ pub fn write_stream(dir: &Path, spec: &StreamSpec) -> std::io::Result<StreamSumm
             }
         }
         let path = part(&dir.join("predictions"), n, "jsonl");
-        publish(&path, predictions.as_bytes())?;
+        write_atomically(&path, predictions.as_bytes())?;
         summary.files.push(path);
         let (now, later): (Vec<_>, Vec<_>) = late_labels.drain(..).partition(|(w, _, _)| *w <= n);
         late_labels = later;
-        publish(&part(&dir.join("labels"), n, "jsonl"), lines(&now).as_bytes())?;
+        write_atomically(&part(&dir.join("labels"), n, "jsonl"), lines(&now).as_bytes())?;
     }
     // Clicks after the last window's end: one more labels file.
     if spec.serving_log && !late_labels.is_empty() {
-        publish(&part(&dir.join("labels"), spec.windows, "jsonl"), lines(&late_labels).as_bytes())?;
+        write_atomically(&part(&dir.join("labels"), spec.windows, "jsonl"), lines(&late_labels).as_bytes())?;
     }
     let manifest = serde_json::json!({
         "windows": spec.windows, "rows_per_window": spec.rows_per_window, "seed": spec.seed,
@@ -140,7 +130,7 @@ pub fn write_stream(dir: &Path, spec: &StreamSpec) -> std::io::Result<StreamSumm
         "start_ms": spec.start_ms, "window_ms": spec.window_ms, "serving_log": spec.serving_log,
         "label_delay_ms": spec.label_delay_ms, "rows": summary.rows, "positives": summary.positives,
     });
-    publish(&dir.join("stream.json"), format!("{manifest:#}\n").as_bytes())?;
+    write_atomically(&dir.join("stream.json"), format!("{manifest:#}\n").as_bytes())?;
     Ok(summary)
 }
 
