@@ -1,4 +1,5 @@
-//! Cluster subcommands: `ember scheduler`, `ember worker`, `ember submit`, `ember status`.
+//! Cluster subcommands: `ember scheduler`, `ember worker`, `ember submit`, `ember status`,
+//! `ember stop`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,10 @@ pub struct SchedulerArgs {
     data: DataRootArgs,
     #[command(flatten)]
     security: ServerSecurityArgs,
+    /// Serve Prometheus metrics (per job: window AUC, logloss, positive rate, examples/s, lag)
+    /// on this address at /metrics.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Trace export (`--otlp-endpoint`).
     #[command(flatten)]
     pub trace: crate::otlp::TraceArgs,
@@ -75,6 +80,10 @@ pub async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     println!("ember scheduler listening on {}", listener.local_addr()?);
+    if let Some(addr) = args.metrics_listen {
+        let bound = observability::serve_metrics(addr, &security).await?;
+        println!("ember scheduler metrics on {}://{bound}/metrics", crate::https::scheme(&security));
+    }
     let config = ember_scheduler::SchedulerConfig {
         state_dir: args.state_dir,
         lease: Duration::from_millis(args.lease_ms),
@@ -158,6 +167,26 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Arguments of `ember stop`.
+#[derive(Debug, clap::Args)]
+pub struct StopArgs {
+    /// The job.
+    job: String,
+    /// The scheduler's address.
+    #[arg(long)]
+    scheduler: String,
+    #[command(flatten)]
+    security: ClientSecurityArgs,
+}
+
+/// Stops a follow job.
+pub async fn stop(args: StopArgs) -> anyhow::Result<()> {
+    let scheduler = SchedulerClient::connect(&args.scheduler, &args.security.credentials()?).await?;
+    scheduler.stop(&args.job).await?;
+    println!("{}: stopping (no new file is taken; the windows found are trained, then it ends)", args.job);
+    Ok(())
+}
+
 /// Arguments of `ember status`.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -217,6 +246,10 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                     "published": j.published.iter().map(|p| serde_json::json!({
                         "version": p.version, "rows_trained": p.rows_trained,
                     })).collect::<Vec<_>>(),
+                    "follow": j.follow.then(|| serde_json::json!({
+                        "files_found": j.files_found, "rows_found": j.rows_found, "lag_rows": j.lag_rows,
+                        "lag_seconds": j.lag_seconds, "stopping": j.stopping,
+                    })),
                 })
             })
             .collect();
@@ -230,8 +263,17 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             String::new()
         };
         let error = if j.error.is_empty() { String::new() } else { format!(", error: {}", j.error) };
+        let follow = if j.follow {
+            let stopping = if j.stopping { ", stopping" } else { "" };
+            format!(
+                ", following: {} files found, lag {} rows / {:.1} s{stopping}, window AUC {:.4}",
+                j.files_found, j.lag_rows, j.lag_seconds, j.recent_auc
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "{} {:?} {}: {}/{} items, {} rows trained, {} bad lines, progressive logloss {:.4}{test}{error}",
+            "{} {:?} {}: {}/{} items, {} rows trained, {} bad lines, progressive logloss {:.4}{follow}{test}{error}",
             j.job_id,
             j.name,
             state_name(j.state),

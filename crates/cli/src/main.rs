@@ -59,6 +59,8 @@ enum Command {
     Submit(cluster_cmds::SubmitArgs),
     /// Show jobs' progress and results.
     Status(cluster_cmds::StatusArgs),
+    /// Stop a job that follows a stream: it takes no new file, trains what it found and ends.
+    Stop(cluster_cmds::StopArgs),
     /// Load generators that print JSON figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -249,6 +251,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Worker(args) => cluster_cmds::worker(args).await,
             Command::Submit(args) => cluster_cmds::submit(args).await,
             Command::Status(args) => cluster_cmds::status(args).await,
+            Command::Stop(args) => cluster_cmds::stop(args).await,
             Command::GenData(args) => gen_data::run(args),
             Command::Checkpoint(args) => store_cmds::checkpoint(args).await,
             Command::Export(args) => store_cmds::export(args).await,

@@ -229,7 +229,7 @@ impl SampleReader {
             other => anyhow::bail!("the served model's data format {other:?} is unknown to this build"),
         };
         let parser = matches!(format, DataFormat::Libsvm | DataFormat::Libffm).then(|| {
-            let spec = DataSpec { format, paths: Vec::new(), test_split: 0.0, max_bad_ratio: 1.0, schema: None };
+            let spec = DataSpec { test_split: 0.0, max_bad_ratio: 1.0, ..DataSpec::of(format, None) };
             LineParser::new(&spec, &[]).expect("sparse formats need no header")
         });
         Ok(Self {

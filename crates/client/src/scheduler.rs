@@ -67,6 +67,13 @@ impl SchedulerClient {
         Ok(self.inner.clone().job_status(req).await.map_err(self.err())?.into_inner().jobs)
     }
 
+    /// Stops a follow job: it takes no new file, trains what it found and ends.
+    pub async fn stop(&self, job_id: &str) -> Result<(), ClientError> {
+        let req = v1::StopJobRequest { job_id: job_id.to_string() };
+        self.inner.clone().stop_job(req).await.map_err(self.err())?;
+        Ok(())
+    }
+
     /// The next work item for `member_id`, if one is ready.
     pub async fn next_work(&self, member_id: &str) -> Result<Option<v1::WorkItem>, ClientError> {
         let req = v1::NextWorkRequest { member_id: member_id.to_string() };

@@ -161,6 +161,63 @@ pub struct DataSpec {
     pub max_bad_ratio: f64,
     /// CSV only: what each column is.
     pub schema: Option<CsvSchema>,
+    /// `files` (read once) or `follow` (a directory that keeps receiving files).
+    #[serde(default)]
+    pub source: DataSource,
+    /// A `follow` source's settings.
+    #[serde(default)]
+    pub follow: FollowSpec,
+}
+
+impl DataSpec {
+    /// `format` with no paths and every other key at its default (for readers built outside a
+    /// job: benches, serving's request parsing, fuzzing).
+    pub fn of(format: DataFormat, schema: Option<CsvSchema>) -> Self {
+        Self {
+            format,
+            paths: Vec::new(),
+            test_split: default_test_split(),
+            max_bad_ratio: default_max_bad_ratio(),
+            schema,
+            source: DataSource::default(),
+            follow: FollowSpec::default(),
+        }
+    }
+}
+
+/// Where a job's rows come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataSource {
+    /// The files `paths` matches when the job is submitted, read once (per epoch).
+    #[default]
+    Files,
+    /// Files matching `paths` as they keep arriving (as a stream processor's file sink writes
+    /// them: a file counts once it is renamed into place; names starting with `.` or `_` are
+    /// in progress), each read once in name order, until `ember stop` or
+    /// `follow.idle_seconds` without a new file. No hold-out split: every window is evaluated
+    /// before it is trained on.
+    Follow,
+}
+
+/// How a `follow` source polls and cuts its files.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FollowSpec {
+    /// How often the scheduler looks for new files, in milliseconds.
+    pub poll_ms: u64,
+    /// A work item (a window) holds at most this many rows; a file is cut into windows, and
+    /// no window spans two files.
+    pub window_rows: u64,
+    /// The job ends once every file found is trained and no new one has appeared for this
+    /// long (0: never; the job runs until `ember stop`).
+    pub idle_seconds: f64,
+}
+
+impl Default for FollowSpec {
+    fn default() -> Self {
+        Self { poll_ms: 500, window_rows: 65_536, idle_seconds: 0.0 }
+    }
 }
 
 /// Column roles of a CSV file. Every header column must be named in exactly one role.
@@ -384,6 +441,29 @@ mod tests {
             (format!("{LR}\n[optimizer.dense]\nkind = \"sgd\"\nlearning_rate = 0.1\n"), "optimizer.dense"),
             (LR.replace("kind = \"lr\"", "kind = \"lr\"\nembedding_dim = 16"), "embedding_dim"),
             (format!("{LR}\n# {}\n", "x".repeat(limits::JOB_BYTES)), "bytes"),
+        ];
+        for (text, word) in cases {
+            let err = JobSpec::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(word), "expected {word:?} in: {err}");
+        }
+    }
+
+    #[test]
+    fn a_follow_source_parses_and_refuses_what_it_cannot_honour() {
+        let follow = LR.replace("paths = [\"a.tsv\"]", "paths = [\"d/part-*\"]\nsource = \"follow\"");
+        let job = JobSpec::from_toml(&follow).unwrap();
+        assert_eq!((job.data.source, job.data.follow), (DataSource::Follow, FollowSpec::default()));
+        let tuned = format!("{follow}\n[data.follow]\nwindow_rows = 1000\nidle_seconds = 30\n");
+        assert_eq!(JobSpec::from_toml(&tuned).unwrap().data.follow.window_rows, 1000);
+        let cases = [
+            (follow.replace("source", "test_split = 0.1\nsource"), "test_split"),
+            (format!("{follow}\n[training]\nepochs = 2\n"), "epochs"),
+            (format!("{follow}\n[data.follow]\nwindow_rows = 0\n"), "window_rows"),
+            (format!("{follow}\n[data.follow]\npoll_ms = 1\n"), "poll_ms"),
+            (format!("{follow}\n[data.follow]\nidle_seconds = -1.0\n"), "idle_seconds"),
+            (format!("{follow}\n[data.follow]\nwindow = 5\n"), "window"),
+            (format!("{LR}\n[data.follow]\npoll_ms = 100\n"), "source = \"follow\""),
+            (LR.replace("paths", "source = \"kafka\"\npaths"), "kafka"),
         ];
         for (text, word) in cases {
             let err = JobSpec::from_toml(&text).unwrap_err().to_string();

@@ -39,7 +39,7 @@ pub const TARGETS: &[(&str, Target)] = &[
 ];
 
 fn read_all(format: DataFormat, schema: Option<CsvSchema>, data: &[u8]) {
-    let spec = DataSpec { format, paths: Vec::new(), test_split: 0.1, max_bad_ratio: 1.0, schema };
+    let spec = DataSpec { max_bad_ratio: 1.0, ..DataSpec::of(format, schema) };
     let Ok(parser) = LineParser::new(&spec, &[]) else { return };
     let mut rows = 0usize;
     let bad = read_from(&mut Cursor::new(data), Path::new("fuzz"), &parser, 1, 64, |batch| {

@@ -4,6 +4,8 @@
 //! - [`state`]: every decision, in plain Rust with the clock passed in (unit-tested without a
 //!   network or sleeps).
 //! - [`plan`]: splitting a job's files into line-aligned byte ranges.
+//! - `actions`: what decisions set off outside the state (checkpoints, versions) and the
+//!   listings of follow sources.
 //! - [`publish`]: a model version from the dense tables the ps-servers hold, into a model dir.
 //! - [`report`]: a job's figures from the workers' reports, and the JSON report built from them.
 //! - [`service`]: the `ember.v1.Scheduler` gRPC adapter (decode, lock, call, map the error).
@@ -12,6 +14,7 @@
 //! Planning (file scans) runs before the lock is taken, and a persister task writes the state's
 //! snapshots off the lock, at most every [`PERSIST_EVERY`].
 
+mod actions;
 pub mod plan;
 pub mod publish;
 pub mod report;
@@ -67,6 +70,7 @@ pub async fn serve(
         })
     };
     let persister = tokio::spawn(persist_every(Arc::clone(&state), PERSIST_EVERY));
+    let follower = tokio::spawn(actions::follow_sources(Arc::clone(&state), config.credentials.clone()));
     let (health, health_service) = tonic_health_reporter().await;
     let service = SchedulerService::new(Arc::clone(&state), config.credentials);
     let result = builder
@@ -77,6 +81,7 @@ pub async fn serve(
     drop(health);
     reaper.abort();
     persister.abort();
+    follower.abort();
     // What the last interval changed.
     let last = state.lock().snapshot();
     if let Some(snapshot) = last {

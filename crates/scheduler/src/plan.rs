@@ -86,6 +86,26 @@ pub fn expand(patterns: &[String], roots: &ember_model::DataRoots) -> Result<Vec
     Ok(files)
 }
 
+/// The complete files matching a follow source's patterns now, sorted by name, each once,
+/// canonical: names starting with `.` or `_` are files a sink is still writing (renamed into
+/// place when complete), and no match is no error (the stream has not started yet).
+pub fn list_follow(patterns: &[String], roots: &ember_model::DataRoots) -> Result<Vec<PathBuf>, PlanError> {
+    let mut files = Vec::new();
+    for pattern in patterns {
+        roots.check_pattern(pattern)?;
+        let found = glob::glob(pattern).map_err(|_| PlanError::NoFiles(pattern.clone()))?;
+        for path in found.filter_map(Result::ok) {
+            let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with(['.', '_']));
+            if !hidden && path.is_file() {
+                files.push(roots.check(&path)?);
+            }
+        }
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
 /// Calls `each(line_start, line_len)` for every line of `path`, holding no line in memory (a
 /// 200 MB line costs a scan, not 200 MB).
 fn scan(path: &Path, mut each: impl FnMut(u64, u64)) -> Result<(), PlanError> {

@@ -321,6 +321,53 @@ pub struct JobReport {
     pub staleness: StalenessReport,
     /// Seconds workers spent waiting on their SSP clocks, summed over workers.
     pub clock_wait_seconds: f64,
+    /// A follow source's figures and its windows (absent for a job on a fixed set of files).
+    #[serde(default)]
+    pub stream: Option<StreamReport>,
+}
+
+/// A follow job's source and its windows, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamReport {
+    /// Files found so far.
+    pub files_found: u64,
+    /// Rows in them.
+    pub rows_found: u64,
+    /// Rows found and not trained yet.
+    pub lag_rows: u64,
+    /// How long the oldest of them has waited since its file was found.
+    pub lag_seconds: f64,
+    /// `ember stop` was asked.
+    pub stopping: bool,
+    /// The newest windows (at most `state::stream::MAX_WINDOWS`), oldest first.
+    pub windows: Vec<WindowRecord>,
+}
+
+/// One window, evaluated before it was trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowRecord {
+    /// The item's id.
+    pub item: u64,
+    /// Its file and first line (1-based).
+    pub file: String,
+    /// See `file`.
+    pub first_line: u64,
+    /// Rows trained.
+    pub rows: u64,
+    /// AUC of the window's progressive predictions (None with one class).
+    pub auc: Option<f64>,
+    /// Their logloss.
+    pub logloss: Option<f64>,
+    /// Share of positive labels.
+    pub positive_rate: Option<f64>,
+    /// Rows per second from hand-out to report.
+    pub examples_per_sec: f64,
+    /// Rows found and not trained yet, when the window was done.
+    pub lag_rows: u64,
+    /// How long the oldest window not trained yet had waited since its file was found.
+    pub lag_seconds: f64,
+    /// When the window was done, Unix ms.
+    pub end_unix_ms: u64,
 }
 
 /// A finite figure, or `None` (NaN and infinities are not JSON).

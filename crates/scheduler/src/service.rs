@@ -5,16 +5,16 @@ use std::time::Instant;
 
 use ember_client::Credentials;
 use ember_core::Refusal;
-use ember_model::{InputSchema, ModelDir, ModelTables};
+use ember_model::ModelTables;
 use ember_proto::auth;
 use ember_proto::v1::{self, scheduler_server::Scheduler};
 use parking_lot::Mutex;
 use tonic::{Request, Response, Status};
 
+use crate::actions;
 use crate::plan::Phase;
-use crate::publish::Publisher;
 use crate::report::{ItemStats, TableReport, Window};
-use crate::state::{CheckpointRecord, ItemReport, JobState, Publish, Role, SchedulerError, State};
+use crate::state::{unix_ms, CheckpointRecord, ItemReport, JobState, Role, SchedulerError, State};
 
 /// The service over the shared state.
 #[derive(Clone)]
@@ -67,10 +67,6 @@ fn f32s(bytes: &[u8], what: &str) -> Result<Vec<f32>, Status> {
         .ok_or_else(|| refuse(Refusal::invalid(format!("{what}: {} bytes is not a whole number of f32", bytes.len()))))
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 fn checkpoint_info(r: &CheckpointRecord) -> v1::ClusterCheckpoint {
     v1::ClusterCheckpoint {
         label: r.label,
@@ -79,66 +75,6 @@ fn checkpoint_info(r: &CheckpointRecord) -> v1::ClusterCheckpoint {
         unix_ms: r.unix_ms,
         error: r.error.clone().unwrap_or_default(),
     }
-}
-
-/// Checkpoints every ps-server of the current shard map, labeled `label`. A failure (a server
-/// down, a disk full) is recorded, not raised: the servers' previous checkpoints stand.
-async fn checkpoint_cluster(
-    state: &Mutex<State>,
-    credentials: &Credentials,
-    full: bool,
-    label: u64,
-) -> CheckpointRecord {
-    let (_, endpoints, owners) = state.lock().shard_map();
-    let record =
-        |ids: Vec<u64>, error: Option<String>| CheckpointRecord { label, full, ids, unix_ms: unix_ms(), error };
-    let Some(map) = ember_client::ShardMap::from_parts(endpoints, owners) else {
-        return record(Vec::new(), Some("no ps-server is registered".into()));
-    };
-    let result = async {
-        let client = ember_client::PsClient::connect(map, credentials).await?;
-        client.checkpoint(full, label).await
-    }
-    .await;
-    match result {
-        Ok(replies) => record(replies.iter().map(|r| r.id).collect(), None),
-        Err(e) => {
-            tracing::error!(error = %e, label, "cluster checkpoint failed");
-            record(Vec::new(), Some(e.to_string()))
-        }
-    }
-}
-
-/// Publishes job `job_id`'s model as the ps-servers of the current shard map hold it.
-async fn publish_model(
-    state: &Mutex<State>,
-    credentials: &Credentials,
-    job_id: &str,
-    due: Publish,
-) -> Result<u64, String> {
-    let (toml, (_, endpoints, owners), roots) = {
-        let s = state.lock();
-        let toml = s.jobs(Some(job_id)).map_err(|e| e.to_string())?[0].toml.clone();
-        (toml, s.shard_map(), s.data_roots().clone())
-    };
-    let spec = ember_core::JobSpec::from_toml(&toml).map_err(|e| e.to_string())?;
-    let map = ember_client::ShardMap::from_parts(endpoints, owners).ok_or("no ps-server is registered")?;
-    let (tables, specs) = ModelTables::for_job(&spec, job_id);
-    let data = spec.data.clone();
-    // A CSV file's header names its columns; reading it is file I/O, kept off the async workers.
-    let schema =
-        tokio::task::spawn_blocking(move || InputSchema::for_data(&data, || crate::plan::csv_header(&data, &roots)))
-            .await
-            .map_err(|e| e.to_string())?;
-    let publisher = Publisher::new(ModelDir::new(&spec.publish.model_dir), &spec, job_id, tables, &specs, schema);
-    let client = ember_client::PsClient::connect(map, credentials).await.map_err(|e| e.to_string())?;
-    if due.last && spec.sync.buffers() {
-        // Every train item is reported, so every push of the job has landed: what the servers
-        // still buffer (softsync's partial last round) belongs in the trained model. Workers
-        // flush it too, but only when they next ask for work, which may be after this publish.
-        client.flush_pending().await.map_err(|e| format!("applying the last softsync gradients: {e}"))?;
-    }
-    publisher.publish(&client, due.rows).await.map_err(|e| e.to_string())
 }
 
 /// A worker's figures for an item, as the state keeps them.
@@ -280,12 +216,14 @@ impl Scheduler for SchedulerService {
 
     async fn job_status(&self, req: Request<v1::JobStatusRequest>) -> Result<Response<v1::JobStatusResponse>, Status> {
         let id = req.into_inner().job_id;
+        let now_ms = unix_ms();
         let state = self.state.lock();
         let jobs = state.jobs((!id.is_empty()).then_some(id.as_str())).map_err(|e| status_of(&e))?;
         let jobs = jobs
             .into_iter()
             .map(|j| {
                 let (done, total) = j.items_progress();
+                let lag = if j.stream.is_some() { j.lag(now_ms) } else { (0, 0.0) };
                 v1::JobInfo {
                     job_id: j.id.clone(),
                     name: j.name.clone(),
@@ -313,6 +251,12 @@ impl Scheduler for SchedulerService {
                     recent_auc: j.stats.curve.last().map_or(f64::NAN, |p| p.window_auc),
                     recent_logloss: j.stats.curve.last().map_or(f64::NAN, |p| p.window_logloss),
                     recent_examples_per_sec: j.stats.curve.last().map_or(0.0, |p| p.examples_per_sec),
+                    follow: j.stream.is_some(),
+                    files_found: j.stream.as_ref().map_or(0, |s| s.files_found),
+                    rows_found: j.stream.as_ref().map_or(0, |s| s.rows_found),
+                    lag_rows: lag.0,
+                    lag_seconds: lag.1,
+                    stopping: j.stream.as_ref().is_some_and(|s| s.stopping),
                 }
             })
             .collect();
@@ -364,29 +308,7 @@ impl Scheduler for SchedulerService {
             .lock()
             .report(&r.member_id, &r.job_id, r.item_id, report, Instant::now())
             .map_err(|e| status_of(&e))?;
-        if let Some(publish) = due.publish {
-            let (state, job, credentials) = (Arc::clone(&self.state), r.job_id.clone(), self.credentials.clone());
-            tokio::spawn(async move {
-                let outcome = publish_model(&state, &credentials, &job, publish).await;
-                if let Err(e) = &outcome {
-                    tracing::error!(job = %job, rows = publish.rows, error = %e, "publishing a model version failed");
-                }
-                if let Err(e) = state.lock().record_published(&job, publish, outcome) {
-                    tracing::error!(error = %e, "recording a published version");
-                }
-            });
-        }
-        if let Some((full, label)) = due.checkpoint {
-            // Off the report's path: the worker goes on while the servers write.
-            let (state, job, credentials) = (Arc::clone(&self.state), r.job_id.clone(), self.credentials.clone());
-            tokio::spawn(async move {
-                let record = checkpoint_cluster(&state, &credentials, full, label).await;
-                tracing::info!(job = %job, label, full, ids = ?record.ids, "scheduled cluster checkpoint");
-                if let Err(e) = state.lock().record_checkpoint(&job, record) {
-                    tracing::error!(error = %e, "recording a checkpoint");
-                }
-            });
-        }
+        actions::act(&self.state, &self.credentials, &r.job_id, due);
         Ok(Response::new(v1::ReportWorkResponse {}))
     }
 
@@ -413,6 +335,14 @@ impl Scheduler for SchedulerService {
         }))
     }
 
+    async fn stop_job(&self, req: Request<v1::StopJobRequest>) -> Result<Response<v1::StopJobResponse>, Status> {
+        let job_id = req.into_inner().job_id;
+        let due = self.state.lock().stop_job(&job_id).map_err(|e| status_of(&e))?;
+        tracing::info!(%job_id, "job stopping: no new file is taken");
+        actions::act(&self.state, &self.credentials, &job_id, due);
+        Ok(Response::new(v1::StopJobResponse {}))
+    }
+
     async fn checkpoint(
         &self,
         req: Request<v1::ClusterCheckpointRequest>,
@@ -423,7 +353,7 @@ impl Scheduler for SchedulerService {
         } else {
             self.state.lock().rows_trained(&req.job_id).map_err(|e| status_of(&e))?
         };
-        let record = checkpoint_cluster(&self.state, &self.credentials, req.full, label).await;
+        let record = actions::checkpoint_cluster(&self.state, &self.credentials, req.full, label).await;
         if !req.job_id.is_empty() {
             self.state.lock().record_checkpoint(&req.job_id, record.clone()).map_err(|e| status_of(&e))?;
         }

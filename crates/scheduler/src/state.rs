@@ -10,6 +10,8 @@
 //! - A job trains every train item (per epoch), then hands out test items; it is evaluated only
 //!   once every train item is done. It fails, with the reason, when bad lines pass its
 //!   `max_bad_ratio` or a worker reports an error.
+//! - A follow job (`source = "follow"`, see `stream`) has no test items: its windows are queued
+//!   as its files are found, and it ends when stopped or idle, once every window found is trained.
 //! - Jobs are persisted (temporary file, fsync, rename); members are not (they re-register after
 //!   a scheduler restart). No change writes under the lock: a change marks the state dirty, and
 //!   [`State::snapshot`] copies it for a persister to write off the lock at a bounded rate (a
@@ -26,6 +28,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ember_core::job::DataSource;
 use ember_core::JobSpec;
 
 use crate::plan::{self, Phase, Range};
@@ -94,15 +97,27 @@ pub struct Planned {
     spec: JobSpec,
     files: Vec<PathBuf>,
     ranges: Vec<Range>,
+    header_lines: u64,
 }
 
 /// Validates a job file and splits its data into items, reading only under `roots`.
 pub fn plan_job(toml: String, roots: &ember_model::DataRoots) -> Result<Planned, SchedulerError> {
     let spec = JobSpec::from_toml(&toml)?;
-    let files = plan::expand(&spec.data.paths, roots)?;
     let header_lines = u64::from(spec.data.schema.as_ref().is_some_and(|s| s.columns.is_none()));
-    let ranges = plan::plan(&files, header_lines, spec.data.test_split, ITEM_SIZE)?;
-    Ok(Planned { toml, spec, files, ranges })
+    let ranges = match spec.data.source {
+        DataSource::Files => {
+            let files = plan::expand(&spec.data.paths, roots)?;
+            let ranges = plan::plan(&files, header_lines, spec.data.test_split, ITEM_SIZE)?;
+            return Ok(Planned { toml, spec, files, ranges, header_lines });
+        }
+        // What has arrived so far; the rest is found while the job runs.
+        DataSource::Follow => {
+            let files = plan::list_follow(&spec.data.paths, roots)?;
+            let ranges = plan::plan(&files, header_lines, 0.0, stream::window_size(&spec.data.follow))?;
+            (files, ranges)
+        }
+    };
+    Ok(Planned { toml, spec, files: ranges.0, ranges: ranges.1, header_lines })
 }
 
 /// The scheduler's state.
@@ -220,7 +235,12 @@ impl State {
 
     /// Queues a planned job; returns its id.
     pub fn add_job(&mut self, planned: Planned, now: Instant) -> Result<String, SchedulerError> {
-        let Planned { toml, spec, files, ranges } = planned;
+        let Planned { toml, spec, files, ranges, header_lines } = planned;
+        let now_ms = persist::unix_ms();
+        let stream = (spec.data.source == DataSource::Follow).then(|| {
+            let rows = ranges.iter().map(|r| r.rows).sum();
+            stream::StreamState::new(&spec, header_lines, &files, rows, now_ms)
+        });
         let (train, test): (Vec<Range>, Vec<Range>) = ranges.into_iter().partition(|r| r.phase == Phase::Train);
         let split_rows = (train.iter().map(|r| r.rows).sum::<u64>(), test.iter().map(|r| r.rows).sum::<u64>());
         let mut items = Vec::new();
@@ -231,7 +251,14 @@ impl State {
         let items = items
             .into_iter()
             .enumerate()
-            .map(|(id, range)| Item { id: id as u64, range, status: ItemStatus::Pending, holder: None })
+            .map(|(id, range)| Item {
+                id: id as u64,
+                range,
+                status: ItemStatus::Pending,
+                holder: None,
+                found_ms: now_ms,
+                assigned_ms: 0,
+            })
             .collect();
         self.persisted.next_job += 1;
         let id = format!("job-{}", self.persisted.next_job);
@@ -242,6 +269,7 @@ impl State {
             name: spec.name.clone(),
             state: JobState::Training,
             items,
+            item_base: 0,
             max_bad_ratio: spec.data.max_bad_ratio,
             rows_trained: 0,
             rows_seen: 0,
@@ -253,7 +281,12 @@ impl State {
             test_bad_lines: 0,
             cursor: 0,
             open_items: (0, 0),
-            files: files.iter().map(|f| f.display().to_string()).collect(),
+            // A follow job's files keep coming: its report names the patterns.
+            files: match &stream {
+                Some(_) => spec.data.paths.clone(),
+                None => files.iter().map(|f| f.display().to_string()).collect(),
+            },
+            stream,
             split_rows,
             rows_to_train: split_rows.0 * u64::from(spec.training.epochs),
             stats: JobStats::default(),
@@ -299,9 +332,10 @@ impl State {
                 let item = &mut job.items[index];
                 item.status = ItemStatus::Assigned;
                 item.holder = Some(member.to_string());
+                item.assigned_ms = persist::unix_ms();
                 let (item_id, range) = (item.id, item.range.clone());
                 if phase == Phase::Train && job.stats.train_started_ms.is_none() {
-                    job.stats.train_started_ms = Some(unix_ms());
+                    job.stats.train_started_ms = Some(persist::unix_ms());
                 }
                 return Ok(Some(Assignment {
                     job_id: job.id.clone(),
@@ -328,8 +362,13 @@ impl State {
         self.heartbeat(member, now)?;
         let job = self.persisted.jobs.get_mut(job_id).ok_or_else(|| SchedulerError::UnknownJob(job_id.into()))?;
         let rows_before = job.rows_trained;
-        // Item ids are their indexes.
-        let index = usize::try_from(item_id).ok().filter(|i| job.items.get(*i).is_some_and(|it| it.id == item_id));
+        // Item ids are their indexes past the pruned ones; a pruned item is done.
+        if item_id < job.item_base {
+            return Ok(Due::default());
+        }
+        let index = usize::try_from(item_id - job.item_base)
+            .ok()
+            .filter(|i| job.items.get(*i).is_some_and(|it| it.id == item_id));
         let Some(index) = index else {
             return Err(SchedulerError::UnknownJob(format!("{job_id} item {item_id}")));
         };
@@ -341,7 +380,8 @@ impl State {
         let mut report = report;
         report_check::check(item, member, &mut report).map_err(SchedulerError::BadReport)?;
         let was_training = job.state == JobState::Training;
-        let phase = item.range.phase;
+        let (phase, assigned_ms) = (item.range.phase, item.assigned_ms);
+        let range = job.stream.is_some().then(|| item.range.clone());
         job.mark_done(index);
         job.bad_lines += report.bad_lines;
         job.rows_seen += report.rows + report.bad_lines;
@@ -355,6 +395,10 @@ impl State {
                 job.rows_trained += report.rows;
                 job.loss_sum += report.loss_sum;
                 job.stats.add(member, report.stats, &report.probs, &report.labels);
+                if let Some(range) = range {
+                    job.record_window(item_id, &range, report.rows, (&report.probs, &report.labels), assigned_ms);
+                    job.prune();
+                }
             }
             Phase::Test => {
                 job.test_bad_lines += report.bad_lines;
@@ -374,10 +418,9 @@ impl State {
                 job.bad_line_samples.join("; ")
             ));
         } else {
-            if job.state == JobState::Training && job.trained() {
-                job.state = JobState::Evaluating;
-                job.stats.train_ended_ms = Some(unix_ms());
-                job.final_publish_pending = !job.publish_spec.model_dir.is_empty();
+            // A follow job's end is decided by its source (`end_if_closed` below).
+            if job.state == JobState::Training && job.trained() && job.stream.is_none() {
+                job.end_training();
             }
             job.complete_if_done();
         }
@@ -392,6 +435,7 @@ impl State {
         let publish = (publishing && (training_ended || crossed))
             .then_some(Publish { rows: job.rows_trained, last: training_ended });
         self.dirty = true;
+        let publish = publish.or(self.end_if_closed(job_id).publish);
         Ok(Due { checkpoint, publish })
     }
 
@@ -451,11 +495,15 @@ mod job;
 mod members;
 mod persist;
 mod report_check;
+pub mod stream;
 
 pub use error::SchedulerError;
 pub use job::{CheckpointRecord, Job, JobState};
 use job::{Item, ItemStatus};
+pub(crate) use persist::unix_ms;
+use persist::Persisted;
 pub use persist::Snapshot;
-use persist::{unix_ms, Persisted};
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod tests;

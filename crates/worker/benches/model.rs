@@ -61,8 +61,7 @@ fn parse_benches(c: &mut Criterion) {
     )
     .unwrap();
     let text = String::from_utf8(data).unwrap();
-    let spec =
-        DataSpec { format: DataFormat::Criteo, paths: vec![], test_split: 0.1, max_bad_ratio: 0.0, schema: None };
+    let spec = DataSpec { max_bad_ratio: 0.0, ..DataSpec::of(DataFormat::Criteo, None) };
     let parser = LineParser::new(&spec, &[]).unwrap();
     let mut group = c.benchmark_group("reader");
     group.throughput(Throughput::Elements(4096));

@@ -213,8 +213,7 @@ mod tests {
         let summary =
             generate(SynthConfig { rows: 5_000, seed: 3, window: None }, &mut data, Some(&mut oracle)).unwrap();
         assert!((0.1..0.45).contains(&summary.positive_rate), "{summary:?}");
-        let spec =
-            DataSpec { format: DataFormat::Criteo, paths: vec![], test_split: 0.1, max_bad_ratio: 0.0, schema: None };
+        let spec = DataSpec { max_bad_ratio: 0.0, ..DataSpec::of(DataFormat::Criteo, None) };
         let parser = LineParser::new(&spec, &[]).unwrap();
         let text = String::from_utf8(data.clone()).unwrap();
         let labels: Vec<f32> = text.lines().map(|l| parser.parse(l).unwrap().label).collect();

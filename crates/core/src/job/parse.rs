@@ -1,7 +1,7 @@
 //! Reading a job file: TOML into a [`JobSpec`], keys no part of the job uses refused, then every
 //! value checked against the model, the data and [`super::limits`].
 
-use super::{limits, DataFormat, JobSpec, ModelKind, JOB_VERSION};
+use super::{limits, DataFormat, DataSource, JobSpec, ModelKind, JOB_VERSION};
 
 /// Why a job file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,17 @@ impl JobSpec {
             ModelKind::Fm => (false, true),
             ModelKind::Deepfm => (true, true),
         };
+        let follow = self.data.source == DataSource::Follow;
+        if follow && section("data", "test_split") {
+            return Err(JobError::Invalid(
+                "data.test_split has no effect with source = \"follow\": a stream has no hold-out split, each \
+                 window is evaluated before it is trained on; remove it"
+                    .into(),
+            ));
+        }
+        if !follow && section("data", "follow") {
+            return Err(JobError::Invalid("[data.follow] has no effect without source = \"follow\"; remove it".into()));
+        }
         let kind = format!("{:?}", self.model.kind).to_lowercase();
         for (used, outer, inner, what) in [
             (dense, "optimizer", "dense", "dense layers"),
@@ -64,6 +75,28 @@ impl JobSpec {
                     "{outer}.{inner} has no effect: model kind {kind} has no {what}; remove it"
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// A `follow` source's bounds; it reads each file once, so one epoch.
+    fn validate_follow(&self) -> Result<(), JobError> {
+        let f = &self.data.follow;
+        let bad = |msg: String| Err(JobError::Invalid(msg));
+        if !(10..=3_600_000).contains(&f.poll_ms) {
+            return bad(format!("data.follow.poll_ms must be in 10..=3600000, got {}", f.poll_ms));
+        }
+        if !(1..=1 << 20).contains(&f.window_rows) {
+            return bad(format!("data.follow.window_rows must be in 1..=1048576, got {}", f.window_rows));
+        }
+        if !(f.idle_seconds.is_finite() && f.idle_seconds >= 0.0) {
+            return bad(format!("data.follow.idle_seconds must be >= 0, got {}", f.idle_seconds));
+        }
+        if self.data.source == DataSource::Follow && self.training.epochs != 1 {
+            return bad(format!(
+                "training.epochs = {} with a follow source: it reads each file once (epochs = 1)",
+                self.training.epochs
+            ));
         }
         Ok(())
     }
@@ -160,6 +193,7 @@ impl JobSpec {
             (f, Some(_)) if f != DataFormat::Csv => return bad(format!("data.schema is only for csv, not {f:?}")),
             _ => {}
         }
+        self.validate_follow()?;
         self.sync.validate().map_err(JobError::Invalid)?;
         let m = &self.model;
         if m.embedding_dim == 0 || m.embedding_dim > 1024 {

@@ -19,6 +19,9 @@ pub enum SchedulerError {
     /// The job's data cannot be planned.
     #[error(transparent)]
     Plan(#[from] plan::PlanError),
+    /// `ember stop` on a job that reads a fixed set of files (it ends by itself).
+    #[error("job {0:?} reads a fixed set of files and ends by itself; only a follow job can be stopped")]
+    NotStream(String),
     /// No ps-server registered yet.
     #[error("no ps-server is registered yet")]
     NoPs,
@@ -44,7 +47,7 @@ impl ember_core::HasCode for SchedulerError {
                 Code::PermissionDenied
             }
             SchedulerError::BadJob(_) | SchedulerError::Plan(_) | SchedulerError::BadReport(_) => Code::InvalidArgument,
-            SchedulerError::NoPs => Code::FailedPrecondition,
+            SchedulerError::NoPs | SchedulerError::NotStream(_) => Code::FailedPrecondition,
             // The state file could not be written (a full or failed disk): retry later.
             SchedulerError::State { .. } => Code::Unavailable,
         }

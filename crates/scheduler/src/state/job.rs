@@ -38,6 +38,12 @@ pub(crate) struct Item {
     pub(crate) status: ItemStatus,
     #[serde(skip)]
     pub(crate) holder: Option<String>,
+    /// When its file was found (follow jobs), Unix ms.
+    #[serde(default)]
+    pub(crate) found_ms: u64,
+    /// When it was last handed out, Unix ms (memory only).
+    #[serde(skip)]
+    pub(crate) assigned_ms: u64,
 }
 
 /// A job and its progress (what is persisted).
@@ -54,6 +60,12 @@ pub struct Job {
     /// State.
     pub state: JobState,
     pub(crate) items: Vec<Item>,
+    /// The id of `items[0]` (items done at the head of a follow job's queue are dropped).
+    #[serde(default)]
+    pub(crate) item_base: u64,
+    /// A follow job's source, files found and windows.
+    #[serde(default)]
+    pub stream: Option<super::stream::StreamState>,
     pub(crate) max_bad_ratio: f64,
     /// Rows trained.
     pub rows_trained: u64,
@@ -191,6 +203,15 @@ impl Job {
         self.open_items.0 == 0
     }
 
+    /// Every train item is done: evaluation starts, and the last version is due if the job
+    /// publishes.
+    pub(crate) fn end_training(&mut self) {
+        self.state = JobState::Evaluating;
+        self.stats.train_ended_ms = Some(super::persist::unix_ms());
+        self.final_publish_pending = !self.publish_spec.model_dir.is_empty();
+        self.complete_if_done();
+    }
+
     /// Succeeds once every test item is in and the final version is recorded.
     pub(crate) fn complete_if_done(&mut self) {
         let tested = self.open_items.1 == 0;
@@ -203,8 +224,11 @@ impl Job {
                 l.extend_from_slice(labels);
                 (p, l)
             });
-        self.test_auc = Some(auc(&probs, &labels));
-        self.test_logloss = Some(logloss(&probs, &labels));
+        // A follow job has no hold-out split: no test figures rather than NaN ones.
+        if !labels.is_empty() {
+            self.test_auc = Some(auc(&probs, &labels));
+            self.test_logloss = Some(logloss(&probs, &labels));
+        }
         self.state = JobState::Succeeded;
     }
 
@@ -263,6 +287,7 @@ impl Job {
             sync: spec.map(|s| format!("{:?}", s.sync.mode).to_lowercase()).unwrap_or_default(),
             staleness: StalenessReport::from(&s.staleness),
             clock_wait_seconds: s.clock_wait_seconds,
+            stream: self.stream_report(now_ms),
         }
     }
 

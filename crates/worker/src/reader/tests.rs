@@ -19,7 +19,7 @@ fn shared(rel: &str) -> Option<PathBuf> {
 }
 
 fn data_spec(format: DataFormat, paths: Vec<String>, schema: Option<CsvSchema>) -> DataSpec {
-    DataSpec { format, paths, test_split: 0.1, max_bad_ratio: 0.01, schema }
+    DataSpec { paths, ..DataSpec::of(format, schema) }
 }
 
 fn read_all(spec: &DataSpec) -> Result<(Vec<Example>, BadLines), ReadError> {

@@ -1,0 +1,132 @@
+//! A job that follows a directory, on a cluster of real processes: `ember gen-data --stream`
+//! writes a drifting stream, its files are renamed into the followed directory while the job
+//! runs (as a stream processor's file sink does), the scheduler is stopped and restarted in the
+//! middle, and `ember stop` ends the job. Every row is trained once, each window is evaluated
+//! before it is trained on, and the lag and window figures reach the scheduler's metrics.
+
+// Test harness code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+mod support;
+
+use support::{ember, http_get, start, start_one, Proc};
+
+const FILES: usize = 6;
+const ROWS: u64 = 3000;
+const WINDOW: u64 = 1000;
+
+fn status(scheduler: &str, job: &str) -> serde_json::Value {
+    let out = ember(&["status", "--scheduler", scheduler, "--job", job, "--json"]);
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone()
+}
+
+/// Polls the job's status until `done` holds for it; fails the test past `deadline`.
+fn wait_for(scheduler: &str, job: &str, deadline: Instant, done: impl Fn(&serde_json::Value) -> bool) {
+    loop {
+        let s = status(scheduler, job);
+        if done(&s) {
+            return;
+        }
+        assert!(s["state"] != "failed" && Instant::now() < deadline, "waiting: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Renames window `n` of the generated stream into the followed directory (one rename: the
+/// follower never sees half a file).
+fn arrive(generated: &Path, follow: &Path, n: usize) {
+    let name = format!("part-{n:06}.tsv");
+    std::fs::rename(generated.join(&name), follow.join(&name)).unwrap();
+}
+
+fn start_scheduler(state: &Path, listen: &str, root: &str) -> (Proc, Vec<String>) {
+    let args = ["scheduler", "--listen", listen, "--state-dir", state.to_str().unwrap(), "--lease-ms", "1500"];
+    let args: Vec<&str> = args.into_iter().chain(["--data-root", root, "--metrics-listen", "127.0.0.1:0"]).collect();
+    start(&args, &["ember scheduler listening on ", "ember scheduler metrics on "])
+}
+
+#[test]
+fn a_followed_directory_is_trained_once_across_a_scheduler_restart_until_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (generated, follow) = (dir.path().join("generated"), dir.path().join("follow"));
+    std::fs::create_dir_all(&follow).unwrap();
+    let (windows, rows) = (FILES.to_string(), ROWS.to_string());
+    let gen_args = ["gen-data", "--stream", "--windows", &windows, "--rows", &rows, "--id-shift", "500", "--out"];
+    ember(&gen_args.into_iter().chain([generated.to_str().unwrap()]).collect::<Vec<_>>());
+    for n in 0..2 {
+        arrive(&generated, &follow, n);
+    }
+    // A file still being written is not read.
+    std::fs::write(follow.join(".part-000009.tsv.inprogress"), "garbage\n").unwrap();
+
+    let root = dir.path().to_str().unwrap();
+    let state = dir.path().join("scheduler");
+    let (sched, found) = start_scheduler(&state, "127.0.0.1:0", root);
+    let addr = found[0].clone();
+    let ps_dir = dir.path().join("ps");
+    let _ps = start_one(
+        &["ps", "--listen", "127.0.0.1:0", "--data-dir", ps_dir.to_str().unwrap(), "--scheduler", &addr],
+        "ember ps listening on ",
+    );
+    let _workers: Vec<Proc> = ["w1", "w2"]
+        .iter()
+        .map(|name| {
+            start_one(&["worker", "--scheduler", &addr, "--name", name, "--data-root", root], "ember worker ").0
+        })
+        .collect();
+    let job = dir.path().join("follow.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "version = 1\nname = \"follow\"\n[data]\nformat = \"criteo\"\nsource = \"follow\"\npaths = [\"{}/part-*.tsv\"]\n\
+             [data.follow]\npoll_ms = 100\nwindow_rows = {WINDOW}\n[model]\nkind = \"lr\"\n[training]\nbatch_size = 256\n",
+            follow.display()
+        ),
+    )
+    .unwrap();
+    let id = ember(&["submit", "--scheduler", &addr, job.to_str().unwrap()]).trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    wait_for(&addr, &id, deadline, |s| s["rows_trained"] == 2 * ROWS);
+    assert_eq!(status(&addr, &id)["follow"]["lag_rows"], 0, "caught up");
+    arrive(&generated, &follow, 2);
+    wait_for(&addr, &id, deadline, |s| s["follow"]["files_found"] == 3);
+
+    // The scheduler stops (SIGTERM: its last state is written) and comes back on its address.
+    let pid = sched.0.id().to_string();
+    assert!(Command::new("sh").args(["-c", &format!("kill -TERM {pid}")]).status().unwrap().success());
+    let mut sched = sched;
+    sched.0.wait().unwrap();
+    for n in 3..FILES {
+        arrive(&generated, &follow, n);
+    }
+    let (_sched, found) = start_scheduler(&state, &addr, root);
+    wait_for(&addr, &id, deadline, |s| s["follow"]["files_found"] == FILES && s["rows_trained"] == FILES as u64 * ROWS);
+    let human = ember(&["status", "--scheduler", &addr, "--job", &id]);
+    assert!(human.contains(&format!("following: {FILES} files found, lag 0 rows")), "{human}");
+    let metrics = http_get(&found[1]);
+    let job_label = format!("job=\"{id}\"");
+    for name in ["ember_job_lag_rows", "ember_job_window_auc", "ember_job_window_positive_rate"] {
+        assert!(metrics.lines().any(|l| l.starts_with(name) && l.contains(&job_label)), "no {name} in:\n{metrics}");
+    }
+
+    ember(&["stop", &id, "--scheduler", &addr]);
+    wait_for(&addr, &id, deadline, |s| s["state"] == "succeeded");
+    let done = status(&addr, &id);
+    assert_eq!(done["rows_trained"], FILES as u64 * ROWS, "every row once: {done}");
+    let path = dir.path().join("report.json");
+    ember(&["status", "--scheduler", &addr, "--job", &id, "--report", path.to_str().unwrap()]);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let windows = report["stream"]["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), FILES * (ROWS / WINDOW) as usize, "{windows:?}");
+    assert!(windows.iter().all(|w| w["rows"] == WINDOW), "{windows:?}");
+    let files: std::collections::BTreeSet<&str> = windows.iter().map(|w| w["file"].as_str().unwrap()).collect();
+    assert_eq!(files.len(), FILES, "{files:?}");
+    // Each window was predicted before it was trained on; a model that learns nothing scores 0.5.
+    let late: Vec<f64> = windows[windows.len() - 6..].iter().map(|w| w["auc"].as_f64().unwrap()).collect();
+    assert!(late.iter().sum::<f64>() / 6.0 > 0.6, "late window AUCs {late:?}");
+    eprintln!("windows: {:?}", windows.iter().map(|w| w["auc"].as_f64().unwrap()).collect::<Vec<_>>());
+}
