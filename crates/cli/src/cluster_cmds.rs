@@ -246,6 +246,9 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                     "published": j.published.iter().map(|p| serde_json::json!({
                         "version": p.version, "rows_trained": p.rows_trained,
                     })).collect::<Vec<_>>(),
+                    "held": j.held.iter().map(|h| serde_json::json!({
+                        "version": h.version, "rows_trained": h.rows_trained, "reason": h.reason,
+                    })).collect::<Vec<_>>(),
                     "follow": j.follow.then(|| serde_json::json!({
                         "files_found": j.files_found, "rows_found": j.rows_found, "lag_rows": j.lag_rows,
                         "lag_seconds": j.lag_seconds, "stopping": j.stopping,
@@ -263,6 +266,10 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             String::new()
         };
         let error = if j.error.is_empty() { String::new() } else { format!(", error: {}", j.error) };
+        let held = match j.held.last() {
+            Some(h) => format!(", {} versions held (last: v{} {})", j.held.len(), h.version, h.reason),
+            None => String::new(),
+        };
         let follow = if j.follow {
             let stopping = if j.stopping { ", stopping" } else { "" };
             format!(
@@ -273,7 +280,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             String::new()
         };
         println!(
-            "{} {:?} {}: {}/{} items, {} rows trained, {} bad lines, progressive logloss {:.4}{follow}{test}{error}",
+            "{} {:?} {}: {}/{} items, {} rows trained, {} bad lines, progressive logloss {:.4}{follow}{held}{test}{error}",
             j.job_id,
             j.name,
             state_name(j.state),

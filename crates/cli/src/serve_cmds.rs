@@ -409,16 +409,17 @@ pub fn model(cmd: ModelCommand) -> anyhow::Result<()> {
                         serde_json::json!({
                             "version": version, "current": current, "name": m.name, "job": m.job,
                             "rows_trained": m.rows_trained, "created_unix_ms": m.created_unix_ms,
-                            "checkpoint": m.checkpoint, "dense_values": m.dense_values,
+                            "checkpoint": m.checkpoint, "dense_values": m.dense_values, "held": m.held,
                         })
                     ),
                     (Ok(m), false) => println!(
-                        "{}{version:>6}  {}  rows {}  checkpoint {}  created {}",
+                        "{}{version:>6}  {}  rows {}  checkpoint {}  created {}{}",
                         if current { "*" } else { " " },
                         m.name,
                         m.rows_trained,
                         m.checkpoint.map_or("-".into(), |c| c.to_string()),
-                        m.created_unix_ms
+                        m.created_unix_ms,
+                        m.held.as_ref().map(|r| format!("  HELD: {r}")).unwrap_or_default()
                     ),
                     (Err(e), true) => {
                         println!(

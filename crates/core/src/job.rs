@@ -88,20 +88,45 @@ pub struct CompressionSpec {
 }
 
 /// Where and how often training publishes model versions for serving.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PublishSpec {
     /// The model directory; empty turns publishing off (`ember train --model-dir` sets it).
     pub model_dir: String,
-    /// A version every this many rows trained (0: only at the end of the job).
+    /// A version every this many rows trained (0: off).
     pub every: u64,
+    /// A version every this many seconds of training (0: off). With neither, only at the end.
+    pub every_seconds: f64,
     /// Versions kept in the directory.
     pub keep: u32,
+    /// The quality check a version must pass to be made current (none: every version is).
+    pub gate: Option<GateSpec>,
 }
 
 impl Default for PublishSpec {
     fn default() -> Self {
-        Self { model_dir: String::new(), every: 0, keep: 5 }
+        Self { model_dir: String::new(), every: 0, every_seconds: 0.0, keep: 5, gate: None }
+    }
+}
+
+/// What a version must show to be made current, judged on the rows trained since the previous
+/// version, each predicted before it was trained on (progressive validation). A version that
+/// fails is written but held: never made current, listed with the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GateSpec {
+    /// The AUC may fall at most this far below that of the last version made current.
+    pub max_auc_drop: f64,
+    /// The logloss must be below that of always predicting the positive rate.
+    pub beat_baseline: bool,
+    /// A version is due only once this many rows were trained since the previous one (fewer
+    /// are too little evidence to judge).
+    pub min_rows: u64,
+}
+
+impl Default for GateSpec {
+    fn default() -> Self {
+        Self { max_auc_drop: 0.02, beat_baseline: true, min_rows: 1000 }
     }
 }
 

@@ -9,7 +9,9 @@
 //! Invariants: a version directory appears whole or not at all (written under a temporary name,
 //! fsynced, renamed); `CURRENT` changes by rename; a version that fails its checksum or shape
 //! check is never returned by [`ModelDir::load`]. Publishing makes the new version current;
-//! rollback points `CURRENT` at an older kept version until the next publish.
+//! rollback points `CURRENT` at an older kept version until the next publish. A version the
+//! publish gate held (`held` in its manifest) is written whole but never made current: not by
+//! its publish, not by rollback, not as the newest when there is no `CURRENT`.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -52,6 +54,9 @@ pub enum RegistryError {
     /// No such version in the directory.
     #[error("no model version {0} in the model directory")]
     NoVersion(u64),
+    /// A version the publish gate held cannot be made current.
+    #[error("version {0} was held by the publish gate ({1}); it is never made current")]
+    Held(u64, String),
     /// The directory holds no version.
     #[error("no model version published in {0}")]
     Empty(PathBuf),
@@ -98,6 +103,9 @@ pub struct ModelManifest {
     pub dense_values: u64,
     /// xxh3-64 of `dense.bin`.
     pub dense_xxh3: u64,
+    /// Why the publish gate held this version: it is kept, listed, never made current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 /// One ps-server's position in its row-delta stream (`SubscribeDeltas`).
@@ -191,14 +199,17 @@ impl ModelDir {
                 path,
                 reason: format!("{:?} is not a version number", text.trim()),
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(self.versions()?.last().copied()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let held = |v: &u64| self.manifest(*v).is_ok_and(|m| m.held.is_some());
+                Ok(self.versions()?.into_iter().rev().find(|v| !held(v)))
+            }
             Err(e) => Err(io(&path)(e)),
         }
     }
 
-    /// Writes a new version (its number one past the newest) and makes it current, then deletes
-    /// all but the newest `keep` versions (never the current one). `manifest.version` and the
-    /// dense fields are filled in here.
+    /// Writes a new version (its number one past the newest) and makes it current (unless
+    /// `manifest.held` says the gate held it), then deletes all but the newest `keep` versions
+    /// (never the current one). `manifest.version` and the dense fields are filled in here.
     pub fn publish(&self, mut manifest: ModelManifest, dense: &[Layer], keep: usize) -> Result<u64, RegistryError> {
         fs::create_dir_all(&self.root).map_err(io(&self.root))?;
         let bytes: Vec<u8> = dense.iter().flat_map(|l| l.w.iter().chain(&l.b)).flat_map(|x| x.to_le_bytes()).collect();
@@ -235,7 +246,9 @@ impl ModelDir {
             }
         };
         sync_dir(&self.root)?;
-        self.write_current(version)?;
+        if manifest.held.is_none() {
+            self.write_current(version)?;
+        }
         self.prune(keep.max(1))?;
         Ok(version)
     }
@@ -266,7 +279,9 @@ impl ModelDir {
 
     /// Points `CURRENT` at `version` after checking that it loads.
     pub fn rollback(&self, version: u64) -> Result<(), RegistryError> {
-        self.load(version)?;
+        if let Some(reason) = self.load(version)?.manifest.held {
+            return Err(RegistryError::Held(version, reason));
+        }
         self.write_current(version)
     }
 

@@ -18,7 +18,7 @@ pub(crate) fn act(state: &Arc<Mutex<State>>, credentials: &Credentials, job_id: 
     if let Some(publish) = due.publish {
         let (state, job, credentials) = (Arc::clone(state), job_id.to_string(), credentials.clone());
         tokio::spawn(async move {
-            let outcome = publish_model(&state, &credentials, &job, publish).await;
+            let outcome = publish_model(&state, &credentials, &job, publish.clone()).await;
             if let Err(e) = &outcome {
                 tracing::error!(job = %job, rows = publish.rows, error = %e, "publishing a model version failed");
             }
@@ -123,5 +123,5 @@ async fn publish_model(
         // flush it too, but only when they next ask for work, which may be after this publish.
         client.flush_pending().await.map_err(|e| format!("applying the last softsync gradients: {e}"))?;
     }
-    publisher.publish(&client, due.rows).await.map_err(|e| e.to_string())
+    publisher.publish(&client, due.rows, due.held).await.map_err(|e| e.to_string())
 }

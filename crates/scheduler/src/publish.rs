@@ -68,13 +68,24 @@ impl Publisher {
     }
 
     /// Publishes the model as the servers hold it after `rows_trained` rows; returns the version.
-    pub async fn publish(&self, client: &PsClient, rows_trained: u64) -> Result<u64, PublishError> {
+    /// A version `held` by the publish gate (the reason) is written but not made current.
+    pub async fn publish(
+        &self,
+        client: &PsClient,
+        rows_trained: u64,
+        held: Option<String>,
+    ) -> Result<u64, PublishError> {
         use tracing::Instrument;
         // One trace: the cut, the checkpoint and the dense pull on every server are its children.
-        self.publish_now(client, rows_trained).instrument(ember_proto::trace::root_span("publish")).await
+        self.publish_now(client, rows_trained, held).instrument(ember_proto::trace::root_span("publish")).await
     }
 
-    async fn publish_now(&self, client: &PsClient, rows_trained: u64) -> Result<u64, PublishError> {
+    async fn publish_now(
+        &self,
+        client: &PsClient,
+        rows_trained: u64,
+        held: Option<String>,
+    ) -> Result<u64, PublishError> {
         // The sparse cut first: the checkpoint and the dense pull after it hold at least as much.
         let sparse_cuts =
             client.cut_deltas().await?.into_iter().map(|(stream_id, seq)| SparseCut { stream_id, seq }).collect();
@@ -113,13 +124,19 @@ impl Publisher {
             sparse_checkpoints,
             dense_values: 0,
             dense_xxh3: 0,
+            held: held.clone(),
         };
         let (dir, keep) = (self.dir.clone(), self.keep);
         let version =
             tokio::task::spawn_blocking(move || dir.publish(manifest, &dense, keep)).await.map_err(|e| {
                 RegistryError::Io { path: self.dir.root().to_path_buf(), source: std::io::Error::other(e) }
             })??;
-        tracing::info!(version, rows_trained, dir = %self.dir.root().display(), "published a model version");
+        match &held {
+            None => {
+                tracing::info!(version, rows_trained, dir = %self.dir.root().display(), "published a model version")
+            }
+            Some(reason) => tracing::warn!(version, rows_trained, %reason, "model version held by the publish gate"),
+        }
         Ok(version)
     }
 }

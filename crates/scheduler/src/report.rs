@@ -324,6 +324,22 @@ pub struct JobReport {
     /// A follow source's figures and its windows (absent for a job on a fixed set of files).
     #[serde(default)]
     pub stream: Option<StreamReport>,
+    /// Versions the publish gate held, oldest first.
+    #[serde(default)]
+    pub held: Vec<HeldVersion>,
+}
+
+/// A version the publish gate held: written to the model directory, never made current.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldVersion {
+    /// Its number.
+    pub version: u64,
+    /// The job's rows trained when it was taken.
+    pub rows_trained: u64,
+    /// Why it was held.
+    pub reason: String,
+    /// When, Unix ms.
+    pub unix_ms: u64,
 }
 
 /// A follow job's source and its windows, oldest first.

@@ -257,6 +257,16 @@ impl Scheduler for SchedulerService {
                     lag_rows: lag.0,
                     lag_seconds: lag.1,
                     stopping: j.stream.as_ref().is_some_and(|s| s.stopping),
+                    held: j
+                        .held
+                        .iter()
+                        .map(|h| v1::HeldVersion {
+                            version: h.version,
+                            rows_trained: h.rows_trained,
+                            reason: h.reason.clone(),
+                            unix_ms: h.unix_ms,
+                        })
+                        .collect(),
                 }
             })
             .collect();

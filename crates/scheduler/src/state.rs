@@ -68,22 +68,26 @@ pub struct Assignment {
 }
 
 /// What a report makes due.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Due {
     /// A cluster checkpoint: (full, label = rows trained).
     pub checkpoint: Option<(bool, u64)>,
-    /// A model version, at this many rows trained: each time `publish.every` more rows are
+    /// A model version: each time `publish.every` more rows or `publish.every_seconds` are
     /// trained, and when training ends (before evaluation, so the version is the evaluated model).
     pub publish: Option<Publish>,
 }
 
 /// A model version due.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Publish {
     /// Rows trained.
     pub rows: u64,
     /// The version at the end of training (the job waits for it).
     pub last: bool,
+    /// Why the publish gate holds it (written, never made current), if it does.
+    pub held: Option<String>,
+    /// AUC of the rows trained since the previous version (progressive), if known.
+    pub auc: Option<f64>,
 }
 
 /// The scheduler's state.
@@ -272,6 +276,7 @@ impl State {
             Phase::Train => {
                 job.rows_trained += report.rows;
                 job.loss_sum += report.loss_sum;
+                job.gate_window.add(report.rows, report.loss_sum, &report.probs, &report.labels);
                 job.stats.add(member, report.stats, &report.probs, &report.labels);
                 if let Some(range) = range {
                     job.record_window(item_id, &range, report.rows, (&report.probs, &report.labels), assigned_ms);
@@ -306,12 +311,8 @@ impl State {
             job.elapsed_seconds = now.duration_since(started).as_secs_f64();
         }
         let checkpoint = job.checkpoint_spec.due(rows_before, job.rows_trained).map(|full| (full, job.rows_trained));
-        let publishing = !job.publish_spec.model_dir.is_empty();
         let training_ended = was_training && matches!(job.state, JobState::Evaluating | JobState::Succeeded);
-        let every = job.publish_spec.every;
-        let crossed = every > 0 && job.rows_trained / every > rows_before / every && job.state == JobState::Training;
-        let publish = (publishing && (training_ended || crossed))
-            .then_some(Publish { rows: job.rows_trained, last: training_ended });
+        let publish = job.version_due(rows_before, training_ended, persist::unix_ms());
         self.dirty = true;
         let publish = publish.or(self.end_if_closed(job_id).publish);
         Ok(Due { checkpoint, publish })
@@ -328,7 +329,7 @@ impl State {
     ) -> Result<(), SchedulerError> {
         let job = self.persisted.jobs.get_mut(job_id).ok_or_else(|| SchedulerError::UnknownJob(job_id.into()))?;
         match outcome {
-            Ok(version) => job.published.push((version, due.rows)),
+            Ok(version) => job.record_version(version, &due),
             Err(e) if due.last && job.state != JobState::Failed => {
                 job.fail(format!("publishing the model version at the end of training failed: {e}"));
             }
@@ -369,6 +370,7 @@ impl State {
 }
 
 mod error;
+mod gate;
 mod job;
 mod members;
 mod persist;

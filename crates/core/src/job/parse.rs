@@ -194,6 +194,15 @@ impl JobSpec {
             _ => {}
         }
         self.validate_follow()?;
+        let p = &self.publish;
+        if !(p.every_seconds.is_finite() && p.every_seconds >= 0.0) {
+            return bad(format!("publish.every_seconds must be >= 0, got {}", p.every_seconds));
+        }
+        if let Some(g) = &p.gate {
+            if !(0.0..=1.0).contains(&g.max_auc_drop) {
+                return bad(format!("publish.gate.max_auc_drop must be in [0, 1], got {}", g.max_auc_drop));
+            }
+        }
         self.sync.validate().map_err(JobError::Invalid)?;
         let m = &self.model;
         if m.embedding_dim == 0 || m.embedding_dim > 1024 {

@@ -27,6 +27,7 @@ fn manifest() -> (ModelManifest, Vec<Layer>) {
         sparse_checkpoints: vec![3, 5],
         dense_values: 0,
         dense_xxh3: 0,
+        held: None,
     };
     (manifest, dense)
 }
@@ -119,4 +120,27 @@ fn concurrent_publishes_of_one_process_all_succeed() {
     });
     assert_eq!(models.versions().unwrap().len(), 100, "every publish wrote a version");
     assert!(models.current().unwrap().is_some());
+}
+
+/// A held version is written and listed with its reason, but never current: not by its
+/// publish, not as the newest without `CURRENT`, not by rollback.
+#[test]
+fn held_versions_are_kept_but_never_made_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = ModelDir::new(dir.path().join("models"));
+    let (m, dense) = manifest();
+    let held = ModelManifest { held: Some("window AUC 0.41 < 0.70 - 0.02".into()), ..m.clone() };
+    assert_eq!(models.publish(held.clone(), &dense, 5).unwrap(), 1);
+    assert_eq!(models.current().unwrap(), None, "the only version is held");
+    assert_eq!(models.publish(m.clone(), &dense, 5).unwrap(), 2);
+    assert_eq!(models.publish(held, &dense, 5).unwrap(), 3);
+    assert_eq!(models.current().unwrap(), Some(2));
+    std::fs::remove_file(dir.path().join("models").join(CURRENT)).unwrap();
+    assert_eq!(models.current().unwrap(), Some(2), "the newest version not held");
+    let err = models.rollback(3).unwrap_err();
+    assert!(matches!(&err, RegistryError::Held(3, r) if r.contains("0.41")), "{err}");
+    assert_eq!(models.current().unwrap(), Some(2), "a refused rollback changes nothing");
+    let listed: Vec<_> =
+        models.list().unwrap().into_iter().map(|l| (l.version, l.manifest.unwrap().held.is_some())).collect();
+    assert_eq!(listed, vec![(1, true), (2, false), (3, true)]);
 }

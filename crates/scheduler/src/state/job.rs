@@ -9,6 +9,7 @@ use ember_core::JobSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::{Phase, Range};
+pub use crate::report::HeldVersion;
 use crate::report::{finite, JobReport, JobStats, StalenessReport};
 
 /// Where a job is.
@@ -122,9 +123,25 @@ pub struct Job {
     /// Where and how often the job publishes model versions.
     #[serde(default)]
     pub(crate) publish_spec: ember_core::job::PublishSpec,
-    /// Model versions published for the job (version, rows trained), oldest first.
+    /// Model versions published for the job and made current (version, rows trained), oldest
+    /// first.
     #[serde(default)]
     pub published: Vec<(u64, u64)>,
+    /// Versions the publish gate held, oldest first.
+    #[serde(default)]
+    pub held: Vec<HeldVersion>,
+    /// The rows trained since the last version, for the gate.
+    #[serde(default)]
+    pub(crate) gate_window: super::gate::GateWindow,
+    /// When the last version was due, Unix ms (0: none yet).
+    #[serde(default)]
+    pub(crate) last_publish_ms: u64,
+    /// AUC the gate judged the last version made current by.
+    #[serde(default)]
+    pub(crate) published_auc: Option<f64>,
+    /// Why the gate held the last version due (None: it passed).
+    #[serde(default)]
+    pub(crate) last_verdict: Option<String>,
     /// Seconds from submission to the end (or now).
     pub elapsed_seconds: f64,
     #[serde(skip)]
@@ -288,6 +305,29 @@ impl Job {
             staleness: StalenessReport::from(&s.staleness),
             clock_wait_seconds: s.clock_wait_seconds,
             stream: self.stream_report(now_ms),
+            held: self.held.clone(),
+        }
+    }
+
+    /// Records a version written for `due`: made current, or held by the gate.
+    pub(crate) fn record_version(&mut self, version: u64, due: &super::Publish) {
+        let job = self.id.clone();
+        match &due.held {
+            None => {
+                self.published.push((version, due.rows));
+                self.published_auc = due.auc.or(self.published_auc);
+                metrics::counter!("ember_job_versions_published_total", "job" => job).increment(1);
+            }
+            Some(reason) => {
+                let reason = reason.clone();
+                self.held.push(HeldVersion {
+                    version,
+                    rows_trained: due.rows,
+                    reason,
+                    unix_ms: super::persist::unix_ms(),
+                });
+                metrics::counter!("ember_job_versions_held_total", "job" => job).increment(1);
+            }
         }
     }
 

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::job::{Item, ItemStatus, Job};
 use super::persist::unix_ms;
-use super::{Due, Publish, SchedulerError, State};
+use super::{Due, SchedulerError, State};
 use crate::plan::{self, Range};
 use crate::report::{StreamReport, WindowRecord};
 
@@ -316,7 +316,7 @@ impl State {
             return Due::default();
         }
         job.end_training();
-        let publish = job.final_publish_pending.then_some(Publish { rows: job.rows_trained, last: true });
+        let publish = if job.final_publish_pending { job.version_due(job.rows_trained, true, unix_ms()) } else { None };
         Due { checkpoint: None, publish }
     }
 }

@@ -161,3 +161,41 @@ fn done_windows_are_pruned_ids_keep_counting_and_a_restart_resumes() {
 fn report_of(rows: u64) -> ItemReport {
     ItemReport { rows, ..Default::default() }
 }
+
+/// Versions every few milliseconds behind a gate: the window of flipped labels gives a version
+/// the gate holds (recorded with its reason, not as published); the next clean window's version
+/// is published.
+#[test]
+fn the_gate_holds_a_poisoned_windows_version_and_publishes_the_next_good_one() {
+    let (dir, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for name in ["part-0", "part-1", "part-2"] {
+        arrive(data.path(), name, 200);
+    }
+    let mut s = State::open(dir.path(), LEASE, 8).unwrap();
+    let t0 = Instant::now();
+    s.register(Role::Ps, "a:1".into(), t0);
+    let w = s.register(Role::Worker, "w".into(), t0);
+    let publish = format!(
+        "[publish]\nmodel_dir = \"{}\"\nevery_seconds = 0.001\n[publish.gate]\nmin_rows = 100\n",
+        dir.path().join("models").display()
+    );
+    let id = s.submit(format!("{}\n{publish}", follow_job(data.path(), "window_rows = 200")), t0).unwrap();
+    let mut verdicts = Vec::new();
+    for (n, poisoned) in [false, true, false].into_iter().enumerate() {
+        let a = s.next_work(&w, t0).unwrap().unwrap();
+        let labels: Vec<f32> = (0..200).map(|i| (i % 4 == 0) as u8 as f32).collect();
+        let probs: Vec<f32> = labels.iter().map(|y| if poisoned { 0.8 - 0.7 * y } else { 0.1 + 0.7 * y }).collect();
+        let loss_sum = ember_core::eval::logloss(&probs, &labels) * 200.0;
+        std::thread::sleep(Duration::from_millis(5));
+        let report = ItemReport { rows: 200, loss_sum, probs, labels, ..Default::default() };
+        let due = s.report(&w, &id, a.item_id, report, t0).unwrap().publish.expect("a version is due");
+        verdicts.push(due.held.clone());
+        s.record_published(&id, due, Ok(n as u64 + 1)).unwrap();
+    }
+    assert!(verdicts[0].is_none() && verdicts[2].is_none(), "{verdicts:?}");
+    assert!(verdicts[1].as_deref().is_some_and(|r| r.contains("baseline")), "{verdicts:?}");
+    let job = s.jobs(Some(&id)).unwrap()[0];
+    assert_eq!(job.published, vec![(1, 200), (3, 600)]);
+    assert_eq!(job.held.iter().map(|h| (h.version, h.rows_trained)).collect::<Vec<_>>(), vec![(2, 400)]);
+    assert_eq!(job.report(1, persist::unix_ms()).held.len(), 1);
+}

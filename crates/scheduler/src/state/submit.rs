@@ -116,6 +116,11 @@ impl State {
             checkpoint_spec: spec.checkpoint,
             publish_spec: spec.publish.clone(),
             published: Vec::new(),
+            held: Vec::new(),
+            gate_window: Default::default(),
+            last_publish_ms: 0,
+            published_auc: None,
+            last_verdict: None,
             elapsed_seconds: 0.0,
             started: Some(now),
         };
