@@ -186,3 +186,87 @@ fn the_gate_holds_the_poisoned_windows_version_and_publishes_after_it() {
     assert_eq!(held_listed, held.len(), "{listed:?}");
     eprintln!("held: {}", report["held"]);
 }
+
+/// Rollback and replay on processes: a follow job is checkpointed once caught up, then trains a
+/// stretch holding poisoned windows; `ember rollback --to LABEL --skip` returns the ps-server's
+/// rows to exactly those exported at the label, makes the version published at the label
+/// current again, and the job trains on from there without the skipped files.
+#[test]
+fn a_rollback_returns_the_rows_to_the_checkpoint_and_replays_without_the_skipped_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (generated, follow) = (dir.path().join("generated"), dir.path().join("follow"));
+    std::fs::create_dir_all(&follow).unwrap();
+    let rows = ROWS.to_string();
+    let gen_args = ["gen-data", "--stream", "--windows", "8", "--rows", &rows, "--poison", "5..6", "--out"];
+    ember(&gen_args.into_iter().chain([generated.to_str().unwrap()]).collect::<Vec<_>>());
+    for n in 0..4 {
+        arrive(&generated, &follow, n);
+    }
+    let root = dir.path().to_str().unwrap();
+    let (_sched, found) = start_scheduler(&dir.path().join("scheduler"), "127.0.0.1:0", root);
+    let addr = found[0].clone();
+    let ps_dir = dir.path().join("ps");
+    let _ps = start_one(
+        &["ps", "--listen", "127.0.0.1:0", "--data-dir", ps_dir.to_str().unwrap(), "--scheduler", &addr],
+        "ember ps listening on ",
+    );
+    let worker = || start_one(&["worker", "--scheduler", &addr, "--data-root", root], "ember worker ").0;
+    let mut first_worker = worker();
+    let models = dir.path().join("models");
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "version = 1\n[data]\nformat = \"criteo\"\nsource = \"follow\"\npaths = [\"{}/part-*.tsv\"]\n\
+             [data.follow]\npoll_ms = 50\nwindow_rows = {ROWS}\n[model]\nkind = \"lr\"\n\
+             [publish]\nmodel_dir = \"{}\"\nevery = {ROWS}\nkeep = 20\n",
+            follow.display(),
+            models.display()
+        ),
+    )
+    .unwrap();
+    let id = ember(&["submit", "--scheduler", &addr, job.to_str().unwrap()]).trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let published = |n: usize| move |s: &serde_json::Value| s["published"].as_array().is_some_and(|p| p.len() >= n);
+    wait_for(&addr, &id, deadline, |s| s["rows_trained"] == 4 * ROWS && published(4)(s));
+    ember(&["checkpoint", "--scheduler", &addr, "--job", &id]);
+    let table = format!("{id}.w");
+    let export = |name: &str| {
+        let path = dir.path().join(name);
+        ember(&["export", "--scheduler", &addr, "--table", &table, "--out", path.to_str().unwrap()]);
+        std::fs::read_to_string(path).unwrap()
+    };
+    let at_label = export("at-label.tsv");
+    for n in 4..8 {
+        arrive(&generated, &follow, n);
+    }
+    wait_for(&addr, &id, deadline, |s| s["rows_trained"] == 8 * ROWS);
+    assert_ne!(export("after-poison.tsv"), at_label);
+    // Nothing trains while the rows are compared: the worker goes away first.
+    first_worker.0.kill().unwrap();
+    first_worker.0.wait().unwrap();
+
+    let wrong =
+        Command::new(support::EMBER).args(["rollback", &id, "--to", "12345", "--scheduler", &addr]).output().unwrap();
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success() && err.contains(&format!("labeled [{}]", 4 * ROWS)), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    let label = (4 * ROWS).to_string();
+    let out =
+        ember(&["rollback", &id, "--to", &label, "--skip", "part-000005.tsv..part-000006.tsv", "--scheduler", &addr]);
+    assert!(out.contains(&format!("{} rows skipped", 2 * ROWS)), "{out}");
+    assert_eq!(export("after-rollback.tsv"), at_label, "the rows are those at the label");
+    let listed = ember(&["model", "list", "--model-dir", models.to_str().unwrap(), "--json"]);
+    let current: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["current"] == true)
+        .collect();
+    assert_eq!(current[0]["rows_trained"], 4 * ROWS, "serving is back at the label's version: {listed}");
+
+    let _second_worker = worker();
+    wait_for(&addr, &id, deadline, |s| s["rows_trained"] == 6 * ROWS && s["follow"]["lag_rows"] == 0);
+    ember(&["stop", &id, "--scheduler", &addr]);
+    wait_for(&addr, &id, deadline, |s| s["state"] == "succeeded");
+    assert_eq!(status(&addr, &id)["rows_trained"], 6 * ROWS, "windows 4 and 7 again; 5 and 6 never");
+}

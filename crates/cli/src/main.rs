@@ -22,6 +22,7 @@ mod otlp;
 mod plot;
 mod ps;
 mod replica;
+mod rollback;
 mod security;
 mod serve_cmds;
 mod store_cmds;
@@ -61,6 +62,9 @@ enum Command {
     Status(cluster_cmds::StatusArgs),
     /// Stop a job that follows a stream: it takes no new file, trains what it found and ends.
     Stop(cluster_cmds::StopArgs),
+    /// Return a follow job to one of its checkpoints (servers, serving and source), skipping a
+    /// range of files.
+    Rollback(rollback::RollbackArgs),
     /// Load generators that print JSON figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -252,6 +256,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Submit(args) => cluster_cmds::submit(args).await,
             Command::Status(args) => cluster_cmds::status(args).await,
             Command::Stop(args) => cluster_cmds::stop(args).await,
+            Command::Rollback(args) => rollback::run(args).await,
             Command::GenData(args) => gen_data::run(args),
             Command::Checkpoint(args) => store_cmds::checkpoint(args).await,
             Command::Export(args) => store_cmds::export(args).await,

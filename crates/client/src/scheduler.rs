@@ -74,6 +74,11 @@ impl SchedulerClient {
         Ok(())
     }
 
+    /// Rolls a follow job back (see the `Rollback` RPC).
+    pub async fn rollback(&self, req: v1::RollbackRequest) -> Result<v1::RollbackResponse, ClientError> {
+        Ok(self.inner.clone().rollback(req).await.map_err(self.err())?.into_inner())
+    }
+
     /// The next work item for `member_id`, if one is ready.
     pub async fn next_work(&self, member_id: &str) -> Result<Option<v1::WorkItem>, ClientError> {
         let req = v1::NextWorkRequest { member_id: member_id.to_string() };

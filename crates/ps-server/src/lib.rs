@@ -32,6 +32,7 @@ pub mod deltas;
 pub mod error;
 pub mod gauges;
 mod requests;
+pub mod rollback;
 pub mod run;
 pub mod service;
 

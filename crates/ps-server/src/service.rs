@@ -321,6 +321,11 @@ impl ParameterServer for PsService {
         observe("delete_keys", keys, started, result.map(|deleted| v1::DeleteKeysResponse { deleted }))
     }
 
+    async fn restore(&self, req: Request<v1::RestoreRequest>) -> Result<Response<v1::RestoreResponse>, Status> {
+        let id = req.into_inner().id;
+        crate::rollback::restore(self.checkpoints.clone(), Arc::clone(&self.store), id).await.map(Response::new)
+    }
+
     async fn checkpoint(
         &self,
         req: Request<v1::CheckpointRequest>,
@@ -351,17 +356,7 @@ impl ParameterServer for PsService {
                     seconds = info.seconds,
                     "checkpoint written"
                 );
-                Ok(Response::new(v1::CheckpointResponse {
-                    id: info.id,
-                    kind: if info.kind == CheckpointKind::Full { "full" } else { "incremental" }.into(),
-                    parent: info.parent,
-                    label: info.label,
-                    file: info.file,
-                    bytes: info.bytes,
-                    rows: info.rows,
-                    deleted: info.deleted,
-                    seconds: info.seconds,
-                }))
+                Ok(Response::new(crate::rollback::checkpoint_reply(&info)))
             }
             Err(e) => {
                 counter!("ember_ps_checkpoints_total", "kind" => kind.as_str(), "outcome" => "error").increment(1);

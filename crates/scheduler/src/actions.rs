@@ -30,7 +30,8 @@ pub(crate) fn act(state: &Arc<Mutex<State>>, credentials: &Credentials, job_id: 
     if let Some((full, label)) = due.checkpoint {
         let (state, job, credentials) = (Arc::clone(state), job_id.to_string(), credentials.clone());
         tokio::spawn(async move {
-            let record = checkpoint_cluster(&state, &credentials, full, label).await;
+            let mut record = checkpoint_cluster(&state, &credentials, full, label).await;
+            record.position = due.position;
             tracing::info!(job = %job, label, full, ids = ?record.ids, "scheduled cluster checkpoint");
             if let Err(e) = state.lock().record_checkpoint(&job, record) {
                 tracing::error!(error = %e, "recording a checkpoint");
@@ -75,8 +76,14 @@ pub(crate) async fn checkpoint_cluster(
     label: u64,
 ) -> CheckpointRecord {
     let (_, endpoints, owners) = state.lock().shard_map();
-    let record =
-        |ids: Vec<u64>, error: Option<String>| CheckpointRecord { label, full, ids, unix_ms: unix_ms(), error };
+    let record = |ids: Vec<u64>, error: Option<String>| CheckpointRecord {
+        label,
+        full,
+        ids,
+        unix_ms: unix_ms(),
+        error,
+        position: None,
+    };
     let Some(map) = ember_client::ShardMap::from_parts(endpoints, owners) else {
         return record(Vec::new(), Some("no ps-server is registered".into()));
     };

@@ -18,6 +18,7 @@ mod actions;
 pub mod plan;
 pub mod publish;
 pub mod report;
+mod rollback;
 pub mod service;
 pub mod state;
 

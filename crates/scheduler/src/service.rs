@@ -353,17 +353,31 @@ impl Scheduler for SchedulerService {
         Ok(Response::new(v1::StopJobResponse {}))
     }
 
+    async fn rollback(&self, req: Request<v1::RollbackRequest>) -> Result<Response<v1::RollbackResponse>, Status> {
+        let r = crate::rollback::rollback(&self.state, &self.credentials, req.into_inner())
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(v1::RollbackResponse {
+            label: r.label,
+            from_rows: r.from_rows,
+            requeued: r.requeued,
+            skipped_rows: r.skipped_rows,
+            version: r.version.unwrap_or(0),
+        }))
+    }
+
     async fn checkpoint(
         &self,
         req: Request<v1::ClusterCheckpointRequest>,
     ) -> Result<Response<v1::ClusterCheckpointResponse>, Status> {
         let req = req.into_inner();
-        let label = if req.job_id.is_empty() {
-            0
+        let (label, position) = if req.job_id.is_empty() {
+            (0, None)
         } else {
-            self.state.lock().rows_trained(&req.job_id).map_err(|e| status_of(&e))?
+            self.state.lock().checkpoint_point(&req.job_id).map_err(|e| status_of(&e))?
         };
-        let record = actions::checkpoint_cluster(&self.state, &self.credentials, req.full, label).await;
+        let mut record = actions::checkpoint_cluster(&self.state, &self.credentials, req.full, label).await;
+        record.position = position;
         if !req.job_id.is_empty() {
             self.state.lock().record_checkpoint(&req.job_id, record.clone()).map_err(|e| status_of(&e))?;
         }

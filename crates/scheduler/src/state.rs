@@ -12,6 +12,7 @@
 //!   `max_bad_ratio` or a worker reports an error.
 //! - A follow job (`source = "follow"`, see `stream`) has no test items: its windows are queued
 //!   as its files are found, and it ends when stopped or idle, once every window found is trained.
+//!   It can be rolled back to one of its checkpoints (`rollback`).
 //! - Jobs are persisted (temporary file, fsync, rename); members are not (they re-register after
 //!   a scheduler restart). No change writes under the lock: a change marks the state dirty, and
 //!   [`State::snapshot`] copies it for a persister to write off the lock at a bounded rate (a
@@ -72,6 +73,8 @@ pub struct Assignment {
 pub struct Due {
     /// A cluster checkpoint: (full, label = rows trained).
     pub checkpoint: Option<(bool, u64)>,
+    /// A follow job's source position when that checkpoint was decided.
+    pub position: Option<rollback::StreamPosition>,
     /// A model version: each time `publish.every` more rows or `publish.every_seconds` are
     /// trained, and when training ends (before evaluation, so the version is the evaluated model).
     pub publish: Option<Publish>,
@@ -206,6 +209,7 @@ impl State {
         jobs.sort_by_key(|j| j.seq);
         for job in jobs {
             let phase = match job.state {
+                JobState::Training if job.paused => continue,
                 JobState::Training => Phase::Train,
                 JobState::Evaluating => Phase::Test,
                 _ => continue,
@@ -311,11 +315,12 @@ impl State {
             job.elapsed_seconds = now.duration_since(started).as_secs_f64();
         }
         let checkpoint = job.checkpoint_spec.due(rows_before, job.rows_trained).map(|full| (full, job.rows_trained));
+        let position = checkpoint.and(job.stream.as_ref()).map(|_| job.position());
         let training_ended = was_training && matches!(job.state, JobState::Evaluating | JobState::Succeeded);
         let publish = job.version_due(rows_before, training_ended, persist::unix_ms());
         self.dirty = true;
         let publish = publish.or(self.end_if_closed(job_id).publish);
-        Ok(Due { checkpoint, publish })
+        Ok(Due { checkpoint, position, publish })
     }
 
     /// Records how publishing a version for a job went: the version, or why it failed. A
@@ -343,19 +348,6 @@ impl State {
         Ok(())
     }
 
-    /// Records a cluster checkpoint with a job.
-    pub fn record_checkpoint(&mut self, job_id: &str, record: CheckpointRecord) -> Result<(), SchedulerError> {
-        let job = self.persisted.jobs.get_mut(job_id).ok_or_else(|| SchedulerError::UnknownJob(job_id.into()))?;
-        job.checkpoints.push(record);
-        self.dirty = true;
-        Ok(())
-    }
-
-    /// A job's rows trained (a checkpoint's label).
-    pub fn rows_trained(&self, job_id: &str) -> Result<u64, SchedulerError> {
-        Ok(self.persisted.jobs.get(job_id).ok_or_else(|| SchedulerError::UnknownJob(job_id.into()))?.rows_trained)
-    }
-
     /// One job, or all in submission order.
     pub fn jobs(&self, id: Option<&str>) -> Result<Vec<&Job>, SchedulerError> {
         match id {
@@ -375,6 +367,7 @@ mod job;
 mod members;
 mod persist;
 mod report_check;
+pub mod rollback;
 pub mod stream;
 mod submit;
 

@@ -23,6 +23,24 @@ impl PsClient {
         try_join_all(calls).await
     }
 
+    /// Returns every server to its checkpoint `ids[i]` (concurrently; `ids` in shard-map order,
+    /// one per server). One reply per server; the first failure is returned.
+    pub async fn restore(&self, ids: &[u64]) -> Result<Vec<v1::RestoreResponse>, ClientError> {
+        if ids.len() != self.servers.len() {
+            return Err(ClientError::Protocol {
+                endpoint: String::new(),
+                reason: format!("{} checkpoint ids for {} servers", ids.len(), self.servers.len()),
+            });
+        }
+        let calls = self.servers.iter().zip(ids).enumerate().map(|(server, (client, &id))| {
+            let mut client = client.clone();
+            async move {
+                client.restore(v1::RestoreRequest { id }).await.map(|r| r.into_inner()).map_err(self.rpc_err(server))
+            }
+        });
+        try_join_all(calls).await
+    }
+
     /// Cuts every server's row-delta stream: (stream id, seq) per server, in shard-map order.
     /// Every change a server made before the call is at or below its seq.
     pub async fn cut_deltas(&self) -> Result<Vec<(u64, u64)>, ClientError> {

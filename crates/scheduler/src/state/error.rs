@@ -22,6 +22,9 @@ pub enum SchedulerError {
     /// `ember stop` on a job that reads a fixed set of files (it ends by itself).
     #[error("job {0:?} reads a fixed set of files and ends by itself; only a follow job can be stopped")]
     NotStream(String),
+    /// A rollback that cannot be done (unknown label, wrong kind of job, servers that failed).
+    #[error("rollback refused: {0}")]
+    Rollback(String),
     /// No ps-server registered yet.
     #[error("no ps-server is registered yet")]
     NoPs,
@@ -47,7 +50,9 @@ impl ember_core::HasCode for SchedulerError {
                 Code::PermissionDenied
             }
             SchedulerError::BadJob(_) | SchedulerError::Plan(_) | SchedulerError::BadReport(_) => Code::InvalidArgument,
-            SchedulerError::NoPs | SchedulerError::NotStream(_) => Code::FailedPrecondition,
+            SchedulerError::NoPs | SchedulerError::NotStream(_) | SchedulerError::Rollback(_) => {
+                Code::FailedPrecondition
+            }
             // The state file could not be written (a full or failed disk): retry later.
             SchedulerError::State { .. } => Code::Unavailable,
         }

@@ -114,6 +114,12 @@ pub struct Job {
     pub test_logloss: Option<f64>,
     /// Why the job failed.
     pub error: Option<String>,
+    /// A rollback is under way: nothing is handed out.
+    #[serde(default)]
+    pub(crate) paused: bool,
+    /// Rollbacks done, oldest first.
+    #[serde(default)]
+    pub rollbacks: Vec<super::rollback::RollbackRecord>,
     /// Cluster checkpoints taken during the job.
     #[serde(default)]
     pub checkpoints: Vec<CheckpointRecord>,
@@ -350,4 +356,7 @@ pub struct CheckpointRecord {
     pub unix_ms: u64,
     /// Why it failed, if it did.
     pub error: Option<String>,
+    /// A follow job's source when the checkpoint was decided (what a rollback rewinds to).
+    #[serde(default)]
+    pub position: Option<super::rollback::StreamPosition>,
 }

@@ -52,6 +52,12 @@ pub struct StreamState {
     pub(crate) last_found_ms: u64,
     /// `ember stop` was asked: no new file is taken.
     pub stopping: bool,
+    /// File-name ranges (inclusive) a rollback skipped: their windows are never trained.
+    #[serde(default)]
+    pub skip: Vec<(String, String)>,
+    /// Rows of windows skipped so far.
+    #[serde(default)]
+    pub skipped_rows: u64,
     /// Progressive validation per window, oldest first (at most [`MAX_WINDOWS`]).
     pub windows: VecDeque<WindowRecord>,
     /// When the next listing is due (memory only: a restarted scheduler lists at once).
@@ -74,6 +80,8 @@ impl StreamState {
             rows_found: rows,
             last_found_ms: now_ms,
             stopping: false,
+            skip: Vec::new(),
+            skipped_rows: 0,
             windows: VecDeque::new(),
             next_poll: None,
             polling: false,
@@ -160,27 +168,30 @@ impl Job {
         (rows, seconds)
     }
 
-    /// Appends windows found at `now_ms` to the queue.
+    /// Appends windows found at `now_ms` to the queue (those of a skipped file as done).
     fn queue_windows(&mut self, ranges: Vec<Range>, now_ms: u64) {
         for range in ranges {
-            self.split_rows.0 += range.rows;
-            self.rows_to_train += range.rows;
             let id = self.item_base + self.items.len() as u64;
-            self.items.push(Item {
-                id,
-                range,
-                status: ItemStatus::Pending,
-                holder: None,
-                found_ms: now_ms,
-                assigned_ms: 0,
-            });
-            self.open_items.0 += 1;
+            let status = if self.skipped(&range.path) {
+                if let Some(stream) = self.stream.as_mut() {
+                    stream.skipped_rows += range.rows;
+                }
+                ItemStatus::Done
+            } else {
+                self.split_rows.0 += range.rows;
+                self.rows_to_train += range.rows;
+                self.open_items.0 += 1;
+                ItemStatus::Pending
+            };
+            self.items.push(Item { id, range, status, holder: None, found_ms: now_ms, assigned_ms: 0 });
         }
     }
 
-    /// Drops done items at the head of a follow job's queue (see the module's invariants).
+    /// Drops done items at the head of a follow job's queue (see the module's invariants), but
+    /// none a kept checkpoint would hand out again.
     pub(crate) fn prune(&mut self) {
-        let done = self.items.iter().take_while(|i| i.status == ItemStatus::Done).count();
+        let bound = self.prune_bound();
+        let done = self.items.iter().take_while(|i| i.status == ItemStatus::Done && i.id < bound).count();
         if self.stream.is_some() && done >= PRUNE_AT {
             self.items.drain(..done);
             self.item_base += done as u64;
@@ -317,6 +328,6 @@ impl State {
         }
         job.end_training();
         let publish = if job.final_publish_pending { job.version_due(job.rows_trained, true, unix_ms()) } else { None };
-        Due { checkpoint: None, publish }
+        Due { checkpoint: None, position: None, publish }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::rollback::RollbackTarget;
 use super::stream::{poll, PRUNE_AT};
 use super::*;
 
@@ -198,4 +199,55 @@ fn the_gate_holds_a_poisoned_windows_version_and_publishes_the_next_good_one() {
     assert_eq!(job.published, vec![(1, 200), (3, 600)]);
     assert_eq!(job.held.iter().map(|h| (h.version, h.rows_trained)).collect::<Vec<_>>(), vec![(2, 400)]);
     assert_eq!(job.report(1, persist::unix_ms()).held.len(), 1);
+}
+
+/// A checkpoint stores the windows done when it was decided; a rollback to it pauses the job,
+/// then hands out again every window done after it (but those of skipped files, and of files
+/// found later in the skipped range), and counts rows from the label again. Unknown labels are
+/// refused with the labels there are.
+#[test]
+fn a_rollback_rewinds_the_source_to_the_checkpoint_and_skips_a_range_of_files() {
+    let (dir, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for name in ["part-0", "part-1"] {
+        arrive(data.path(), name, 100);
+    }
+    let mut s = State::open(dir.path(), LEASE, 8).unwrap();
+    let t0 = Instant::now();
+    s.register(Role::Ps, "a:1".into(), t0);
+    let w = s.register(Role::Worker, "w".into(), t0);
+    let id = s.submit(follow_job(data.path(), "window_rows = 50"), t0).unwrap();
+    assert_eq!(train_all(&mut s, &w, &id), (4, 200));
+    let (label, position) = s.checkpoint_point(&id).unwrap();
+    assert_eq!((label, position.clone().map(|p| p.below)), (200, Some(4)));
+    let record = CheckpointRecord { label, full: true, ids: vec![7], unix_ms: 1, error: None, position };
+    s.record_checkpoint(&id, record).unwrap();
+    for name in ["part-2", "part-3", "part-4"] {
+        arrive(data.path(), name, 100);
+    }
+    poll_now(&mut s);
+    assert_eq!(train_all(&mut s, &w, &id), (6, 300));
+
+    let refused = s.begin_rollback(&id, RollbackTarget::Label(250), 1).unwrap_err().to_string();
+    assert!(refused.contains("labeled [200]"), "{refused}");
+    assert!(s.begin_rollback(&id, RollbackTarget::Label(200), 2).unwrap_err().to_string().contains("2"));
+    let plan = s.begin_rollback(&id, RollbackTarget::Time(u64::MAX), 1).unwrap();
+    assert_eq!((plan.label, plan.ids.clone()), (200, vec![7]));
+    arrive(data.path(), "part-5", 100);
+    poll_now(&mut s);
+    assert!(s.next_work(&w, t0).unwrap().is_none(), "a job rolling back hands out nothing");
+    let skip = Some(("part-3".to_string(), "part-5".to_string()));
+    let done = s.finish_rollback(&id, &plan, skip, Ok(())).unwrap();
+    assert_eq!((done.from_rows, done.requeued, done.skipped_rows), (500, 2, 300), "part-2 again; 3, 4 and 5 skipped");
+    assert_eq!(s.jobs(Some(&id)).unwrap()[0].rows_trained, 200);
+    // part-2 again; part-3 and part-4 skipped, and part-5, found while paused, too.
+    assert_eq!(train_all(&mut s, &w, &id), (2, 100));
+    arrive(data.path(), "part-6", 100);
+    poll_now(&mut s);
+    assert_eq!(train_all(&mut s, &w, &id), (2, 100), "files after the range are trained");
+    let job = s.jobs(Some(&id)).unwrap()[0];
+    assert_eq!((job.rows_trained, job.rollbacks.len()), (400, 1));
+    // A failed restore fails the job: the servers' state is unknown.
+    let plan = s.begin_rollback(&id, RollbackTarget::Label(200), 1).unwrap();
+    assert!(s.finish_rollback(&id, &plan, None, Err("disk".into())).is_err());
+    assert_eq!(s.jobs(Some(&id)).unwrap()[0].state, JobState::Failed);
 }

@@ -121,6 +121,8 @@ impl State {
             last_publish_ms: 0,
             published_auc: None,
             last_verdict: None,
+            paused: false,
+            rollbacks: Vec::new(),
             elapsed_seconds: 0.0,
             started: Some(now),
         };

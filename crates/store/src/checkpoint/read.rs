@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use ember_core::TableSpec;
 
 use super::format::{self, BodyReader, TAG_DELETED, TAG_END, TAG_ROWS, TAG_SKETCH};
-use super::{CheckpointError, CheckpointKind, Checkpointer};
+use super::{CheckpointError, CheckpointKind, Checkpointer, Header};
 use crate::record::{decode_keyed_row, KEYED_HEADER};
 
 /// What reading a chain hands to its visitor, file by file, in chain order.
@@ -54,10 +54,21 @@ impl Checkpointer {
         upto: u64,
         mut visit: impl FnMut(ChainEvent<'_>) -> Result<(), CheckpointError>,
     ) -> Result<Vec<u64>, CheckpointError> {
+        let mut read = Vec::new();
+        for (path, body, header) in self.lineage(after, upto)? {
+            read_file(&path, body, header.kind == CheckpointKind::Full, &mut visit)?;
+            read.push(header.id);
+        }
+        Ok(read)
+    }
+
+    /// The files of the chain ending at `upto`, oldest first, each verified: back to its full
+    /// checkpoint, or only those after `after` when `after` is in the chain. Each is (path, body
+    /// length, header).
+    pub(super) fn lineage(&self, after: u64, upto: u64) -> Result<Vec<(PathBuf, u64, Header)>, CheckpointError> {
         let files = Self::files(self.dir())?;
         let path_of = |id: u64| files.iter().find(|f| f.0 == id).map(|f| f.2.clone());
-        // Walk back from `upto` to its full checkpoint.
-        let mut lineage: Vec<(u64, PathBuf, u64, CheckpointKind)> = Vec::new();
+        let mut lineage = Vec::new();
         let mut next = upto;
         loop {
             let path =
@@ -67,19 +78,15 @@ impl Checkpointer {
             if header.id != next {
                 return Err(CheckpointError::Corrupt { path, reason: format!("header says id {}", header.id) });
             }
-            lineage.push((next, path, body, header.kind));
-            if header.kind == CheckpointKind::Full || after != 0 && header.parent == after {
+            let (kind, parent) = (header.kind, header.parent);
+            lineage.push((path, body, header));
+            if kind == CheckpointKind::Full || after != 0 && parent == after {
                 break;
             }
-            next = header.parent;
+            next = parent;
         }
         lineage.reverse();
-        let mut read = Vec::with_capacity(lineage.len());
-        for (id, path, body, kind) in lineage {
-            read_file(&path, body, kind == CheckpointKind::Full, &mut visit)?;
-            read.push(id);
-        }
-        Ok(read)
+        Ok(lineage)
     }
 }
 

@@ -1,4 +1,5 @@
-//! Restore: the newest intact chain of a checkpoint directory, applied to an empty store.
+//! Restore: the newest intact chain of a checkpoint directory, applied to an empty store; and a
+//! running store returned to a named checkpoint (a rollback).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -65,35 +66,71 @@ impl Checkpointer {
                 None => break,
             }
         }
-        let mut applied = Vec::new();
-        for id in chain {
-            let (header, path, body) = &headers[&id];
-            let started = Instant::now();
-            let (rows, deleted) = apply_file(store, path, *body)?;
-            applied.push(CheckpointInfo {
-                id,
-                kind: header.kind,
-                parent: header.parent,
-                label: header.label,
-                unix_ms: header.unix_ms,
-                file: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                bytes: body + 16,
-                rows,
-                deleted,
-                tables: header.tables,
-                seconds: started.elapsed().as_secs_f64(),
-            });
-        }
-        for table in store.all_tables() {
-            if let Table::Sparse(t) = table {
-                t.forget_changes()?;
-            }
-        }
-        store.take_dropped_flag();
+        let files: Vec<(PathBuf, u64, Header)> = chain
+            .iter()
+            .map(|id| {
+                let (header, path, body) = &headers[id];
+                (path.clone(), *body, *header)
+            })
+            .collect();
+        let applied = apply_chain(store, &files)?;
         state.chain = applied.clone();
         state.force_full = false;
         Ok(applied)
     }
+
+    /// Returns a running `store` to checkpoint `upto` (rows, optimizer state, admission counts,
+    /// dense tables): the chain ending there is applied from its full checkpoint, which replaces
+    /// every table it holds, and tables it does not hold are dropped. Then a full checkpoint of
+    /// the result is written (labeled as `upto` was), so a restart restores it, not the branch
+    /// rolled back from. The caller keeps writers away meanwhile. Nothing is applied unless every
+    /// file of the chain verifies first.
+    pub fn restore_to(
+        &self,
+        store: &Store,
+        upto: u64,
+    ) -> Result<(Vec<CheckpointInfo>, CheckpointInfo), CheckpointError> {
+        let files = self.lineage(0, upto)?;
+        let label = files.last().map_or(0, |(_, _, h)| h.label);
+        let applied = {
+            let mut state = self.state.lock();
+            let applied = apply_chain(store, &files)?;
+            state.chain.clear();
+            state.force_full = true;
+            applied
+        };
+        let written = self.write(store, CheckpointKind::Full, label)?;
+        Ok((applied, written))
+    }
+}
+
+/// Applies verified chain files, oldest first, to `store`; what restore reports of each.
+fn apply_chain(store: &Store, files: &[(PathBuf, u64, Header)]) -> Result<Vec<CheckpointInfo>, CheckpointError> {
+    let mut applied = Vec::new();
+    for (path, body, header) in files {
+        let started = Instant::now();
+        let (rows, deleted) = apply_file(store, path, *body)?;
+        applied.push(CheckpointInfo {
+            id: header.id,
+            kind: header.kind,
+            parent: header.parent,
+            label: header.label,
+            unix_ms: header.unix_ms,
+            file: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            bytes: body + 16,
+            rows,
+            deleted,
+            tables: header.tables,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    for table in store.all_tables() {
+        if let Table::Sparse(t) = table {
+            t.forget_changes()?;
+        }
+    }
+    store.take_dropped_flag();
+    Ok(applied)
 }
 
 /// Applies one verified file to `store`; returns (rows, deleted keys).

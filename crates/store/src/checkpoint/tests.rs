@@ -354,3 +354,36 @@ fn a_chain_read_without_a_store_holds_each_checkpoints_weights() {
     let err = ck.read_chain(0, 99, |_| Ok(())).unwrap_err();
     assert_eq!(ember_core::HasCode::code(&err), ember_core::Code::NotFound, "{err}");
 }
+
+/// A running store returned to an earlier checkpoint of its chain holds exactly what it held
+/// then (rows, deletions, dense values, optimizer state), including a table created since,
+/// which is dropped; a full checkpoint of it is written, so a restart restores the rolled-back
+/// state, not the branch after it; an id that is not there changes nothing.
+#[test]
+fn a_running_store_returns_to_a_checkpoint_and_a_restart_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ckpt) = (new_store(), Checkpointer::open(dir.path()).unwrap());
+    let mut rng = SplitMix64::new(3);
+    churn(&store, &mut rng, 40);
+    ckpt.write(&store, CheckpointKind::Full, 100).unwrap();
+    churn(&store, &mut rng, 20);
+    let target = ckpt.write(&store, CheckpointKind::Incremental, 200).unwrap();
+    let then = contents(&store);
+    churn(&store, &mut rng, 30);
+    ckpt.write(&store, CheckpointKind::Incremental, 300).unwrap();
+    store.create_table(TableSpec::sparse("late", 2, Optimizer::Sgd { learning_rate: 0.1 }), None).unwrap();
+    churn(&store, &mut rng, 10);
+    assert_ne!(contents(&store), then);
+
+    assert!(matches!(ckpt.restore_to(&store, 99), Err(CheckpointError::Missing { id: 99, .. })));
+    let (applied, written) = ckpt.restore_to(&store, target.id).unwrap();
+    assert_eq!(applied.iter().map(|c| c.label).collect::<Vec<_>>(), vec![100, 200]);
+    assert_eq!((written.kind, written.label), (CheckpointKind::Full, 200));
+    assert_eq!(contents(&store), then, "the store is back at checkpoint {}", target.id);
+    let (copy, chain) = restored(dir.path());
+    assert_eq!(chain.iter().map(|c| c.id).collect::<Vec<_>>(), vec![written.id]);
+    assert_eq!(contents(&copy), then, "a restart restores the rolled-back state");
+    // Training goes on from there: the next incremental builds on the new full checkpoint.
+    churn(&store, &mut rng, 5);
+    assert_eq!(ckpt.write(&store, CheckpointKind::Incremental, 210).unwrap().parent, written.id);
+}
