@@ -104,11 +104,34 @@ struct PlotArgs {
     #[arg(long, default_value = "progressive AUC")]
     title: String,
     /// Runs as NAME=REPORT.json (reports of `ember train`).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "series")]
     runs: Vec<String>,
+    /// Instead of reports, lines and marks from a JSON file: `{"title", "x_label", "y_label",
+    /// "series": [{"name", "points": [[x, y], ...]}], "marks": [{"x", "name"}]}`.
+    #[arg(long, conflicts_with = "runs")]
+    series: Option<std::path::PathBuf>,
 }
 
 fn plot_reports(args: PlotArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.series {
+        #[derive(serde::Deserialize)]
+        struct Series {
+            title: String,
+            x_label: String,
+            y_label: String,
+            series: Vec<plot::Line>,
+            #[serde(default)]
+            marks: Vec<plot::Mark>,
+        }
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let s: Series = serde_json::from_str(&text).with_context(|| format!("{} is not a series file", path.display()))?;
+        let axes = plot::Axes { x: s.x_label, y: s.y_label, x_in_thousands: false };
+        if !plot::draw_lines(&s.series, &s.marks, &s.title, &axes, &args.out)? {
+            eprintln!("no TrueType font found: {} has no text", args.out.display());
+        }
+        println!("{}", args.out.display());
+        return Ok(());
+    }
     #[derive(serde::Deserialize)]
     struct WithCurve {
         curve: Vec<plot::CurvePoint>,

@@ -75,37 +75,94 @@ pub fn training_curves(points: &[CurvePoint], title: &str, path: &Path) -> anyho
 /// Draws several runs' window AUC against examples seen, one coloured line per run, named in a
 /// legend. Returns false if no font was found.
 pub fn compare_auc(runs: &[(String, Vec<CurvePoint>)], title: &str, path: &Path) -> anyhow::Result<bool> {
+    let lines: Vec<Line> = runs
+        .iter()
+        .map(|(name, points)| Line {
+            name: name.clone(),
+            points: points.iter().map(|p| (p.examples as f64, p.window_auc)).collect(),
+        })
+        .collect();
+    let axes = Axes { x: "examples seen".into(), y: "progressive AUC (window)".into(), x_in_thousands: true };
+    draw_lines(&lines, &[], title, &axes, path)
+}
+
+/// One named line of a plot.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Line {
+    /// Its legend entry.
+    pub name: String,
+    /// (x, y) points; non-finite ys are left out.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A vertical mark at `x`, named in the legend by its kind (marks of one name share a colour).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Mark {
+    /// Where.
+    pub x: f64,
+    /// What.
+    pub name: String,
+}
+
+/// Axis descriptions.
+pub struct Axes {
+    /// Under the x axis.
+    pub x: String,
+    /// Beside the y axis.
+    pub y: String,
+    /// Label x ticks as `12k`.
+    pub x_in_thousands: bool,
+}
+
+/// Draws lines and vertical marks. Returns false if no font was found.
+pub fn draw_lines(lines: &[Line], marks: &[Mark], title: &str, axes: &Axes, path: &Path) -> anyhow::Result<bool> {
     let with_text = font_available();
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).context("drawing")?;
-    let all = runs.iter().flat_map(|(_, points)| points.iter());
-    let max_x = all.clone().map(|p| p.examples).max().unwrap_or(1).max(1) as f64;
-    let ys: Vec<f64> = all.map(|p| p.window_auc).filter(|v| v.is_finite()).collect();
-    let (lo, hi) = ys.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-    let (lo, hi) = if ys.is_empty() { (0.0, 1.0) } else { (lo - 0.01, hi + 0.01) };
+    let points = || lines.iter().flat_map(|l| l.points.iter()).filter(|(_, y)| y.is_finite());
+    let (x_lo, x_hi) = points().fold((f64::MAX, f64::MIN), |(lo, hi), (x, _)| (lo.min(*x), hi.max(*x)));
+    let (x_lo, x_hi) = if x_lo > x_hi { (0.0, 1.0) } else { (x_lo.min(0.0), x_hi.max(x_lo + 1.0)) };
+    let (lo, hi) = points().fold((f64::MAX, f64::MIN), |(lo, hi), (_, y)| (lo.min(*y), hi.max(*y)));
+    let (lo, hi) = if lo > hi { (0.0, 1.0) } else { (lo - 0.01, hi + 0.01) };
     let mut builder = ChartBuilder::on(&root);
     builder.margin(15).x_label_area_size(35).y_label_area_size(55);
     if with_text {
         builder.caption(title, ("sans-serif", 18));
     }
-    let mut chart = builder.build_cartesian_2d(0f64..max_x, lo..hi).context("chart")?;
+    let mut chart = builder.build_cartesian_2d(x_lo..x_hi, lo..hi).context("chart")?;
     let mut mesh = chart.configure_mesh();
     if with_text {
-        mesh.x_desc("examples seen")
-            .y_desc("progressive AUC (window)")
-            .label_style(("sans-serif", 13))
-            .x_label_formatter(&|x| format!("{:.0}k", x / 1000.0));
+        mesh.x_desc(axes.x.as_str()).y_desc(axes.y.as_str()).label_style(("sans-serif", 13));
+        if axes.x_in_thousands {
+            mesh.x_label_formatter(&|x| format!("{:.0}k", x / 1000.0));
+        }
     } else {
         mesh.disable_x_axis().disable_y_axis();
     }
     mesh.draw().context("mesh")?;
-    for (i, (name, points)) in runs.iter().enumerate() {
+    let mut kinds: Vec<&str> = Vec::new();
+    for mark in marks {
+        let first = !kinds.contains(&mark.name.as_str());
+        if first {
+            kinds.push(&mark.name);
+        }
+        let colour = Palette99::pick(lines.len() + kinds.iter().position(|k| *k == mark.name).unwrap_or(0)).to_rgba();
+        let series = chart
+            .draw_series(LineSeries::new([(mark.x, lo), (mark.x, hi)], colour.stroke_width(1)))
+            .context("mark")?;
+        if with_text && first {
+            series
+                .label(mark.name.as_str())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(1)));
+        }
+    }
+    for (i, line) in lines.iter().enumerate() {
         let colour = Palette99::pick(i).to_rgba();
-        let line = points.iter().filter(|p| p.window_auc.is_finite()).map(|p| (p.examples as f64, p.window_auc));
-        let series = chart.draw_series(LineSeries::new(line, colour.stroke_width(2))).context("series")?;
+        let points = line.points.iter().copied().filter(|(_, y)| y.is_finite());
+        let series = chart.draw_series(LineSeries::new(points, colour.stroke_width(2))).context("series")?;
         if with_text {
             series
-                .label(name.as_str())
+                .label(line.name.as_str())
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2)));
         }
     }
@@ -149,5 +206,11 @@ mod tests {
         let compared = dir.path().join("compared.png");
         compare_auc(&runs, "test", &compared).unwrap();
         assert_eq!(&std::fs::read(&compared).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+        let lines = [Line { name: "a".into(), points: vec![(0.0, 0.6), (1.0, f64::NAN), (2.0, 0.7)] }];
+        let marks = [Mark { x: 1.0, name: "held".into() }, Mark { x: 1.5, name: "held".into() }];
+        let axes = Axes { x: "window".into(), y: "AUC".into(), x_in_thousands: false };
+        let marked = dir.path().join("marked.png");
+        draw_lines(&lines, &marks, "test", &axes, &marked).unwrap();
+        assert_eq!(&std::fs::read(&marked).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
     }
 }
