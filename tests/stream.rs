@@ -270,3 +270,68 @@ fn a_rollback_returns_the_rows_to_the_checkpoint_and_replays_without_the_skipped
     wait_for(&addr, &id, deadline, |s| s["state"] == "succeeded");
     assert_eq!(status(&addr, &id)["rows_trained"], 6 * ROWS, "windows 4 and 7 again; 5 and 6 never");
 }
+
+/// `ember join` on the serving logs `gen-data --stream --serving-log` writes gives back exactly
+/// the labelled rows `gen-data --stream` writes for the same seed (a click makes a positive, the
+/// window's end a negative), in order; with fewer open predictions allowed than a window holds,
+/// the overflow is counted and no row is lost; a follow job trains on what it writes.
+#[test]
+fn the_join_of_prediction_logs_and_clicks_gives_back_the_labelled_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (logs, rows) = (dir.path().join("logs"), dir.path().join("rows"));
+    let common = ["gen-data", "--stream", "--windows", "4", "--rows", "500", "--window-seconds", "60"];
+    ember(
+        &common
+            .into_iter()
+            .chain(["--serving-log", "--label-delay-seconds", "30", "--out", logs.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    ember(&common.into_iter().chain(["--out", rows.to_str().unwrap()]).collect::<Vec<_>>());
+    let concat = |d: &Path| {
+        let mut names: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).collect();
+        names.retain(|p| p.extension().is_some_and(|e| e == "tsv"));
+        names.sort();
+        names.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect::<String>()
+    };
+    let expected = concat(&rows);
+    let join = |out: &Path, max_open: &str| -> serde_json::Value {
+        let (p, l) = (logs.join("predictions"), logs.join("labels"));
+        let args = ["join", "--predictions", p.to_str().unwrap(), "--labels", l.to_str().unwrap(), "--out"];
+        let rest = ["--window-seconds", "120", "--idle-seconds", "0.3", "--poll-ms", "20", "--max-open", max_open];
+        let out = ember(&args.into_iter().chain([out.to_str().unwrap()]).chain(rest).collect::<Vec<_>>());
+        serde_json::from_str(out.trim()).unwrap()
+    };
+    let joined = dir.path().join("joined");
+    let stats = join(&joined, "1000000");
+    let positives = expected.lines().filter(|l| l.starts_with('1')).count() as u64;
+    assert_eq!((stats["positives"].as_u64(), stats["negatives"].as_u64()), (Some(positives), Some(2000 - positives)));
+    assert_eq!((stats["unmatched"].as_u64(), stats["overflowed"].as_u64()), (Some(0), Some(0)), "{stats}");
+    assert_eq!(concat(&joined), expected, "the joined rows are the stream's rows, in order");
+
+    let tight = join(&dir.path().join("tight"), "100");
+    assert!(tight["overflowed"].as_u64().unwrap() > 0, "{tight}");
+    assert_eq!(tight["positives"].as_u64().unwrap() + tight["negatives"].as_u64().unwrap(), 2000, "{tight}");
+
+    let job = dir.path().join("joined.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "version = 1\n[data]\nformat = \"criteo\"\nsource = \"follow\"\npaths = [\"{}/part-*.tsv\"]\n\
+             [data.follow]\npoll_ms = 50\nidle_seconds = 0.5\n[model]\nkind = \"lr\"\n",
+            joined.display()
+        ),
+    )
+    .unwrap();
+    let report = dir.path().join("report.json");
+    let workdir = dir.path().join("work");
+    ember(&[
+        "train",
+        job.to_str().unwrap(),
+        "--workdir",
+        workdir.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(report["rows_trained"], 2000);
+}

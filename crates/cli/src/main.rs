@@ -17,6 +17,7 @@ mod demo;
 mod gen_data;
 mod health;
 mod https;
+mod join_cmd;
 mod observability;
 mod otlp;
 mod plot;
@@ -65,6 +66,8 @@ enum Command {
     /// Return a follow job to one of its checkpoints (servers, serving and source), skipping a
     /// range of files.
     Rollback(rollback::RollbackArgs),
+    /// Join prediction logs with click events into labelled rows for a follow job.
+    Join(join_cmd::JoinArgs),
     /// Load generators that print JSON figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -124,7 +127,8 @@ fn plot_reports(args: PlotArgs) -> anyhow::Result<()> {
             marks: Vec<plot::Mark>,
         }
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let s: Series = serde_json::from_str(&text).with_context(|| format!("{} is not a series file", path.display()))?;
+        let s: Series =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a series file", path.display()))?;
         let axes = plot::Axes { x: s.x_label, y: s.y_label, x_in_thousands: false };
         if !plot::draw_lines(&s.series, &s.marks, &s.title, &axes, &args.out)? {
             eprintln!("no TrueType font found: {} has no text", args.out.display());
@@ -280,6 +284,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Status(args) => cluster_cmds::status(args).await,
             Command::Stop(args) => cluster_cmds::stop(args).await,
             Command::Rollback(args) => rollback::run(args).await,
+            Command::Join(args) => join_cmd::run(args).await,
             Command::GenData(args) => gen_data::run(args),
             Command::Checkpoint(args) => store_cmds::checkpoint(args).await,
             Command::Export(args) => store_cmds::export(args).await,

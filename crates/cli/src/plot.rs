@@ -146,14 +146,14 @@ pub fn draw_lines(lines: &[Line], marks: &[Mark], title: &str, axes: &Axes, path
         if first {
             kinds.push(&mark.name);
         }
-        let colour = Palette99::pick(lines.len() + kinds.iter().position(|k| *k == mark.name).unwrap_or(0)).to_rgba();
-        let series = chart
-            .draw_series(LineSeries::new([(mark.x, lo), (mark.x, hi)], colour.stroke_width(1)))
-            .context("mark")?;
+        const MARKS: [RGBColor; 4] = [BLACK, MAGENTA, CYAN, RGBColor(255, 140, 0)];
+        let colour = MARKS[kinds.iter().position(|k| *k == mark.name).unwrap_or(0) % MARKS.len()].to_rgba();
+        let series =
+            chart.draw_series(LineSeries::new([(mark.x, lo), (mark.x, hi)], colour.stroke_width(2))).context("mark")?;
         if with_text && first {
             series
                 .label(mark.name.as_str())
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(1)));
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2)));
         }
     }
     for (i, line) in lines.iter().enumerate() {

@@ -19,7 +19,11 @@ impl SchedulerClient {
     /// Connects to the scheduler at `endpoint` (`host:port` or a URI) with `credentials`.
     pub async fn connect(endpoint: &str, credentials: &Credentials) -> Result<Self, ClientError> {
         let channel = credentials.channel(endpoint).await?;
-        let inner = scheduler_client::SchedulerClient::new(channel).max_encoding_message_size(256 << 20);
+        // Reports carry every hold-out prediction (8 bytes a row): 4 MiB, tonic's default, was
+        // 520k rows, and `ember train --test-predictions` failed past it.
+        let inner = scheduler_client::SchedulerClient::new(channel)
+            .max_encoding_message_size(256 << 20)
+            .max_decoding_message_size(256 << 20);
         Ok(Self { inner, endpoint: endpoint.to_string(), credentials: credentials.clone() })
     }
 

@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod compress;
+pub mod join;
 pub mod reader;
 pub mod ssp;
 pub mod synth;
