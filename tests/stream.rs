@@ -335,3 +335,73 @@ fn the_join_of_prediction_logs_and_clicks_gives_back_the_labelled_rows() {
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(report["rows_trained"], 2000);
 }
+
+/// Serving logs what it answered: `ember serve --prediction-log` writes each sample's request id,
+/// version and raw cells in time-bucket files; click events for the positives, written under the
+/// same bucket names, joined by `ember join`, give back exactly the rows that were served.
+#[test]
+fn served_predictions_are_logged_and_join_back_to_the_rows_served() {
+    let t = support::serving::train();
+    let dir = tempfile::tempdir().unwrap();
+    let (logs, clicks, joined) = (dir.path().join("predictions"), dir.path().join("clicks"), dir.path().join("joined"));
+    let models = t.models.to_str().unwrap();
+    let args = ["serve", "--ps", &t.ps, "--model-dir", models, "--listen", "127.0.0.1:0", "--prediction-log"];
+    let args: Vec<&str> =
+        args.into_iter().chain([logs.to_str().unwrap(), "--prediction-log-bucket-seconds", "1"]).collect();
+    let (_serve, addr) = start_one(&args, "ember serve listening on ");
+    let out = dir.path().join("preds.txt");
+    ember(&["predict", "--serving", &addr, "--data", t.test_data.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let rows: Vec<String> = std::fs::read_to_string(&t.test_data).unwrap().lines().map(String::from).collect();
+    // Every bucket's file is renamed into place a second after the bucket ends.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let records = loop {
+        let mut files: Vec<_> = std::fs::read_dir(&logs).unwrap().map(|e| e.unwrap().path()).collect();
+        files.retain(|p| !p.file_name().unwrap().to_str().unwrap().starts_with('.'));
+        let records: Vec<(String, serde_json::Value)> = files
+            .iter()
+            .flat_map(|f| {
+                let name = f.file_name().unwrap().to_str().unwrap().to_string();
+                let text = std::fs::read_to_string(f).unwrap();
+                text.lines().map(|l| (name.clone(), serde_json::from_str(l).unwrap())).collect::<Vec<_>>()
+            })
+            .collect();
+        if records.len() == rows.len() {
+            break records;
+        }
+        assert!(Instant::now() < deadline, "{} of {} records logged", records.len(), rows.len());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The label of each served row, by its cells (the join must pair them by request id).
+    let mut label_of: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+    for row in &rows {
+        let (label, cells) = row.split_once('\t').unwrap();
+        label_of.entry(cells).or_default().push(label);
+    }
+    std::fs::create_dir_all(&clicks).unwrap();
+    let mut by_bucket: std::collections::BTreeMap<String, String> = Default::default();
+    for (name, r) in &records {
+        assert!(r["model_version"].as_u64().unwrap() > 0, "{r}");
+        let label = label_of.get_mut(r["features"].as_str().unwrap()).and_then(|l| l.pop()).expect("a served row");
+        let clicks = by_bucket.entry(name.clone()).or_default();
+        if label == "1" {
+            let click =
+                serde_json::json!({ "request_id": r["request_id"], "time_ms": r["time_ms"].as_u64().unwrap() + 1 });
+            clicks.push_str(&format!("{click}\n"));
+        }
+    }
+    for (name, text) in &by_bucket {
+        std::fs::write(clicks.join(name), text).unwrap();
+    }
+    let (l, c, j) = (logs.to_str().unwrap(), clicks.to_str().unwrap(), joined.to_str().unwrap());
+    ember(&["join", "--predictions", l, "--labels", c, "--out", j, "--window-seconds", "10", "--idle-seconds", "0.3"]);
+    let mut got: Vec<String> = std::fs::read_dir(&joined)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tsv"))
+        .flat_map(|p| std::fs::read_to_string(p).unwrap().lines().map(String::from).collect::<Vec<_>>())
+        .collect();
+    let mut want = rows.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "the joined rows are the rows served, with their labels");
+}

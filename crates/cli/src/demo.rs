@@ -185,7 +185,7 @@ async fn serve_from_replica(replica: &str, models: &Path, data: &Path, run: &Tra
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let config = ServingConfig { freshness: Freshness::Pinned, ..ServingConfig::default() };
-    let serving = Serving::start(vec![ModelDir::new(models)], set, config.clone()).await;
+    let serving = Serving::start(vec![ModelDir::new(models)], set, config.clone()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -105,6 +105,13 @@ pub struct ServeArgs {
     /// Most samples per request.
     #[arg(long, default_value_t = 4096)]
     max_samples: usize,
+    /// Log every answered sample (request id, time, version, raw features) as JSON lines in
+    /// this directory, one file per time bucket, for `ember join`.
+    #[arg(long)]
+    prediction_log: Option<PathBuf>,
+    /// Length of a prediction-log bucket (its file is renamed into place a second after it ends).
+    #[arg(long, default_value_t = 60.0)]
+    prediction_log_bucket_seconds: f64,
     #[command(flatten)]
     security: ServerSecurityArgs,
     /// Trace export (`--otlp-endpoint`).
@@ -134,6 +141,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         freshness: if args.freshness == "pinned" { Freshness::Pinned } else { Freshness::Latest },
         security: security.clone(),
+        prediction_log: args
+            .prediction_log
+            .clone()
+            .map(|dir| (dir, Duration::from_secs_f64(args.prediction_log_bucket_seconds.max(1.0)))),
         ..ServingConfig::default()
     };
     let rows: SparseSource = if args.replicas.is_empty() {
@@ -151,7 +162,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         set.into()
     };
     let dirs = args.model_dir.iter().map(ModelDir::new).collect();
-    let serving = Serving::start(dirs, rows, config.clone()).await;
+    let serving = Serving::start(dirs, rows, config.clone()).await.context("starting the prediction log")?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     if let Some(addr) = args.http_listen {

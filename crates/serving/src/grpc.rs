@@ -25,6 +25,7 @@ pub fn sample_of(s: v1::Sample) -> SampleIn {
         fields: s.fields.into_iter().collect(),
         row: s.row,
         hashed: s.hashed.into_iter().map(|h| Feature { field: h.field, id: h.id, value: h.value }).collect(),
+        request_id: s.request_id,
     }
 }
 
@@ -59,6 +60,7 @@ impl ServingRpc for ServingService {
             probabilities: p.probabilities,
             tasks: 1,
             lookup_misses: p.lookup_misses,
+            request_ids: p.request_ids,
         }))
     }
 

@@ -27,6 +27,7 @@ pub mod cache;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod log;
 pub mod manager;
 pub mod models;
 pub mod predictor;
@@ -87,6 +88,8 @@ pub struct ServingConfig {
     pub max_message_bytes: usize,
     /// TLS and role tokens of the gRPC port (off by default).
     pub security: ember_proto::tls::ServerSecurity,
+    /// Log every answered sample here, in buckets of this length (`log`); off by default.
+    pub prediction_log: Option<(std::path::PathBuf, Duration)>,
 }
 
 impl Default for ServingConfig {
@@ -103,6 +106,7 @@ impl Default for ServingConfig {
             warmup_requests: 8,
             max_message_bytes: 16 << 20,
             security: ember_proto::tls::ServerSecurity::default(),
+            prediction_log: None,
         }
     }
 }
@@ -117,21 +121,29 @@ pub struct Serving {
 impl Serving {
     /// Loads the current version of each of `dirs` (if any) and starts following them. Every
     /// model reads its sparse rows from `rows` (one cache shared by all).
-    pub async fn start(dirs: Vec<ember_model::ModelDir>, rows: impl Into<SparseSource>, config: ServingConfig) -> Self {
+    pub async fn start(
+        dirs: Vec<ember_model::ModelDir>,
+        rows: impl Into<SparseSource>,
+        config: ServingConfig,
+    ) -> std::io::Result<Self> {
         let rows = Arc::new(RowSource::new(rows.into(), &config));
+        let log = match &config.prediction_log {
+            Some((dir, bucket)) => Some(Arc::new(log::PredictionLog::start(dir.clone(), *bucket)?)),
+            None => None,
+        };
         let mut predictors = Vec::with_capacity(dirs.len());
         let mut watchers = Vec::with_capacity(dirs.len());
         for dir in dirs {
             let root = dir.root().display().to_string();
             let manager = Arc::new(ModelManager::new(dir, config.keep_versions));
-            let predictor = Arc::new(Predictor::new(Arc::clone(&manager), Arc::clone(&rows), &config));
+            let predictor = Arc::new(Predictor::new(Arc::clone(&manager), Arc::clone(&rows), &config, log.clone()));
             if let Err(e) = predictor.refresh().await {
                 tracing::warn!(dir = %root, error = %e, "no model loaded at start; it answers Unavailable until one is");
             }
             watchers.push(tokio::spawn(predictor::watch(Arc::clone(&predictor), config.poll_interval)));
             predictors.push(predictor);
         }
-        Self { models: Arc::new(Models::new(predictors)), watchers }
+        Ok(Self { models: Arc::new(Models::new(predictors)), watchers })
     }
 }
 

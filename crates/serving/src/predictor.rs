@@ -29,6 +29,8 @@ pub struct SampleIn {
     pub row: Vec<String>,
     /// Features the caller hashed.
     pub hashed: Vec<Feature>,
+    /// The request's id for the prediction log (empty: made by the node).
+    pub request_id: String,
 }
 
 /// A request's answer.
@@ -40,6 +42,8 @@ pub struct Prediction {
     pub probabilities: Vec<f32>,
     /// Distinct keys no ps-server had.
     pub lookup_misses: u64,
+    /// With a prediction log: each sample's id as logged.
+    pub request_ids: Vec<String>,
 }
 
 /// Answers requests; warms up new versions.
@@ -51,11 +55,17 @@ pub struct Predictor {
     recorded: Mutex<VecDeque<Arc<Vec<SampleIn>>>>,
     requests: AtomicU64,
     freshness: crate::Freshness,
+    log: Option<Arc<crate::log::PredictionLog>>,
 }
 
 impl Predictor {
     /// A predictor over `manager`'s versions and `rows` (shared by every model of a node).
-    pub fn new(manager: Arc<ModelManager>, rows: Arc<RowSource>, config: &ServingConfig) -> Self {
+    pub fn new(
+        manager: Arc<ModelManager>,
+        rows: Arc<RowSource>,
+        config: &ServingConfig,
+        log: Option<Arc<crate::log::PredictionLog>>,
+    ) -> Self {
         Self {
             manager,
             rows,
@@ -64,7 +74,40 @@ impl Predictor {
             recorded: Mutex::new(VecDeque::new()),
             requests: AtomicU64::new(0),
             freshness: config.freshness,
+            log,
         }
+    }
+
+    /// Logs each sample of an answered request; returns their ids.
+    fn log(&self, m: &LoadedModel, samples: &[SampleIn]) -> Vec<String> {
+        let Some(log) = &self.log else { return Vec::new() };
+        let time_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let fields = m.manifest.schema.fields();
+        samples
+            .iter()
+            .map(|s| {
+                let request_id = if s.request_id.is_empty() { log.next_id() } else { s.request_id.clone() };
+                let cells: Option<Vec<&str>> = if !s.row.is_empty() {
+                    Some(s.row.iter().map(String::as_str).collect())
+                } else if !s.fields.is_empty() {
+                    let value = |name: &str| s.fields.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str());
+                    Some(fields.iter().map(|f| value(&f.name)).collect())
+                } else {
+                    None
+                };
+                match cells {
+                    Some(cells) => log.log(crate::log::Record {
+                        request_id: request_id.clone(),
+                        time_ms,
+                        model_version: m.version(),
+                        features: cells.join("\t"),
+                    }),
+                    None => log.unloggable(),
+                }
+                request_id
+            })
+            .collect()
     }
 
     /// The sparse state `m` predicts with: 0 (the latest rows), or `m`'s own published state
@@ -113,7 +156,8 @@ impl Predictor {
         }
         metrics::counter!("ember_serving_samples_total").increment(samples.len() as u64);
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
-        let prediction = self.predict_with(&m, &samples, named).await?;
+        let mut prediction = self.predict_with(&m, &samples, named).await?;
+        prediction.request_ids = self.log(&m, &samples);
         // A sample of real traffic for warming up the next version: the first requests, then
         // one in 64 (copying every request would cost more than it teaches).
         if self.warmup_requests > 0 && (n < self.warmup_requests as u64 || n.is_multiple_of(64)) {
@@ -148,7 +192,12 @@ impl Predictor {
             })
             .collect::<Result<Vec<Example>, _>>()?;
         if examples.is_empty() {
-            return Ok(Prediction { version: m.version(), probabilities: Vec::new(), lookup_misses: 0 });
+            return Ok(Prediction {
+                version: m.version(),
+                probabilities: Vec::new(),
+                lookup_misses: 0,
+                request_ids: Vec::new(),
+            });
         }
         let batch = IndexedBatch::new(&examples);
         let sparse = self.sparse_version(m, named);
@@ -172,7 +221,7 @@ impl Predictor {
         })
         .await
         .map_err(|e| ServingError::Compute(e.to_string()))??;
-        Ok(Prediction { version: m.version(), probabilities, lookup_misses })
+        Ok(Prediction { version: m.version(), probabilities, lookup_misses, request_ids: Vec::new() })
     }
 
     /// Loads, warms up and swaps in the version the model directory names, if it is new.
