@@ -10,7 +10,7 @@
 # Writes docs/experiments/online.md (table) and online.png (window AUC over the stream, online vs
 # frozen, poison, held versions and the rollback marked); with --quick, a shorter stream written
 # under OUT instead of docs/. The last line printed is one JSON object (keys in the issue; those of
-# parts not built yet, Kafka, the join, calibration, serving latency, are null).
+# parts not built yet, Kafka and calibration, are null).
 #
 # Usage: scripts/online-experiment.sh [--quick] [OUT=/tmp/ember-online]
 set -euo pipefail
@@ -22,6 +22,7 @@ EMBER="${EMBER:-$ROOT/target/release/ember}"
 # shellcheck source=scripts/ps-lib.sh
 . "$ROOT/scripts/ps-lib.sh"
 bench_init
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 if [ "$QUICK" = 1 ]; then
   WINDOWS=30 ROWS=4000 POISON_FROM=18 POISON_TO=19 FROZEN=5 DOCS="$OUT"
@@ -53,8 +54,16 @@ model_job frozen "paths = [\"$STREAM/part-*.tsv\"]" \
 # 2. Online, on processes: every window published behind the gate and checkpointed.
 SCHED=$(start scheduler "ember scheduler listening on " "$EMBER" scheduler --listen 127.0.0.1:0 \
   --state-dir "$OUT/sched" --data-root "$OUT" --lease-ms 3000)
-start ps "ember ps listening on " "$EMBER" ps --listen 127.0.0.1:0 --data-dir "$OUT/ps" \
-  --checkpoint-every 0 --scheduler "$SCHED" >/dev/null
+PS=$(start ps "ember ps listening on " "$EMBER" ps --listen 127.0.0.1:0 --data-dir "$OUT/ps" \
+  --checkpoint-every 0 --scheduler "$SCHED")
+# A serving node on the job's model directory, and a prober timing each version from its publish
+# to the node answering with it.
+mkdir -p "$OUT/models"
+SERVE=$(start serve "ember serve listening on " "$EMBER" serve --ps "$PS" --model-dir "$OUT/models" \
+  --listen 127.0.0.1:0 --poll-ms 20)
+"$EMBER" bench publish-latency --target "$SERVE" --model-dir "$OUT/models" --seconds 1200 \
+  --until-file "$OUT/published.done" >"$OUT/publish-latency.json" 2>"$OUT/publish-latency.log" &
+PROBER=$!
 start worker "ember worker " "$EMBER" worker --scheduler "$SCHED" --data-root "$OUT" >/dev/null
 model_job online 'source = "follow"' "paths = [\"$STREAM/part-*.tsv\"]" \
   '[data.follow]' 'poll_ms = 100' "window_rows = $ROWS" \
@@ -85,6 +94,8 @@ wait_until "s['rows_trained'] == $CLEAN and s['follow']['lag_rows'] == 0"
 "$EMBER" stop "$JOB" --scheduler "$SCHED" >&2
 wait_until "s['state'] == 'succeeded'"
 "$EMBER" status --scheduler "$SCHED" --job "$JOB" --report "$OUT/online.json" >&2
+touch "$OUT/published.done"
+wait "$PROBER"
 
 # 3. The cost of following: the same stream as files and as a follow job, embedded, same model.
 model_job files "paths = [\"$STREAM/part-*.tsv\"]" 'test_split = 0.0'
@@ -154,6 +165,7 @@ for d in sorted(os.listdir(models)):
         if m.get("held") is None and m["rows_trained"] in poisoned and m["created_unix_ms"] < rollback_ms:
             published_poisoned += 1
 join = json.load(open(os.path.join(out, "join.json")))
+latency = json.load(open(os.path.join(out, "publish-latency.json")))
 def concat(d):
     names = sorted(n for n in os.listdir(d) if n.endswith(".tsv"))
     return "".join(open(os.path.join(d, n)).read() for n in names)
@@ -180,7 +192,9 @@ result = {
     "join_rows": join["positives"] + join["negatives"],
     "join_equals_stream": join_equals_stream,
     "join_overflowed": join["overflowed"],
-    "publish_to_serving_ms_p99": None,
+    "publish_to_serving_ms_p99": latency["p99_ms"],
+    "publish_to_serving_ms_p50": latency["p50_ms"],
+    "versions_seen_by_serving": latency["versions_seen"],
 }
 series = {
     "title": "LR-FTRL on a drifting stream (%d windows x %d rows): window AUC" % (W, R),
@@ -203,10 +217,11 @@ PY
 mkdir -p "$DOCS"
 "$EMBER" plot --series "$OUT/series.json" --out "$DOCS/online.png" >&2
 
-python3 - "$OUT/result.json" "$DOCS/online.md" "$WINDOWS" "$ROWS" "$POISON_FROM" "$POISON_TO" "$FROZEN" <<'PY'
+python3 - "$OUT/result.json" "$DOCS/online.md" "$WINDOWS" "$ROWS" "$POISON_FROM" "$POISON_TO" "$FROZEN" \
+  "$(nproc) cores, load $LOAD_BEFORE before the run, $(date -u +%Y-%m-%d)" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-W, R, P1, P2, F = sys.argv[3:]
+W, R, P1, P2, F, machine = sys.argv[3:]
 f = lambda v: "n/a" if v is None else ("%.4f" % v if isinstance(v, float) else str(v))
 rows = [
     ("online model, last window AUC", f(r["online_auc_last"])),
@@ -219,6 +234,8 @@ rows = [
      "%s / %s" % (f(r["auc_after_rollback"]), f(r["auc_after_poison_without_rollback"]))),
     ("`ember join` of the serving logs: rows (equal to the stream's rows, in order?)",
      "%d (%s)" % (r["join_rows"], "yes" if r["join_equals_stream"] else "NO")),
+    ("publish to serving answering with it, ms: p50 / p99 (versions timed of those made current)",
+     "%s / %s (%s of %s)" % (r["publish_to_serving_ms_p50"], r["publish_to_serving_ms_p99"], r["versions_seen_by_serving"], r["versions_published"])),
     ("examples/s: follow / files (ratio)", "%.0f / %.0f (%.2f)" % (r["follow_examples_per_sec"], r["files_examples_per_sec"], r["follow_vs_files"])),
 ]
 with open(sys.argv[2], "w") as out:
@@ -229,12 +246,15 @@ with open(sys.argv[2], "w") as out:
               "(max AUC drop 0.05, beat the positive rate), a checkpoint per window; once the poison is through, "
               "`ember rollback --to` the checkpoint before it `--skip` its files. Frozen: the same model trained on "
               "windows 0-%d and never again. Window AUC: each window's rows predicted before training on them "
-              "(online), or by the frozen model.\n\n" % (W, R, P1, P2, int(F) - 1))
+              "(online), or by the frozen model. Machine: %s.\n\n" % (W, R, P1, P2, int(F) - 1, machine))
     out.write("| figure | value |\n| --- | --- |\n")
     for k, v in rows:
         out.write("| %s | %s |\n" % (k, v))
-    out.write("\n![window AUC](online.png)\n\nNot measured yet (parts of issue 24 not built): Kafka, "
-              "base-model calibration, publish-to-serving latency. The join runs on logs `gen-data --serving-log` "
-              "writes; serving does not log its predictions yet.\n")
+    out.write("\n![window AUC](online.png)\n\nPublish to serving: a serving node (`--poll-ms 20`) on the job's "
+              "model directory; `ember bench publish-latency` times each version from its manifest's publish time "
+              "to the node first answering with it (versions superseded before the node looked are not timed). "
+              "The join here runs on the logs `gen-data --serving-log` writes; a serving node's own log "
+              "(`--prediction-log`) joined with clicks is checked in tests/stream.rs.\n\n"
+              "Not measured yet (parts of issue 24 not built): Kafka, base-model calibration.\n")
 PY
 cat "$OUT/result.json"; echo

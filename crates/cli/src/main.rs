@@ -7,6 +7,7 @@
 mod bench;
 mod bench_follow;
 mod bench_otlp;
+mod bench_publish;
 mod bench_scheduler;
 mod bench_serve;
 mod bench_swap;
@@ -163,6 +164,8 @@ enum BenchCommand {
     Serve(bench_serve::BenchServeArgs),
     /// Time from a push to a ps-server until a serving prediction reflects it.
     Freshness(bench_serve::BenchFreshnessArgs),
+    /// Time from a model version's publish until a serving node answers with it.
+    PublishLatency(bench_publish::BenchPublishArgs),
     /// Heartbeat latency of a scheduler while it plans a many-file job under reports.
     Scheduler(bench_scheduler::BenchSchedulerArgs),
     /// An OTLP trace receiver that counts spans (the tracing benchmarks export to it).
@@ -274,6 +277,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Bench(BenchCommand::Ps(args)) => bench::run(args).await,
             Command::Bench(BenchCommand::Serve(args)) => bench_serve::serve(args).await,
             Command::Bench(BenchCommand::Freshness(args)) => bench_serve::freshness(args).await,
+            Command::Bench(BenchCommand::PublishLatency(args)) => bench_publish::run(args).await,
             Command::Bench(BenchCommand::Scheduler(args)) => bench_scheduler::run(args).await,
             Command::Bench(BenchCommand::OtlpSink(args)) => bench_otlp::run(args).await,
             Command::Demo(args) => demo::run(args).await,

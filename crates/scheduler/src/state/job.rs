@@ -230,7 +230,10 @@ impl Job {
     /// publishes.
     pub(crate) fn end_training(&mut self) {
         self.state = JobState::Evaluating;
-        self.stats.train_ended_ms = Some(super::persist::unix_ms());
+        // A follow job's training ended with its last window, not when it was stopped or went
+        // idle: waiting for data that never came is not training time.
+        let last_window = self.stream.as_ref().and_then(|s| s.windows.back()).map(|w| w.end_unix_ms);
+        self.stats.train_ended_ms = Some(last_window.unwrap_or_else(super::persist::unix_ms));
         self.final_publish_pending = !self.publish_spec.model_dir.is_empty();
         self.complete_if_done();
     }
