@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{start_one as start, EMBER};
+use support::{job_status as status, start_one as start, EMBER};
 
 fn criteo() -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/criteo/train_10k.tsv");
@@ -23,23 +23,9 @@ fn criteo() -> Option<PathBuf> {
     }
 }
 
-fn status(scheduler: &str, job: &str) -> serde_json::Value {
-    let out = Command::new(EMBER).args(["status", "--scheduler", scheduler, "--job", job, "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    jobs[0].clone()
-}
-
 /// Polls `ember status` until the job succeeds or fails; fails the test past `deadline`.
 fn wait_done(addr: &str, id: &str, deadline: Instant) -> serde_json::Value {
-    loop {
-        let s = status(addr, id);
-        if s["state"] == "succeeded" || s["state"] == "failed" {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "job did not finish: {s}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    support::wait_for(addr, id, deadline, |s| s["state"] == "succeeded" || s["state"] == "failed")
 }
 
 /// `ember scheduler` with its state under `state`, leases of `lease_ms`, data under `roots`.

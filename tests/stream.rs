@@ -13,28 +13,11 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{ember, http_get, start, start_one, Proc};
+use support::{ember, http_get, job_status as status, start, start_one, wait_for, Proc};
 
 const FILES: usize = 6;
 const ROWS: u64 = 3000;
 const WINDOW: u64 = 1000;
-
-fn status(scheduler: &str, job: &str) -> serde_json::Value {
-    let out = ember(&["status", "--scheduler", scheduler, "--job", job, "--json"]);
-    serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone()
-}
-
-/// Polls the job's status until `done` holds for it; fails the test past `deadline`.
-fn wait_for(scheduler: &str, job: &str, deadline: Instant, done: impl Fn(&serde_json::Value) -> bool) {
-    loop {
-        let s = status(scheduler, job);
-        if done(&s) {
-            return;
-        }
-        assert!(s["state"] != "failed" && Instant::now() < deadline, "waiting: {s}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Renames window `n` of the generated stream into the followed directory (one rename: the
 /// follower never sees half a file).

@@ -54,6 +54,30 @@ pub fn ember(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A job's status, as `ember status --json` prints it.
+pub fn job_status(scheduler: &str, job: &str) -> serde_json::Value {
+    let out = ember(&["status", "--scheduler", scheduler, "--job", job, "--json"]);
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone()
+}
+
+/// Polls the job's status until `done` holds for it and returns that status; fails the test once
+/// the job failed (unless `done` accepts that) or past `deadline`.
+pub fn wait_for(
+    scheduler: &str,
+    job: &str,
+    deadline: std::time::Instant,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    loop {
+        let s = job_status(scheduler, job);
+        if done(&s) {
+            return s;
+        }
+        assert!(s["state"] != "failed" && std::time::Instant::now() < deadline, "waiting: {s}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// The body of `GET url` over plain HTTP/1.1 (`url`: `http://host:port/path`).
 pub fn http_get(url: &str) -> String {
     let rest = url.strip_prefix("http://").unwrap();

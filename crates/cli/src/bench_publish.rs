@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ember_client::ServingClient;
+use ember_core::unix_ms;
 use ember_model::ModelDir;
 
 use crate::security::ClientSecurityArgs;
@@ -31,10 +32,6 @@ pub struct BenchPublishArgs {
     until_file: Option<PathBuf>,
     #[command(flatten)]
     security: ClientSecurityArgs,
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The `q` quantile of sorted `xs` (nearest rank).

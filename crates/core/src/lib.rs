@@ -27,6 +27,12 @@ pub mod sync;
 pub mod table;
 
 pub use error_code::{Code, HasCode, Refusal};
+
+/// Milliseconds since the Unix epoch by the wall clock (0 if the clock is before it): the one
+/// timestamp of reports, manifests, checkpoints and logs.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
 pub use hash::{mix64, slot_of, SplitMix64, U64Hasher, U64Map, Zipf};
 pub use init::Initializer;
 pub use job::{JobError, JobSpec};

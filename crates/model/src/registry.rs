@@ -157,9 +157,7 @@ fn sync_dir(path: &Path) -> Result<(), RegistryError> {
     File::open(path).and_then(|d| d.sync_all()).map_err(io(path))
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+use ember_core::unix_ms;
 
 impl ModelDir {
     /// The directory at `root` (created by the first publish).

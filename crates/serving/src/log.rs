@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::Duration;
 
+use ember_core::unix_ms;
+
 /// Records queued at most before new ones are dropped (and counted).
 const QUEUE: usize = 65_536;
 /// How long past a bucket's end its file stays open for stragglers.
@@ -51,10 +53,6 @@ impl std::fmt::Debug for PredictionLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PredictionLog").field("prefix", &self.prefix).finish()
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl PredictionLog {

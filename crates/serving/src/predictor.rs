@@ -81,8 +81,7 @@ impl Predictor {
     /// Logs each sample of an answered request; returns their ids.
     fn log(&self, m: &LoadedModel, samples: &[SampleIn]) -> Vec<String> {
         let Some(log) = &self.log else { return Vec::new() };
-        let time_ms =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let time_ms = ember_core::unix_ms();
         let fields = m.manifest.schema.fields();
         samples
             .iter()

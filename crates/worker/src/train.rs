@@ -92,8 +92,7 @@ impl Windows {
         if self.probs.is_empty() {
             return;
         }
-        let end_unix_ms =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let end_unix_ms = ember_core::unix_ms();
         self.done.push(Window {
             rows: self.probs.len() as u64,
             loss_sum: logloss(&self.probs, &self.labels) * self.probs.len() as f64,

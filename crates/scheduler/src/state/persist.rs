@@ -48,6 +48,4 @@ pub(crate) fn write_state(path: &Path, persisted: &Persisted) -> Result<(), Sche
     ember_core::files::write_atomically(path, &bytes).map_err(|e| err(e.to_string()))
 }
 
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+pub(crate) use ember_core::unix_ms;

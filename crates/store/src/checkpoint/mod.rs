@@ -34,7 +34,7 @@ mod write;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
@@ -172,10 +172,6 @@ pub struct Checkpointer {
     state: Mutex<State>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Io { path: path.to_path_buf(), source }
 }
@@ -278,7 +274,7 @@ impl Checkpointer {
         let path = self.dir.join(&file);
         let tmp = self.dir.join(format!("{file}.tmp"));
         let tables = store.all_tables();
-        let header = Header { kind, id, parent, label, unix_ms: now_ms(), tables: tables.len() as u32 };
+        let header = Header { kind, id, parent, label, unix_ms: ember_core::unix_ms(), tables: tables.len() as u32 };
         let result = write::write_file(&tmp, &header, &tables, state.fail_after);
         let (bytes, rows, deleted) = match result {
             Ok(counts) => counts,
