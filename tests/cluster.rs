@@ -41,20 +41,7 @@ fn start_scheduler(state: &Path, lease_ms: u64, roots: &[&str]) -> (support::Pro
 
 /// `ember train` on `job_text` in `dir`; returns the report.
 fn train_embedded(dir: &Path, job_text: &str) -> serde_json::Value {
-    let job = dir.join("embedded.toml");
-    std::fs::write(&job, job_text).unwrap();
-    let report = dir.join("embedded-report.json");
-    let out = Command::new(EMBER)
-        .arg("train")
-        .arg(&job)
-        .arg("--workdir")
-        .arg(dir.join("embedded"))
-        .arg("--report")
-        .arg(&report)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
+    support::train_report(dir, "embedded", job_text)
 }
 
 /// `ember status --job ID --report FILE`; returns the report.

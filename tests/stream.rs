@@ -127,29 +127,17 @@ fn the_gate_holds_the_poisoned_windows_version_and_publishes_after_it() {
         ["gen-data", "--stream", "--windows", "12", "--rows", &rows, "--drift", "0", "--id-shift", "0", "--poison"];
     ember(&gen_args.into_iter().chain(["5..5", "--out", stream.to_str().unwrap()]).collect::<Vec<_>>());
     let models = dir.path().join("models");
-    let job = dir.path().join("gated.toml");
-    std::fs::write(
-        &job,
-        format!(
+    let report = support::train_report(
+        dir.path(),
+        "gated",
+        &format!(
             "version = 1\nname = \"gated\"\n[data]\nformat = \"criteo\"\nsource = \"follow\"\npaths = [\"{}/part-*.tsv\"]\n\
              [data.follow]\npoll_ms = 50\nwindow_rows = {ROWS}\nidle_seconds = 1\n[model]\nkind = \"lr\"\n\
              [publish]\nmodel_dir = \"{}\"\nevery = {ROWS}\nkeep = 50\n[publish.gate]\nmax_auc_drop = 0.05\n",
             stream.display(),
             models.display()
         ),
-    )
-    .unwrap();
-    let report_path = dir.path().join("report.json");
-    let workdir = dir.path().join("work");
-    ember(&[
-        "train",
-        job.to_str().unwrap(),
-        "--workdir",
-        workdir.to_str().unwrap(),
-        "--report",
-        report_path.to_str().unwrap(),
-    ]);
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    );
     assert_eq!(report["rows_trained"], 12 * ROWS);
     let held: Vec<u64> =
         report["held"].as_array().unwrap().iter().map(|h| h["rows_trained"].as_u64().unwrap()).collect();
@@ -295,27 +283,15 @@ fn the_join_of_prediction_logs_and_clicks_gives_back_the_labelled_rows() {
     assert!(tight["overflowed"].as_u64().unwrap() > 0, "{tight}");
     assert_eq!(tight["positives"].as_u64().unwrap() + tight["negatives"].as_u64().unwrap(), 2000, "{tight}");
 
-    let job = dir.path().join("joined.toml");
-    std::fs::write(
-        &job,
-        format!(
+    let report = support::train_report(
+        dir.path(),
+        "joined",
+        &format!(
             "version = 1\n[data]\nformat = \"criteo\"\nsource = \"follow\"\npaths = [\"{}/part-*.tsv\"]\n\
              [data.follow]\npoll_ms = 50\nidle_seconds = 0.5\n[model]\nkind = \"lr\"\n",
             joined.display()
         ),
-    )
-    .unwrap();
-    let report = dir.path().join("report.json");
-    let workdir = dir.path().join("work");
-    ember(&[
-        "train",
-        job.to_str().unwrap(),
-        "--workdir",
-        workdir.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-    ]);
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    );
     assert_eq!(report["rows_trained"], 2000);
 }
 

@@ -54,6 +54,17 @@ pub fn ember(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `ember train` on `job_text` (written to DIR/NAME.toml), its work under DIR/NAME; returns its
+/// report (DIR/NAME-report.json).
+pub fn train_report(dir: &std::path::Path, name: &str, job_text: &str) -> serde_json::Value {
+    let job = dir.join(format!("{name}.toml"));
+    std::fs::write(&job, job_text).unwrap();
+    let (workdir, report) = (dir.join(name), dir.join(format!("{name}-report.json")));
+    let paths = [&job, &workdir, &report].map(|p| p.to_str().unwrap().to_string());
+    ember(&["train", &paths[0], "--workdir", &paths[1], "--report", &paths[2]]);
+    serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
+}
+
 /// A job's status, as `ember status --json` prints it.
 pub fn job_status(scheduler: &str, job: &str) -> serde_json::Value {
     let out = ember(&["status", "--scheduler", scheduler, "--job", job, "--json"]);

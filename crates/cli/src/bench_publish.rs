@@ -34,12 +34,6 @@ pub struct BenchPublishArgs {
     security: ClientSecurityArgs,
 }
 
-/// The `q` quantile of sorted `xs` (nearest rank).
-fn quantile(xs: &[u64], q: f64) -> Option<u64> {
-    let i = ((xs.len() as f64 * q).ceil() as usize).clamp(1, xs.len().max(1)) - 1;
-    xs.get(i).copied()
-}
-
 /// Runs it; prints one JSON object.
 pub async fn run(args: BenchPublishArgs) -> anyhow::Result<()> {
     let serving = ServingClient::connect(&args.target, &args.security.credentials()?).await?;
@@ -51,32 +45,23 @@ pub async fn run(args: BenchPublishArgs) -> anyhow::Result<()> {
             let now = unix_ms();
             if status.version > 0 && seen.insert(status.version) {
                 let manifest = dir.manifest(status.version).with_context(|| format!("version {}", status.version))?;
-                latencies.push(now.saturating_sub(manifest.created_unix_ms));
+                // In microseconds, as `bench::percentile` takes them.
+                let ms = now.saturating_sub(manifest.created_unix_ms);
+                latencies.push(u32::try_from(ms.saturating_mul(1000)).unwrap_or(u32::MAX));
             }
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let published = dir.list()?.into_iter().filter(|v| v.manifest.as_ref().is_ok_and(|m| m.held.is_none())).count();
     latencies.sort_unstable();
+    let ms = |q: f64| (!latencies.is_empty()).then(|| crate::bench::percentile(&latencies, q));
     let out = serde_json::json!({
         "versions_seen": latencies.len(),
         "versions_published": published,
-        "p50_ms": quantile(&latencies, 0.5),
-        "p99_ms": quantile(&latencies, 0.99),
-        "max_ms": latencies.last(),
+        "p50_ms": ms(0.5),
+        "p99_ms": ms(0.99),
+        "max_ms": ms(1.0),
     });
     println!("{out}");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantiles_take_the_nearest_rank() {
-        let xs: Vec<u64> = (1..=100).collect();
-        assert_eq!((quantile(&xs, 0.5), quantile(&xs, 0.99), quantile(&xs, 1.0)), (Some(50), Some(99), Some(100)));
-        assert_eq!((quantile(&[7], 0.99), quantile(&[], 0.5)), (Some(7), None));
-    }
 }

@@ -9,6 +9,13 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Whether a file name is one a writer has not finished: a dot-name (as [`write_atomically`] and
+/// Flink's file sink use while writing) or an underscore-name. Readers of directories that keep
+/// receiving files (follow sources, the label join) skip them until they are renamed into place.
+pub fn is_in_progress(name: &str) -> bool {
+    name.starts_with(['.', '_'])
+}
+
 /// Writes `bytes` to `path` through a synced temporary file renamed into place.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     static NEXT: AtomicU64 = AtomicU64::new(0);

@@ -95,7 +95,7 @@ pub fn list_follow(patterns: &[String], roots: &ember_model::DataRoots) -> Resul
         roots.check_pattern(pattern)?;
         let found = glob::glob(pattern).map_err(|_| PlanError::NoFiles(pattern.clone()))?;
         for path in found.filter_map(Result::ok) {
-            let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with(['.', '_']));
+            let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(ember_core::files::is_in_progress);
             if !hidden && path.is_file() {
                 files.push(roots.check(&path)?);
             }

@@ -209,7 +209,7 @@ impl State {
         for i in 0..job.items.len() {
             let (id, rows) = (job.items[i].id, job.items[i].range.rows);
             let done_then = id < position.below || position.done.binary_search(&id).is_ok();
-            let skip_it = !done_then && job.skipped(&job.items[i].range.path.clone());
+            let skip_it = !done_then && job.skipped(&job.items[i].range.path);
             let item = &mut job.items[i];
             item.holder = None;
             if done_then || skip_it {

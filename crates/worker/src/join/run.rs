@@ -51,7 +51,7 @@ fn names(dir: &Path) -> std::io::Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        if !name.starts_with(['.', '_']) {
+        if !ember_core::files::is_in_progress(&name) {
             names.push(name);
         }
     }
